@@ -1,0 +1,32 @@
+"""Index structures and their on-disk format.
+
+``FlatIndex`` (exact, NumPy) and ``FaissIndex`` (any FAISS factory string) share the
+:class:`VectorIndex` API: ``train`` / ``add`` / ``delete`` / ``search`` / ``save`` /
+``load``. :func:`load_index` opens any saved index; :func:`read_manifest` peeks at one.
+FAISS is imported only when a ``FaissIndex`` is built or loaded.
+"""
+
+from __future__ import annotations
+
+from indexes.base import VectorIndex, load_index, register_index
+from indexes.flat import FlatIndex
+from indexes.manifest import FORMAT_VERSION, Manifest, read_manifest
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FaissIndex",
+    "FlatIndex",
+    "Manifest",
+    "VectorIndex",
+    "load_index",
+    "read_manifest",
+    "register_index",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "FaissIndex":
+        from indexes.faiss_index import FaissIndex
+
+        return FaissIndex
+    raise AttributeError(f"module 'indexes' has no attribute {name!r}")

@@ -1,0 +1,331 @@
+"""FAISS indexes built from a factory string, with string ids, deletes, filters and persistence."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from indexes.base import Metric, VectorIndex, register_index
+from indexes.manifest import Manifest
+from retrieval._optional import require
+from retrieval.errors import ConfigError, IndexFormatError, MissingDependencyError, NotTrainedError
+from retrieval.types import Embeddings, as_float32_matrix
+
+if TYPE_CHECKING:
+    import faiss
+
+__all__ = ["FaissIndex"]
+
+logger = logging.getLogger(__name__)
+
+_INDEX_FILE = "faiss.index"
+
+
+def _faiss() -> Any:
+    return require("faiss", extra="cpu", feature="FaissIndex")
+
+
+def _unwrap(index: Any) -> Any:
+    """The innermost index under any IndexPreTransform (OPQ, PCA, ...) wrappers, downcast."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+@register_index
+class FaissIndex(VectorIndex):
+    """A FAISS index described by an ``index_factory`` string.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    spec : str
+        FAISS factory string, e.g. ``"Flat"``, ``"HNSW32"``, ``"IVF256,PQ48x8"``,
+        ``"OPQ48,IVF1,PQ48x8"``, ``"SQ8"``. Binary indexes are not handled here.
+    metric : {"ip", "l2"}
+        Inner product or squared L2; scores are "higher is better" (negative distance for L2).
+    nprobe : int, optional
+        IVF lists visited per query (FAISS ``nprobe``); only for specs with an IVF stage.
+    ef_search : int, optional
+        HNSW search beam width (FAISS ``efSearch``); only for specs with an HNSW stage.
+
+    Notes
+    -----
+    Row ``i`` of the index is FAISS label ``i``. Deleting from an IVF index removes the
+    vectors (``remove_ids``); other kinds, HNSW among them, cannot remove, so deleted rows
+    become tombstones that searches skip through an ``IDSelector`` (or, for kinds that
+    take no selector such as ``IndexPQ`` and GPU indexes, by over-fetching and filtering).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((100, 8)).astype(np.float32)
+    >>> index = FaissIndex(8, spec="HNSW16", metric="l2").add(x, ids=[f"d{i}" for i in range(100)])
+    >>> index.search(x[:2], k=1).doc_ids
+    [['d0'], ['d1']]
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        spec: str = "Flat",
+        metric: Metric = "ip",
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> None:
+        super().__init__(dim, metric=metric)
+        faiss = _faiss()
+        if not isinstance(spec, str) or not spec.strip():
+            raise ConfigError(f"spec must be a FAISS factory string such as 'HNSW32' or 'IVF256,PQ48x8'; got {spec!r}.")
+        if spec.strip().upper().startswith("B"):
+            raise ConfigError(f"spec {spec!r} looks like a binary index; FaissIndex holds float vectors only.")
+        metric_type = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        try:
+            index = faiss.index_factory(self.dim, spec, metric_type)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1]
+            raise ConfigError(
+                f"spec {spec!r} is not a valid FAISS factory string for dim={self.dim} ({reason}). "
+                "See https://github.com/facebookresearch/faiss/wiki/The-index-factory"
+            ) from exc
+        self.spec = spec
+        self._set_backend(index)
+        if nprobe is not None:
+            self.nprobe = nprobe
+        if ef_search is not None:
+            self.ef_search = ef_search
+
+    def _set_backend(self, index: Any, *, on_gpu: bool = False) -> None:
+        faiss = _faiss()
+        self._index = index
+        self._on_gpu = on_gpu
+        core = index if on_gpu else _unwrap(index)
+        self._ivf = None if on_gpu else faiss.try_extract_index_ivf(index)
+        self._hnsw = core if isinstance(core, faiss.IndexHNSW) else None
+        self._removes_deleted = self._ivf is not None or (on_gpu and "IVF" in type(core).__name__)
+        # Kinds whose search() honours SearchParameters.sel; everything else over-fetches.
+        self._takes_selector = not on_gpu and (
+            self._ivf is not None
+            or self._hnsw is not None
+            or isinstance(core, (faiss.IndexFlat, faiss.IndexScalarQuantizer))
+        )
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying FAISS index (labels are row numbers)."""
+        return self._index
+
+    @property
+    def nprobe(self) -> int:
+        if self._ivf is None:
+            raise ConfigError(f"nprobe applies to IVF indexes; spec {self.spec!r} has no IVF stage.")
+        return int(self._ivf.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if self._ivf is None:
+            raise ConfigError(f"nprobe applies to IVF indexes; spec {self.spec!r} has no IVF stage.")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"nprobe must be a positive integer; got {value!r}.")
+        self._ivf.nprobe = int(value)
+
+    @property
+    def ef_search(self) -> int:
+        if self._hnsw is None:
+            raise ConfigError(f"ef_search applies to HNSW indexes; spec {self.spec!r} has no HNSW stage.")
+        return int(self._hnsw.hnsw.efSearch)
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if self._hnsw is None:
+            raise ConfigError(f"ef_search applies to HNSW indexes; spec {self.spec!r} has no HNSW stage.")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"ef_search must be a positive integer; got {value!r}.")
+        self._hnsw.hnsw.efSearch = int(value)
+
+    def _params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"spec": self.spec}
+        if self._ivf is not None:
+            params["nprobe"] = self.nprobe
+        if self._hnsw is not None:
+            params["ef_search"] = self.ef_search
+        return params
+
+    def _describe(self) -> str:
+        extra = "".join(f"{k}={v!r}, " for k, v in self._params().items())
+        return extra + ("device='gpu', " if self._on_gpu else "")
+
+    # ------------------------------------------------------------------ train / add / delete
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    def train(self, data: Embeddings | NDArray[np.floating]) -> FaissIndex:
+        """Train the FAISS index (k-means for IVF / PQ, ...); a no-op when none is needed."""
+        if self.is_trained:
+            return self
+        vectors = data.vectors if isinstance(data, Embeddings) else data
+        vectors = as_float32_matrix(vectors, name="training vectors", dim=self.dim)
+        try:
+            self._index.train(vectors)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1]
+            raise ConfigError(
+                f"training {self.spec!r} on {vectors.shape[0]} vectors failed ({reason}). IVF needs at "
+                "least as many training vectors as lists, PQ/SQ need enough to fit their codebooks."
+            ) from exc
+        return self
+
+    def _add_vectors(self, vectors: NDArray[np.float32], start: int) -> None:
+        if not self.is_trained:
+            raise NotTrainedError(
+                f"FaissIndex {self.spec!r} must be trained before add(); call index.train(vectors) first."
+            )
+        if self._ivf is not None or (self._on_gpu and self._removes_deleted):
+            self._index.add_with_ids(vectors, np.arange(start, start + vectors.shape[0], dtype=np.int64))
+        else:
+            if self._index.ntotal != start:  # pragma: no cover - guards the row == label invariant
+                raise IndexFormatError(f"FAISS holds {self._index.ntotal} rows but densezip expects {start}.")
+            self._index.add(vectors)
+
+    def _delete_rows(self, rows: NDArray[np.int64]) -> None:
+        if self._removes_deleted:
+            self._index.remove_ids(_faiss().IDSelectorBatch(rows))
+
+    # ------------------------------------------------------------------ search
+    def _search_rows(
+        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        if allowed is None:
+            distances, labels = self._index.search(queries, k)
+        elif self._takes_selector:
+            distances, labels = self._search_with_selector(queries, k, allowed)
+        else:
+            distances, labels = self._search_overfetch(queries, k, allowed)
+        scores = -distances if self.metric == "l2" else distances
+        return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
+
+    def _search_with_selector(
+        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        faiss = _faiss()
+        bitmap = np.packbits(allowed, bitorder="little")  # must outlive the search call
+        selector = faiss.IDSelectorBitmap(bitmap)
+        if self._ivf is not None:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self._ivf.nprobe)
+        elif self._hnsw is not None:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._hnsw.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        wrapper = faiss.downcast_index(self._index)
+        while isinstance(wrapper, faiss.IndexPreTransform):
+            params = faiss.SearchParametersPreTransform(index_params=params)
+            wrapper = faiss.downcast_index(wrapper.index)
+        distances, labels = self._index.search(queries, k, params=params)
+        del bitmap
+        return distances, labels
+
+    def _search_overfetch(
+        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        total = int(self._index.ntotal)
+        fetch = min(total, k + int((~allowed).sum()))
+        while True:
+            distances, labels = self._index.search(queries, fetch)
+            ok = (labels >= 0) & allowed[np.clip(labels, 0, None)]
+            if fetch >= total or (ok.sum(axis=1) >= k).all():
+                break
+            fetch = min(total, fetch * 2)
+        out_d = np.full((queries.shape[0], k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
+        out_l = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        for row in range(queries.shape[0]):
+            keep = np.flatnonzero(ok[row])[:k]
+            out_d[row, : keep.size] = distances[row, keep]
+            out_l[row, : keep.size] = labels[row, keep]
+        return out_d, out_l
+
+    # ------------------------------------------------------------------ GPU placement
+    def to_gpu(self, device: int = 0) -> FaissIndex:
+        """Return a copy of this index placed on CUDA device ``device`` (needs faiss-gpu).
+
+        Raises
+        ------
+        MissingDependencyError
+            If faiss is a CPU build or no CUDA device is visible.
+        """
+        faiss = require("faiss", extra="gpu", feature="FaissIndex.to_gpu()")
+        n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if not hasattr(faiss, "StandardGpuResources") or n_gpus == 0:
+            raise MissingDependencyError(
+                f"FaissIndex.to_gpu() needs a GPU build of faiss and a visible CUDA device; found faiss "
+                f"{faiss.__version__} with {n_gpus} GPU(s). Install 'densezip[gpu]' on a CUDA machine, or "
+                "keep the index on the CPU."
+            )
+        if not 0 <= device < n_gpus:
+            raise ConfigError(f"device must be in [0, {n_gpus}); got {device}.")
+        resources = faiss.StandardGpuResources()
+        gpu_index = faiss.index_cpu_to_gpu(resources, device, self._index)
+        clone = self._clone_ids()
+        clone._set_backend(gpu_index, on_gpu=True)
+        clone._gpu_resources = resources  # keep alive as long as the index
+        return clone
+
+    def to_cpu(self) -> FaissIndex:
+        """Return a CPU copy (the index itself when it is already on the CPU)."""
+        if not self._on_gpu:
+            return self
+        clone = self._clone_ids()
+        clone._set_backend(_faiss().index_gpu_to_cpu(self._index))
+        return clone
+
+    def _clone_ids(self) -> FaissIndex:
+        clone = object.__new__(FaissIndex)
+        VectorIndex.__init__(clone, self.dim, metric=self.metric)
+        clone.spec = self.spec
+        clone.metadata = dict(self.metadata)
+        clone._ids = list(self._ids)
+        clone._row_of = dict(self._row_of)
+        clone._deleted = self._deleted.copy()
+        return clone
+
+    # ------------------------------------------------------------------ persistence
+    def _write_payload(self, directory: Path, arrays: dict[str, Any]) -> dict[str, Any]:
+        faiss = _faiss()
+        cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
+        faiss.write_index(cpu_index, str(directory / _INDEX_FILE))
+        return self._params()
+
+    @classmethod
+    def _from_manifest(cls, manifest: Manifest) -> FaissIndex:
+        spec = manifest.params.get("spec")
+        if not isinstance(spec, str):
+            raise IndexFormatError(f"FaissIndex manifest needs params.spec (a string); got {spec!r}.")
+        clone = object.__new__(cls)
+        VectorIndex.__init__(clone, manifest.dim, metric=manifest.metric)  # type: ignore[arg-type]
+        clone.spec = spec
+        return clone
+
+    def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
+        faiss = _faiss()
+        path = directory / _INDEX_FILE
+        if not path.is_file():
+            raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
+        try:
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+        except RuntimeError as exc:
+            raise IndexFormatError(f"{path} cannot be read by faiss ({str(exc).strip().splitlines()[-1]}).") from exc
+        if index.d != manifest.dim:
+            raise IndexFormatError(f"{path} has dimension {index.d}, but the manifest says {manifest.dim}.")
+        self._set_backend(index)
+        expected = len(self) if self._removes_deleted else manifest.count
+        if index.ntotal != expected:
+            raise IndexFormatError(f"{path} holds {index.ntotal} vectors, but the manifest and doc_ids say {expected}.")

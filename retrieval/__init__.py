@@ -1,0 +1,65 @@
+"""densezip: dense retrieval with compressed indexes.
+
+``import retrieval as rt`` is cheap: the public names below are loaded on first use, so
+neither torch nor faiss is imported until an encoder or a FAISS index is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from retrieval._version import __version__
+
+if TYPE_CHECKING:
+    from retrieval.beir import BEIRDataset, load_beir
+    from retrieval.encode.base import Encoder
+    from retrieval.encode.dense import DenseEncoder
+    from retrieval.errors import (
+        ConfigError,
+        DataError,
+        IndexFormatError,
+        MissingDependencyError,
+        NotTrainedError,
+        RetrievalError,
+        ShapeError,
+        UnknownIdError,
+    )
+    from retrieval.evaluate import evaluate
+    from retrieval.pipeline import Retriever
+    from retrieval.types import Embeddings, Hit, SearchResult
+
+_LAZY: dict[str, str] = {
+    "BEIRDataset": "retrieval.beir",
+    "ConfigError": "retrieval.errors",
+    "DataError": "retrieval.errors",
+    "DenseEncoder": "retrieval.encode.dense",
+    "Embeddings": "retrieval.types",
+    "Encoder": "retrieval.encode.base",
+    "Hit": "retrieval.types",
+    "IndexFormatError": "retrieval.errors",
+    "MissingDependencyError": "retrieval.errors",
+    "NotTrainedError": "retrieval.errors",
+    "RetrievalError": "retrieval.errors",
+    "Retriever": "retrieval.pipeline",
+    "SearchResult": "retrieval.types",
+    "ShapeError": "retrieval.errors",
+    "UnknownIdError": "retrieval.errors",
+    "evaluate": "retrieval.evaluate",
+    "load_beir": "retrieval.beir",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retrieval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

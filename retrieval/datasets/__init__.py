@@ -1,0 +1,80 @@
+"""Small real retrieval benchmarks shipped inside the package.
+
+Each data set lives in a sub-directory next to this file, in the BEIR layout
+(``corpus.jsonl.gz``, ``queries.jsonl``, ``qrels/<split>.tsv``) with a ``README.md``
+giving its provenance and licence. Nothing is downloaded at run time.
+
+Examples
+--------
+>>> available_datasets()
+['cranfield', 'scifact']
+>>> dataset_path("scifact").name
+'scifact'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.errors import ConfigError, DataError
+
+__all__ = ["available_datasets", "dataset_path"]
+
+# Name -> one-line description. The directories sit beside this module, so they are found
+# through ``__file__`` both in a source checkout and in a regular (non-zipped) wheel
+# install, provided the wheel carries them as package data.
+_BUNDLED: dict[str, str] = {
+    "cranfield": "Cranfield aeronautics, 1,400 docs, 225 queries, graded 1..4 (splits: train, test, all)",
+    "scifact": "BEIR SciFact, 5,183 docs, 809 train / 300 test judged claims (splits: train, test)",
+}
+
+_ROOT = Path(__file__).resolve().parent
+
+
+def available_datasets() -> list[str]:
+    """Names of the data sets bundled with the package, sorted.
+
+    Returns
+    -------
+    list of str
+        Names accepted by :func:`dataset_path` and by ``retrieval.beir.load_beir``.
+    """
+    return sorted(_BUNDLED)
+
+
+def dataset_path(name: str) -> Path:
+    """Directory of a bundled data set.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`available_datasets`, e.g. ``"scifact"``.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of the directory holding ``corpus.jsonl.gz``, ``queries.jsonl``
+        and ``qrels/``.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not a bundled data set.
+    DataError
+        If the name is known but its directory is missing, i.e. the installation does
+        not carry the package data.
+    """
+    if not isinstance(name, str) or name not in _BUNDLED:
+        listing = "\n".join(f"  {key}: {desc}" for key, desc in sorted(_BUNDLED.items()))
+        raise ConfigError(
+            f"unknown bundled data set {name!r}; available:\n{listing}\n"
+            "To use another BEIR data set, pass its directory path to load_beir()."
+        )
+    path = _ROOT / name
+    if not path.is_dir():
+        raise DataError(
+            f"bundled data set {name!r} should be at {path}, but that directory is missing. "
+            "The package was installed without its data files; reinstall densezip from a "
+            "wheel or source tree that includes retrieval/datasets/."
+        )
+    return path
