@@ -27,9 +27,9 @@ def topk(scores: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDAr
 
     Examples
     --------
-    >>> s, i = topk(np.array([[0.1, 0.9, 0.5, 0.9]], dtype=np.float32), 2)
-    >>> i.tolist(), s.tolist()
-    ([[1, 3]], [[0.8999999761581543, 0.8999999761581543]])
+    >>> s, i = topk(np.array([[0.1, 0.9, 0.5, 0.8]], dtype=np.float32), 3)
+    >>> i.tolist(), s.round(2).tolist()
+    ([[1, 3, 2]], [[0.9, 0.8, 0.5]])
     """
     n = scores.shape[1]
     if k < n:

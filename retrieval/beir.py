@@ -108,7 +108,7 @@ class BEIRDataset:
         return [self.queries[qid] for qid in self.query_ids()]
 
     def subset(self, n_docs: int, *, seed: int = 0) -> BEIRDataset:
-        """A smaller copy for fast tests that still evaluates meaningfully.
+        """Return a smaller copy for fast tests that still evaluates meaningfully.
 
         Rule: the judged queries are visited in a random order (``seed``); a query is
         kept if all of its judged documents (any grade, so its qrels stay complete) fit
@@ -208,7 +208,12 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> BEIRDataset:
     (5183, 300)
     """
     root = _resolve_root(path)
-    if not isinstance(split, str) or not split or split != Path(split).name or split.startswith("."):
+    if (
+        not isinstance(split, str)
+        or not split
+        or split != Path(split).name
+        or split.startswith(".")
+    ):
         raise ConfigError(
             f"split must be a plain name such as 'test' or 'train' (the qrels/<split>.tsv "
             f"stem); got {split!r}."
@@ -283,7 +288,7 @@ def _find_qrels(root: Path, split: str) -> Path:
 
 
 def _read_lines(file: Path) -> list[bytes]:
-    """Whole file as raw lines, split on b"\\n" only.
+    r"""Whole file as raw lines, split on b"\n" only.
 
     Splitting bytes (not ``str.splitlines``) matters: JSON strings may contain U+2028 or
     a form feed, which ``splitlines`` would treat as line breaks.
@@ -295,7 +300,9 @@ def _read_lines(file: Path) -> list[bytes]:
         else:
             data = file.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"cannot read {file}: {exc}. Is the file complete and, if .gz, gzipped?") from exc
+        raise DataError(
+            f"cannot read {file}: {exc}. Is the file complete and, if .gz, gzipped?"
+        ) from exc
     return data.split(b"\n")
 
 
@@ -309,7 +316,7 @@ def _iter_json(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise DataError(
                 f"{file}, line {lineno}: invalid JSON ({exc}). Each line must hold one JSON "
-                "object such as {\"_id\": \"1\", \"text\": \"...\"}."
+                'object such as {"_id": "1", "text": "..."}.'
             ) from None
         if not isinstance(obj, dict):
             raise DataError(
@@ -321,27 +328,25 @@ def _iter_json(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _record_id(obj: dict[str, Any], file: Path, lineno: int) -> str:
     if "_id" not in obj:
         raise DataError(
-            f"{file}, line {lineno}: record has no \"_id\" field; found keys {sorted(obj)}."
+            f'{file}, line {lineno}: record has no "_id" field; found keys {sorted(obj)}.'
         )
     value = obj["_id"]
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise DataError(
-        f"{file}, line {lineno}: \"_id\" must be a string or a number; got {value!r}."
-    )
+    raise DataError(f'{file}, line {lineno}: "_id" must be a string or a number; got {value!r}.')
 
 
 def _text_field(obj: dict[str, Any], key: str, file: Path, lineno: int, *, required: bool) -> str:
     value = obj.get(key)
     if value is None:
         if required:
-            raise DataError(f"{file}, line {lineno}: record has no \"{key}\" string.")
+            raise DataError(f'{file}, line {lineno}: record has no "{key}" string.')
         return ""
     if not isinstance(value, str):
         raise DataError(
-            f"{file}, line {lineno}: \"{key}\" must be a string; got {type(value).__name__}."
+            f'{file}, line {lineno}: "{key}" must be a string; got {type(value).__name__}.'
         )
     return value
 
@@ -408,6 +413,8 @@ def _read_qrels(
             line = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as exc:
             raise DataError(f"{file}, line {lineno}: not valid UTF-8 ({exc}).") from None
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark from some editors
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -416,7 +423,9 @@ def _read_qrels(
         if len(fields) != 3:
             hint = ""
             if len(line.split()) == 4:
-                hint = " This looks like a 4-column TREC qrels line; convert it to BEIR's 3 columns."
+                hint = (
+                    " This looks like a 4-column TREC qrels line; convert it to BEIR's 3 columns."
+                )
             raise DataError(
                 f"{file}, line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, "
                 f"score); got {len(fields)}: {line!r}.{hint}"

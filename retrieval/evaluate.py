@@ -34,8 +34,7 @@ from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
-from retrieval._optional import require
-from retrieval.errors import ConfigError, DataError
+from retrieval.errors import ConfigError, DataError, MissingDependencyError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -43,9 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_METRICS", "evaluate", "evaluate_per_query"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("nDCG@10", "MRR@10", "Recall@100")
-
-# The densezip extra that installs ir-measures; named in the MissingDependencyError.
-_EXTRA = "eval"
 
 # Spellings common in BEIR / MTEB / papers -> ir-measures names. Anything else goes to
 # ir_measures.parse_measure unchanged; the caller's spelling is always the result key.
@@ -57,7 +53,9 @@ _ALIASES: dict[str, str] = {
     "precision": "P",
 }
 
-_EXAMPLES = "'nDCG@10', 'MRR@10', 'Recall@100', 'P@10', 'AP', 'AP@100', 'RR', 'Success@5', 'Judged@10'"
+_EXAMPLES = (
+    "'nDCG@10', 'MRR@10', 'Recall@100', 'P@10', 'AP', 'AP@100', 'RR', 'Success@5', 'Judged@10'"
+)
 
 
 def evaluate(
@@ -120,7 +118,9 @@ def evaluate(
     names = _metric_names(metrics)
     irm = _ir_measures()
     measures = {name: _parse_metric(name, irm) for name in names}
-    per_query = _per_query_by_measure(run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids)
+    per_query = _per_query_by_measure(
+        run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids
+    )
     result: dict[str, float] = {}
     for name, measure in measures.items():
         agg = measure.aggregator()
@@ -155,7 +155,9 @@ def evaluate_per_query(
     names = _metric_names(metrics)
     irm = _ir_measures()
     measures = {name: _parse_metric(name, irm) for name in names}
-    per_query = _per_query_by_measure(run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids)
+    per_query = _per_query_by_measure(
+        run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids
+    )
     return {
         qid: {name: values[measure] for name, measure in measures.items()}
         for qid, values in per_query.items()
@@ -166,8 +168,17 @@ def evaluate_per_query(
 
 
 def _ir_measures() -> ModuleType:
-    # Imported here, not at module level, so ``import retrieval`` stays cheap.
-    return require("ir_measures", extra=_EXTRA, feature="retrieval.evaluate")
+    # Imported here, not at module level, so ``import retrieval`` stays cheap. ir-measures
+    # and pytrec-eval-terrier are core dependencies, so there is no extra to name.
+    try:
+        import ir_measures
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"retrieval.evaluate needs the package 'ir-measures', which is not importable ({exc}). "
+            "It is a core dependency of densezip; install it with:  "
+            "pip install 'ir-measures>=0.3.1' pytrec-eval-terrier"
+        ) from exc
+    return ir_measures
 
 
 def _metric_names(metrics: Sequence[str] | str) -> list[str]:
@@ -180,7 +191,9 @@ def _metric_names(metrics: Sequence[str] | str) -> list[str]:
             f"metrics must be a sequence of metric names such as ['nDCG@10']; got {metrics!r}."
         ) from None
     if not names:
-        raise ConfigError(f"metrics is empty; pass at least one name, e.g. {list(DEFAULT_METRICS)}.")
+        raise ConfigError(
+            f"metrics is empty; pass at least one name, e.g. {list(DEFAULT_METRICS)}."
+        )
     for name in names:
         if not isinstance(name, str):
             raise ConfigError(f"metric names must be strings such as 'nDCG@10'; got {name!r}.")
@@ -202,7 +215,9 @@ def _parse_metric(name: str, irm: ModuleType) -> Any:
     cutoff = measure.params.get("cutoff")
     # pytrec_eval crashes the interpreter (segfault) on a zero cutoff, so check first.
     if isinstance(cutoff, int) and cutoff < 1:
-        raise ConfigError(f"metric {name!r} has cutoff {cutoff}; the cutoff after '@' must be >= 1.")
+        raise ConfigError(
+            f"metric {name!r} has cutoff {cutoff}; the cutoff after '@' must be >= 1."
+        )
     try:
         supported = irm.DefaultPipeline.supports(measure)
     except (AssertionError, ValueError, TypeError) as exc:
@@ -210,8 +225,10 @@ def _parse_metric(name: str, irm: ModuleType) -> Any:
     if not supported:
         raise ConfigError(
             _unknown_metric_message(
-                name, irm, f"no installed ir-measures backend computes {measure}; it may need an "
-                "extra package (see https://ir-measur.es)"
+                name,
+                irm,
+                f"no installed ir-measures backend computes {measure}; it may need an "
+                "extra package (see https://ir-measur.es)",
             )
         )
     return measure
@@ -261,14 +278,18 @@ def _prepare_run(
 ) -> dict[str, dict[str, float]]:
     """Keep judged queries, validate scores, and replace scores by strictly decreasing ranks."""
     if not isinstance(run, Mapping):
-        raise ConfigError(f"run must be a dict {{query_id: {{doc_id: score}}}}; got {type(run).__name__}.")
+        raise ConfigError(
+            f"run must be a dict {{query_id: {{doc_id: score}}}}; got {type(run).__name__}."
+        )
     clean: dict[str, dict[str, float]] = {}
     for raw_qid, hits in run.items():
         qid = str(raw_qid)
         if qid not in judged:
             continue
         if not isinstance(hits, Mapping):
-            raise ConfigError(f"run[{raw_qid!r}] must be a dict {{doc_id: score}}; got {type(hits).__name__}.")
+            raise ConfigError(
+                f"run[{raw_qid!r}] must be a dict {{doc_id: score}}; got {type(hits).__name__}."
+            )
         scored: list[tuple[float, str]] = []
         for raw_doc, score in hits.items():
             doc_id = str(raw_doc)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from retrieval.encode.dense import DenseEncoder
 from retrieval.errors import ConfigError, ShapeError
 from retrieval.types import Embeddings
 
@@ -128,7 +129,9 @@ class FakeEncoder:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_densezip_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def _isolated_densezip_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Point the default embedding cache at a temp dir so tests never write to ~/.cache."""
     root = tmp_path_factory.mktemp("densezip-cache-root")
     monkeypatch.setenv("DENSEZIP_CACHE", str(root))
@@ -154,13 +157,11 @@ def fake_encoder_cls() -> type[FakeEncoder]:
 
 
 @pytest.fixture(scope="session")
-def minilm_encoder(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def minilm_encoder(tmp_path_factory: pytest.TempPathFactory) -> DenseEncoder:
     """The real default DenseEncoder (all-MiniLM-L6-v2, d=384), loaded once per session.
 
     Shared: tests must not change its settings. Its cache lives in a session temp dir.
     """
-    from retrieval.encode.dense import DenseEncoder
-
     encoder = DenseEncoder(cache_dir=tmp_path_factory.mktemp("minilm-cache"))
     _ = encoder.dim  # load now, so the first test that uses it is not charged for it
     return encoder

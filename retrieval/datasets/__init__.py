@@ -24,8 +24,8 @@ __all__ = ["available_datasets", "dataset_path"]
 # through ``__file__`` both in a source checkout and in a regular (non-zipped) wheel
 # install, provided the wheel carries them as package data.
 _BUNDLED: dict[str, str] = {
-    "cranfield": "Cranfield aeronautics, 1,400 docs, 225 queries, graded 1..4 (splits: train, test, all)",
-    "scifact": "BEIR SciFact, 5,183 docs, 809 train / 300 test judged claims (splits: train, test)",
+    "cranfield": "Cranfield aeronautics, 1,400 docs, 225 queries, grades 1..4 (train, test, all)",
+    "scifact": "BEIR SciFact, 5,183 docs, 809 train / 300 test judged claims (train, test)",
 }
 
 _ROOT = Path(__file__).resolve().parent

@@ -157,8 +157,7 @@ def _as_text_list(texts: Sequence[str], *, what: str) -> list[str]:
     """Check that ``texts`` is a sequence of str and return it as a list."""
     if isinstance(texts, (str, bytes)):
         raise ConfigError(
-            f"{what} must be a sequence of str; got a single {type(texts).__name__}. "
-            f"Wrap it in a list: {what}([text])."
+            f"{what} must be a sequence of str; got a single {type(texts).__name__}. Wrap it in a list: {what}([text])."
         )
     try:
         items = list(texts)
@@ -265,20 +264,18 @@ class DenseEncoder:
         cache_dir: str | os.PathLike[str] | Literal[False] | None = None,
     ) -> None:
         if model is not None and not isinstance(model, (str, os.PathLike)):
-            raise ConfigError(
-                f"model must be a hub name, a local directory or None; got {type(model).__name__}."
-            )
+            raise ConfigError(f"model must be a hub name, a local directory or None; got {type(model).__name__}.")
         if isinstance(model, os.PathLike) and not Path(model).is_dir():
             raise ConfigError(
                 f"model directory {os.fspath(model)!r} does not exist or is not a directory. "
                 "Pass the folder that holds modules.json / config.json, or a hub name as a str."
             )
         if isinstance(model, str) and not model.strip():
-            raise ConfigError("model must be a non-empty hub name or path; got ''. Use model=None for the default model.")
-        if not isinstance(device, str) or not _DEVICE_RE.match(device):
             raise ConfigError(
-                f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}."
+                "model must be a non-empty hub name or path; got ''. Use model=None for the default model."
             )
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            raise ConfigError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}.")
         self._batch_size = self._check_batch_size(batch_size)
         if not isinstance(normalize, bool):
             raise ConfigError(f"normalize must be True or False; got {normalize!r}.")
@@ -291,7 +288,8 @@ class DenseEncoder:
                 raise ConfigError(f"{label} must be a str or None; got {type(prompt).__name__}.")
         if show_progress is not None and not isinstance(show_progress, bool):
             raise ConfigError(f"show_progress must be True, False or None; got {show_progress!r}.")
-        if cache_dir is True or (cache_dir is not None and cache_dir is not False and not isinstance(cache_dir, (str, os.PathLike))):
+        # True is rejected here too: it is neither a path nor a documented value.
+        if cache_dir is not None and cache_dir is not False and not isinstance(cache_dir, (str, os.PathLike)):
             raise ConfigError(
                 f"cache_dir must be a directory path, None (default location) or False (no cache); got {cache_dir!r}."
             )
@@ -414,7 +412,9 @@ class DenseEncoder:
             ``check_fingerprint``) a model whose fingerprint differs from the stored one.
         """
         if not isinstance(description, dict):
-            raise ConfigError(f"description must be a dict from DenseEncoder.describe(); got {type(description).__name__}.")
+            raise ConfigError(
+                f"description must be a dict from DenseEncoder.describe(); got {type(description).__name__}."
+            )
         kind = description.get("type")
         if kind != "DenseEncoder":
             raise ConfigError(
@@ -446,7 +446,8 @@ class DenseEncoder:
             raise ConfigError(
                 f"model {model!r} has fingerprint {encoder.fingerprint!r}, but the description expects {expected!r}: "
                 "the model files changed since the index was built, so query vectors would not match the documents. "
-                "Rebuild the index, restore the original model, or pass check_fingerprint=False if the change is harmless."
+                "Rebuild the index, restore the original model, "
+                "or pass check_fingerprint=False if the change is harmless."
             )
         return encoder
 
@@ -579,7 +580,7 @@ class DenseEncoder:
         device = _resolve_device(self._device, torch)
         path = self._model_path()
         try:
-            model = st.SentenceTransformer(path, device=device)
+            model: SentenceTransformer = st.SentenceTransformer(path, device=device)
         except OSError as exc:
             raise ConfigError(
                 f"could not load the sentence-transformers model {path!r}: {exc}\n"
@@ -668,7 +669,9 @@ class DenseEncoder:
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:  # any unreadable file is a cache miss, never a crash
-            logger.warning("Ignoring unreadable embedding cache file %s (%s: %s); recomputing.", path, type(exc).__name__, exc)
+            logger.warning(
+                "Ignoring unreadable embedding cache file %s (%s: %s); recomputing.", path, type(exc).__name__, exc
+            )
             return None
         problem = None
         if not isinstance(arr, np.ndarray) or arr.ndim != 2:

@@ -1,0 +1,274 @@
+"""The ``densezip`` command line: ``index``, ``search``, ``evaluate`` and ``demo``.
+
+Every command accepts ``--json`` for machine-readable output on stdout; progress bars and
+logs go to stderr. Errors print one ``error: ...`` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from retrieval._version import __version__
+from retrieval.errors import RetrievalError
+
+if TYPE_CHECKING:
+    from indexes.base import VectorIndex
+    from retrieval.types import Embeddings
+
+__all__ = ["build_index", "main"]
+
+DEMO_SPECS = ("Flat", "HNSW32", "IVF64,PQ48x8")
+EXACT = "exact"
+
+
+def build_index(docs: Embeddings, spec: str, *, nprobe: int | None = None, ef_search: int | None = None) -> VectorIndex:
+    """Build an index over ``docs``: ``spec="exact"`` is the NumPy :class:`FlatIndex`, anything
+    else a FAISS factory string for :class:`FaissIndex`."""
+    from indexes import FaissIndex, FlatIndex
+
+    if spec == EXACT:
+        if nprobe is not None or ef_search is not None:
+            from retrieval.errors import ConfigError
+
+            raise ConfigError("--nprobe / --ef-search do not apply to the exact index.")
+        return FlatIndex(docs.dim, metric="ip").add(docs)
+    index = FaissIndex(docs.dim, spec=spec, metric="ip", nprobe=nprobe, ef_search=ef_search)
+    return index.train(docs).add(docs)
+
+
+def _encoder(args: argparse.Namespace) -> Any:
+    from retrieval.encode.dense import DenseEncoder
+
+    return DenseEncoder(
+        args.model, device=args.device, batch_size=args.batch_size, show_progress=not args.json,
+        cache_dir=False if args.no_cache else None,
+    )
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_index(args: argparse.Namespace) -> int:
+    from retrieval.beir import load_beir
+    from retrieval.pipeline import Retriever
+
+    started = time.perf_counter()
+    data = load_beir(args.data, split="test")
+    encoder = _encoder(args)
+    docs = encoder.encode_documents(data.doc_texts(), ids=data.doc_ids())
+    encoded = time.perf_counter()
+    index = build_index(docs, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
+    built = time.perf_counter()
+    path = Retriever(encoder, index).save(args.out, overwrite=args.overwrite)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    payload = {
+        "index": str(path), "spec": args.spec, "documents": len(index), "dim": index.dim,
+        "bytes": size, "bytes_per_doc": size / max(len(index), 1),
+        "encode_s": encoded - started, "build_s": built - encoded, "total_s": time.perf_counter() - started,
+    }
+    _emit(args, payload, (
+        f"indexed {len(index)} documents into {path} ({args.spec}): {size / 1e6:.1f} MB, "
+        f"{payload['bytes_per_doc']:.0f} bytes/doc; encode {payload['encode_s']:.1f}s, build {payload['build_s']:.1f}s"
+    ))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from retrieval.pipeline import Retriever
+
+    retriever = Retriever.load(args.index, device=args.device)
+    result = retriever.search(args.query, k=args.k)
+    hits = result.to_list()
+    payload = {"results": [
+        {"query": q, "hits": [{"doc_id": h.doc_id, "score": h.score} for h in row]} for q, row in zip(args.query, hits)
+    ]}
+    lines = []
+    for q, row in zip(args.query, hits):
+        lines.append(f"query: {q}")
+        lines.extend(f"  {rank:>3}. {h.doc_id}  {h.score:.4f}" for rank, h in enumerate(row, 1))
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from retrieval.beir import load_beir
+    from retrieval.evaluate import evaluate
+    from retrieval.pipeline import Retriever
+
+    data = load_beir(args.data, split=args.split)
+    retriever = Retriever.load(args.index, device=args.device)
+    qids = data.query_ids()
+    t0 = time.perf_counter()
+    vectors = retriever.encoder.encode_queries(data.query_texts())
+    t1 = time.perf_counter()
+    result = retriever.index.search(vectors, args.k, query_ids=qids)
+    t2 = time.perf_counter()
+    metrics = evaluate(result.to_trec_dict(), data.qrels, args.metrics)
+    payload = {
+        "index": args.index, "data": str(args.data), "split": args.split, "queries": len(qids), "k": args.k,
+        "metrics": metrics, "query_encode_s": t1 - t0, "search_s": t2 - t1,
+        "search_qps": len(qids) / max(t2 - t1, 1e-9),
+    }
+    text = "  ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+    _emit(args, payload, (
+        f"{data.name} {args.split} ({len(qids)} queries): {text}\n"
+        f"query encoding {payload['query_encode_s']:.2f}s, search {payload['search_s'] * 1000:.1f} ms "
+        f"({payload['search_qps']:.0f} queries/s, one batch)"
+    ))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from retrieval.beir import load_beir
+    from retrieval.evaluate import evaluate
+    from retrieval.measure import saved_bytes, time_search
+
+    started = time.perf_counter()
+    data = load_beir(args.data, split="test")
+    encoder = _encoder(args)
+    t0 = time.perf_counter()
+    docs = encoder.encode_documents(data.doc_texts(), ids=data.doc_ids())
+    t1 = time.perf_counter()
+    qids = data.query_ids()
+    queries = encoder.encode_queries(data.query_texts())
+    t2 = time.perf_counter()
+    threads = _faiss_threads()
+    rows = []
+    for spec in args.spec or DEMO_SPECS:
+        b0 = time.perf_counter()
+        index = build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None)
+        build_s = time.perf_counter() - b0
+        result = index.search(queries, 100, query_ids=qids)
+        metrics = evaluate(result.to_trec_dict(), data.qrels)
+        timing = {b: time_search(lambda q, ix=index: ix.search(q, 10), queries, batch_size=b, repeats=3)
+                  for b in (1, 64)}
+        size = saved_bytes(index)
+        rows.append({
+            "spec": spec, **metrics, "bytes_per_doc": size / len(index), "build_s": build_s,
+            "qps_batch1": timing[1].qps, "p50_ms_batch1": timing[1].p50_ms, "p95_ms_batch1": timing[1].p95_ms,
+            "qps_batch64": timing[64].qps,
+        })
+    total = time.perf_counter() - started
+    payload = {
+        "data": data.name, "split": "test", "documents": len(docs), "queries": len(qids), "model": encoder.name,
+        "dim": docs.dim, "threads": threads, "encode_documents_s": t1 - t0, "encode_queries_s": t2 - t1,
+        "total_s": total, "results": rows,
+    }
+    header = f"{'index':<16}{'nDCG@10':>9}{'MRR@10':>8}{'R@100':>7}{'bytes/doc':>11}{'build s':>9}" \
+             f"{'QPS@1':>9}{'p50 ms':>8}{'p95 ms':>8}{'QPS@64':>9}"
+    lines = [
+        f"densezip demo: {data.name} test split, {len(docs)} documents, {len(qids)} queries, "
+        f"{encoder.name} ({docs.dim}-d), {threads} search thread(s)",
+        f"encode documents {t1 - t0:.1f}s (cached after the first run), encode queries {t2 - t1:.1f}s",
+        "", header,
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['spec']:<16}{r['nDCG@10']:>9.4f}{r['MRR@10']:>8.4f}{r['Recall@100']:>7.3f}{r['bytes_per_doc']:>11.0f}"
+            f"{r['build_s']:>9.2f}{r['qps_batch1']:>9.0f}{r['p50_ms_batch1']:>8.2f}{r['p95_ms_batch1']:>8.2f}"
+            f"{r['qps_batch64']:>9.0f}"
+        )
+    lines += ["", f"total {total:.1f}s. Search timings: k=10, medians of 3 warmed-up passes over the {len(qids)} queries."]
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def _faiss_threads() -> int:
+    try:
+        import faiss
+
+        return int(faiss.omp_get_max_threads())
+    except ImportError:  # pragma: no cover - faiss is in the default install
+        return 1
+
+
+# ---------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="densezip", description="Dense retrieval with compressed indexes.")
+    parser.add_argument("--version", action="version", version=f"densezip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, model: bool) -> None:
+        p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+        if model:
+            p.add_argument("--model", default=None,
+                           help="sentence-transformers model name or local path (default: offline all-MiniLM-L6-v2)")
+            p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per forward pass (default 64)")
+            p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+
+    p = sub.add_parser("index", help="encode a BEIR-format corpus and save an index")
+    p.add_argument("data", help="BEIR-format directory, or a bundled data set name (scifact, cranfield)")
+    p.add_argument("--out", required=True, help="index directory to write")
+    p.add_argument("--spec", default="Flat",
+                   help="FAISS factory string (Flat, HNSW32, IVF64,PQ48x8, OPQ48,PQ48x8, ...) or 'exact' (NumPy)")
+    p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists probed per query")
+    p.add_argument("--ef-search", type=_positive_int, default=None, help="HNSW search beam width")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    common(p, model=True)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search a saved index with query texts")
+    p.add_argument("index", help="index directory written by `densezip index`")
+    p.add_argument("query", nargs="+", help="one or more query texts")
+    p.add_argument("-k", type=_positive_int, default=10, help="hits per query (default 10)")
+    common(p, model=False)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved index on a BEIR split")
+    p.add_argument("index", help="index directory written by `densezip index`")
+    p.add_argument("data", help="BEIR-format directory or bundled data set name")
+    p.add_argument("--split", default="test", help="qrels split (default test)")
+    p.add_argument("-k", type=_positive_int, default=100, help="retrieval depth (default 100)")
+    p.add_argument("--metrics", nargs="+", default=["nDCG@10", "MRR@10", "Recall@100"], help="ir-measures names")
+    common(p, model=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="index SciFact, search it, print quality and timing")
+    p.add_argument("--data", default="scifact", help="BEIR directory or bundled name (default scifact)")
+    p.add_argument("--spec", action="append", default=None,
+                   help=f"index to build (repeatable; default: {', '.join(DEMO_SPECS)}; 'exact' = NumPy)")
+    p.add_argument("--nprobe", type=_positive_int, default=16, help="IVF lists probed (default 16)")
+    common(p, model=True)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except RetrievalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
