@@ -28,7 +28,7 @@ def topk(scores: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDAr
     Examples
     --------
     >>> s, i = topk(np.array([[0.1, 0.9, 0.5, 0.8]], dtype=np.float32), 3)
-    >>> i.tolist(), s.round(2).tolist()
+    >>> i.tolist(), s.astype(np.float64).round(2).tolist()
     ([[1, 3, 2]], [[0.9, 0.8, 0.5]])
     """
     n = scores.shape[1]
