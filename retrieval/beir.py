@@ -31,7 +31,7 @@ from typing import Any
 from retrieval.datasets import available_datasets, dataset_path
 from retrieval.errors import ConfigError, DataError
 
-__all__ = ["BEIRDataset", "load_beir"]
+__all__ = ["BEIRDataset", "corpus_texts", "load_beir", "load_corpus"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -93,11 +93,7 @@ class BEIRDataset:
         list of str
             One string per document; empty documents give ``""``.
         """
-        out = []
-        for doc in self.corpus.values():
-            title, text = doc["title"], doc["text"]
-            out.append((title + sep + text).strip() if title.strip() else text.strip())
-        return out
+        return corpus_texts(self.corpus, sep)
 
     def query_ids(self) -> list[str]:
         """Ids of the queries judged in this split, in ``queries.jsonl`` order."""
@@ -226,6 +222,28 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> BEIRDataset:
     queries = _read_queries(queries_file)
     qrels = _read_qrels(qrels_file, corpus, queries, corpus_file, queries_file)
     return BEIRDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels, split=split)
+
+
+def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """Read only the corpus of a BEIR-layout directory (no queries or qrels needed).
+
+    Returns ``{doc_id: {"title": ..., "text": ...}}`` in file order, checked as in
+    :func:`load_beir`. Use :func:`corpus_texts` for the texts to encode.
+
+    Examples
+    --------
+    >>> len(load_corpus("scifact"))
+    5183
+    """
+    return _read_corpus(_find_file(_resolve_root(path), "corpus"))
+
+
+def corpus_texts(corpus: dict[str, dict[str, str]], sep: str = " ") -> list[str]:
+    """Texts to encode, in corpus order: ``title + sep + text`` (just ``text`` without a title)."""
+    return [
+        (doc["title"] + sep + doc["text"]).strip() if doc["title"].strip() else doc["text"].strip()
+        for doc in corpus.values()
+    ]
 
 
 # --------------------------------------------------------------------------- locating files

@@ -62,13 +62,13 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_index(args: argparse.Namespace) -> int:
-    from retrieval.beir import load_beir
+    from retrieval.beir import corpus_texts, load_corpus
     from retrieval.pipeline import Retriever
 
     started = time.perf_counter()
-    data = load_beir(args.data, split="test")
+    corpus = load_corpus(args.data)
     encoder = _encoder(args)
-    docs = encoder.encode_documents(data.doc_texts(), ids=data.doc_ids())
+    docs = encoder.encode_documents(corpus_texts(corpus), ids=list(corpus))
     encoded = time.perf_counter()
     index = build_index(docs, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
     built = time.perf_counter()
@@ -149,7 +149,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for spec in args.spec or DEMO_SPECS:
         b0 = time.perf_counter()
-        index = build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None)
+        index = build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None,
+                            ef_search=args.ef_search if "HNSW" in spec else None)
         build_s = time.perf_counter() - b0
         result = index.search(queries, 100, query_ids=qids)
         metrics = evaluate(result.to_trec_dict(), data.qrels)
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
     p = sub.add_parser("index", help="encode a BEIR-format corpus and save an index")
-    p.add_argument("data", help="BEIR-format directory, or a bundled data set name (scifact, cranfield)")
+    p.add_argument("data", help="directory with corpus.jsonl(.gz), or a bundled data set name (scifact, cranfield)")
     p.add_argument("--out", required=True, help="index directory to write")
     p.add_argument("--spec", default="Flat",
                    help="FAISS factory string (Flat, HNSW32, IVF64,PQ48x8, OPQ48,PQ48x8, ...) or 'exact' (NumPy)")
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", action="append", default=None,
                    help=f"index to build (repeatable; default: {', '.join(DEMO_SPECS)}; 'exact' = NumPy)")
     p.add_argument("--nprobe", type=_positive_int, default=16, help="IVF lists probed (default 16)")
+    p.add_argument("--ef-search", type=_positive_int, default=128, help="HNSW search beam width (default 128)")
     common(p, model=True)
     p.set_defaults(func=cmd_demo)
     return parser

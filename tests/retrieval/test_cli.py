@@ -1,0 +1,91 @@
+"""The densezip command line, end to end on a tiny BEIR directory with the real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retrieval.cli import main
+
+DOCS = {
+    "d1": ("Smoking", "Tobacco smoking is the main cause of lung cancer."),
+    "d2": ("Vitamin D", "Vitamin D supplements reduce the risk of bone fractures in the elderly."),
+    "d3": ("Exercise", "Regular aerobic exercise lowers blood pressure."),
+    "d4": ("Coffee", "Moderate coffee drinking is not linked to heart disease."),
+    "d5": ("Sleep", "Short sleep duration is associated with obesity in children."),
+    "d6": ("Statins", "Statins lower LDL cholesterol and cardiovascular events."),
+}
+QUERIES = {"q1": "Does smoking cause lung cancer?", "q2": "Do statins reduce cholesterol?", "q3": "sleep and obesity"}
+QRELS = [("q1", "d1"), ("q2", "d6"), ("q3", "d5")]
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-beir")
+    (root / "qrels").mkdir()
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": k, "title": t, "text": x}) + "\n" for k, (t, x) in DOCS.items())
+    )
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in QUERIES.items()))
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in QRELS)
+    )
+    return root
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("spec", ["exact", "HNSW8"])
+def test_index_search_evaluate(beir_dir, tmp_path, capsys, spec):
+    out = tmp_path / "ix"
+    built = run_json(capsys, "index", str(beir_dir), "--out", str(out), "--spec", spec, "--device", "cpu")
+    assert built["documents"] == 6 and built["dim"] == 384 and built["bytes_per_doc"] > 0
+    found = run_json(capsys, "search", str(out), "What causes lung cancer?", "-k", "2")
+    assert found["results"][0]["hits"][0]["doc_id"] == "d1"
+    metrics = run_json(capsys, "evaluate", str(out), str(beir_dir), "-k", "6")
+    assert metrics["queries"] == 3 and metrics["metrics"]["nDCG@10"] > 0.9
+    # text output too
+    assert main(["search", str(out), "statins"]) == 0
+    assert "d6" in capsys.readouterr().out
+
+
+def test_demo_on_a_tiny_dataset(beir_dir, capsys):
+    report = run_json(capsys, "demo", "--data", str(beir_dir), "--spec", "exact", "--spec", "Flat")
+    assert [r["spec"] for r in report["results"]] == ["exact", "Flat"]
+    assert report["results"][0]["nDCG@10"] == pytest.approx(report["results"][1]["nDCG@10"])
+    assert report["results"][0]["qps_batch64"] > 0
+
+
+def test_errors_exit_2_with_one_line(beir_dir, tmp_path, capsys):
+    assert main(["search", str(tmp_path / "missing"), "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not an index directory" in err
+    assert main(["index", str(beir_dir), "--out", str(tmp_path / "bad"), "--spec", "Nonsense12"]) == 2
+    assert "factory string" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "no-data"), "--out", str(tmp_path / "o")]) == 2
+    assert "error: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["search", str(tmp_path), "x", "-k", "0"])
+    assert info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_refuses_to_overwrite(beir_dir, tmp_path, capsys):
+    out = tmp_path / "ix"
+    run_json(capsys, "index", str(beir_dir), "--out", str(out), "--spec", "exact")
+    assert main(["index", str(beir_dir), "--out", str(out), "--spec", "exact"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    run_json(capsys, "index", str(beir_dir), "--out", str(out), "--spec", "Flat", "--overwrite")
+
+
+def test_index_needs_only_a_corpus(beir_dir, tmp_path, capsys):
+    corpus_only = tmp_path / "corpus-only"
+    corpus_only.mkdir()
+    (corpus_only / "corpus.jsonl").write_text((beir_dir / "corpus.jsonl").read_text())
+    built = run_json(capsys, "index", str(corpus_only), "--out", str(tmp_path / "ix"), "--spec", "exact")
+    assert built["documents"] == len(DOCS)
