@@ -243,26 +243,24 @@ class VectorIndex(ABC):
         elif self._deleted.any() and not self._removes_deleted:
             allowed = ~self._deleted
         k_eff = min(k, n_allowed)
-        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        labels = np.full((q.shape[0], k), -1, dtype=np.int64)
-        if k_eff > 0 and q.shape[0] > 0:
-            s, lab = self._search_rows(q, k_eff, allowed)
-            scores[:, :k_eff] = s
-            labels[:, :k_eff] = lab
+        if k_eff == k and q.shape[0] > 0:
+            scores, labels = self._search_rows(q, k, allowed)
+        else:
+            scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+            labels = np.full((q.shape[0], k), -1, dtype=np.int64)
+            if k_eff > 0 and q.shape[0] > 0:
+                scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
+        if self._ids_array is None:
+            self._ids_array = np.array(self._ids, dtype=object)
+        if labels.size == 0 or labels[:, -1].min() >= 0:
+            # The common case: every row is full (backends pad only at the end), one gather.
+            doc_ids = self._ids_array[labels].tolist()
+        else:
             # Backends pad with -1 when they find fewer hits than asked (e.g. IVF with small nprobe).
             scores[labels < 0] = -np.inf
-        return SearchResult(doc_ids=self._labels_to_ids(labels), scores=scores, labels=labels,
+            doc_ids = [self._ids_array[row[row >= 0]].tolist() for row in labels]
+        return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels,
                             query_ids=list(query_ids) if query_ids is not None else None)
-
-    def _labels_to_ids(self, labels: NDArray[np.int64]) -> list[list[str]]:
-        if self._ids_array is None:
-            self._ids_array = np.array(self._ids + [""], dtype=object)  # row -1 maps to the sentinel
-        table = self._ids_array
-        out: list[list[str]] = []
-        for row in labels:
-            valid = row[row >= 0]
-            out.append(table[valid].tolist())
-        return out
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

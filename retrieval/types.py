@@ -44,7 +44,9 @@ def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[n
             "Was the index built with a different encoder?"
         )
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
+    # One reduction instead of a full boolean mask on the hot search path; a non-finite sum
+    # (a NaN / inf, or an overflow of huge finite values) triggers the exact check.
+    if not np.isfinite(out.sum(dtype=np.float64)) and not np.isfinite(out).all():
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         raise ShapeError(
             f"{name} contains NaN or inf values in {bad.size} row(s) (first: row {int(bad[0])}). "
