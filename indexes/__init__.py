@@ -8,9 +8,14 @@ FAISS is imported only when a ``FaissIndex`` is built or loaded.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from indexes.base import VectorIndex, load_index, register_index
 from indexes.flat import FlatIndex
 from indexes.manifest import FORMAT_VERSION, Manifest, read_manifest
+
+if TYPE_CHECKING:
+    from indexes.faiss_index import FaissIndex
 
 __all__ = [
     "FORMAT_VERSION",

@@ -136,6 +136,7 @@ class FaissIndex(VectorIndex):
         faiss = _faiss()
         self._index = index
         self._on_gpu = on_gpu
+        self._gpu_resources: Any = None  # faiss.StandardGpuResources backing a GPU index
         core = index if on_gpu else _unwrap(index)
         self._ivf = None if on_gpu else faiss.try_extract_index_ivf(index)
         self._hnsw = core if isinstance(core, faiss.IndexHNSW) else None

@@ -7,6 +7,7 @@ logs go to stderr. Errors print one ``error: ...`` line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -94,10 +95,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = retriever.search(args.query, k=args.k)
     hits = result.to_list()
     payload = {"results": [
-        {"query": q, "hits": [{"doc_id": h.doc_id, "score": h.score} for h in row]} for q, row in zip(args.query, hits)
+        {"query": q, "hits": [{"doc_id": h.doc_id, "score": h.score} for h in row]} for q, row in zip(args.query, hits, strict=True)
     ]}
     lines = []
-    for q, row in zip(args.query, hits):
+    for q, row in zip(args.query, hits, strict=True):
         lines.append(f"query: {q}")
         lines.extend(f"  {rank:>3}. {h.doc_id}  {h.score:.4f}" for rank, h in enumerate(row, 1))
     _emit(args, payload, "\n".join(lines))
@@ -157,8 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         build_s = time.perf_counter() - b0
         result = index.search(queries, 100, query_ids=qids)
         metrics = evaluate(result.to_trec_dict(), data.qrels)
-        timing = {b: time_search(lambda q, ix=index: ix.search(q, 10), queries, batch_size=b, repeats=3)
-                  for b in (1, 64)}
+        search = functools.partial(index.search, k=10)
+        timing = {b: time_search(search, queries, batch_size=b, repeats=3) for b in (1, 64)}
         size = saved_bytes(index)
         rows.append({
             "spec": spec, **metrics, "bytes_per_doc": size / len(index), "build_s": build_s,

@@ -122,8 +122,8 @@ class SearchResult:
     def to_list(self) -> list[list[Hit]]:
         """Hits per query, best first, padding dropped."""
         return [
-            [Hit(doc_id, float(score)) for doc_id, score in zip(ids, row)]
-            for ids, row in zip(self.doc_ids, self.scores)
+            [Hit(doc_id, float(score)) for doc_id, score in zip(ids, row, strict=False)]  # ids is shorter than a padded row
+            for ids, row in zip(self.doc_ids, self.scores, strict=True)
         ]
 
     def to_trec_dict(self, query_ids: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
@@ -134,8 +134,8 @@ class SearchResult:
         if len(qids) != len(self.doc_ids):
             raise ShapeError(f"to_trec_dict needs one query id per query; got {len(qids)} ids for {len(self.doc_ids)} queries.")
         return {
-            str(qid): {doc_id: float(score) for doc_id, score in zip(ids, row)}
-            for qid, ids, row in zip(qids, self.doc_ids, self.scores)
+            str(qid): {doc_id: float(score) for doc_id, score in zip(ids, row, strict=False)}  # padding dropped
+            for qid, ids, row in zip(qids, self.doc_ids, self.scores, strict=True)
         }
 
     def recall_at(self, gt: Sequence[Sequence[str]], k: int | None = None) -> float:
@@ -143,7 +143,7 @@ class SearchResult:
         if len(gt) != len(self.doc_ids):
             raise ShapeError(f"recall_at needs one ground-truth list per query; got {len(gt)} for {len(self.doc_ids)} queries.")
         total = 0.0
-        for found, truth in zip(self.doc_ids, gt):
+        for found, truth in zip(self.doc_ids, gt, strict=True):
             truth_set = set(truth)
             if truth_set:
                 total += len(truth_set.intersection(found[:k] if k else found)) / len(truth_set)

@@ -43,7 +43,7 @@ def test_non_finite_vectors(make, x, bad):
 @pytest.mark.parametrize("make", MAKERS)
 def test_wrong_dtype(make, x):
     index = make()
-    with pytest.raises(ShapeError, match="floating dtype.*int64"):
+    with pytest.raises(ShapeError, match=r"floating dtype.*int64"):
         index.add(x.astype(np.int64), ids=[str(i) for i in range(20)])
     with pytest.raises(ShapeError, match="floating dtype"):
         index.search(np.array([["a"] * 8]), k=1)

@@ -153,6 +153,8 @@ def test_k_larger_than_index_pads(data):
     res = index.search(xq[:2], k=8)
     assert res.scores.shape == (2, 8) and [len(r) for r in res.doc_ids] == [5, 5]
     assert (res.labels[:, 5:] == -1).all()
+    assert [len(hits) for hits in res.to_list()] == [5, 5]
+    assert [len(run) for run in res.to_trec_dict().values()] == [5, 5]
 
 
 def test_empty_index_search(data):

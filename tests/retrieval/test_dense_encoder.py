@@ -147,7 +147,7 @@ def test_explicit_cuda_without_cuda_raises() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the error path cannot be exercised")
     enc = DenseEncoder(device="cuda", cache_dir=False)  # constructing never probes the device
-    with pytest.raises(MissingDependencyError, match="device='cuda'.*device='auto'"):
+    with pytest.raises(MissingDependencyError, match=r"device='cuda'.*device='auto'"):
         enc.encode_queries(["x"])
     with pytest.raises(MissingDependencyError, match="cuda:1"):
         DenseEncoder(device="cuda:1", cache_dir=False).encode_queries(["x"])
