@@ -158,9 +158,17 @@ def read_lines(path: Path, *, expected: int) -> list[str]:
     return lines
 
 
-def verify_checksums(directory: Path, files: dict[str, Any]) -> None:
-    """Check size and sha256 of every file listed in the manifest."""
+def verify_checksums(directory: Path, files: dict[str, Any], *, hashes: bool = True) -> None:
+    """Check that every file listed in the manifest exists with its recorded size and sha256.
+
+    Sizes are always checked (cheap); ``hashes=False`` skips reading the files.
+    """
     for name, info in files.items():
+        if not isinstance(info, dict) or Path(name).name != name:
+            raise IndexFormatError(
+                f"{directory / 'manifest.json'}: files.{name} must be a plain file name mapped to "
+                f"{{'bytes', 'sha256'}}; got {info!r}. The manifest is damaged."
+            )
         path = directory / name
         if not path.is_file():
             raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
@@ -170,7 +178,7 @@ def verify_checksums(directory: Path, files: dict[str, Any]) -> None:
                 f"{path} has {size} bytes, but the manifest recorded {info.get('bytes')}. "
                 "The file is truncated or was modified; rebuild or restore the index."
             )
-        if file_sha256(path) != info.get("sha256"):
+        if hashes and file_sha256(path) != info.get("sha256"):
             raise IndexFormatError(
                 f"{path} fails its sha256 check; the file is corrupt. Rebuild or restore the index."
             )

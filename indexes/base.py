@@ -54,9 +54,9 @@ def load_index(path: str | os.PathLike[str], *, verify: bool = True, mmap: bool 
     path : path-like
         Directory written by :meth:`VectorIndex.save`.
     verify : bool
-        Check every file's size and sha256 against the manifest first (default). Pass
-        False to skip hashing on very large trusted indexes; sizes, dtypes and shapes
-        are still checked.
+        Check every file's sha256 against the manifest first (default). Pass False to
+        skip hashing on very large trusted indexes; file sizes, dtypes and shapes are
+        still checked.
     mmap : bool
         Memory-map plain arrays (``FlatIndex`` vectors) instead of reading them into RAM.
     """
@@ -294,8 +294,7 @@ class VectorIndex(ABC):
             raise IndexFormatError(
                 f"{directory} holds a {manifest.index_type}, not a {cls.__name__}; use indexes.load_index()."
             )
-        if verify:
-            verify_checksums(directory, manifest.files)
+        verify_checksums(directory, manifest.files, hashes=verify)
         if manifest.metric not in _METRICS:
             raise IndexFormatError(f"{directory / 'manifest.json'}: unknown metric {manifest.metric!r}.")
         index = cls._from_manifest(manifest)

@@ -29,6 +29,11 @@ def _faiss() -> Any:
     return require("faiss", extra="cpu", feature="FaissIndex")
 
 
+def _reason(exc: RuntimeError) -> str:
+    """The last line of a FAISS C++ exception: the message without its source location."""
+    return str(exc).strip().splitlines()[-1]
+
+
 def _unwrap(index: Any) -> Any:
     """The innermost index under any IndexPreTransform (OPQ, PCA, ...) wrappers, downcast."""
     faiss = _faiss()
@@ -114,9 +119,8 @@ class FaissIndex(VectorIndex):
         try:
             index = faiss.index_factory(self.dim, spec, metric_type)
         except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1]
             raise ConfigError(
-                f"spec {spec!r} is not a valid FAISS factory string for dim={self.dim} ({reason}). "
+                f"spec {spec!r} is not a valid FAISS factory string for dim={self.dim} ({_reason(exc)}). "
                 "See https://github.com/facebookresearch/faiss/wiki/The-index-factory"
             ) from exc
         self.spec = spec
@@ -209,9 +213,8 @@ class FaissIndex(VectorIndex):
         try:
             self._index.train(vectors)
         except RuntimeError as exc:
-            reason = str(exc).strip().splitlines()[-1]
             raise ConfigError(
-                f"training {self.spec!r} on {vectors.shape[0]} vectors failed ({reason}). IVF needs at "
+                f"training {self.spec!r} on {vectors.shape[0]} vectors failed ({_reason(exc)}). IVF needs at "
                 "least as many training vectors as lists, PQ/SQ need enough to fit their codebooks."
             ) from exc
         return self
@@ -359,7 +362,7 @@ class FaissIndex(VectorIndex):
         try:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
         except RuntimeError as exc:
-            raise IndexFormatError(f"{path} cannot be read by faiss ({str(exc).strip().splitlines()[-1]}).") from exc
+            raise IndexFormatError(f"{path} cannot be read by faiss ({_reason(exc)}).") from exc
         if index.d != manifest.dim:
             raise IndexFormatError(f"{path} has dimension {index.d}, but the manifest says {manifest.dim}.")
         self._set_backend(index)

@@ -117,6 +117,9 @@ def test_newer_format_version_is_rejected(tmp_path):
         (lambda p: (p / "vectors.npy").write_bytes((p / "vectors.npy").read_bytes()[:-40]), "bytes, but the manifest"),
         (lambda p: (p / "doc_ids.txt").write_text("x\n" * 5), "sha256|bytes"),
         (lambda p: (p / "deleted.npy").unlink(), "deleted.npy is missing"),
+        (lambda p: _edit_manifest(p, files={"vectors.npy": 12}), "plain file name"),
+        (lambda p: _edit_manifest(p, files={"../x.npy": {"bytes": 1}}), "plain file name"),
+        (lambda p: _edit_manifest(p, arrays={"vectors": "vectors.npy"}), "arrays.deleted|arrays.vectors"),
     ],
 )
 def test_damaged_directory_is_a_clear_error(tmp_path, damage, pattern):
@@ -137,6 +140,9 @@ def test_truncated_array_without_checksums_is_still_caught(tmp_path):
 def test_wrong_dtype_array_is_rejected_without_checksums(tmp_path):
     path = _built("numpy-flat", 5).save(tmp_path / "ix")
     np.save(path / "vectors.npy", np.zeros((5, 16), dtype=np.float64))
+    with pytest.raises(IndexFormatError, match="bytes, but the manifest"):  # sizes are always checked
+        load_index(path, verify=False)
+    _edit_manifest(path, files={})  # even with no size on record, the dtype check catches it
     with pytest.raises(IndexFormatError, match="dtype"):
         load_index(path, verify=False)
 
