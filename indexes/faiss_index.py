@@ -153,6 +153,30 @@ class FaissIndex(VectorIndex):
             or isinstance(core, (faiss.IndexFlat, faiss.IndexScalarQuantizer))
         )
 
+    @classmethod
+    def from_faiss(cls, index: Any, ids: list[str], *, spec: str, metric: Metric = "ip") -> FaissIndex:
+        """Wrap an already trained and filled FAISS index whose label ``i`` is document ``ids[i]``.
+
+        Used by trainers that build the FAISS index themselves (e.g. JPQ writes trained PQ
+        centroids into an ``OPQ,PQ`` index). ``spec`` is recorded for the manifest.
+        """
+        faiss = _faiss()
+        index = faiss.downcast_index(index)
+        if index.ntotal != len(ids):
+            raise ConfigError(f"the FAISS index holds {index.ntotal} vectors but {len(ids)} ids were given.")
+        expected = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        if index.metric_type != expected:
+            raise ConfigError(f"the FAISS index uses metric type {index.metric_type}, not {metric!r}.")
+        clone = object.__new__(cls)
+        VectorIndex.__init__(clone, index.d, metric=metric)
+        clone.spec = spec
+        clone._set_backend(index)
+        clone._check_new_ids(list(ids))
+        clone._ids = list(ids)
+        clone._row_of = {doc_id: row for row, doc_id in enumerate(ids)}
+        clone._deleted = np.zeros(len(ids), dtype=bool)
+        return clone
+
     # ------------------------------------------------------------------ parameters
     @property
     def faiss_index(self) -> faiss.Index:

@@ -160,5 +160,9 @@ class Retriever:
                 )
             from retrieval.encode.dense import DenseEncoder
 
+            model = description.get("model")
+            if isinstance(model, str) and model.startswith(("./", "../")):
+                # A model saved beside the index (e.g. a JPQ query encoder) is recorded relative to it.
+                description = {**description, "model": str((Path(path) / model).resolve())}
             encoder = DenseEncoder.from_description(description, device=device)
         return cls(encoder, index)
