@@ -1,4 +1,4 @@
-"""The ``densezip`` command line: ``index``, ``search``, ``evaluate`` and ``demo``.
+"""The ``densezip`` command line: ``index``, ``search``, ``evaluate``, ``train-jpq`` and ``demo``.
 
 Every command accepts ``--json`` for machine-readable output on stdout; progress bars and
 logs go to stderr. Errors print one ``error: ...`` line and exit with status 2.
@@ -193,6 +193,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_jpq(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from retrieval.beir import load_beir
+    from retrieval.evaluate import evaluate
+    from training.jpq import JPQTrainer, JPQTrainingArgs, load_jpq
+
+    settings = JPQTrainingArgs.from_toml(args.config) if args.config else JPQTrainingArgs()
+    overrides = {k: v for k, v in (("m", args.m), ("epochs", args.epochs)) if v is not None}
+    settings = replace(settings, **overrides)
+    started = time.perf_counter()
+    train = load_beir(args.data, split=args.train_split)
+    encoder = _encoder(args)
+    docs = encoder.encode_documents(train.doc_texts(), ids=train.doc_ids())
+    trainer = JPQTrainer(settings, doc_ids=docs.ids, doc_vectors=docs.vectors, queries=train.queries,
+                         qrels=train.qrels, model=args.model, device="cpu" if args.device == "auto" else args.device)
+    history = trainer.train(show_progress=not args.json)
+    path = trainer.save(args.out, overwrite=args.overwrite)
+    payload: dict[str, Any] = {"out": str(path), "spec": settings.spec, "steps": history.steps,
+                               "train_s": history.seconds, "total_s": time.perf_counter() - started,
+                               "dev": history.dev}
+    text = f"trained {settings.spec} for {history.steps} steps in {history.seconds:.0f}s; saved to {path}"
+    if args.eval_split:
+        test = load_beir(args.data, split=args.eval_split)
+        retriever = load_jpq(path, device="cpu")
+        result = retriever.search(test.query_texts(), 100, query_ids=test.query_ids())
+        payload["metrics"] = evaluate(result.to_trec_dict(), test.qrels)
+        text += "\n" + f"{args.eval_split}: " + "  ".join(f"{k} {v:.4f}" for k, v in payload["metrics"].items())
+    _emit(args, payload, text)
+    return 0
+
+
 def _faiss_threads() -> int:
     try:
         import faiss
@@ -255,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=["nDCG@10", "MRR@10", "Recall@100"], help="ir-measures names")
     common(p, model=False)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train-jpq", help="train a JPQ index (query encoder + PQ centroids) on a BEIR train split")
+    p.add_argument("data", help="BEIR-format directory or bundled data set name with a train qrels split")
+    p.add_argument("--out", required=True, help="output directory (index/ and query_encoder/)")
+    p.add_argument("--config", default=None, help="TOML file with a [jpq] table of JPQTrainingArgs")
+    p.add_argument("--m", type=_positive_int, default=None, help="PQ sub-vectors (bytes per document at 8 bits)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training queries")
+    p.add_argument("--train-split", default="train", help="qrels split to train on (default train)")
+    p.add_argument("--eval-split", default="test", help="split to evaluate after training ('' to skip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    common(p, model=True)
+    p.set_defaults(func=cmd_train_jpq)
 
     p = sub.add_parser("demo", help="index SciFact, search it, print quality and timing")
     p.add_argument("--data", default="scifact", help="BEIR directory or bundled name (default scifact)")

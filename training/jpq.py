@@ -257,7 +257,6 @@ class JPQTrainer:
         self._device = device
 
         random.seed(args.seed)
-        np.random.seed(args.seed)
         self._torch.manual_seed(args.seed)
         qids = sorted(self._positives)
         rng = random.Random(args.seed)

@@ -1,0 +1,91 @@
+"""JPQ against FAISS PQ and OPQ+PQ at the same bytes per document, on a BEIR data set.
+
+Run:  .venv/bin/python tests/benchmarks/bench_jpq.py --data scifact --m 48 24 16 8 [--json out.json]
+
+Trains on the train split (10% of its queries held out as dev for monitoring) and reports
+the test split: nDCG@10, MRR@10, Recall@100 (ir-measures), bytes per document of the saved
+index, queries per second at batch 64 (2 threads), and training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="scifact")
+    parser.add_argument("--m", type=int, nargs="+", default=[48, 24, 16, 8])
+    parser.add_argument("--nbits", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr-encoder", type=float, default=2e-5)
+    parser.add_argument("--lr-centroids", type=float, default=None, help="default: by M as in the paper, x10")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--loss", default="pairwise")
+    parser.add_argument("--ablation", action="store_true", help="also train centroids only and encoder only")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    import faiss
+
+    import retrieval as rt
+    from indexes import FaissIndex
+    from retrieval.measure import saved_bytes, time_search
+    from training.jpq import JPQTrainer, JPQTrainingArgs
+
+    faiss.omp_set_num_threads(2)
+    train = rt.load_beir(args.data, split="train")
+    test = rt.load_beir(args.data, split="test")
+    encoder = rt.DenseEncoder(device="cpu")
+    docs = encoder.encode_documents(test.doc_texts(), ids=test.doc_ids())
+    test_q = encoder.encode_queries(test.query_texts())
+    qids = test.query_ids()
+
+    def measure(index: Any, queries: Any) -> dict[str, float]:
+        metrics = rt.evaluate(index.search(queries, 100, query_ids=qids).to_trec_dict(), test.qrels)
+        qps = time_search(lambda q: index.search(q, 10), queries, batch_size=64, repeats=5).qps
+        return {**metrics, "bytes_per_doc": saved_bytes(index) / len(index), "qps_batch64": qps}
+
+    rows: list[dict[str, Any]] = []
+
+    def report(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(f"{row['method']:<22} M={row['m']:<3} nDCG@10 {row['nDCG@10']:.4f}  MRR@10 {row['MRR@10']:.4f}  "
+              f"R@100 {row['Recall@100']:.3f}  {row['bytes_per_doc']:6.0f} B/doc  QPS@64 {row['qps_batch64']:7.0f}"
+              + (f"  train {row['train_s']:.0f}s" if "train_s" in row else ""), flush=True)
+
+    exact = FaissIndex(docs.dim, spec="Flat").add(docs)
+    report({"method": "exact", "m": "-", **measure(exact, test_q)})
+    for m in args.m:
+        for method, spec in (("PQ", f"PQ{m}x{args.nbits}"), ("OPQ+PQ", f"OPQ{m},PQ{m}x{args.nbits}")):
+            t0 = time.perf_counter()
+            index = FaissIndex(docs.dim, spec=spec).train(docs).add(docs)
+            report({"method": method, "m": m, **measure(index, test_q), "build_s": time.perf_counter() - t0})
+        lr_c = args.lr_centroids or (1e-4 if m >= 48 else 2e-5 if m >= 32 else 5e-5)
+        variants = [("JPQ", True, True)]
+        if args.ablation:
+            variants += [("JPQ centroids only", False, True), ("JPQ encoder only", True, False)]
+        for name, enc_on, cent_on in variants:
+            t0 = time.perf_counter()
+            trainer = JPQTrainer(
+                JPQTrainingArgs(m=m, nbits=args.nbits, epochs=args.epochs, batch_size=args.batch_size,
+                                lr_encoder=args.lr_encoder, lr_centroids=lr_c, loss=args.loss,
+                                train_encoder=enc_on, train_centroids=cent_on),
+                doc_ids=docs.ids, doc_vectors=docs.vectors, queries=train.queries, qrels=train.qrels,
+            )
+            history = trainer.train()
+            train_s = time.perf_counter() - t0
+            index = FaissIndex.from_faiss(trainer.index, trainer.doc_ids, spec=trainer.args.spec)
+            queries = trainer.encode_queries(test.query_texts())
+            report({"method": name, "m": m, **measure(index, queries), "train_s": train_s, "dev": history.dev,
+                    "lr_centroids": lr_c, "lr_encoder": args.lr_encoder, "epochs": args.epochs})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

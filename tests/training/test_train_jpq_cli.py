@@ -1,0 +1,58 @@
+"""`densezip train-jpq` end to end on a tiny BEIR directory with a TOML config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retrieval.beir import load_beir
+from retrieval.cli import main
+from retrieval.errors import ConfigError
+from training.jpq import JPQTrainingArgs
+
+
+def _write_beir(root, data_train, data_test) -> None:
+    (root / "qrels").mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for doc_id, doc in data_train.corpus.items():
+            f.write(json.dumps({"_id": doc_id, **doc}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for qid, text in data_train.queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    for split, data in (("train", data_train), ("test", data_test)):
+        rows = [f"{q}\t{d}\t{g}" for q, judged in data.qrels.items() for d, g in judged.items() if d in data_train.corpus]
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+
+
+def test_train_jpq_command(tmp_path, capsys):
+    train = load_beir("scifact", split="train").subset(100, seed=2)
+    test = load_beir("scifact", split="test")
+    test_sub = type(test)(name="t", corpus=train.corpus, queries=train.queries,
+                          qrels={q: j for q, j in list(train.qrels.items())[:10]}, split="test")
+    _write_beir(tmp_path / "data", train, test_sub)
+    config = tmp_path / "jpq.toml"
+    config.write_text("[jpq]\nm = 8\nnbits = 4\nopq = false\nepochs = 1\nbatch_size = 16\ntop_n = 20\n"
+                      "dev_fraction = 0.0\n")
+    out = tmp_path / "run"
+    assert main(["train-jpq", str(tmp_path / "data"), "--out", str(out), "--config", str(config), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["spec"] == "PQ8x4" and report["steps"] >= 1 and 0 <= report["metrics"]["nDCG@10"] <= 1
+    assert main(["search", str(out / "index"), "vitamin D", "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"][0]["hits"]) == 3
+
+
+def test_toml_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[jpq]\nm = 8\nlearning_rate = 1\n")
+    with pytest.raises(ConfigError, match="unknown JPQ option"):
+        JPQTrainingArgs.from_toml(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[jpq\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        JPQTrainingArgs.from_toml(broken)
+    import training
+
+    shipped = Path(training.__file__).parent / "configs" / "jpq_scifact.toml"
+    assert JPQTrainingArgs.from_toml(shipped).m == 24
