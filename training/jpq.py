@@ -97,6 +97,9 @@ class JPQTrainingArgs:
         (never the test split); 0 disables.
     eval_every : int
         Evaluate on the dev queries every this many steps (0: only at the end of each epoch).
+    checkpoint_dir : str, optional
+        Write ``checkpoint.pt`` there after every epoch (atomically); a later ``train()`` with
+        the same directory resumes after the last completed epoch.
     seed : int
         Seeds Python, NumPy, torch and FAISS k-means.
     """
@@ -119,6 +122,7 @@ class JPQTrainingArgs:
     train_centroids: bool = True
     dev_fraction: float = 0.1
     eval_every: int = 0
+    checkpoint_dir: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -386,6 +390,7 @@ class JPQTrainer:
         steps_per_epoch = math.ceil(len(self.train_qids) / args.batch_size)
         optimizer, schedule = self._optimizer()
         rng = random.Random(args.seed)
+        first_epoch = self._resume(optimizer, schedule)
         started = time.perf_counter()
         if self.dev_qids and not self.history.dev:
             self.history.dev.append({"step": 0, **self.evaluate_dev()})
@@ -397,7 +402,9 @@ class JPQTrainer:
         self.model.train()
         for epoch in range(args.epochs):
             order = list(self.train_qids)
-            rng.shuffle(order)
+            rng.shuffle(order)  # also for skipped epochs, so a resumed run sees the same order
+            if epoch < first_epoch:
+                continue
             for start in range(0, len(order), args.batch_size):
                 loss = self.loss(order[start : start + args.batch_size])
                 optimizer.zero_grad()
@@ -418,11 +425,58 @@ class JPQTrainer:
                     self.history.dev.append({"step": self.history.steps, **self.evaluate_dev()})
             if self.dev_qids and not args.eval_every:
                 self.history.dev.append({"step": self.history.steps, **self.evaluate_dev()})
+            self._checkpoint(epoch, optimizer, schedule)
         if progress is not None:
             progress.close()
         self.model.eval()
         self.history.seconds += time.perf_counter() - started
         return self.history
+
+    def _checkpoint(self, epoch: int, optimizer: Any, schedule: Any) -> None:
+        if self.args.checkpoint_dir is None:
+            return
+        torch = self._torch
+        directory = Path(self.args.checkpoint_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": epoch, "args": asdict(self.args), "model": self.model.state_dict(),
+            "centroids": self.centroids.detach().clone(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+            "history": asdict(self.history),
+        }
+        tmp = directory / f".checkpoint.pt.tmp-{os.getpid()}"
+        torch.save(state, tmp)
+        os.replace(tmp, directory / "checkpoint.pt")
+        logger.info("checkpoint after epoch %d written to %s", epoch + 1, directory)
+
+    def _resume(self, optimizer: Any, schedule: Any) -> int:
+        """Load ``checkpoint_dir/checkpoint.pt`` if present; return the first epoch still to run."""
+        if self.args.checkpoint_dir is None:
+            return 0
+        path = Path(self.args.checkpoint_dir) / "checkpoint.pt"
+        if not path.is_file():
+            return 0
+        torch = self._torch
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise ConfigError(f"cannot read the JPQ checkpoint {path} ({exc}); delete it to start over.") from exc
+        saved = {k: v for k, v in state["args"].items() if k not in ("epochs", "checkpoint_dir", "eval_every")}
+        current = {k: v for k, v in asdict(self.args).items() if k in saved}
+        if saved != current:
+            changed = sorted(k for k in saved if saved[k] != current.get(k))
+            raise ConfigError(f"{path} was written with different settings ({changed}); use another "
+                              "checkpoint_dir or delete the checkpoint.")
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            self.centroids.copy_(state["centroids"])
+        self._sync_centroids()
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = JPQHistory(**state["history"])
+        logger.info("resumed from %s after epoch %d", path, state["epoch"] + 1)
+        return int(state["epoch"]) + 1
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> NDArray[np.float32]:
         """Query vectors from the current encoder, no gradients, float32 (n, d)."""

@@ -20,9 +20,9 @@ def main() -> None:
     parser.add_argument("--data", default="scifact")
     parser.add_argument("--m", type=int, nargs="+", default=[48, 24, 16, 8])
     parser.add_argument("--nbits", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr-encoder", type=float, default=2e-5)
-    parser.add_argument("--lr-centroids", type=float, default=None, help="default: by M as in the paper, x10")
+    parser.add_argument("--lr-centroids", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--loss", default="pairwise")
     parser.add_argument("--ablation", action="store_true", help="also train centroids only and encoder only")
@@ -64,7 +64,7 @@ def main() -> None:
             t0 = time.perf_counter()
             index = FaissIndex(docs.dim, spec=spec).train(docs).add(docs)
             report({"method": method, "m": m, **measure(index, test_q), "build_s": time.perf_counter() - t0})
-        lr_c = args.lr_centroids or (1e-4 if m >= 48 else 2e-5 if m >= 32 else 5e-5)
+        lr_c = args.lr_centroids
         variants = [("JPQ", True, True)]
         if args.ablation:
             variants += [("JPQ centroids only", False, True), ("JPQ encoder only", True, False)]

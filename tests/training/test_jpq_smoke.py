@@ -17,13 +17,14 @@ def tiny(minilm_encoder):
     return data, docs
 
 
-def _trainer(tiny, **overrides) -> JPQTrainer:
+def _trainer(tiny, n_queries: int | None = None, **overrides) -> JPQTrainer:
     data, docs = tiny
+    qrels = dict(list(data.qrels.items())[:n_queries]) if n_queries else data.qrels
     settings = {"m": 8, "nbits": 4, "opq": False, "epochs": 1, "batch_size": 8, "top_n": 20, "lr_centroids": 1e-2,
                 "lr_encoder": 1e-5, "warmup_steps": 1, "dev_fraction": 0.0, "seed": 3}
     settings.update(overrides)
     return JPQTrainer(JPQTrainingArgs(**settings), doc_ids=docs.ids, doc_vectors=docs.vectors,
-                      queries=data.queries, qrels=data.qrels)
+                      queries=data.queries, qrels=qrels)
 
 
 def test_loss_falls_and_centroids_move(tiny):
@@ -115,3 +116,19 @@ def test_unpack_codes_matches_faiss_packing():
         centroids = faiss.vector_to_array(pq.centroids).reshape(4, 2**nbits, 4)
         rebuilt = np.concatenate([centroids[m, codes[:, m]] for m in range(4)], axis=1)
         np.testing.assert_allclose(rebuilt, pq.decode(packed), atol=1e-6)
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    common = {"n_queries": 24, "batch_size": 8, "top_n": 10}
+    straight = _trainer(tiny, epochs=2, checkpoint_dir=str(tmp_path / "a"), **common)
+    straight.train()
+    first = _trainer(tiny, epochs=1, checkpoint_dir=str(tmp_path / "b"), **common)
+    first.train()
+    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    resumed = _trainer(tiny, epochs=2, checkpoint_dir=str(tmp_path / "b"), **common)
+    history = resumed.train()
+    assert history.steps == straight.history.steps
+    np.testing.assert_allclose(resumed.centroids.detach().numpy(), straight.centroids.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(history.losses, straight.history.losses, rtol=1e-4)
+    with pytest.raises(ConfigError, match="different settings"):
+        _trainer(tiny, epochs=2, n_queries=24, batch_size=8, top_n=12, checkpoint_dir=str(tmp_path / "b")).train()
