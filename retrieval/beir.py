@@ -23,13 +23,15 @@ import json
 import os
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from retrieval.datasets import available_datasets, dataset_path
 from retrieval.errors import ConfigError, DataError
+
+V = TypeVar("V")
 
 __all__ = ["BEIRDataset", "corpus_texts", "load_beir", "load_corpus"]
 
@@ -369,39 +371,34 @@ def _text_field(obj: dict[str, Any], key: str, file: Path, lineno: int, *, requi
     return value
 
 
-def _read_corpus(file: Path) -> dict[str, dict[str, str]]:
-    corpus: dict[str, dict[str, str]] = {}
+def _read_records(file: Path, kind: str, value: Callable[[dict[str, Any], int], V]) -> dict[str, V]:
+    """Read ``{_id: value(record, lineno)}`` from a JSONL file, rejecting duplicate ids."""
+    records: dict[str, V] = {}
     first_line: dict[str, int] = {}
     for lineno, obj in _iter_json(file):
-        doc_id = _record_id(obj, file, lineno)
-        if doc_id in corpus:
+        record_id = _record_id(obj, file, lineno)
+        if record_id in records:
             raise DataError(
-                f"{file}, line {lineno}: duplicate document id {doc_id!r} (first seen on line "
-                f"{first_line[doc_id]}). Document ids must be unique."
+                f"{file}, line {lineno}: duplicate {kind} id {record_id!r} (first seen on line "
+                f"{first_line[record_id]}). {kind.capitalize()} ids must be unique."
             )
-        first_line[doc_id] = lineno
-        corpus[doc_id] = {
-            "title": _text_field(obj, "title", file, lineno, required=False),
-            "text": _text_field(obj, "text", file, lineno, required=False),
-        }
+        first_line[record_id] = lineno
+        records[record_id] = value(obj, lineno)
+    return records
+
+
+def _read_corpus(file: Path) -> dict[str, dict[str, str]]:
+    corpus = _read_records(file, "document", lambda obj, lineno: {
+        "title": _text_field(obj, "title", file, lineno, required=False),
+        "text": _text_field(obj, "text", file, lineno, required=False),
+    })
     if not corpus:
         raise DataError(f"{file}: the corpus is empty; expected one JSON document per line.")
     return corpus
 
 
 def _read_queries(file: Path) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for lineno, obj in _iter_json(file):
-        qid = _record_id(obj, file, lineno)
-        if qid in queries:
-            raise DataError(
-                f"{file}, line {lineno}: duplicate query id {qid!r} (first seen on line "
-                f"{first_line[qid]}). Query ids must be unique."
-            )
-        first_line[qid] = lineno
-        queries[qid] = _text_field(obj, "text", file, lineno, required=True)
-    return queries
+    return _read_records(file, "query", lambda obj, lineno: _text_field(obj, "text", file, lineno, required=True))
 
 
 def _is_header(fields: list[str]) -> bool:
