@@ -234,6 +234,11 @@ class JPQTrainer:
         self.args = args
         self._torch = require("torch", extra="cpu", feature="JPQTrainer")
         self._faiss = require("faiss", extra="cpu", feature="JPQTrainer")
+        if device != "cpu":
+            # The FAISS side and the code / rotation tensors live on the CPU; moving them with
+            # the encoder is not implemented (and could not be tested: no GPU was available).
+            raise ConfigError(f"JPQTrainer runs on device='cpu' only for now; got {device!r}. The trained index "
+                              "itself searches on a GPU through FaissIndex.to_gpu().")
         vectors = as_float32_matrix(doc_vectors, name="doc_vectors")
         self.doc_ids = [str(i) for i in doc_ids]
         if len(self.doc_ids) != vectors.shape[0]:
@@ -342,12 +347,16 @@ class JPQTrainer:
         torch, args = self._torch, self.args
         q = self.encode([self._queries[i] for i in qids])
         retrieved = self._search(q.detach().cpu().numpy().astype(np.float32), args.top_n)
+        def inv(rank: int) -> float:
+            return 1.0 / rank if rank <= args.rank_cut else 0.0
+
         losses = []
         for b, qid in enumerate(qids):
             pos = self._positives[qid]
+            pos_set = set(pos)
             ranked = [int(r) for r in retrieved[b] if r >= 0]
             rank_of = {row: i + 1 for i, row in enumerate(ranked)}
-            neg = [row for row in ranked if row not in set(pos)]  # known positives are never negatives
+            neg = [row for row in ranked if row not in pos_set]  # known positives are never negatives
             if not neg:
                 continue
             rows = torch.tensor([pos + neg])
@@ -357,7 +366,6 @@ class JPQTrainer:
                 logits = torch.cat([s_pos[:, None], s_neg[None, :].expand(len(pos), -1)], dim=1) / args.temperature
                 losses.append(torch.nn.functional.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long)))
                 continue
-            inv = lambda rank: 1.0 / rank if rank <= args.rank_cut else 0.0  # noqa: E731
             inv_pos = torch.tensor([inv(rank_of.get(r, args.top_n + 1)) for r in pos])
             inv_neg = torch.tensor([inv(rank_of[r]) for r in neg])
             weight = (inv_pos[:, None] - inv_neg[None, :]).abs()

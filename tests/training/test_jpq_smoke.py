@@ -95,6 +95,10 @@ def test_ablation_switches_and_bad_args(tiny):
         JPQTrainingArgs(m=0)
     with pytest.raises(ConfigError, match="at least 256"):
         _trainer(tiny, opq=True)
+    data, docs = tiny
+    with pytest.raises(ConfigError, match="device='cpu' only"):
+        JPQTrainer(JPQTrainingArgs(), doc_ids=docs.ids, doc_vectors=docs.vectors, queries=data.queries,
+                   qrels=data.qrels, device="cuda")
 
 
 def torch_equal(a, b) -> bool:
