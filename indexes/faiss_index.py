@@ -52,13 +52,14 @@ def _search_storage(
         bitmap = np.packbits(allowed, bitorder="little")
         params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap))
         return storage.search(queries, k, params=params)  # type: ignore[no-any-return]
-    rows = np.flatnonzero(allowed)
-    vectors = storage.reconstruct_batch(rows)
-    scores = queries @ vectors.T if metric == "ip" else (
-        2.0 * queries @ vectors.T - (vectors**2).sum(1)[None, :] - (queries**2).sum(1)[:, None])
-    from indexes.flat import topk
+    # Storage kinds that take no selector (PQ codes): decode the allowed rows and let the exact
+    # NumPy index score them, as FlatIndex does everywhere else.
+    from indexes.flat import FlatIndex
 
-    s, i = topk(scores.astype(np.float32), min(k, rows.size))
+    rows = np.flatnonzero(allowed)
+    exact = FlatIndex(queries.shape[1], metric=metric)  # type: ignore[arg-type]
+    exact._add_vectors(storage.reconstruct_batch(rows), 0)
+    s, i = exact._search_rows(queries, min(k, rows.size), None)
     out_d = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
     out_l = np.full((queries.shape[0], k), -1, dtype=np.int64)
     out_d[:, : s.shape[1]] = s if metric == "ip" else -s
@@ -154,6 +155,14 @@ class FaissIndex(VectorIndex):
         )
 
     @classmethod
+    def _bare(cls, dim: int, metric: Metric, spec: str) -> FaissIndex:
+        """An instance with no FAISS backend yet, for the alternative constructors below."""
+        clone = object.__new__(cls)
+        VectorIndex.__init__(clone, dim, metric=metric)
+        clone.spec = spec
+        return clone
+
+    @classmethod
     def from_faiss(cls, index: Any, ids: list[str], *, spec: str, metric: Metric = "ip") -> FaissIndex:
         """Wrap an already trained and filled FAISS index whose label ``i`` is document ``ids[i]``.
 
@@ -167,9 +176,7 @@ class FaissIndex(VectorIndex):
         expected = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
         if index.metric_type != expected:
             raise ConfigError(f"the FAISS index uses metric type {index.metric_type}, not {metric!r}.")
-        clone = object.__new__(cls)
-        VectorIndex.__init__(clone, index.d, metric=metric)
-        clone.spec = spec
+        clone = cls._bare(index.d, metric, spec)
         clone._set_backend(index)
         clone._check_new_ids(list(ids))
         clone._ids = list(ids)
@@ -352,9 +359,7 @@ class FaissIndex(VectorIndex):
         return clone
 
     def _clone_ids(self) -> FaissIndex:
-        clone = object.__new__(FaissIndex)
-        VectorIndex.__init__(clone, self.dim, metric=self.metric)
-        clone.spec = self.spec
+        clone = self._bare(self.dim, self.metric, self.spec)
         clone.metadata = dict(self.metadata)
         clone._ids = list(self._ids)
         clone._row_of = dict(self._row_of)
@@ -373,10 +378,7 @@ class FaissIndex(VectorIndex):
         spec = manifest.params.get("spec")
         if not isinstance(spec, str):
             raise IndexFormatError(f"FaissIndex manifest needs params.spec (a string); got {spec!r}.")
-        clone = object.__new__(cls)
-        VectorIndex.__init__(clone, manifest.dim, metric=manifest.metric)  # type: ignore[arg-type]
-        clone.spec = spec
-        return clone
+        return cls._bare(manifest.dim, manifest.metric, spec)  # type: ignore[arg-type]
 
     def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
         faiss = _faiss()

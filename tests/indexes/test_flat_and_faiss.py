@@ -102,6 +102,7 @@ ALL_KINDS = [
     pytest.param(lambda d: FlatIndex(d), id="numpy-flat"),
     pytest.param(lambda d: FaissIndex(d, spec="Flat"), id="Flat"),
     pytest.param(lambda d: FaissIndex(d, spec="HNSW16", ef_search=200), id="HNSW16"),
+    pytest.param(lambda d: FaissIndex(d, spec="HNSW16,PQ8", ef_search=200), id="HNSW16-PQ-storage"),
     pytest.param(lambda d: FaissIndex(d, spec="IVF8,Flat", nprobe=8), id="IVF8"),
     pytest.param(lambda d: FaissIndex(d, spec="PQ8x4"), id="PQ8x4-no-selector"),
     pytest.param(lambda d: FaissIndex(d, spec="OPQ8,IVF8,PQ8x4", nprobe=8), id="OPQ-IVF-PQ"),
