@@ -65,6 +65,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 # ---------------------------------------------------------------------------- commands
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.beir import corpus_texts, load_corpus
+    from retrieval.measure import directory_bytes
     from retrieval.pipeline import Retriever
 
     started = time.perf_counter()
@@ -75,7 +76,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     index = build_index(docs, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
     built = time.perf_counter()
     path = Retriever(encoder, index).save(args.out, overwrite=args.overwrite)
-    size = sum(f.stat().st_size for f in path.iterdir())
+    size = directory_bytes(path)
     payload = {
         "index": str(path), "spec": args.spec, "documents": len(index), "dim": index.dim,
         "bytes": size, "bytes_per_doc": size / max(len(index), 1),

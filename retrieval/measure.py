@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
 
-__all__ = ["SearchTiming", "saved_bytes", "time_search"]
+__all__ = ["SearchTiming", "directory_bytes", "saved_bytes", "time_search"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,12 @@ def time_search(
     )
 
 
+def directory_bytes(path: Path) -> int:
+    """Total size of the files of a saved index directory."""
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
 def saved_bytes(index: VectorIndex) -> int:
     """Bytes of everything a saved copy of ``index`` holds: backend file, ids, manifest."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = index.save(Path(tmp) / "index")
-        return sum(f.stat().st_size for f in path.iterdir())
+        return directory_bytes(index.save(Path(tmp) / "index"))
