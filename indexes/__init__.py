@@ -3,7 +3,8 @@
 ``FlatIndex`` (exact, NumPy) and ``FaissIndex`` (any FAISS factory string) share the
 :class:`VectorIndex` API: ``train`` / ``add`` / ``delete`` / ``search`` / ``save`` /
 ``load``. :func:`load_index` opens any saved index; :func:`read_manifest` peeks at one.
-FAISS is imported only when a ``FaissIndex`` is built or loaded.
+FAISS is imported only when a ``FaissIndex`` is built or loaded. ``MultiVectorIndex`` holds
+several compressed vectors per document and ranks by MaxSim (late interaction).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from indexes.manifest import FORMAT_VERSION, Manifest, read_manifest
 
 if TYPE_CHECKING:
     from indexes.faiss_index import FaissIndex
+    from indexes.multivector import MultiVectorIndex
 
 __all__ = [
     "FORMAT_VERSION",
     "FaissIndex",
     "FlatIndex",
     "Manifest",
+    "MultiVectorIndex",
     "VectorIndex",
     "load_index",
     "read_manifest",
@@ -34,4 +37,8 @@ def __getattr__(name: str) -> object:
         from indexes.faiss_index import FaissIndex
 
         return FaissIndex
+    if name == "MultiVectorIndex":
+        from indexes.multivector import MultiVectorIndex
+
+        return MultiVectorIndex
     raise AttributeError(f"module 'indexes' has no attribute {name!r}")

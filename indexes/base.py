@@ -15,7 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +24,9 @@ from indexes._io import atomic_directory, file_sha256, load_array, read_lines, s
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval.errors import ConfigError, IndexFormatError, ShapeError, UnknownIdError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix
+
+if TYPE_CHECKING:
+    from indexes.multivector import MultiVectorIndex
 
 __all__ = ["Metric", "VectorIndex", "load_index", "register_index"]
 
@@ -35,18 +38,23 @@ _BAD_ID = re.compile(r"[\n\r]")
 
 T = TypeVar("T", bound="VectorIndex")
 
-_REGISTRY: dict[str, type[VectorIndex]] = {}
+_REGISTRY: dict[str, Any] = {}  # class name -> class with a ``load(path, verify=, mmap=)`` classmethod
 # Index kinds whose module imports optional packages: imported only when a saved index needs them.
-_LAZY_MODULES = {"FaissIndex": "indexes.faiss_index"}
+_LAZY_MODULES = {"FaissIndex": "indexes.faiss_index", "MultiVectorIndex": "indexes.multivector"}
 
 
-def register_index(cls: type[T]) -> type[T]:
+C = TypeVar("C", bound=type)
+
+
+def register_index(cls: C) -> C:
     """Class decorator: make ``cls`` loadable by :func:`load_index` under its class name."""
     _REGISTRY[cls.__name__] = cls
     return cls
 
 
-def load_index(path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> VectorIndex:
+def load_index(
+    path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False
+) -> VectorIndex | MultiVectorIndex:
     """Load any saved index, dispatching on ``manifest.index_type``.
 
     Parameters

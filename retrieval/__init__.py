@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from retrieval.beir import BEIRDataset, load_beir
     from retrieval.encode.base import Encoder
     from retrieval.encode.dense import DenseEncoder
+    from retrieval.encode.multivector import MultiVectorEncoder
     from retrieval.errors import (
         ConfigError,
         DataError,
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     )
     from retrieval.evaluate import evaluate
     from retrieval.pipeline import Retriever
-    from retrieval.types import Embeddings, Hit, SearchResult
+    from retrieval.rerank.maxsim import MaxSimReranker
+    from retrieval.types import Embeddings, Hit, MultiVectorEmbeddings, SearchResult
 
 _LAZY: dict[str, str] = {
     "BEIRDataset": "retrieval.beir",
@@ -38,7 +40,10 @@ _LAZY: dict[str, str] = {
     "Encoder": "retrieval.encode.base",
     "Hit": "retrieval.types",
     "IndexFormatError": "retrieval.errors",
+    "MaxSimReranker": "retrieval.rerank.maxsim",
     "MissingDependencyError": "retrieval.errors",
+    "MultiVectorEmbeddings": "retrieval.types",
+    "MultiVectorEncoder": "retrieval.encode.multivector",
     "NotTrainedError": "retrieval.errors",
     "RetrievalError": "retrieval.errors",
     "Retriever": "retrieval.pipeline",

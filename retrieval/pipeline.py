@@ -144,9 +144,14 @@ class Retriever:
 
         Pass ``encoder`` to use another (compatible) encoder instead.
         """
-        from indexes import load_index
+        from indexes import VectorIndex, load_index
 
         index = load_index(path, verify=verify)
+        if not isinstance(index, VectorIndex):
+            raise ConfigError(
+                f"{path} holds a {type(index).__name__}; Retriever serves single-vector indexes. Search a "
+                "MultiVectorIndex with MultiVectorEncoder queries, or use it through MaxSimReranker."
+            )
         if encoder is None:
             description = index.metadata.get("encoder")
             if not isinstance(description, dict):

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from retrieval.errors import ShapeError
 
-__all__ = ["Embeddings", "Hit", "SearchResult", "as_float32_matrix"]
+__all__ = ["Embeddings", "Hit", "MultiVectorEmbeddings", "SearchResult", "as_float32_matrix"]
 
 
 def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[np.float32]:
@@ -148,3 +148,154 @@ class SearchResult:
             if truth_set:
                 total += len(truth_set.intersection(found[:k] if k else found)) / len(truth_set)
         return total / max(len(gt), 1)
+
+
+@dataclass(frozen=True)
+class MultiVectorEmbeddings:
+    """Several vectors per text (tokens or image patches) in a CSR layout.
+
+    Document ``i`` owns rows ``offsets[i]:offsets[i + 1]`` of ``vectors``: the same layout as
+    faiss's ``lims`` for range search, so the whole collection is two flat arrays that can be
+    memory-mapped (:meth:`save` / :meth:`load`).
+
+    Attributes
+    ----------
+    vectors : np.ndarray, shape (T, d), dtype float32 or float16
+        All token / patch vectors, document after document.
+    offsets : np.ndarray, shape (n + 1,), dtype int64
+        ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == T``. A document may hold no vector.
+    ids : list of str, length n
+    saliency : np.ndarray, shape (T,), dtype float32, optional
+        One importance score per vector (for example the attention it receives); used by
+        attention-guided pruning.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mv = MultiVectorEmbeddings.from_list([np.ones((2, 3)), np.zeros((1, 3))], ids=["a", "b"])
+    >>> len(mv), mv.num_vectors, mv.lengths.tolist(), mv.offsets.tolist()
+    (2, 3, [2, 1], [0, 2, 3])
+    >>> mv.doc(1).tolist()
+    [[0.0, 0.0, 0.0]]
+    """
+
+    vectors: NDArray[np.floating]
+    offsets: NDArray[np.int64]
+    ids: list[str]
+    saliency: NDArray[np.float32] | None = None
+
+    def __post_init__(self) -> None:
+        vectors = np.asarray(self.vectors)
+        if vectors.ndim != 2 or vectors.dtype.kind != "f":
+            raise ShapeError(
+                f"MultiVectorEmbeddings.vectors must be a 2-D float array (T, d); got {vectors.dtype} "
+                f"shape {vectors.shape}."
+            )
+        if vectors.dtype not in (np.float16, np.float32):
+            vectors = vectors.astype(np.float32)
+        offsets = np.asarray(self.offsets)
+        if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
+            raise ShapeError(f"offsets must be a 1-D integer array (n + 1,); got {offsets.dtype} shape {offsets.shape}.")
+        offsets = offsets.astype(np.int64, copy=False)
+        ids = [str(i) for i in self.ids]
+        if offsets.shape[0] != len(ids) + 1:
+            raise ShapeError(f"offsets must have n + 1 = {len(ids) + 1} entries for {len(ids)} ids; got {offsets.shape[0]}.")
+        if offsets[0] != 0 or offsets[-1] != vectors.shape[0] or (np.diff(offsets) < 0).any():
+            raise ShapeError(
+                f"offsets must start at 0, never decrease and end at the number of vectors "
+                f"({vectors.shape[0]}); got first {int(offsets[0])}, last {int(offsets[-1])}."
+            )
+        object.__setattr__(self, "vectors", vectors)
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "ids", ids)
+        if self.saliency is not None:
+            saliency = np.asarray(self.saliency, dtype=np.float32)
+            if saliency.shape != (vectors.shape[0],):
+                raise ShapeError(f"saliency must have one score per vector, shape ({vectors.shape[0]},); got {saliency.shape}.")
+            object.__setattr__(self, "saliency", saliency)
+
+    @classmethod
+    def from_list(
+        cls,
+        arrays: Sequence[Any],
+        ids: Sequence[str] | None = None,
+        saliency: Sequence[Any] | None = None,
+        *,
+        dtype: Any = np.float32,
+    ) -> MultiVectorEmbeddings:
+        """Build from one ``(L_i, d)`` array per text (ids default to ``"0", "1", ...``)."""
+        if ids is None:
+            ids = [str(i) for i in range(len(arrays))]
+        if len(ids) != len(arrays):
+            raise ShapeError(f"from_list needs one id per array; got {len(ids)} ids for {len(arrays)} arrays.")
+        mats = [np.asarray(a) for a in arrays]
+        dims = {m.shape[1] for m in mats if m.ndim == 2}
+        if any(m.ndim != 2 for m in mats) or len(dims) > 1:
+            raise ShapeError(f"from_list needs 2-D arrays (L_i, d) with one shared d; got shapes {[m.shape for m in mats][:5]}.")
+        dim = dims.pop() if dims else 0
+        lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
+        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        vectors = np.concatenate(mats).astype(dtype) if mats else np.zeros((0, dim), dtype=dtype)
+        sal = None
+        if saliency is not None:
+            if len(saliency) != len(arrays):
+                raise ShapeError(f"from_list needs one saliency array per text; got {len(saliency)} for {len(arrays)}.")
+            sal = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in saliency]) if mats else np.zeros(0, np.float32)
+        return cls(vectors=vectors, offsets=offsets, ids=list(ids), saliency=sal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_vectors(self) -> int:
+        """Total number of vectors T."""
+        return int(self.vectors.shape[0])
+
+    @property
+    def lengths(self) -> NDArray[np.int64]:
+        """Number of vectors of each text, shape (n,)."""
+        return np.diff(self.offsets)
+
+    def doc(self, i: int) -> NDArray[np.floating]:
+        """The ``(L_i, d)`` vectors of text ``i`` (a view, no copy)."""
+        return self.vectors[self.offsets[i] : self.offsets[i + 1]]
+
+    def select(self, rows: Sequence[int] | NDArray[np.integer]) -> MultiVectorEmbeddings:
+        """A new collection holding texts ``rows`` in that order (vectors copied)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise ShapeError(f"select: rows must lie in [0, {len(self)}); got min {rows.min()} max {rows.max()}.")
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        take = _ranges(starts, ends)
+        lengths = ends - starts
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return MultiVectorEmbeddings(
+            vectors=self.vectors[take], offsets=offsets, ids=[self.ids[r] for r in rows],
+            saliency=None if self.saliency is None else self.saliency[take],
+        )
+
+    def padded(self, dtype: Any = np.float32) -> tuple[NDArray[np.floating], NDArray[np.bool_]]:
+        """Dense ``(n, L_max, d)`` tensor with a ``(n, L_max)`` mask (True = real vector)."""
+        lengths = self.lengths
+        width = int(lengths.max()) if lengths.size else 0
+        out = np.zeros((len(self), width, self.dim), dtype=dtype)
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        out[mask] = self.vectors
+        return out, mask
+
+
+def _ranges(starts: NDArray[np.int64], ends: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Concatenation of ``arange(s, e)`` for every pair, without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Position within the output minus the output offset of its range, plus the range start.
+    out_offsets = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) - np.repeat(out_offsets - starts, lengths)

@@ -1,0 +1,519 @@
+"""The :class:`MultiVectorIndex`: compressed token / patch vectors, candidate generation, MaxSim.
+
+Layout on disk (one directory, manifest written last, as for every index)::
+
+    manifest.json      index_type "MultiVectorIndex", spec, first stage, codec kind
+    codes.npy          (T, code_size) uint8: every stored vector, documents back to back
+    offsets.npy        (n + 1,) int64: document i owns codes[offsets[i]:offsets[i + 1]]
+    doc_ids.txt        one id per line
+    codec.*.npy        the fitted codec (centroids, residual levels, rotation, ...)
+    hamming.*.npy      the binary first-stage quantizer and its codes, when it is separate
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
+from indexes.base import _BAD_ID, _check_k, register_index
+from indexes.manifest import Manifest, read_manifest, write_manifest
+from retrieval._optional import require
+from retrieval.compress.base import Codec, codec_from_state, parse_codec
+from retrieval.compress.binary import BinaryQuantizer
+from retrieval.compress.kmeans import PatchKMeans
+from retrieval.compress.prune import AttentionPruner
+from retrieval.errors import ConfigError, IndexFormatError, NotTrainedError, ShapeError, UnknownIdError
+from retrieval.rerank.maxsim import maxsim_scores, top_k
+from retrieval.types import MultiVectorEmbeddings, SearchResult, _ranges
+
+__all__ = ["FirstStage", "MultiVectorIndex"]
+
+logger = logging.getLogger(__name__)
+
+FirstStage = Literal["exhaustive", "centroid", "binary"]
+_FIRST_STAGES = ("exhaustive", "centroid", "binary")
+_PRUNE = re.compile(r"^Prune(?P<p>[0-9]*\.?[0-9]+)$")
+_QUERY_BATCH = 32
+
+
+def _parse_spec(spec: str) -> tuple[float | None, str]:
+    parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else []
+    keep = None
+    if len(parts) == 2:
+        m = _PRUNE.match(parts[0])
+        if m is None:
+            raise ConfigError(f"spec {spec!r}: the first part must be 'Prune<p>' (e.g. 'Prune0.6'); got {parts[0]!r}.")
+        keep = float(m["p"])
+        parts = parts[1:]
+    if len(parts) != 1 or not parts[0]:
+        raise ConfigError(
+            f"MultiVectorIndex spec must be '<codec>' or 'Prune<p>,<codec>', e.g. 'KMeans256' or "
+            f"'Prune0.6,KMeans256r2'; got {spec!r}."
+        )
+    return keep, parts[0]
+
+
+@register_index
+class MultiVectorIndex:
+    """Late-interaction index: several compressed vectors per document, ranked by MaxSim.
+
+    Parameters
+    ----------
+    dim : int
+        Token / patch vector dimension.
+    spec : str
+        ``"<codec>"`` or ``"Prune<p>,<codec>"``. Codecs: ``Flat``, ``FP16``, ``KMeans<K>``
+        (1-byte ids for K <= 256, 2-byte above), ``KMeans<K>r<b>`` (plus b-bit residuals),
+        ``Binary``, ``BinaryITQ`` (see :mod:`retrieval.compress`). ``Prune<p>`` keeps the
+        top ``p`` share of each document's vectors by saliency when documents are added.
+    first_stage : {"exhaustive", "centroid", "binary"}
+        How candidates are found before exact MaxSim over the stored codes:
+
+        - ``"exhaustive"``: every document is scored (for a ``KMeans`` codec without
+          residuals through a centroid lookup table, which is cheap).
+        - ``"centroid"``: inverted lists keyed by centroid id (needs a ``KMeans`` codec).
+          Each query vector probes its ``nprobe`` best centroids; the documents holding
+          them are scored with centroid-only MaxSim and the best ``n_candidates`` are
+          re-scored with the full codes (PLAID's pipeline, without its pruning heuristics).
+        - ``"binary"``: FAISS binary flat index over sign codes of every stored vector;
+          each query vector's ``token_k`` nearest codes by Hamming distance nominate their
+          documents, which are then scored by MaxSim over the stored codes. With a
+          ``Binary`` codec the codes are shared, otherwise a separate sign quantizer is kept.
+    n_candidates : int
+        Documents re-scored after centroid-only scoring (``"centroid"``).
+    nprobe : int
+        Centroids probed per query vector (``"centroid"``).
+    token_k : int
+        Hamming neighbours per query vector (``"binary"``).
+    seed : int
+        Seed for codec training.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from retrieval.types import MultiVectorEmbeddings
+    >>> rng = np.random.default_rng(0)
+    >>> docs = MultiVectorEmbeddings.from_list([rng.standard_normal((5, 8)) for _ in range(40)])
+    >>> index = MultiVectorIndex(8, spec="FP16").add(docs)
+    >>> index.search(docs.select([3]), k=1).doc_ids
+    [['3']]
+    """
+
+    def __init__(
+        self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage = "exhaustive",
+        n_candidates: int = 256, nprobe: int = 4, token_k: int = 64, seed: int = 0,
+    ) -> None:
+        keep, codec_spec = _parse_spec(spec)
+        self.codec: Codec = parse_codec(codec_spec, dim, seed=seed)
+        self.dim = self.codec.dim
+        self.pruner = AttentionPruner(keep) if keep is not None else None
+        if first_stage not in _FIRST_STAGES:
+            raise ConfigError(f"first_stage must be one of {_FIRST_STAGES}; got {first_stage!r}.")
+        if first_stage == "centroid" and not isinstance(self.codec, PatchKMeans):
+            raise ConfigError(
+                f"first_stage='centroid' needs a KMeans codec (inverted lists are keyed by centroid id); "
+                f"got spec {spec!r}. Use e.g. 'KMeans256r2', or first_stage='exhaustive' / 'binary'."
+            )
+        for name, value in (("n_candidates", n_candidates), ("nprobe", nprobe), ("token_k", token_k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int; got {value!r}.")
+        self.first_stage: FirstStage = first_stage
+        self.n_candidates, self.nprobe, self.token_k, self.seed = n_candidates, nprobe, token_k, seed
+        self.hamming: BinaryQuantizer | None = None
+        if first_stage == "binary":
+            self.hamming = self.codec if isinstance(self.codec, BinaryQuantizer) else BinaryQuantizer(dim, seed=seed)
+        self.metadata: dict[str, Any] = {}
+        self._codes = np.zeros((0, self.codec.code_size), dtype=np.uint8)
+        self._hamming_codes = np.zeros((0, self.hamming.code_size if self.hamming else 0), dtype=np.uint8)
+        self._offsets = np.zeros(1, dtype=np.int64)
+        self._ids: list[str] = []
+        self._row_of: dict[str, int] = {}
+        self._lists: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # centroid -> doc rows (CSR)
+        self._binary_index: Any = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def spec(self) -> str:
+        return (f"{self.pruner.spec}," if self.pruner else "") + self.codec.spec
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._row_of
+
+    def __repr__(self) -> str:
+        return (f"MultiVectorIndex(dim={self.dim}, spec={self.spec!r}, first_stage={self.first_stage!r}, "
+                f"count={len(self)}, vectors={self.num_vectors})")
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def num_vectors(self) -> int:
+        """Stored vectors T (after pruning)."""
+        return int(self._codes.shape[0])
+
+    @property
+    def lengths(self) -> NDArray[np.int64]:
+        return np.diff(self._offsets)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.codec.is_trained and (self.hamming is None or self.hamming.is_trained)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the searchable payload: codes, offsets, first-stage codes and the codec."""
+        codec = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
+        side = 0
+        if self.hamming is not None and self.hamming is not self.codec and self.hamming.is_trained:
+            side = self._hamming_codes.nbytes + sum(a.nbytes for a in self.hamming.state().values())
+        return int(self._codes.nbytes + self._offsets.nbytes + codec + side)
+
+    # ------------------------------------------------------------------ train / add / delete
+    def train(self, data: MultiVectorEmbeddings) -> MultiVectorIndex:
+        """Fit the codec (and the Hamming quantizer) on representative documents, pruned as at add time."""
+        mv = self._prepare(data)
+        if mv.num_vectors == 0:
+            raise ConfigError("train() needs at least one vector; the documents hold none.")
+        self.codec.fit(mv.vectors)
+        if self.hamming is not None and self.hamming is not self.codec:
+            self.hamming.fit(mv.vectors)
+        self._lists, self._binary_index = None, None
+        return self
+
+    def add(self, data: MultiVectorEmbeddings) -> MultiVectorIndex:
+        """Prune (if the spec says so), encode and append documents; returns ``self``.
+
+        Codecs that learn (``KMeans``, ``Binary``) are trained on this batch first when the
+        index is not trained yet. A document may hold no vector (it then never matches).
+        """
+        mv = self._prepare(data)
+        self._check_new_ids(mv.ids)
+        if len(mv) == 0:
+            return self
+        if not self.is_trained:  # float codecs without a Hamming stage need no training
+            logger.info("training %s on the %d vectors being added", self.spec, mv.num_vectors)
+            self.train(mv)
+        codes = self.codec.encode(mv.vectors)
+        side = self.hamming.encode(mv.vectors) if self.hamming is not None and self.hamming is not self.codec else None
+        base = self.num_vectors
+        self._codes = np.concatenate([self._codes, codes]) if self._codes.shape[0] else codes
+        if side is not None:
+            self._hamming_codes = np.concatenate([self._hamming_codes, side]) if self._hamming_codes.shape[0] else side
+        self._offsets = np.concatenate([self._offsets, base + mv.offsets[1:]])
+        start = len(self._ids)
+        self._ids.extend(mv.ids)
+        self._row_of.update((doc_id, start + i) for i, doc_id in enumerate(mv.ids))
+        self._lists, self._binary_index = None, None
+        return self
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove documents by id (their codes are dropped); all ids are checked first."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        missing = [i for i in ids if i not in self._row_of]
+        if missing:
+            raise UnknownIdError(
+                f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; nothing was deleted."
+            )
+        rows = np.array(sorted({self._row_of[i] for i in ids}), dtype=np.int64)
+        if rows.size == 0:
+            return 0
+        keep_docs = np.ones(len(self._ids), dtype=bool)
+        keep_docs[rows] = False
+        kept = np.flatnonzero(keep_docs)
+        take = _ranges(self._offsets[kept], self._offsets[kept + 1])
+        self._codes = self._codes[take]
+        if self._hamming_codes.shape[0]:
+            self._hamming_codes = self._hamming_codes[take]
+        offsets = np.zeros(kept.size + 1, dtype=np.int64)
+        np.cumsum(self.lengths[kept], out=offsets[1:])
+        self._offsets = offsets
+        self._ids = [self._ids[r] for r in kept]
+        self._row_of = {doc_id: r for r, doc_id in enumerate(self._ids)}
+        self._lists, self._binary_index = None, None
+        return int(rows.size)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, queries: MultiVectorEmbeddings, k: int = 10, *, subset: Iterable[str] | None = None,
+        query_ids: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """Top-``k`` documents per query by MaxSim over the stored codes.
+
+        Parameters
+        ----------
+        queries : MultiVectorEmbeddings
+            Query token vectors, e.g. ``MultiVectorEncoder.encode_queries(texts)``.
+        k : int
+            Hits per query; fewer documents (or candidates) pad with ``-1`` / ``-inf``.
+        subset : iterable of str, optional
+            Only these document ids can be returned.
+        query_ids : sequence of str, optional
+            Stored on the result (defaults to ``queries.ids``).
+        """
+        k = _check_k(k)
+        q = self._check_queries(queries)
+        if self._codes.shape[0] and not self.is_trained:
+            raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
+        allowed = None
+        if subset is not None:
+            subset_ids = [subset] if isinstance(subset, str) else list(subset)
+            missing = [i for i in subset_ids if i not in self._row_of]
+            if missing:
+                raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
+            allowed = np.zeros(len(self), dtype=bool)
+            allowed[[self._row_of[i] for i in subset_ids]] = True
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        labels = np.full((len(q), k), -1, dtype=np.int64)
+        if len(self) and len(q):
+            for s in range(0, len(q), _QUERY_BATCH):
+                batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
+                scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed)
+        return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
+
+    def rerank(
+        self, queries: MultiVectorEmbeddings, candidates: Sequence[Sequence[str]], k: int,
+        *, query_ids: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """MaxSim over the stored codes of each query's candidate ids; the best ``k`` kept."""
+        k = _check_k(k)
+        q = self._check_queries(queries)
+        if len(candidates) != len(q):
+            raise ShapeError(f"need one candidate list per query; got {len(candidates)} for {len(q)} queries.")
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        labels = np.full((len(q), k), -1, dtype=np.int64)
+        for qi, cands in enumerate(candidates):
+            missing = [c for c in cands if c not in self._row_of]
+            if missing:
+                raise UnknownIdError(f"{len(missing)} candidate id(s) are not in the index, e.g. {missing[:3]}.")
+            rows = np.unique(np.array([self._row_of[c] for c in cands], dtype=np.int64))
+            scores[qi], labels[qi] = self._score_rows(q.select([qi]), rows, k)
+        return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
+
+    def score(self, queries: MultiVectorEmbeddings, rows: NDArray[np.int64] | None = None) -> NDArray[np.float32]:
+        """Full MaxSim of every query against documents ``rows`` (all when None), shape (nq, len(rows))."""
+        q = self._check_queries(queries)
+        if rows is None:
+            return maxsim_scores(self._row_scorer(self._codes), self._offsets, q)
+        rows = np.asarray(rows, dtype=np.int64)
+        take = _ranges(self._offsets[rows], self._offsets[rows + 1])
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(self.lengths[rows], out=offsets[1:])
+        return maxsim_scores(self._row_scorer(self._codes[take]), offsets, q)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save atomically into directory ``path`` (manifest written last)."""
+        target = Path(path)
+        with atomic_directory(target, overwrite=overwrite) as tmp:
+            arrays: dict[str, Any] = {
+                "codes": save_array(tmp, "codes", self._codes),
+                "offsets": save_array(tmp, "offsets", self._offsets),
+            }
+            if self.codec.is_trained:
+                for name, arr in self.codec.state().items():
+                    arrays[f"codec.{name}"] = save_array(tmp, f"codec.{name}", arr)
+            if self.hamming is not None and self.hamming is not self.codec and self.hamming.is_trained:
+                arrays["hamming.codes"] = save_array(tmp, "hamming.codes", self._hamming_codes)
+                for name, arr in self.hamming.state().items():
+                    arrays[f"hamming.{name}"] = save_array(tmp, f"hamming.{name}", arr)
+            write_lines(tmp / "doc_ids.txt", self._ids)
+            files = {c.name: {"bytes": c.stat().st_size, "sha256": file_sha256(c)} for c in sorted(tmp.iterdir())}
+            params = {
+                "spec": self.spec, "first_stage": self.first_stage, "n_candidates": self.n_candidates,
+                "nprobe": self.nprobe, "token_k": self.token_k, "seed": self.seed,
+                "trained": self.codec.is_trained,
+            }
+            write_manifest(tmp, Manifest(index_type="MultiVectorIndex", dim=self.dim, metric="ip", count=len(self),
+                                         arrays=arrays, files=files, params=params, metadata=self.metadata))
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> MultiVectorIndex:
+        """Load an index written by :meth:`save`; ``mmap=True`` memory-maps the codes."""
+        directory = Path(path)
+        manifest = read_manifest(directory)
+        if manifest.index_type != cls.__name__:
+            raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not a MultiVectorIndex; use load_index().")
+        verify_checksums(directory, manifest.files, hashes=verify)
+        p = manifest.params
+        try:
+            index = cls(manifest.dim, spec=p["spec"], first_stage=p["first_stage"], n_candidates=p["n_candidates"],
+                        nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"])
+        except (KeyError, ConfigError) as exc:
+            raise IndexFormatError(f"{directory / 'manifest.json'}: bad MultiVectorIndex params {p!r} ({exc}).") from exc
+        arrays = manifest.arrays
+        codes = load_array(directory, arrays.get("codes"), name="codes", mmap=mmap)
+        offsets = load_array(directory, arrays.get("offsets"), name="offsets")
+        n = manifest.count
+        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != index.codec.code_size:
+            raise IndexFormatError(f"{directory / 'codes.npy'} must be uint8 (T, {index.codec.code_size}); got "
+                                   f"{codes.dtype} {codes.shape}.")
+        if (offsets.dtype != np.int64 or offsets.shape != (n + 1,) or offsets[0] != 0
+                or offsets[-1] != codes.shape[0] or (np.diff(offsets) < 0).any()):
+            raise IndexFormatError(f"{directory / 'offsets.npy'} is not a valid (n + 1,) int64 offset array for "
+                                   f"{n} documents and {codes.shape[0]} codes.")
+        if p.get("trained"):
+            state = {name[len("codec."):]: load_array(directory, entry, name=name)
+                     for name, entry in arrays.items() if name.startswith("codec.")}
+            index.codec = codec_from_state(index.codec.spec, index.dim, state)
+            if index.hamming is not None and isinstance(index.codec, BinaryQuantizer):
+                index.hamming = index.codec
+        if index.hamming is not None and index.hamming is not index.codec and "hamming.codes" in arrays:
+            state = {name[len("hamming."):]: load_array(directory, entry, name=name)
+                     for name, entry in arrays.items() if name.startswith("hamming.") and name != "hamming.codes"}
+            index.hamming.load_state(state)
+            index._hamming_codes = load_array(directory, arrays["hamming.codes"], name="hamming.codes", mmap=mmap)
+            if index._hamming_codes.shape != (codes.shape[0], index.hamming.code_size):
+                raise IndexFormatError(f"{directory / 'hamming.codes.npy'} does not match codes.npy.")
+        ids = read_lines(directory / "doc_ids.txt", expected=n)
+        if len(set(ids)) != n:
+            raise IndexFormatError(f"{directory / 'doc_ids.txt'} holds duplicate ids; the file is corrupt.")
+        index._codes, index._offsets, index._ids = codes, np.array(offsets), ids
+        index._row_of = {doc_id: r for r, doc_id in enumerate(ids)}
+        index.metadata = manifest.metadata
+        return index
+
+    # ------------------------------------------------------------------ internals
+    def _prepare(self, data: Any) -> MultiVectorEmbeddings:
+        if not isinstance(data, MultiVectorEmbeddings):
+            raise ConfigError(
+                f"MultiVectorIndex takes MultiVectorEmbeddings (e.g. from MultiVectorEncoder.encode_documents); "
+                f"got {type(data).__name__}."
+            )
+        if data.dim != self.dim:
+            raise ShapeError(f"documents have d={data.dim}, the index expects d={self.dim}.")
+        if not np.isfinite(np.asarray(data.vectors, dtype=np.float32)).all():
+            raise ShapeError("documents contain NaN or inf values; check the encoder output.")
+        return self.pruner(data) if self.pruner is not None else data
+
+    def _check_new_ids(self, new_ids: list[str]) -> None:
+        for i in new_ids:
+            if _BAD_ID.search(i) or i == "":
+                raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r}.")
+        if len(set(new_ids)) != len(new_ids):
+            raise ConfigError("duplicate document ids in the batch; ids must be unique.")
+        clash = [i for i in new_ids if i in self._row_of]
+        if clash:
+            raise ConfigError(f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first.")
+
+    def _check_queries(self, queries: Any) -> MultiVectorEmbeddings:
+        if not isinstance(queries, MultiVectorEmbeddings):
+            raise ConfigError(
+                f"queries must be MultiVectorEmbeddings (e.g. MultiVectorEncoder.encode_queries(texts)); "
+                f"got {type(queries).__name__}."
+            )
+        if queries.dim != self.dim:
+            raise ShapeError(f"queries have d={queries.dim}, the index expects d={self.dim}. "
+                             "Was the index built with a different encoder or projection?")
+        if not np.isfinite(np.asarray(queries.vectors, dtype=np.float32)).all():
+            raise ShapeError("queries contain NaN or inf values; check the encoder output.")
+        return queries
+
+    def _result(self, scores: NDArray[np.float32], labels: NDArray[np.int64], query_ids: Sequence[str]) -> SearchResult:
+        doc_ids = [[self._ids[r] for r in row if r >= 0] for row in labels]
+        return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels, query_ids=list(query_ids))
+
+    def _row_scorer(self, codes: NDArray[np.uint8]) -> Any:
+        codec = self.codec
+        if isinstance(codec, PatchKMeans) and codec.residual_bits == 0:
+            ids = codec.ids(codes)  # decoded vectors are centroids: score through a lookup table
+            assert codec.centroids is not None
+            centroids = codec.centroids
+            table: list[NDArray[np.float32]] = []  # built on the first block: one scorer serves one query batch
+
+            def lookup(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
+                if not table:
+                    table.append(centroids @ qv.T)  # (K, T_q)
+                return table[0][ids[lo:hi]]
+
+            return lookup
+
+        def decode(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
+            return codec.decode(np.asarray(codes[lo:hi])) @ qv.T
+
+        return decode
+
+    def _score_rows(self, q: MultiVectorEmbeddings, rows: NDArray[np.int64], k: int) -> tuple[Any, Any]:
+        """Top-k among document ``rows`` for the query batch ``q`` (labels are index rows)."""
+        if rows.size == 0:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        s, local = top_k(self.score(q, rows), k)
+        return s, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+
+    def _search_batch(self, q: MultiVectorEmbeddings, k: int, allowed: NDArray[np.bool_] | None) -> tuple[Any, Any]:
+        if self.first_stage == "exhaustive":
+            s = self.score(q)
+            if allowed is not None:
+                s[:, ~allowed] = -np.inf
+            return top_k(s, k)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        labels = np.full((len(q), k), -1, np.int64)
+        for qi in range(len(q)):
+            one = q.select([qi])
+            rows = self._centroid_candidates(one) if self.first_stage == "centroid" else self._binary_candidates(one)
+            if allowed is not None:
+                rows = rows[allowed[rows]]
+            if self.first_stage == "centroid":
+                assert isinstance(self.codec, PatchKMeans)
+                if self.codec.residual_bits and rows.size > self.n_candidates:
+                    approx = self._centroid_scores(one, rows)
+                    rows = np.sort(rows[np.argpartition(-approx, self.n_candidates - 1)[: self.n_candidates]])
+            scores[qi], labels[qi] = self._score_rows(one, rows, k)
+        return scores, labels
+
+    # centroid first stage ------------------------------------------------------------
+    def _inverted_lists(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        if self._lists is None:
+            assert isinstance(self.codec, PatchKMeans)
+            cids = self.codec.ids(self._codes)
+            doc_of = np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
+            pairs = np.unique(cids * max(len(self), 1) + doc_of)  # sorted by centroid, then document
+            cent, docs = pairs // max(len(self), 1), pairs % max(len(self), 1)
+            starts = np.searchsorted(cent, np.arange(self.codec.k + 1))
+            self._lists = (starts.astype(np.int64), docs.astype(np.int64))
+        return self._lists
+
+    def _centroid_candidates(self, q: MultiVectorEmbeddings) -> NDArray[np.int64]:
+        assert isinstance(self.codec, PatchKMeans) and self.codec.centroids is not None
+        if q.num_vectors == 0:
+            return np.zeros(0, np.int64)
+        starts, docs = self._inverted_lists()
+        sims = np.asarray(q.vectors, np.float32) @ self.codec.centroids.T  # (Lq, K)
+        probe = min(self.nprobe, self.codec.k)
+        best = np.unique(np.argpartition(-sims, probe - 1, axis=1)[:, :probe])
+        return np.unique(docs[_ranges(starts[best], starts[best + 1])])
+
+    def _centroid_scores(self, q: MultiVectorEmbeddings, rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        assert isinstance(self.codec, PatchKMeans) and self.codec.centroids is not None
+        take = _ranges(self._offsets[rows], self._offsets[rows + 1])
+        ids = self.codec.ids(self._codes[take])
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(self.lengths[rows], out=offsets[1:])
+        table = self.codec.centroids @ np.asarray(q.vectors, np.float32).T
+        return maxsim_scores(lambda lo, hi, qv: table[ids[lo:hi]], offsets, q)[0]
+
+    # binary first stage --------------------------------------------------------------
+    def _binary_candidates(self, q: MultiVectorEmbeddings) -> NDArray[np.int64]:
+        assert self.hamming is not None
+        if q.num_vectors == 0 or self.num_vectors == 0:
+            return np.zeros(0, np.int64)
+        codes = self._codes if self.hamming is self.codec else self._hamming_codes
+        if self._binary_index is None:
+            faiss = require("faiss", extra="cpu", feature="MultiVectorIndex(first_stage='binary')")
+            index = faiss.IndexBinaryFlat(self.hamming.code_size * 8)
+            index.add(np.ascontiguousarray(codes))
+            self._binary_index = index
+        _, hits = self._binary_index.search(self.hamming.encode(q.vectors), min(self.token_k, self.num_vectors))
+        hits = hits[hits >= 0]
+        return np.unique(np.searchsorted(self._offsets, hits, side="right") - 1)

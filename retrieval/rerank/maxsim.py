@@ -1,0 +1,252 @@
+"""MaxSim, the late-interaction score of ColBERT and ColPali, and a reranker built on it.
+
+``MaxSim(q, d) = sum over query vectors i of max over document vectors j of <q_i, d_j>``.
+A document with no vectors cannot match and scores ``-inf``; a query with no vectors
+scores 0 against every document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from retrieval.errors import ConfigError, ShapeError, UnknownIdError
+from retrieval.types import MultiVectorEmbeddings, SearchResult
+
+if TYPE_CHECKING:
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.encode.multivector import MultiVectorEncoder
+
+__all__ = ["MaxSimReranker", "maxsim", "maxsim_csr", "maxsim_scores", "top_k"]
+
+# Elements of the (rows x query tokens) similarity block computed at once (64 MiB float32).
+_BLOCK = 1 << 24
+
+
+def maxsim(
+    queries: Any, documents: Any, query_mask: Any = None, document_mask: Any = None
+) -> NDArray[np.float32]:
+    """MaxSim of every padded query against every padded document.
+
+    Parameters
+    ----------
+    queries : array, shape (nq, Lq, d)
+    documents : array, shape (nd, Ld, d)
+    query_mask : bool array, shape (nq, Lq), optional
+        True for real query vectors; padding contributes nothing.
+    document_mask : bool array, shape (nd, Ld), optional
+        True for real document vectors; padding is never the max.
+
+    Returns
+    -------
+    np.ndarray, shape (nq, nd), float32
+
+    Examples
+    --------
+    Two query tokens against two documents (legend: q = [[1,0],[0,1]];
+    d0 = [[1,0],[0,1]] matches both exactly, d1 = [[1,0],[pad]] matches only the first):
+
+    >>> import numpy as np
+    >>> q = np.array([[[1.0, 0.0], [0.0, 1.0]]])
+    >>> d = np.array([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 9.0]]])
+    >>> maxsim(q, d, document_mask=np.array([[True, True], [True, False]])).tolist()
+    [[2.0, 1.0]]
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    d = np.asarray(documents, dtype=np.float32)
+    if q.ndim != 3 or d.ndim != 3 or q.shape[2] != d.shape[2]:
+        raise ShapeError(
+            f"maxsim expects queries (nq, Lq, d) and documents (nd, Ld, d) with the same d; got {q.shape} and {d.shape}."
+        )
+    qm = np.ones(q.shape[:2], bool) if query_mask is None else np.asarray(query_mask, dtype=bool)
+    dm = np.ones(d.shape[:2], bool) if document_mask is None else np.asarray(document_mask, dtype=bool)
+    if qm.shape != q.shape[:2] or dm.shape != d.shape[:2]:
+        raise ShapeError(f"masks must have shapes {q.shape[:2]} and {d.shape[:2]}; got {qm.shape} and {dm.shape}.")
+    out = np.empty((q.shape[0], d.shape[0]), dtype=np.float32)
+    per_doc = max(1, q.shape[0] * q.shape[1] * d.shape[1])
+    step = max(1, _BLOCK // per_doc)
+    for s in range(0, d.shape[0], step):
+        sims = np.einsum("aid,bjd->abij", q, d[s : s + step], optimize=True)  # (nq, nd_c, Lq, Ld)
+        sims = np.where(dm[None, s : s + step, None, :], sims, -np.inf)
+        best = sims.max(axis=3, initial=-np.inf)
+        out[:, s : s + step] = np.where(qm[:, None, :], best, 0.0).sum(axis=2)
+    return out
+
+
+def maxsim_scores(
+    row_scores: Callable[[int, int, NDArray[np.float32]], NDArray[np.float32]],
+    offsets: NDArray[np.int64],
+    queries: MultiVectorEmbeddings,
+) -> NDArray[np.float32]:
+    """MaxSim of each query against CSR documents whose rows are scored by ``row_scores``.
+
+    ``row_scores(start, end, Q)`` returns the ``(end - start, T_q)`` similarities between
+    stored rows ``start:end`` and the concatenated query vectors ``Q`` (``T_q`` rows): a plain
+    matrix product for float storage, a decode-then-multiply for compressed codes, or a
+    lookup table for centroid ids. Documents are processed in blocks of whole documents.
+
+    Returns
+    -------
+    np.ndarray, shape (nq, n), float32
+    """
+    qv = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    n = offsets.shape[0] - 1
+    nq = len(queries)
+    out = np.zeros((nq, n), dtype=np.float32)
+    if n == 0 or nq == 0:
+        return out
+    doc_len = np.diff(offsets)
+    out[:, doc_len == 0] = -np.inf
+    q_len = queries.lengths
+    q_live = np.flatnonzero(q_len > 0)
+    if qv.shape[0] == 0:
+        return out
+    q_starts = queries.offsets[:-1][q_live]
+    rows_per_block = max(1, _BLOCK // qv.shape[0])
+    doc = 0
+    while doc < n:
+        # Take whole documents until the block holds about rows_per_block rows.
+        end_doc = int(np.searchsorted(offsets, offsets[doc] + rows_per_block, side="right")) - 1
+        end_doc = min(max(end_doc, doc + 1), n)
+        lo, hi = int(offsets[doc]), int(offsets[end_doc])
+        if hi > lo:
+            sims = row_scores(lo, hi, qv)
+            live = np.flatnonzero(doc_len[doc:end_doc] > 0)
+            # Empty documents own no rows, so the live documents' segments tile [lo, hi).
+            best = np.maximum.reduceat(sims, offsets[doc:end_doc][live] - lo, axis=0)  # (live, T_q)
+            summed = np.add.reduceat(best, q_starts, axis=1)  # (live, live queries)
+            out[np.ix_(q_live, doc + live)] = summed.T
+        doc = end_doc
+    return out
+
+
+def maxsim_csr(queries: MultiVectorEmbeddings, documents: MultiVectorEmbeddings) -> NDArray[np.float32]:
+    """MaxSim of every query against every document, both in CSR layout.
+
+    Returns
+    -------
+    np.ndarray, shape (len(queries), len(documents)), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = MultiVectorEmbeddings.from_list([np.array([[1.0, 0.0], [0.0, 1.0]])])
+    >>> d = MultiVectorEmbeddings.from_list([np.array([[1.0, 0.0]]), np.zeros((0, 2)), np.array([[0.5, 0.75]])])
+    >>> maxsim_csr(q, d).tolist()
+    [[1.0, -inf, 1.25]]
+    """
+    if queries.dim != documents.dim:
+        raise ShapeError(f"queries have d={queries.dim} but documents have d={documents.dim}.")
+    vectors = documents.vectors
+
+    def row_scores(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.asarray(vectors[lo:hi], dtype=np.float32) @ qv.T
+
+    return maxsim_scores(row_scores, documents.offsets, queries)
+
+
+def top_k(scores: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Best ``k`` columns of each row, sorted, ties by column; ``-1`` / ``-inf`` pad missing hits."""
+    nq, n = scores.shape
+    kk = min(k, n)
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_l = np.full((nq, k), -1, dtype=np.int64)
+    if kk == 0:
+        return out_s, out_l
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)  # score desc, then column for stable ties
+    labels = np.take_along_axis(part, order, axis=1)
+    best = np.take_along_axis(part_scores, order, axis=1)
+    valid = best > -np.inf  # -inf marks a document that cannot match (no vectors): not a hit
+    out_s[:, :kk] = np.where(valid, best, -np.inf)
+    out_l[:, :kk] = np.where(valid, labels, -1)
+    return out_s, out_l
+
+
+class MaxSimReranker:
+    """Rerank any first stage's candidates by MaxSim over stored multi-vector documents.
+
+    Implements the :class:`~retrieval.pipeline.Reranker` protocol, so it plugs into a
+    :class:`~retrieval.pipeline.Retriever` over, for example, a single-vector FAISS index.
+
+    Parameters
+    ----------
+    encoder : MultiVectorEncoder
+        Encodes the query texts into token vectors.
+    store : MultiVectorIndex or MultiVectorEmbeddings
+        The documents' vectors (compressed or not), looked up by document id.
+    query_pruner : callable, optional
+        Applied to the encoded queries, e.g. ``AttentionPruner(0.8)``.
+
+    Examples
+    --------
+    >>> rr = MaxSimReranker(mv_encoder, mv_index)                  # doctest: +SKIP
+    >>> rt.Retriever(dense_encoder, faiss_index, reranker=rr).search(["query"], k=10)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        encoder: MultiVectorEncoder,
+        store: MultiVectorIndex | MultiVectorEmbeddings,
+        *,
+        query_pruner: Callable[[MultiVectorEmbeddings], MultiVectorEmbeddings] | None = None,
+    ) -> None:
+        if not hasattr(encoder, "encode_queries"):
+            raise ConfigError(f"encoder must have encode_queries(texts); got {type(encoder).__name__}.")
+        self.encoder = encoder
+        self.store = store
+        self.query_pruner = query_pruner
+        self._row_of: dict[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"MaxSimReranker(encoder={self.encoder!r}, store={type(self.store).__name__}, docs={len(self.store)})"
+
+    def rerank(self, queries: Sequence[str], result: SearchResult, k: int) -> SearchResult:
+        """Re-score each query's candidates in ``result`` by MaxSim and keep the best ``k``."""
+        mv = self.encoder.encode_queries(list(queries))
+        if self.query_pruner is not None:
+            mv = self.query_pruner(mv)
+        return self.rerank_vectors(mv, result.doc_ids, k, query_ids=result.query_ids)
+
+    def rerank_vectors(
+        self, queries: MultiVectorEmbeddings, candidates: Sequence[Sequence[str]], k: int,
+        *, query_ids: Sequence[str] | None = None,
+    ) -> SearchResult:
+        """Like :meth:`rerank`, from already-encoded queries and candidate id lists."""
+        if len(candidates) != len(queries):
+            raise ShapeError(f"need one candidate list per query; got {len(candidates)} for {len(queries)} queries.")
+        store = self.store
+        if isinstance(store, MultiVectorEmbeddings):
+            return _rerank_embeddings(store, self._rows(store), queries, candidates, k, query_ids)
+        return store.rerank(queries, candidates, k, query_ids=query_ids)
+
+    def _rows(self, store: MultiVectorEmbeddings) -> dict[str, int]:
+        if self._row_of is None:
+            self._row_of = {doc_id: i for i, doc_id in enumerate(store.ids)}
+        return self._row_of
+
+
+def _rerank_embeddings(
+    store: MultiVectorEmbeddings, row_of: dict[str, int], queries: MultiVectorEmbeddings,
+    candidates: Sequence[Sequence[str]], k: int, query_ids: Sequence[str] | None,
+) -> SearchResult:
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    labels = np.full((len(queries), k), -1, dtype=np.int64)
+    doc_ids: list[list[str]] = []
+    for qi, cands in enumerate(candidates):
+        missing = [c for c in cands if c not in row_of]
+        if missing:
+            raise UnknownIdError(f"{len(missing)} candidate id(s) have no stored vectors, e.g. {missing[:3]}.")
+        rows = np.array([row_of[c] for c in cands], dtype=np.int64)
+        s = maxsim_csr(queries.select([qi]), store.select(rows)) if rows.size else np.zeros((1, 0), np.float32)
+        best_s, best = top_k(s, k)
+        keep = best[0] >= 0
+        labels[qi, : keep.sum()] = rows[best[0][keep]]
+        scores[qi] = best_s[0]
+        doc_ids.append([store.ids[r] for r in rows[best[0][keep]]])
+    return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels,
+                        query_ids=list(query_ids) if query_ids is not None else None)
