@@ -34,7 +34,7 @@ from retrieval.errors import ConfigError, IndexFormatError, NotTrainedError, Sha
 from retrieval.rerank.maxsim import maxsim_scores, top_k
 from retrieval.types import MultiVectorEmbeddings, SearchResult, _ranges
 
-__all__ = ["FirstStage", "MultiVectorIndex"]
+__all__ = ["FirstStage", "MultiVectorIndex", "load_embeddings", "save_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -517,3 +517,44 @@ class MultiVectorIndex:
         _, hits = self._binary_index.search(self.hamming.encode(q.vectors), min(self.token_k, self.num_vectors))
         hits = hits[hits >= 0]
         return np.unique(np.searchsorted(self._offsets, hits, side="right") - 1)
+
+
+# ---------------------------------------------------------------------- raw embeddings on disk
+def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Save multi-vector embeddings in CSR layout (``vectors.npy``, ``offsets.npy``, ``saliency.npy``).
+
+    The directory has the same manifest, checksums and atomic write as a saved index
+    (``index_type`` ``"MultiVectorEmbeddings"``), so a half-written copy is never mistaken
+    for a complete one. Reload with :func:`load_embeddings`, memory-mapped by default.
+    """
+    if not isinstance(mv, MultiVectorEmbeddings):
+        raise ConfigError(f"save_embeddings takes MultiVectorEmbeddings; got {type(mv).__name__}.")
+    target = Path(path)
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        arrays = {"vectors": save_array(tmp, "vectors", mv.vectors), "offsets": save_array(tmp, "offsets", mv.offsets)}
+        if mv.saliency is not None:
+            arrays["saliency"] = save_array(tmp, "saliency", mv.saliency)
+        write_lines(tmp / "doc_ids.txt", mv.ids)
+        files = {c.name: {"bytes": c.stat().st_size, "sha256": file_sha256(c)} for c in sorted(tmp.iterdir())}
+        write_manifest(tmp, Manifest(index_type="MultiVectorEmbeddings", dim=mv.dim, metric="ip", count=len(mv),
+                                     arrays=arrays, files=files))
+    return target
+
+
+def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = True) -> MultiVectorEmbeddings:
+    """Load embeddings written by :func:`save_embeddings`; ``mmap=True`` maps the vectors read-only."""
+    directory = Path(path)
+    manifest = read_manifest(directory)
+    if manifest.index_type != "MultiVectorEmbeddings":
+        raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not saved MultiVectorEmbeddings.")
+    verify_checksums(directory, manifest.files, hashes=verify)
+    vectors = load_array(directory, manifest.arrays.get("vectors"), name="vectors", mmap=mmap)
+    offsets = load_array(directory, manifest.arrays.get("offsets"), name="offsets")
+    saliency = None
+    if "saliency" in manifest.arrays:
+        saliency = load_array(directory, manifest.arrays["saliency"], name="saliency", mmap=mmap)
+    ids = read_lines(directory / "doc_ids.txt", expected=manifest.count)
+    try:
+        return MultiVectorEmbeddings(vectors=vectors, offsets=offsets, ids=ids, saliency=saliency)
+    except ShapeError as exc:
+        raise IndexFormatError(f"{directory}: the saved arrays are inconsistent ({exc}).") from exc

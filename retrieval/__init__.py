@@ -14,6 +14,7 @@ from retrieval._version import __version__
 if TYPE_CHECKING:
     from retrieval.beir import BEIRDataset, load_beir
     from retrieval.encode.base import Encoder
+    from retrieval.encode.colpali import ColPaliEncoder
     from retrieval.encode.dense import DenseEncoder
     from retrieval.encode.multivector import MultiVectorEncoder
     from retrieval.errors import (
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 _LAZY: dict[str, str] = {
     "BEIRDataset": "retrieval.beir",
+    "ColPaliEncoder": "retrieval.encode.colpali",
     "ConfigError": "retrieval.errors",
     "DataError": "retrieval.errors",
     "DenseEncoder": "retrieval.encode.dense",

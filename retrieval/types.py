@@ -209,7 +209,7 @@ class MultiVectorEmbeddings:
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "ids", ids)
         if self.saliency is not None:
-            saliency = np.asarray(self.saliency, dtype=np.float32)
+            saliency = np.asarray(self.saliency, dtype=np.float32)  # no copy for float32 (a memory map stays one)
             if saliency.shape != (vectors.shape[0],):
                 raise ShapeError(f"saliency must have one score per vector, shape ({vectors.shape[0]},); got {saliency.shape}.")
             object.__setattr__(self, "saliency", saliency)

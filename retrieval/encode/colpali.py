@@ -1,0 +1,723 @@
+"""ColPali / ColQwen2 page-image encoder: one vector per image patch, with per-patch saliency.
+
+Importing this module is cheap: torch, transformers and Pillow are imported, the device
+probed and the model loaded only when vectors are first needed.
+
+The encoder runs the ColVision models that ship with transformers itself
+(``ColPaliForRetrieval`` / ``ColPaliProcessor`` and ``ColQwen2ForRetrieval`` /
+``ColQwen2Processor``), with the Pillow image-processing backend, so it works on CPU-only
+machines. The ``colpali-engine`` package is not needed (and not used).
+
+Patch vectors
+-------------
+A page image becomes the processor's prompt: ``n_img`` image tokens followed by a short
+text prompt (``"Describe the image."``). The model projects every position to ``d``
+dimensions (128 for the released checkpoints) and L2-normalises it. Only the positions
+holding an image token (``input_ids == processor.image_token_id``) are kept: one vector
+per patch (ColPali: 1024 for a 448 x 448 page; ColQwen2: one per merged 2 x 2 patch group,
+so the count depends on the page size). Prompt tokens and padding are dropped.
+
+Saliency
+--------
+The saliency of image token ``j`` is the attention it *receives* in the last layer of the
+language model: the attention weights ``A[h, i, j]`` of that layer, averaged over the
+heads ``h`` and over every real (non-padding) position ``i`` of the page's sequence
+(image tokens and prompt tokens alike)::
+
+    saliency[j] = mean_h mean_{i : attention_mask[i] = 1} A[h, i, j]
+
+Each value lies in ``[0, 1]``; the values of one page sum to at most 1 (the rest of the
+attention goes to the prompt tokens). It is the same definition as
+:class:`~retrieval.encode.multivector.MultiVectorEncoder` uses for text tokens and what
+:class:`~retrieval.compress.AttentionPruner` ranks by. Attention weights exist only with
+``attn_implementation="eager"`` (the fused sdpa / flash kernels never materialise them),
+so a ``saliency=True`` encoder loads the model with eager attention; ``saliency=False``
+lets transformers pick its fastest kernel.
+
+References
+----------
+- Faysse et al., "ColPali: Efficient Document Retrieval with Vision Language Models",
+  ICLR 2025, arXiv:2407.01449.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from retrieval._optional import require
+from retrieval.encode.dense import _DEVICE_RE, _resolve_device, fingerprint_model_dir
+from retrieval.errors import ConfigError, MissingDependencyError, ShapeError
+from retrieval.types import MultiVectorEmbeddings
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from PIL.Image import Image as PILImage
+
+__all__ = ["DEFAULT_COLPALI_MODEL", "ColPaliEncoder"]
+
+logger = logging.getLogger(__name__)
+
+#: The transformers-native ColPali checkpoint (PaliGemma-3B backbone, ``d = 128``).
+DEFAULT_COLPALI_MODEL = "vidore/colpali-v1.3-hf"
+
+# model_type in config.json -> (model class, processor class), both in transformers.
+_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "colpali": ("ColPaliForRetrieval", "ColPaliProcessor"),
+    "colqwen2": ("ColQwen2ForRetrieval", "ColQwen2Processor"),
+}
+_DTYPES = ("float32", "bfloat16", "float16")
+# Bump when the saliency definition changes, so stored saliency is never mixed silently.
+_SALIENCY_TAG = "last-layer-attention-received-v1"
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}.")
+    return batch_size
+
+
+def _check_ids(ids: Sequence[str] | None, n: int, *, what: str, item: str) -> list[str]:
+    if ids is None:
+        return [str(i) for i in range(n)]
+    if isinstance(ids, (str, bytes)):
+        raise ConfigError(f"{what}: ids must be a sequence of str, one per {item}; got a single {type(ids).__name__}.")
+    id_list = [str(i) for i in ids]
+    if len(id_list) != n:
+        raise ShapeError(f"{what} needs one id per {item}; got {len(id_list)} ids for {n} {item}s.")
+    return id_list
+
+
+def _as_image_list(images: Sequence[Any], pil_image: ModuleType) -> list[PILImage]:
+    """Check ``images`` and return them as RGB PIL images (files are opened and closed)."""
+    what = "encode_documents"
+    expected = "a sequence of page images (PIL.Image.Image objects or image file paths)"
+    if isinstance(images, (str, bytes, os.PathLike, pil_image.Image)):
+        raise ConfigError(
+            f"{what} expects {expected}; got a single {type(images).__name__}. Wrap it in a list: {what}([image])."
+        )
+    try:
+        items = list(images)
+    except TypeError:
+        raise ConfigError(f"{what} expects {expected}; got {type(images).__name__}, which is not iterable.") from None
+    if not items:
+        raise ConfigError(f"{what} expects {expected}; got an empty sequence. Pass at least one image.")
+    out: list[PILImage] = []
+    for i, item in enumerate(items):
+        if isinstance(item, pil_image.Image):
+            img = item
+        elif isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            try:
+                with pil_image.open(path) as opened:
+                    opened.load()
+                    img = _to_rgb(opened, pil_image)
+                    if img is opened:  # closing the file would free the pixels of an RGB image
+                        img = opened.copy()
+            except FileNotFoundError:
+                raise ConfigError(f"{what}: image file {path!r} (item {i}) does not exist.") from None
+            except (OSError, ValueError, pil_image.DecompressionBombError) as exc:
+                raise ConfigError(
+                    f"{what}: could not read item {i}, {path!r}, as an image ({type(exc).__name__}: {exc}). "
+                    "Pass a PNG / JPEG / ... file or a PIL.Image.Image."
+                ) from exc
+        else:
+            hint = " Convert an array with PIL.Image.fromarray(x)." if isinstance(item, np.ndarray) else ""
+            raise ConfigError(f"{what} expects {expected}; item {i} is {_describe(item)}.{hint}")
+        if img.width < 1 or img.height < 1:
+            raise ConfigError(f"{what}: item {i} is an empty image of size {img.width} x {img.height}.")
+        out.append(_to_rgb(img, pil_image))
+    return out
+
+
+def _to_rgb(img: PILImage, pil_image: ModuleType) -> PILImage:
+    """``img`` in RGB mode; transparent areas become white (as transformers' ``convert_to_rgb``)."""
+    if img.mode == "RGB":
+        return img
+    rgba = img.convert("RGBA")
+    background = pil_image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return pil_image.alpha_composite(background, rgba).convert("RGB")  # type: ignore[no-any-return]
+
+
+def _describe(item: object) -> str:
+    """Short one-line description of a bad input item for error messages."""
+    if isinstance(item, np.ndarray):
+        return f"ndarray of shape {item.shape}, dtype {item.dtype}"
+    text = repr(item).replace("\n", " ")
+    return f"{type(item).__name__} ({text[:60]}{'...' if len(text) > 60 else ''})"
+
+
+def _as_query_list(texts: Sequence[str]) -> list[str]:
+    what = "encode_queries"
+    if isinstance(texts, (str, bytes)):
+        raise ConfigError(
+            f"{what} expects a sequence of str; got a single {type(texts).__name__}. Wrap it in a list: {what}([text])."
+        )
+    try:
+        items = list(texts)
+    except TypeError:
+        raise ConfigError(
+            f"{what} expects a sequence of str; got {type(texts).__name__}, which is not iterable."
+        ) from None
+    if not items:
+        raise ConfigError(f"{what} expects a sequence of str; got an empty sequence. Pass at least one query.")
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ConfigError(f"{what} needs every query to be a str; item {i} is {_describe(item)}.")
+    return items
+
+
+def _fingerprint_parameters(model: Any, torch: ModuleType) -> str:
+    """Hash the model config and every parameter (reads all weights once)."""
+    digest = hashlib.sha256(b"densezip-colpali-params-v1\0")
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else {}
+    for key in (
+        "_name_or_path",
+        "_attn_implementation",
+        "_commit_hash",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+    ):
+        config.pop(key, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode() + b"\0")
+    for key, tensor in model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return "params-sha256:" + digest.hexdigest()[:32]
+
+
+def _last_attention_module(model: Any) -> Any | None:
+    """The self-attention module of the language model's last decoder layer, if found."""
+    vlm = getattr(model, "vlm", None)
+    language_model = getattr(vlm, "language_model", None)
+    layers = getattr(language_model, "layers", None)
+    if layers is None or len(layers) == 0:
+        return None
+    return getattr(layers[-1], "self_attn", None)
+
+
+def _image_token_id_of_config(config: Any) -> int | None:
+    vlm_config = getattr(config, "vlm_config", None)
+    value = getattr(vlm_config, "image_token_id", None)
+    if value is None:
+        value = getattr(vlm_config, "image_token_index", None)
+    return int(value) if isinstance(value, int) else None
+
+
+class ColPaliEncoder:
+    """Encode page images into patch vectors (with saliency) and queries into token vectors.
+
+    Construction is cheap: the model is loaded (and torch imported) on first use. See the
+    module docstring for which positions become vectors and how saliency is defined.
+
+    Parameters
+    ----------
+    model : str or os.PathLike, default "vidore/colpali-v1.3-hf"
+        A transformers ColPali or ColQwen2 checkpoint (``model_type`` ``"colpali"`` or
+        ``"colqwen2"`` in its ``config.json``, i.e. the ``-hf`` repositories), as a local
+        directory or a Hugging Face hub name. Hub names are read from the local Hugging
+        Face cache when offline (``HF_HUB_OFFLINE=1``).
+    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default "auto"
+        Where the model runs. Only ``"auto"`` falls back to the CPU (logged at INFO); an
+        explicit device that is not available raises
+        :class:`~retrieval.errors.MissingDependencyError` at model load.
+    batch_size : int, default 4
+        Images (or queries) per forward pass.
+    saliency : bool, default True
+        Compute per-patch saliency. Needs eager attention, which is slower and uses
+        ``O(L^2)`` memory per head in the last layer; ``False`` uses sdpa attention and
+        returns ``saliency=None``.
+    dtype : {"float32", "bfloat16", "float16"}, optional
+        Weight dtype. ``None`` uses float32 on the CPU and MPS and bfloat16 on CUDA. The
+        returned vectors are always float32.
+
+    Examples
+    --------
+    >>> enc = ColPaliEncoder(device="cpu")                           # doctest: +SKIP
+    >>> pages = enc.encode_documents(["page1.png"], ids=["p1"])      # doctest: +SKIP
+    >>> pages.vectors.shape, pages.saliency.shape                    # doctest: +SKIP
+    ((1024, 128), (1024,))
+    >>> enc.encode_queries(["What is the revenue in 2023?"]).dim     # doctest: +SKIP
+    128
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_COLPALI_MODEL,
+        *,
+        device: str = "auto",
+        batch_size: int = 4,
+        saliency: bool = True,
+        dtype: str | None = None,
+    ) -> None:
+        if not isinstance(model, (str, os.PathLike)):
+            raise ConfigError(f"model must be a hub name or a local directory; got {type(model).__name__}.")
+        if isinstance(model, os.PathLike) and not Path(model).is_dir():
+            raise ConfigError(
+                f"model directory {os.fspath(model)!r} does not exist or is not a directory. "
+                "Pass the folder that holds config.json and the weights, or a hub name as a str."
+            )
+        if isinstance(model, str) and not model.strip():
+            raise ConfigError(
+                f"model must be a non-empty hub name or path; got ''. The default is {DEFAULT_COLPALI_MODEL!r}."
+            )
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            raise ConfigError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}.")
+        if not isinstance(saliency, bool):
+            raise ConfigError(f"saliency must be True or False; got {saliency!r}.")
+        if dtype is not None and dtype not in _DTYPES:
+            raise ConfigError(
+                f"dtype must be one of {', '.join(map(repr, _DTYPES))} or None (automatic); got {dtype!r}."
+            )
+        self._model_arg: str | None = os.path.expanduser(os.fspath(model))
+        self._device = device
+        self._batch_size = _check_batch_size(batch_size)
+        self._saliency = saliency
+        self._dtype = dtype
+        self._model: Any | None = None
+        self._processor: Any = None  # set together with _model
+        self._architecture: str | None = None
+        self._dim: int | None = None
+        self._fingerprint: str | None = None
+        self._resolved_device: str | None = None
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, *, batch_size: int = 4, saliency: bool = True) -> ColPaliEncoder:
+        """Wrap an already built transformers ColPali / ColQwen2 model and its processor.
+
+        The model stays on its device and in its dtype; it is switched to eval mode (so
+        dropout never makes vectors random).
+
+        Parameters
+        ----------
+        model : ColPaliForRetrieval or ColQwen2ForRetrieval
+            A transformers retrieval model. With ``saliency=True`` it must use eager
+            attention (``from_pretrained(..., attn_implementation="eager")`` or
+            ``model.set_attn_implementation("eager")``).
+        processor : ColPaliProcessor or ColQwen2Processor
+            The matching processor; its ``image_token_id`` must be the model's.
+        batch_size : int, default 4
+            Images (or queries) per forward pass.
+        saliency : bool, default True
+            Compute per-patch saliency.
+
+        Returns
+        -------
+        ColPaliEncoder
+
+        Raises
+        ------
+        ConfigError
+            If the model is not a supported architecture, the processor does not match it,
+            or ``saliency=True`` with a non-eager attention implementation.
+        """
+        if not isinstance(saliency, bool):
+            raise ConfigError(f"saliency must be True or False; got {saliency!r}.")
+        config = getattr(model, "config", None)
+        architecture = getattr(config, "model_type", None)
+        if architecture not in _ARCHITECTURES:
+            raise ConfigError(
+                f"ColPaliEncoder.from_model needs a transformers ColPaliForRetrieval or ColQwen2ForRetrieval; "
+                f"got {type(model).__name__} (model_type {architecture!r})."
+            )
+        encoder = cls.__new__(cls)
+        encoder._model_arg = None
+        encoder._device = "auto"
+        encoder._batch_size = _check_batch_size(batch_size)
+        encoder._saliency = saliency
+        encoder._dtype = None
+        encoder._fingerprint = None
+        encoder._lock = threading.RLock()
+        encoder._install(model, processor, str(architecture), owner="ColPaliEncoder.from_model")
+        return encoder
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def name(self) -> str:
+        """The model name or path as given, or the wrapped model's ``name_or_path``."""
+        if self._model_arg is not None:
+            return self._model_arg
+        name = getattr(self._model, "name_or_path", "") or ""
+        return str(name) or f"<in-memory {type(self._model).__name__}>"
+
+    @property
+    def dim(self) -> int:
+        """Width ``d`` of the vectors (the model's ``embedding_dim``); loads the model if needed."""
+        if self._dim is None:
+            self._get_model()
+        if self._dim is None:  # pragma: no cover - _get_model always sets it
+            raise RuntimeError("ColPaliEncoder failed to determine the embedding dimension.")
+        return self._dim
+
+    @property
+    def device(self) -> str | None:
+        """The concrete device the model runs on, or ``None`` before it is loaded."""
+        return self._resolved_device
+
+    @property
+    def architecture(self) -> str | None:
+        """``"colpali"`` or ``"colqwen2"``, or ``None`` before the model is loaded."""
+        return self._architecture
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the model weights.
+
+        A local directory is fingerprinted from its files without loading it
+        (:func:`~retrieval.encode.dense.fingerprint_model_dir`); a hub name by the
+        revision (commit) it was loaded from; a wrapped model by hashing its parameters.
+        """
+        if self._fingerprint is None:
+            with self._lock:
+                if self._fingerprint is None:
+                    if self._model_arg is not None and Path(self._model_arg).is_dir():
+                        self._fingerprint = fingerprint_model_dir(self._model_arg)
+                    else:
+                        model = self._get_model()
+                        commit = getattr(model.config, "_commit_hash", None)
+                        if self._model_arg is not None and isinstance(commit, str) and commit:
+                            self._fingerprint = f"hub:{self._model_arg}@{commit}"
+                        else:
+                            torch = require("torch", extra="cpu", feature="ColPaliEncoder")
+                            self._fingerprint = _fingerprint_parameters(model, torch)
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-serialisable identity of the encoder (loads the model).
+
+        Returns
+        -------
+        dict
+            ``type`` (``"ColPaliEncoder"``), ``model`` (the name or path as given),
+            ``architecture`` (``"colpali"`` / ``"colqwen2"``), ``dim``, ``dtype`` (as
+            requested; ``None`` = automatic), ``saliency`` (a tag naming the saliency
+            definition, or ``None`` when off) and ``fingerprint``. Device and batch size
+            are not included: they do not change the vectors.
+        """
+        self._get_model()
+        return {
+            "type": "ColPaliEncoder",
+            "model": self.name,
+            "architecture": self._architecture,
+            "dim": self.dim,
+            "dtype": self._dtype,
+            "saliency": _SALIENCY_TAG if self._saliency else None,
+            "fingerprint": self.fingerprint,
+        }
+
+    def __repr__(self) -> str:
+        state = f"loaded on {self._resolved_device}" if self._model is not None else "not loaded"
+        return (
+            f"ColPaliEncoder(model={self.name!r}, device={self._device!r}, batch_size={self._batch_size}, "
+            f"saliency={self._saliency}, dtype={self._dtype!r})  # {state}"
+        )
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode_documents(
+        self,
+        images: Sequence[PILImage | str | os.PathLike[str]],
+        ids: Sequence[str] | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> MultiVectorEmbeddings:
+        """Encode page images into one vector per image patch token.
+
+        Parameters
+        ----------
+        images : sequence of PIL.Image.Image, str or os.PathLike, length n >= 1
+            Page images, or paths of image files (opened with Pillow). Any mode is
+            converted to RGB, transparent areas becoming white; the processor resizes
+            each page to the model's input size.
+        ids : sequence of str, length n, optional
+            Page ids; ``None`` gives ``"0"``, ``"1"``, ...
+        batch_size : int, optional
+            Overrides the constructor's ``batch_size``.
+
+        Returns
+        -------
+        MultiVectorEmbeddings
+            ``vectors`` of shape ``(T, dim)``, dtype float32, unit L2 norm per row, where
+            page ``i`` owns ``lengths[i]`` = its number of image tokens (fixed for ColPali,
+            size-dependent for ColQwen2); ``saliency`` of shape ``(T,)``, dtype float32,
+            finite and in ``[0, 1]`` (see the module docstring), or ``None`` when the
+            encoder was built with ``saliency=False``.
+
+        Raises
+        ------
+        ConfigError
+            If ``images`` is empty, a single image, or holds something that is not an
+            image or a readable image file (the message names the item and the path).
+        ShapeError
+            If ``ids`` does not have one id per image, or the model returns NaN / inf.
+        """
+        pil_image = require("PIL.Image", extra="vision", feature="ColPaliEncoder.encode_documents")
+        pages = _as_image_list(images, pil_image)
+        id_list = _check_ids(ids, len(pages), what="encode_documents", item="image")
+        bs = self._batch_size if batch_size is None else _check_batch_size(batch_size)
+        model = self._get_model()
+        processor = self._processor
+        torch = require("torch", extra="cpu", feature="ColPaliEncoder")
+        vectors: list[NDArray[np.float32]] = []
+        saliency: list[NDArray[np.float32]] = []
+        for start in range(0, len(pages), bs):
+            inputs = processor.process_images(pages[start : start + bs])
+            vecs, sal = self._forward(model, inputs, torch, keep="image", want_saliency=self._saliency)
+            vectors.extend(vecs)
+            if sal is not None:
+                saliency.extend(sal)
+        return MultiVectorEmbeddings.from_list(vectors, ids=id_list, saliency=saliency if self._saliency else None)
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str] | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> MultiVectorEmbeddings:
+        """Encode text queries into one vector per query token.
+
+        The processor adds its query prompt (``"Question: "`` / ``"Query: "``) and ten
+        query-augmentation tokens, as the models were trained; their vectors are kept,
+        padding is dropped.
+
+        Parameters
+        ----------
+        texts : sequence of str, length n >= 1
+            Query texts; empty strings are allowed.
+        ids : sequence of str, length n, optional
+            Query ids; ``None`` gives ``"0"``, ``"1"``, ...
+        batch_size : int, optional
+            Overrides the constructor's ``batch_size``.
+
+        Returns
+        -------
+        MultiVectorEmbeddings
+            ``vectors`` of shape ``(T, dim)``, dtype float32, unit L2 norm per row, one
+            row per non-padding token; ``saliency`` is ``None``.
+
+        Raises
+        ------
+        ConfigError
+            If ``texts`` is empty, a single str, or holds a non-str item.
+        ShapeError
+            If ``ids`` does not have one id per text, or the model returns NaN / inf.
+        """
+        items = _as_query_list(texts)
+        id_list = _check_ids(ids, len(items), what="encode_queries", item="text")
+        bs = self._batch_size if batch_size is None else _check_batch_size(batch_size)
+        model = self._get_model()
+        processor = self._processor
+        torch = require("torch", extra="cpu", feature="ColPaliEncoder")
+        vectors: list[NDArray[np.float32]] = []
+        for start in range(0, len(items), bs):
+            inputs = processor.process_queries(items[start : start + bs])
+            vecs, _ = self._forward(model, inputs, torch, keep="tokens", want_saliency=False)
+            vectors.extend(vecs)
+        return MultiVectorEmbeddings.from_list(vectors, ids=id_list)
+
+    # ------------------------------------------------------------------ internals
+
+    def _get_model(self) -> Any:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._load()
+        return self._model
+
+    def _load(self) -> None:
+        owner = "ColPaliEncoder"
+        torch = require("torch", extra="cpu", feature=owner)
+        transformers = require("transformers", extra="cpu", feature=owner)
+        require("PIL.Image", extra="vision", feature=owner)
+        try:
+            device = _resolve_device(self._device, torch)
+        except MissingDependencyError as exc:
+            # The shared helper names DenseEncoder; say which class the user built.
+            raise MissingDependencyError(str(exc).replace("DenseEncoder(", "ColPaliEncoder(")) from None
+        path = self._model_arg
+        if path is None:  # pragma: no cover - only from_model leaves it unset, and it is loaded there
+            raise RuntimeError("ColPaliEncoder has neither a model path nor a wrapped model.")
+        config = self._load_config(transformers, path)
+        architecture = getattr(config, "model_type", None)
+        if architecture not in _ARCHITECTURES:
+            raise ConfigError(
+                f"model {path!r} has model_type {architecture!r}; ColPaliEncoder supports "
+                f"{sorted(_ARCHITECTURES)} (the transformers-native '-hf' checkpoints, e.g. {DEFAULT_COLPALI_MODEL!r} "
+                "or 'vidore/colqwen2-v1.0-hf'). Checkpoints in the colpali-engine format are not supported."
+            )
+        model_cls_name, processor_cls_name = _ARCHITECTURES[str(architecture)]
+        dtype_name = self._dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
+        if self._saliency:
+            kwargs["attn_implementation"] = "eager"
+        try:
+            model = getattr(transformers, model_cls_name).from_pretrained(path, **kwargs)
+            # The Pillow backend gives the same pixels with or without torchvision installed.
+            processor = getattr(transformers, processor_cls_name).from_pretrained(path, backend="pil")
+        except OSError as exc:
+            raise ConfigError(
+                f"could not load the {architecture} weights or processor of {path!r}: {exc}\n"
+                "Check that the folder (or the Hugging Face cache) holds the complete model: config.json, "
+                "the *.safetensors weights, processor_config.json and the tokenizer files."
+            ) from exc
+        model.to(device)
+        self._install(model, processor, str(architecture), owner=owner)
+        logger.info("Loaded %s (%s) on %s (dim=%d, dtype=%s)", path, architecture, device, self._dim, dtype_name)
+
+    @staticmethod
+    def _load_config(transformers: ModuleType, path: str) -> Any:
+        """Read ``config.json`` from a directory, the Hugging Face cache or the hub, or explain why not."""
+        is_dir = Path(path).is_dir()
+        looks_like_path = path.startswith((".", "~", os.sep)) or path.count("/") > 1 or os.path.isabs(path)
+        if not is_dir and looks_like_path:
+            raise ConfigError(
+                f"model directory {path!r} does not exist or is not a directory. Pass the folder that holds "
+                f"config.json and the weights, or a hub name such as {DEFAULT_COLPALI_MODEL!r}."
+            )
+        try:
+            return transformers.AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:  # ValueError: a folder without config.json / model_type
+            if is_dir:
+                raise ConfigError(
+                    f"model directory {path!r} holds no readable ColPali model ({exc}). It needs config.json, "
+                    "the *.safetensors weights, processor_config.json and the tokenizer files, as written by "
+                    "save_pretrained() or downloaded from the hub."
+                ) from exc
+            raise ConfigError(
+                f"the weights of {path!r} could not be found locally (it is not a directory, and it is not in the "
+                f"Hugging Face cache), and downloading them failed: {exc}\n"
+                f"Download the model on a machine with internet access (hf download {path}) and copy it here, "
+                "either the whole Hugging Face cache (~/.cache/huggingface/hub) or the downloaded folder; then "
+                "pass that folder as model=... (HF_HUB_OFFLINE=1 forbids downloads)."
+            ) from exc
+
+    def _install(self, model: Any, processor: Any, architecture: str, *, owner: str) -> None:
+        """Check that model and processor fit together, then make them the encoder's."""
+        for attr in ("process_images", "process_queries", "image_token_id"):
+            if not hasattr(processor, attr):
+                raise ConfigError(
+                    f"{owner} needs a ColPaliProcessor or ColQwen2Processor; got {type(processor).__name__}, "
+                    f"which has no {attr!r}."
+                )
+        model_token = _image_token_id_of_config(model.config)
+        if model_token is not None and int(processor.image_token_id) != model_token:
+            raise ConfigError(
+                f"{owner}: the processor marks image patches with token id {processor.image_token_id}, but the "
+                f"model expects {model_token}. Load processor and model from the same checkpoint."
+            )
+        dim = getattr(model.config, "embedding_dim", None)
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"{owner}: model config has no positive embedding_dim (got {dim!r}).")
+        if self._saliency:
+            impl = getattr(model.config, "_attn_implementation", None)
+            if impl != "eager":
+                raise ConfigError(
+                    f"{owner}(saliency=True) needs attention weights, but the model uses attn_implementation={impl!r}, "
+                    "which returns none. Load it with attn_implementation='eager' "
+                    "(or call model.set_attn_implementation('eager')), or pass saliency=False."
+                )
+        model.eval()
+        self._model = model
+        self._processor = processor
+        self._architecture = architecture
+        self._dim = dim
+        self._resolved_device = str(next(model.parameters()).device)
+
+    def _forward(
+        self,
+        model: Any,
+        inputs: Any,
+        torch: ModuleType,
+        *,
+        keep: str,
+        want_saliency: bool,
+    ) -> tuple[list[NDArray[np.float32]], list[NDArray[np.float32]] | None]:
+        """Run one batch; return per-row vectors (and saliency) of the kept positions."""
+        inputs.pop("labels", None)  # the processor adds training labels for images
+        device = next(model.parameters()).device
+        inputs = inputs.to(device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        mask = inputs["attention_mask"].bool()
+        received: list[Any] = []
+        hook = None
+        use_output_attentions = False
+        if want_saliency:
+            module = _last_attention_module(model)
+            if module is not None:
+                hook = module.register_forward_hook(self._saliency_hook(mask, received))
+            else:
+                use_output_attentions = True
+        try:
+            with torch.inference_mode():
+                out = model(**inputs, output_attentions=True) if use_output_attentions else model(**inputs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if use_output_attentions and out.attentions:
+            received.append(self._received_attention(out.attentions[-1], mask))
+        embeddings = out.embeddings.float().cpu().numpy()
+        if keep == "image":
+            keep_mask = ((inputs["input_ids"] == self._processor.image_token_id) & mask).cpu().numpy()
+        else:
+            keep_mask = mask.cpu().numpy()
+        counts = keep_mask.sum(axis=1)
+        if keep == "image" and (counts == 0).any():
+            raise ConfigError(
+                f"the processor's image token id {self._processor.image_token_id} does not occur in the prompt of "
+                f"{int((counts == 0).sum())} page(s); processor and model do not match."
+            )
+        vectors = [np.ascontiguousarray(embeddings[r][keep_mask[r]], dtype=np.float32) for r in range(len(counts))]
+        if not all(np.isfinite(v).all() for v in vectors):
+            raise ShapeError(
+                f"{self.name} returned NaN or inf vectors. With dtype={self._dtype!r} the weights may overflow; "
+                "try dtype='float32'."
+            )
+        if not want_saliency:
+            return vectors, None
+        if not received or received[-1] is None:
+            raise ConfigError(
+                f"{self.name} returned no attention weights, so saliency cannot be computed. Load it with "
+                "attn_implementation='eager', or pass saliency=False."
+            )
+        scores = received[-1].cpu().numpy()
+        saliency = [np.ascontiguousarray(scores[r][keep_mask[r]], dtype=np.float32) for r in range(len(counts))]
+        if not all(np.isfinite(s).all() for s in saliency):
+            raise ShapeError(f"{self.name} returned NaN or inf attention weights; try dtype='float32'.")
+        return vectors, saliency
+
+    @staticmethod
+    def _received_attention(weights: Any, mask: Any) -> Any:
+        """``(B, H, L, L)`` attention -> ``(B, L)`` attention received, averaged over heads and real queries."""
+        per_query = weights.float().mean(dim=1)  # (B, L_query, L_key)
+        rows = mask.to(per_query.dtype)
+        received = (per_query * rows[:, :, None]).sum(dim=1) / rows.sum(dim=1, keepdim=True).clamp(min=1)
+        return received.clamp(min=0.0)  # softmax weights are >= 0; clamp only rounding noise
+
+    def _saliency_hook(self, mask: Any, sink: list[Any]) -> Callable[..., None]:
+        """Forward hook for the last attention module: keep only the reduced ``(B, L)`` scores.
+
+        Reducing inside the hook avoids ``output_attentions=True``, which would keep the
+        ``(B, H, L, L)`` weights of every layer (about 0.6 GB per page for ColPali in float32).
+        """
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            sink.append(None if weights is None else self._received_attention(weights, mask))
+
+        return hook
