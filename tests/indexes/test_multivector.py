@@ -185,3 +185,22 @@ def test_index_as_reranker_store(data) -> None:
 class _Dummy:
     def encode_queries(self, texts):  # pragma: no cover - rerank_vectors skips encoding
         raise AssertionError
+
+
+def test_embeddings_save_and_memory_mapped_load(data, tmp_path: Path) -> None:
+    from indexes.multivector import load_embeddings, save_embeddings
+
+    docs, _ = data
+    path = save_embeddings(docs, tmp_path / "emb")
+    back = load_embeddings(path)
+    assert isinstance(back.vectors.base, np.memmap) and back.ids == docs.ids  # a view of the map, no copy
+    np.testing.assert_array_equal(back.vectors, docs.vectors)
+    np.testing.assert_array_equal(back.offsets, docs.offsets)
+    np.testing.assert_array_equal(back.saliency, docs.saliency)
+    with pytest.raises(ConfigError, match="already exists"):
+        save_embeddings(docs, path)
+    (path / "offsets.npy").write_bytes((path / "offsets.npy").read_bytes()[:-8])
+    with pytest.raises(IndexFormatError, match="offsets.npy"):
+        load_embeddings(path, verify=False)
+    with pytest.raises(IndexFormatError, match="not saved MultiVectorEmbeddings"):
+        load_embeddings(MultiVectorIndex(D, spec="FP16").add(docs).save(tmp_path / "idx"))
