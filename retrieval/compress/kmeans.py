@@ -80,6 +80,7 @@ class PatchKMeans(Codec):
         self.cutoffs: NDArray[np.float32] | None = None  # (d, 2**b - 1) residual bucket boundaries
         self.levels: NDArray[np.float32] | None = None  # (d, 2**b) residual value of each bucket
         self._assigner: Any = None
+        self._table: NDArray[np.float32] | None = None  # residual decoding table, built on first decode
 
     # ------------------------------------------------------------------ description
     @property
@@ -117,7 +118,7 @@ class PatchKMeans(Codec):
                           max_points_per_centroid=max(1, sample.shape[0] // self.k + 1), verbose=False)
         km.train(sample)
         self.centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        self._assigner = None
+        self._assigner, self._table = None, None
         if self.residual_bits:
             ids = self._assign(sample)
             residuals = sample - self.centroids[ids]
@@ -167,10 +168,26 @@ class PatchKMeans(Codec):
         c = self._check_codes(codes)
         out = self.centroids[self.ids(c)]
         if self.residual_bits:
-            assert self.levels is not None
-            buckets = _unpack(c[:, self.id_bytes :], self.residual_bits, self.dim)
-            out += self.levels[np.arange(self.dim)[None, :], buckets]
+            # One gather through a per-byte table: byte j of a residual code holds 8 / b
+            # dimensions, so table[j, byte] is their decoded values (no bit unpacking).
+            table = self._byte_table()
+            packed = c[:, self.id_bytes :]
+            values = table[np.arange(packed.shape[1])[None, :], packed]  # (T, bytes, 8 / b)
+            out += values.reshape(c.shape[0], -1)[:, : self.dim]
         return out
+
+    def _byte_table(self) -> NDArray[np.float32]:
+        """``(residual_bytes, 256, 8 // b)``: the residual values every byte value decodes to."""
+        if self._table is None:
+            assert self.levels is not None
+            per_byte = 8 // self.residual_bits
+            all_bytes = np.arange(256, dtype=np.uint8)[:, None]
+            buckets = _unpack(all_bytes, self.residual_bits, per_byte)  # (256, per_byte)
+            padded = np.zeros((self.residual_bytes * per_byte, self.levels.shape[1]), dtype=np.float32)
+            padded[: self.dim] = self.levels  # the last byte may hold padding dimensions
+            dims = np.arange(self.residual_bytes * per_byte).reshape(self.residual_bytes, 1, per_byte)
+            self._table = np.ascontiguousarray(padded[dims, buckets[None, :, :]], dtype=np.float32)
+        return self._table
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, NDArray[Any]]:
@@ -196,7 +213,7 @@ class PatchKMeans(Codec):
         if self.residual_bits:
             self.cutoffs = np.ascontiguousarray(arrays["cutoffs"])
             self.levels = np.ascontiguousarray(arrays["levels"])
-        self._assigner = None
+        self._assigner, self._table = None, None
 
     # ------------------------------------------------------------------ internals
     def _assign(self, x: NDArray[np.float32]) -> NDArray[np.int64]:

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MaxSimReranker", "maxsim", "maxsim_csr", "maxsim_scores", "top_k"]
 
-# Elements of the (rows x query tokens) similarity block computed at once (64 MiB float32).
+# Elements of the (rows x query tokens) similarity block computed at once (64 MiB float32), and
+# a cap on the rows per block: decoded blocks that stay in cache are much faster than huge ones.
 _BLOCK = 1 << 24
+_MAX_ROWS = 32768
 
 
 def maxsim(
@@ -105,7 +107,7 @@ def maxsim_scores(
     if qv.shape[0] == 0:
         return out
     q_starts = queries.offsets[:-1][q_live]
-    rows_per_block = max(1, _BLOCK // qv.shape[0])
+    rows_per_block = max(1, min(_MAX_ROWS, _BLOCK // qv.shape[0]))
     doc = 0
     while doc < n:
         # Take whole documents until the block holds about rows_per_block rows.

@@ -133,3 +133,13 @@ def test_pruner_errors() -> None:
             AttentionPruner(bad)
     with pytest.raises(ConfigError, match="saliency"):
         AttentionPruner(0.5)(MultiVectorEmbeddings.from_list([np.ones((2, 2))]))
+
+
+@pytest.mark.parametrize("bits,dim", [(1, 13), (2, 16), (4, 7), (8, 5)])
+def test_residual_decoding_table_matches_bit_unpacking(bits: int, dim: int, rng: np.random.Generator) -> None:
+    x = _unit(rng, 600, dim)
+    q = PatchKMeans(dim, k=8, residual_bits=bits, niter=3).fit(x)
+    codes = q.encode(x)
+    buckets = _unpack(codes[:, 1:], bits, dim)
+    slow = q.centroids[q.ids(codes)] + q.levels[np.arange(dim)[None, :], buckets]
+    np.testing.assert_allclose(q.decode(codes), slow, rtol=1e-6, atol=1e-6)

@@ -48,7 +48,9 @@ def test_empty_documents_and_queries() -> None:
 def test_csr_kernel_matches_padded_kernel_for_any_block_size(block: int, rng: np.random.Generator,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # The package re-exports the function `maxsim`, which shadows the module attribute.
-    monkeypatch.setattr(importlib.import_module("retrieval.rerank.maxsim"), "_BLOCK", block)
+    module = importlib.import_module("retrieval.rerank.maxsim")
+    monkeypatch.setattr(module, "_BLOCK", block)
+    monkeypatch.setattr(module, "_MAX_ROWS", max(1, block // 3))
     docs = [rng.standard_normal((int(n), 6)) for n in rng.integers(0, 9, size=25)]
     queries = [rng.standard_normal((int(n), 6)) for n in rng.integers(1, 5, size=4)]
     mq, md = MultiVectorEmbeddings.from_list(queries), MultiVectorEmbeddings.from_list(docs)
