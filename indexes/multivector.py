@@ -32,7 +32,7 @@ from retrieval.compress.kmeans import PatchKMeans
 from retrieval.compress.prune import AttentionPruner
 from retrieval.errors import ConfigError, IndexFormatError, NotTrainedError, ShapeError, UnknownIdError
 from retrieval.rerank.maxsim import maxsim_scores, top_k
-from retrieval.types import MultiVectorEmbeddings, SearchResult, _ranges
+from retrieval.types import MultiVectorEmbeddings, SearchResult, _ranges, offsets_from_lengths
 
 __all__ = ["FirstStage", "MultiVectorIndex", "load_embeddings", "save_embeddings"]
 
@@ -235,9 +235,7 @@ class MultiVectorIndex:
         self._codes = self._codes[take]
         if self._hamming_codes.shape[0]:
             self._hamming_codes = self._hamming_codes[take]
-        offsets = np.zeros(kept.size + 1, dtype=np.int64)
-        np.cumsum(self.lengths[kept], out=offsets[1:])
-        self._offsets = offsets
+        self._offsets = offsets_from_lengths(self.lengths[kept])
         self._ids = [self._ids[r] for r in kept]
         self._row_of = {doc_id: r for r, doc_id in enumerate(self._ids)}
         self._lists, self._binary_index = None, None
@@ -307,9 +305,7 @@ class MultiVectorIndex:
             return maxsim_scores(self._row_scorer(self._codes), self._offsets, q)
         rows = np.asarray(rows, dtype=np.int64)
         take = _ranges(self._offsets[rows], self._offsets[rows + 1])
-        offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(self.lengths[rows], out=offsets[1:])
-        return maxsim_scores(self._row_scorer(self._codes[take]), offsets, q)
+        return maxsim_scores(self._row_scorer(self._codes[take]), offsets_from_lengths(self.lengths[rows]), q)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -498,10 +494,8 @@ class MultiVectorIndex:
         assert isinstance(self.codec, PatchKMeans) and self.codec.centroids is not None
         take = _ranges(self._offsets[rows], self._offsets[rows + 1])
         ids = self.codec.ids(self._codes[take])
-        offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(self.lengths[rows], out=offsets[1:])
         table = self.codec.centroids @ np.asarray(q.vectors, np.float32).T
-        return maxsim_scores(lambda lo, hi, qv: table[ids[lo:hi]], offsets, q)[0]
+        return maxsim_scores(lambda lo, hi, qv: table[ids[lo:hi]], offsets_from_lengths(self.lengths[rows]), q)[0]
 
     # binary first stage --------------------------------------------------------------
     def _binary_candidates(self, q: MultiVectorEmbeddings) -> NDArray[np.int64]:

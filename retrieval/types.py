@@ -233,9 +233,7 @@ class MultiVectorEmbeddings:
         if any(m.ndim != 2 for m in mats) or len(dims) > 1:
             raise ShapeError(f"from_list needs 2-D arrays (L_i, d) with one shared d; got shapes {[m.shape for m in mats][:5]}.")
         dim = dims.pop() if dims else 0
-        lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
-        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_from_lengths([m.shape[0] for m in mats])
         vectors = np.concatenate(mats).astype(dtype) if mats else np.zeros((0, dim), dtype=dtype)
         sal = None
         if saliency is not None:
@@ -272,11 +270,8 @@ class MultiVectorEmbeddings:
             raise ShapeError(f"select: rows must lie in [0, {len(self)}); got min {rows.min()} max {rows.max()}.")
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
         take = _ranges(starts, ends)
-        lengths = ends - starts
-        offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
         return MultiVectorEmbeddings(
-            vectors=self.vectors[take], offsets=offsets, ids=[self.ids[r] for r in rows],
+            vectors=self.vectors[take], offsets=offsets_from_lengths(ends - starts), ids=[self.ids[r] for r in rows],
             saliency=None if self.saliency is None else self.saliency[take],
         )
 
@@ -288,6 +283,14 @@ class MultiVectorEmbeddings:
         mask = np.arange(width)[None, :] < lengths[:, None]
         out[mask] = self.vectors
         return out, mask
+
+
+def offsets_from_lengths(lengths: Any) -> NDArray[np.int64]:
+    """CSR offsets ``(n + 1,)`` (starting at 0) from per-text vector counts ``(n,)``."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
 
 
 def _ranges(starts: NDArray[np.int64], ends: NDArray[np.int64]) -> NDArray[np.int64]:

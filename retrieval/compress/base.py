@@ -83,6 +83,19 @@ class Codec(ABC):
             )
         return c
 
+    def _checked_state(
+        self, arrays: dict[str, NDArray[Any]], expected: dict[str, tuple[int, ...]]
+    ) -> dict[str, NDArray[np.float32]]:
+        """The ``expected`` float32 arrays of ``arrays``, contiguous; IndexFormatError names a bad one."""
+        out = {}
+        for name, shape in expected.items():
+            arr = arrays.get(name)
+            if arr is None or arr.shape != shape or arr.dtype != np.float32:
+                got = "missing" if arr is None else f"{arr.dtype} {arr.shape}"
+                raise IndexFormatError(f"{self.spec} codec array {name!r} must be float32 {shape}; got {got}.")
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
     def _require_trained(self) -> None:
         if not self.is_trained:
             raise NotTrainedError(f"{self.spec} must be fitted before encode(); call fit(vectors) first.")

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval.compress.base import Codec
-from retrieval.errors import ConfigError, IndexFormatError
+from retrieval.errors import ConfigError
 
 __all__ = ["BinaryQuantizer"]
 
@@ -140,11 +140,5 @@ class BinaryQuantizer(Codec):
         expected: dict[str, tuple[int, ...]] = {"mean": (self.dim,), "scale": (self.dim,)}
         if self.rotation == "itq":
             expected["rotation"] = (self.dim, self.dim)
-        for name, shape in expected.items():
-            arr = arrays.get(name)
-            if arr is None or arr.shape != shape or arr.dtype != np.float32:
-                got = "missing" if arr is None else f"{arr.dtype} {arr.shape}"
-                raise IndexFormatError(f"{self.spec} codec array {name!r} must be float32 {shape}; got {got}.")
-        self.mean = np.ascontiguousarray(arrays["mean"])
-        self.scale = np.ascontiguousarray(arrays["scale"])
-        self.matrix = np.ascontiguousarray(arrays["rotation"]) if self.rotation == "itq" else None
+        state = self._checked_state(arrays, expected)
+        self.mean, self.scale, self.matrix = state["mean"], state["scale"], state.get("rotation")

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from retrieval._optional import require
 from retrieval.compress.base import Codec
-from retrieval.errors import ConfigError, IndexFormatError, ShapeError
+from retrieval.errors import ConfigError, ShapeError
 
 __all__ = ["PatchKMeans"]
 
@@ -201,18 +201,12 @@ class PatchKMeans(Codec):
 
     def load_state(self, arrays: dict[str, NDArray[Any]]) -> None:
         levels = 1 << self.residual_bits
-        expected = {"centroids": (self.k, self.dim)}
+        expected: dict[str, tuple[int, ...]] = {"centroids": (self.k, self.dim)}
         if self.residual_bits:
             expected.update(cutoffs=(self.dim, levels - 1), levels=(self.dim, levels))
-        for name, shape in expected.items():
-            arr = arrays.get(name)
-            if arr is None or arr.shape != shape or arr.dtype != np.float32:
-                got = "missing" if arr is None else f"{arr.dtype} {arr.shape}"
-                raise IndexFormatError(f"{self.spec} codec array {name!r} must be float32 {shape}; got {got}.")
-        self.centroids = np.ascontiguousarray(arrays["centroids"])
-        if self.residual_bits:
-            self.cutoffs = np.ascontiguousarray(arrays["cutoffs"])
-            self.levels = np.ascontiguousarray(arrays["levels"])
+        state = self._checked_state(arrays, expected)
+        self.centroids = state["centroids"]
+        self.cutoffs, self.levels = state.get("cutoffs"), state.get("levels")
         self._assigner, self._table = None, None
 
     # ------------------------------------------------------------------ internals

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from retrieval.errors import ConfigError
-from retrieval.types import MultiVectorEmbeddings
+from retrieval.types import MultiVectorEmbeddings, offsets_from_lengths
 
 __all__ = ["AttentionPruner"]
 
@@ -72,10 +72,8 @@ class AttentionPruner:
         """Return the pruned embeddings (the input is not modified)."""
         rows = self.kept_rows(mv)
         kept_per_doc = np.bincount(np.repeat(np.arange(len(mv)), mv.lengths)[rows], minlength=len(mv))
-        offsets = np.zeros(len(mv) + 1, dtype=np.int64)
-        np.cumsum(kept_per_doc, out=offsets[1:])
         assert mv.saliency is not None
-        return MultiVectorEmbeddings(vectors=mv.vectors[rows], offsets=offsets, ids=list(mv.ids),
+        return MultiVectorEmbeddings(vectors=mv.vectors[rows], offsets=offsets_from_lengths(kept_per_doc), ids=list(mv.ids),
                                      saliency=mv.saliency[rows])
 
     @staticmethod

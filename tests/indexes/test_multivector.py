@@ -200,7 +200,7 @@ def test_embeddings_save_and_memory_mapped_load(data, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already exists"):
         save_embeddings(docs, path)
     (path / "offsets.npy").write_bytes((path / "offsets.npy").read_bytes()[:-8])
-    with pytest.raises(IndexFormatError, match="offsets.npy"):
+    with pytest.raises(IndexFormatError, match=r"offsets\.npy"):
         load_embeddings(path, verify=False)
     with pytest.raises(IndexFormatError, match="not saved MultiVectorEmbeddings"):
         load_embeddings(MultiVectorIndex(D, spec="FP16").add(docs).save(tmp_path / "idx"))
