@@ -73,8 +73,8 @@ class AttentionPruner:
         rows = self.kept_rows(mv)
         kept_per_doc = np.bincount(np.repeat(np.arange(len(mv)), mv.lengths)[rows], minlength=len(mv))
         assert mv.saliency is not None
-        return MultiVectorEmbeddings(vectors=mv.vectors[rows], offsets=offsets_from_lengths(kept_per_doc), ids=list(mv.ids),
-                                     saliency=mv.saliency[rows])
+        return MultiVectorEmbeddings(vectors=mv.vectors[rows], offsets=offsets_from_lengths(kept_per_doc),
+                                     ids=list(mv.ids), saliency=mv.saliency[rows])
 
     @staticmethod
     def expected_share(keep: float, lengths: np.ndarray) -> float:
