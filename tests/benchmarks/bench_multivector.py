@@ -73,12 +73,42 @@ def _timings(search: Any, queries: Any, *, batch: int = 32, n_qps: int = 64, n_l
             "p95_ms": float(np.percentile(lat, 95))}
 
 
+def _pruning_compute(docs: Any, queries: Any, keeps: list[float], out: str | None) -> None:
+    """Exhaustive float32 MaxSim time per pruning level: in-memory copies, passes interleaved."""
+    from retrieval.compress import AttentionPruner
+    from retrieval.rerank import maxsim_csr
+
+    sets = {keep: AttentionPruner(keep)(docs) if keep < 1 else docs.select(np.arange(len(docs))) for keep in keeps}
+    batches = [queries.select(np.arange(s, min(s + 32, len(queries)))) for s in range(0, len(queries), 32)]
+    for mv in sets.values():  # warm-up: touch every vector once
+        maxsim_csr(batches[0], mv)
+    seconds: dict[float, list[float]] = {keep: [] for keep in keeps}
+    for _ in range(3):
+        for keep, mv in sets.items():
+            t0 = time.perf_counter()
+            for b in batches:
+                maxsim_csr(b, mv)
+            seconds[keep].append(time.perf_counter() - t0)
+    base = float(np.median(seconds[keeps[0]]))
+    rows = []
+    for keep in keeps:
+        med = float(np.median(seconds[keep]))
+        rows.append({"keep": keep, "vectors": sets[keep].num_vectors, "maxsim_s": med, "runs": seconds[keep],
+                     "time_vs_first": med / base})
+        print(f"p={keep:.1f}: {sets[keep].num_vectors} vectors, exhaustive float32 MaxSim over {len(queries)} queries "
+              f"(batch 32) {med:.1f} s (median of 3), {100 * med / base:.0f}% of p={keeps[0]:.1f}", flush=True)
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.8, 0.6, 0.4])
     parser.add_argument("--methods", type=int, nargs="*", default=None, help="indices into METHODS (default all)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--encode-only", action="store_true")
+    parser.add_argument("--pruning-compute", action="store_true",
+                        help="only time exhaustive float32 MaxSim at each --keep, interleaved (the compute pruning saves)")
     args = parser.parse_args()
 
     import faiss
@@ -111,6 +141,9 @@ def main() -> None:
 
     candidates = dense_index.search(dense_queries, 100).doc_ids  # single-vector first stage, exact
     row_of = {qid: i for i, qid in enumerate(queries.ids)}
+    if args.pruning_compute:
+        _pruning_compute(docs, queries, args.keep, args.json)
+        return
     rows: list[dict[str, Any]] = []
     chosen = [METHODS[i] for i in args.methods] if args.methods else METHODS
     for keep in args.keep:
