@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -78,6 +78,24 @@ def load_index(
             f"knows {sorted(_REGISTRY)}. Upgrade densezip or check the directory."
         )
     return cls.load(path, verify=verify, mmap=mmap)
+
+
+def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
+    """Reject ids that are not str, empty, hold a newline, repeat in the batch, or are already ``live``."""
+    for i in new_ids:
+        if not isinstance(i, str):
+            raise ConfigError(f"document ids must be str; got {type(i).__name__} {i!r}. Convert with str().")
+        if _BAD_ID.search(i) or i == "":
+            raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r}.")
+    if len(set(new_ids)) != len(new_ids):
+        seen: set[str] = set()
+        dup = next(i for i in new_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise ConfigError(f"duplicate document id {dup!r} in the batch; ids must be unique.")
+    clash = [i for i in new_ids if i in live]
+    if clash:
+        raise ConfigError(
+            f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
+        )
 
 
 def _check_k(k: Any) -> int:
@@ -340,20 +358,7 @@ class VectorIndex(ABC):
         return vectors, new_ids
 
     def _check_new_ids(self, new_ids: list[str]) -> None:
-        for i in new_ids:
-            if not isinstance(i, str):
-                raise ConfigError(f"document ids must be str; got {type(i).__name__} {i!r}. Convert with str().")
-            if _BAD_ID.search(i) or i == "":
-                raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r}.")
-        if len(set(new_ids)) != len(new_ids):
-            seen: set[str] = set()
-            dup = next(i for i in new_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise ConfigError(f"duplicate document id {dup!r} in the batch; ids must be unique.")
-        clash = [i for i in new_ids if i in self._row_of]
-        if clash:
-            raise ConfigError(
-                f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
-            )
+        check_new_ids(new_ids, self._row_of)
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
-from indexes.base import _BAD_ID, _check_k, register_index
+from indexes.base import _check_k, check_new_ids, register_index
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval._optional import require
 from retrieval.compress.base import Codec, codec_from_state, parse_codec
@@ -198,7 +198,7 @@ class MultiVectorIndex:
         index is not trained yet. A document may hold no vector (it then never matches).
         """
         mv = self._prepare(data)
-        self._check_new_ids(mv.ids)
+        check_new_ids(mv.ids, self._row_of)
         if len(mv) == 0:
             return self
         if not self.is_trained:  # float codecs without a Hamming stage need no training
@@ -382,39 +382,22 @@ class MultiVectorIndex:
 
     # ------------------------------------------------------------------ internals
     def _prepare(self, data: Any) -> MultiVectorEmbeddings:
-        if not isinstance(data, MultiVectorEmbeddings):
-            raise ConfigError(
-                f"MultiVectorIndex takes MultiVectorEmbeddings (e.g. from MultiVectorEncoder.encode_documents); "
-                f"got {type(data).__name__}."
-            )
-        if data.dim != self.dim:
-            raise ShapeError(f"documents have d={data.dim}, the index expects d={self.dim}.")
-        if not np.isfinite(np.asarray(data.vectors, dtype=np.float32)).all():
-            raise ShapeError("documents contain NaN or inf values; check the encoder output.")
-        return self.pruner(data) if self.pruner is not None else data
-
-    def _check_new_ids(self, new_ids: list[str]) -> None:
-        for i in new_ids:
-            if _BAD_ID.search(i) or i == "":
-                raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r}.")
-        if len(set(new_ids)) != len(new_ids):
-            raise ConfigError("duplicate document ids in the batch; ids must be unique.")
-        clash = [i for i in new_ids if i in self._row_of]
-        if clash:
-            raise ConfigError(f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first.")
+        mv = self._checked(data, "documents", "MultiVectorEncoder.encode_documents(texts)")
+        return self.pruner(mv) if self.pruner is not None else mv
 
     def _check_queries(self, queries: Any) -> MultiVectorEmbeddings:
-        if not isinstance(queries, MultiVectorEmbeddings):
-            raise ConfigError(
-                f"queries must be MultiVectorEmbeddings (e.g. MultiVectorEncoder.encode_queries(texts)); "
-                f"got {type(queries).__name__}."
-            )
-        if queries.dim != self.dim:
-            raise ShapeError(f"queries have d={queries.dim}, the index expects d={self.dim}. "
+        return self._checked(queries, "queries", "MultiVectorEncoder.encode_queries(texts)")
+
+    def _checked(self, data: Any, what: str, source: str) -> MultiVectorEmbeddings:
+        """``data`` as MultiVectorEmbeddings of this index's width with finite values, or a clear error."""
+        if not isinstance(data, MultiVectorEmbeddings):
+            raise ConfigError(f"{what} must be MultiVectorEmbeddings (e.g. from {source}); got {type(data).__name__}.")
+        if data.dim != self.dim:
+            raise ShapeError(f"{what} have d={data.dim}, the index expects d={self.dim}. "
                              "Was the index built with a different encoder or projection?")
-        if not np.isfinite(np.asarray(queries.vectors, dtype=np.float32)).all():
-            raise ShapeError("queries contain NaN or inf values; check the encoder output.")
-        return queries
+        if not np.isfinite(np.asarray(data.vectors, dtype=np.float32)).all():
+            raise ShapeError(f"{what} contain NaN or inf values; check the encoder output.")
+        return data
 
     def _result(self, scores: NDArray[np.float32], labels: NDArray[np.int64], query_ids: Sequence[str]) -> SearchResult:
         doc_ids = [[self._ids[r] for r in row if r >= 0] for row in labels]
