@@ -18,6 +18,7 @@ from indexes.manifest import FORMAT_VERSION, Manifest, read_manifest
 if TYPE_CHECKING:
     from indexes.faiss_index import FaissIndex
     from indexes.multivector import MultiVectorIndex
+    from indexes.sharded import ShardedIndex
 
 __all__ = [
     "FORMAT_VERSION",
@@ -25,6 +26,7 @@ __all__ = [
     "FlatIndex",
     "Manifest",
     "MultiVectorIndex",
+    "ShardedIndex",
     "VectorIndex",
     "load_index",
     "read_manifest",
@@ -41,4 +43,8 @@ def __getattr__(name: str) -> object:
         from indexes.multivector import MultiVectorIndex
 
         return MultiVectorIndex
+    if name == "ShardedIndex":
+        from indexes.sharded import ShardedIndex
+
+        return ShardedIndex
     raise AttributeError(f"module 'indexes' has no attribute {name!r}")

@@ -82,7 +82,8 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterat
     try:
         yield tmp
         for child in tmp.iterdir():
-            _fsync_file(child)
+            if child.is_file():  # sub-directories (shards) were made durable by their own save
+                _fsync_file(child)
         _fsync_dir(tmp)
         if target.exists():
             backup = parent / f".{target.name}.old-{os.getpid()}"

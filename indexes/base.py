@@ -40,7 +40,11 @@ T = TypeVar("T", bound="VectorIndex")
 
 _REGISTRY: dict[str, Any] = {}  # class name -> class with a ``load(path, verify=, mmap=)`` classmethod
 # Index kinds whose module imports optional packages: imported only when a saved index needs them.
-_LAZY_MODULES = {"FaissIndex": "indexes.faiss_index", "MultiVectorIndex": "indexes.multivector"}
+_LAZY_MODULES = {
+    "FaissIndex": "indexes.faiss_index",
+    "MultiVectorIndex": "indexes.multivector",
+    "ShardedIndex": "indexes.sharded",
+}
 
 
 C = TypeVar("C", bound=type)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         NotTrainedError,
         RetrievalError,
         ShapeError,
+        ShardError,
         UnknownIdError,
     )
     from retrieval.evaluate import evaluate
@@ -51,6 +52,7 @@ _LAZY: dict[str, str] = {
     "Retriever": "retrieval.pipeline",
     "SearchResult": "retrieval.types",
     "ShapeError": "retrieval.errors",
+    "ShardError": "retrieval.errors",
     "UnknownIdError": "retrieval.errors",
     "evaluate": "retrieval.evaluate",
     "load_beir": "retrieval.beir",

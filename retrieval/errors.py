@@ -9,6 +9,7 @@ Every error subclasses the matching builtin, so ``except ValueError`` keeps work
     ├── IndexFormatError(ValueError)       unreadable, corrupt or too-new saved index
     ├── NotTrainedError(RuntimeError)      add() / search() before train()
     ├── MissingDependencyError(ImportError) optional package or device not available
+    ├── ShardError(RuntimeError)           a shard of a ShardedIndex failed (which one: .failures)
     └── UnknownIdError(KeyError)           delete() or a filter names an id not in the index
 
 Messages say what was expected, what arrived and how to fix it.
@@ -24,6 +25,7 @@ __all__ = [
     "NotTrainedError",
     "RetrievalError",
     "ShapeError",
+    "ShardError",
     "UnknownIdError",
 ]
 
@@ -61,3 +63,17 @@ class UnknownIdError(RetrievalError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ShardError(RetrievalError, RuntimeError):
+    """One or more shards of a ``ShardedIndex`` failed (a dead actor, an unreadable file, ...).
+
+    Attributes
+    ----------
+    failures : dict of int to BaseException
+        Shard number -> the exception it raised.
+    """
+
+    def __init__(self, message: str, *, failures: dict[int, BaseException] | None = None) -> None:
+        super().__init__(message)
+        self.failures: dict[int, BaseException] = dict(failures or {})

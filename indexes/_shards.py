@@ -1,0 +1,292 @@
+"""The pieces :class:`indexes.sharded.ShardedIndex` is made of: routing, shard servers, merging.
+
+A shard is an ordinary saved index (``FlatIndex`` or ``FaissIndex``). A :class:`ShardServer`
+holds one shard and answers the calls a ``ShardedIndex`` sends it; the same class runs in
+the caller's process (one thread per shard) or inside a Ray actor, so both paths share
+every line of shard-side code. Handles give the two a common face: ``call(name, *args)``
+returns a :class:`concurrent.futures.Future`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from indexes._io import file_sha256
+from indexes.base import VectorIndex, load_index
+from indexes.flat import FlatIndex, topk
+from indexes.manifest import MANIFEST_NAME
+from retrieval._optional import require
+from retrieval.errors import ConfigError, IndexFormatError
+from retrieval.types import SearchResult
+
+__all__ = [
+    "ROUTING",
+    "LocalHandle",
+    "RayHandle",
+    "ShardHandle",
+    "ShardServer",
+    "empty_copy",
+    "merge_results",
+    "route",
+    "shard_of",
+    "template_from_state",
+    "template_state",
+]
+
+#: Name of the routing rule, recorded in manifests so a future rule cannot be confused with it.
+ROUTING = "blake2b64-mod"
+
+
+def shard_of(doc_id: str, n_shards: int) -> int:
+    """The shard that holds ``doc_id``: the first 8 bytes of its BLAKE2b hash modulo ``n_shards``.
+
+    Hash routing needs no id -> shard directory: ``delete``, ``in`` and ``subset`` go straight
+    to one shard, and any process (a Ray worker building a shard, a client) computes the same
+    answer. Unlike Python's ``hash`` it is stable across processes and runs.
+
+    Examples
+    --------
+    >>> shard_of("doc-1", 4), shard_of("doc-1", 4) == shard_of("doc-1", 4)
+    (2, True)
+    """
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % n_shards
+
+
+def route(ids: Sequence[str], n_shards: int) -> list[NDArray[np.int64]]:
+    """Positions of ``ids`` that belong to each shard, in input order.
+
+    Examples
+    --------
+    >>> [part.tolist() for part in route(["doc-1", "doc-2", "doc-3"], 2)]
+    [[0, 2], [1]]
+    """
+    owner = np.fromiter((shard_of(i, n_shards) for i in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(n_shards + 1))
+    return [order[bounds[s] : bounds[s + 1]].astype(np.int64) for s in range(n_shards)]
+
+
+# ---------------------------------------------------------------------------- trained state
+def _faiss() -> Any:
+    return require("faiss", extra="cpu", feature="sharded FaissIndex")
+
+
+def empty_copy(template: VectorIndex) -> VectorIndex:
+    """A new empty index with ``template``'s settings and trained state (shared codebooks)."""
+    if len(template._ids) != 0:
+        raise ConfigError(
+            f"the shard template must be empty; it holds {template.ntotal} rows. Build shards from an "
+            "empty (trained or untrained) index and add documents to the ShardedIndex."
+        )
+    if type(template) is FlatIndex:
+        return FlatIndex(template.dim, metric=template.metric)
+    from indexes.faiss_index import FaissIndex
+
+    if type(template) is FaissIndex:
+        clone = FaissIndex._bare(template.dim, template.metric, template.spec)
+        # clone_index copies the trained quantizers and search parameters (nprobe, efSearch).
+        clone._set_backend(_faiss().clone_index(template.faiss_index))
+        return clone
+    raise ConfigError(
+        f"ShardedIndex shards FlatIndex and FaissIndex; got {type(template).__name__}. Sharding "
+        "MultiVectorIndex is not supported yet."
+    )
+
+
+def template_state(template: VectorIndex) -> dict[str, Any]:
+    """A picklable description of an empty template: settings plus the serialized FAISS index."""
+    state: dict[str, Any] = {"type": type(template).__name__, "dim": template.dim, "metric": template.metric}
+    if state["type"] == "FaissIndex":
+        state["spec"] = template.spec  # type: ignore[attr-defined]
+        state["blob"] = _faiss().serialize_index(template.faiss_index)  # type: ignore[attr-defined]
+    return state
+
+
+def template_from_state(state: dict[str, Any]) -> VectorIndex:
+    """Inverse of :func:`template_state`."""
+    if state["type"] == "FlatIndex":
+        return FlatIndex(state["dim"], metric=state["metric"])
+    if state["type"] == "FaissIndex":
+        from indexes.faiss_index import FaissIndex
+
+        index = FaissIndex._bare(state["dim"], state["metric"], state["spec"])
+        index._set_backend(_faiss().deserialize_index(np.asarray(state["blob"], dtype=np.uint8)))
+        return index
+    raise ConfigError(f"unknown shard index type {state['type']!r}; expected FlatIndex or FaissIndex.")
+
+
+# ---------------------------------------------------------------------------- shard server
+class ShardServer:
+    """One shard: a ``VectorIndex`` plus the calls a ``ShardedIndex`` makes on it.
+
+    Parameters
+    ----------
+    index : VectorIndex, optional
+        The shard, for in-process use or a build task.
+    path : path-like, optional
+        Instead of ``index``: a saved shard directory to load (what a Ray actor does, so the
+        shard is read once and stays in the actor's memory).
+    verify, mmap : bool
+        Passed to :func:`indexes.load_index` with ``path``.
+
+    Notes
+    -----
+    User errors (unknown ids) are returned as values, not raised, so that the caller can
+    tell them from a shard that failed (a dead actor, a broken file).
+    """
+
+    def __init__(
+        self,
+        index: VectorIndex | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        verify: bool = True,
+        mmap: bool = False,
+    ) -> None:
+        if (index is None) == (path is None):
+            raise ConfigError("ShardServer needs exactly one of `index` or `path`.")
+        if index is None:
+            loaded = load_index(path, verify=verify, mmap=mmap)  # type: ignore[arg-type]
+            if not isinstance(loaded, VectorIndex):
+                raise IndexFormatError(f"{path} holds a {type(loaded).__name__}, which cannot be a shard.")
+            index = loaded
+        self.index = index
+
+    def stats(self) -> tuple[int, int]:
+        """``(stored rows, live documents)``."""
+        return self.index.ntotal, len(self.index)
+
+    def missing(self, ids: list[str]) -> list[str]:
+        """The ids that are not live in this shard."""
+        return [i for i in ids if i not in self.index]
+
+    def doc_ids(self) -> list[str]:
+        return self.index.doc_ids
+
+    def add(self, vectors: NDArray[np.float32], ids: list[str]) -> tuple[int, int]:
+        self.index.add(vectors, ids=ids)
+        return self.stats()
+
+    def delete(self, ids: list[str]) -> tuple[int, int]:
+        self.index.delete(ids)
+        return self.stats()
+
+    def search(
+        self, queries: NDArray[np.float32], k: int, subset: list[str] | None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.object_], list[str]]:
+        """Top-``k`` of this shard: ``(scores, labels, ids, missing)``; ``ids`` is ``None``-padded.
+
+        When ``subset`` names ids that are not here, nothing is searched and they come back
+        in ``missing``.
+        """
+        if subset is not None:
+            missing = self.missing(subset)
+            if missing:
+                empty = np.zeros((0, k))
+                return empty.astype(np.float32), empty.astype(np.int64), empty.astype(object), missing
+        res = self.index.search(queries, k, subset=subset)
+        ids = np.full(res.labels.shape, None, dtype=object)
+        for row, hits in enumerate(res.doc_ids):
+            ids[row, : len(hits)] = hits
+        return res.scores, res.labels, ids, []
+
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any]) -> dict[str, Any]:
+        """Save the shard with ``metadata["shard"]`` set and return its entry for the top manifest."""
+        self.index.metadata["shard"] = metadata
+        target = self.index.save(path, overwrite=True)
+        return {
+            "dir": Path(target).name,
+            "index_type": type(self.index).__name__,
+            "count": self.index.ntotal,
+            "live": len(self.index),
+            "manifest_sha256": file_sha256(Path(target) / MANIFEST_NAME),
+        }
+
+    def memory(self) -> int:
+        """Resident memory of the process holding this shard, in bytes (psutil)."""
+        psutil = require("psutil", extra="distributed", feature="ShardServer.memory()")
+        return int(psutil.Process().memory_info().rss)
+
+
+# ---------------------------------------------------------------------------- handles
+class ShardHandle(Protocol):
+    """Where a shard lives; ``call`` runs a :class:`ShardServer` method there."""
+
+    def call(self, name: str, *args: Any) -> Future[Any]: ...
+
+
+class LocalHandle:
+    """A shard in this process; calls run on a shared thread pool (FAISS and BLAS release the GIL)."""
+
+    def __init__(self, server: ShardServer, executor: ThreadPoolExecutor) -> None:
+        self.server = server
+        self.executor = executor
+
+    def call(self, name: str, *args: Any) -> Future[Any]:
+        return self.executor.submit(getattr(self.server, name), *args)
+
+
+class RayHandle:
+    """A shard held by a Ray actor running :class:`ShardServer` (calls run in submission order)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def call(self, name: str, *args: Any) -> Future[Any]:
+        return getattr(self.actor, name).remote(*args).future()  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- merging
+def merge_results(
+    parts: Sequence[tuple[int, NDArray[np.float32], NDArray[np.int64], NDArray[np.object_]]],
+    k: int,
+    n_shards: int,
+    nq: int,
+) -> SearchResult:
+    """Exact top-``k`` over per-shard top-``k`` lists.
+
+    Every document of the global top-``k`` is in its own shard's top-``k``, so the top-``k``
+    of the union is exact. Equal scores are ordered by shard number, then by rank in the
+    shard. Labels become ``local_label * n_shards + shard`` (unique, stable across adds);
+    padding is label ``-1`` and score ``-inf``, as everywhere.
+
+    Parameters
+    ----------
+    parts : sequence of (shard, scores, labels, ids)
+        ``scores`` (nq, k) float32, ``labels`` (nq, k) int64, ``ids`` (nq, k) object (``None`` pads).
+
+    Examples
+    --------
+    >>> s0 = np.array([[0.9, 0.5]], dtype=np.float32); s1 = np.array([[0.7, -np.inf]], dtype=np.float32)
+    >>> r = merge_results([(0, s0, np.array([[0, 1]]), np.array([["a", "b"]], dtype=object)),
+    ...                    (1, s1, np.array([[0, -1]]), np.array([["c", None]], dtype=object))], 3, 2, 1)
+    >>> r.doc_ids, r.labels.tolist()
+    ([['a', 'c', 'b']], [[0, 1, 2]])
+    """
+    if not parts or nq == 0:
+        return SearchResult(doc_ids=[[] for _ in range(nq)], scores=np.full((nq, k), -np.inf, dtype=np.float32),
+                            labels=np.full((nq, k), -1, dtype=np.int64))
+    scores = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32, copy=False)
+    labels = np.concatenate(
+        [np.where(p[2] >= 0, p[2] * n_shards + p[0], -1) for p in parts], axis=1
+    ).astype(np.int64, copy=False)
+    ids = np.concatenate([p[3] for p in parts], axis=1)
+    best_scores, cols = topk(scores, min(k, scores.shape[1]))
+    best_labels = np.take_along_axis(labels, cols, axis=1)
+    best_ids = np.take_along_axis(ids, cols, axis=1)
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_l = np.full((nq, k), -1, dtype=np.int64)
+    out_s[:, : cols.shape[1]] = best_scores
+    out_l[:, : cols.shape[1]] = best_labels
+    out_s[out_l < 0] = -np.inf
+    doc_ids = [[i for i in row if i is not None] for row in best_ids.tolist()]
+    return SearchResult(doc_ids=doc_ids, scores=out_s, labels=out_l)

@@ -1,0 +1,531 @@
+"""``ShardedIndex``: one index split into N shards, searched in parallel, merged exactly.
+
+Layout on disk::
+
+    index/
+      manifest.json          index_type "ShardedIndex"; params.shards lists every shard with its
+                             directory, row and live counts and its manifest's sha256
+      trained.faiss          the empty trained FAISS index every shard was cloned from (FAISS kinds)
+      codebooks.npy          (M, 2**nbits, dim/M) float32 PQ centroids shared by all shards (PQ kinds)
+      coarse_centroids.npy   (nlist, dim) float32 IVF centroids shared by all shards (IVF kinds)
+      shard-000/ ...         ordinary saved FlatIndex / FaissIndex directories
+
+Documents are routed to shards by a hash of their id (:func:`indexes._shards.shard_of`), so
+add, delete, ``in`` and ``subset`` touch only the shards that hold the ids. Shards live in
+this process (searched by a thread pool) or in Ray actors that keep them loaded
+(``backend="ray"``, see :mod:`retrieval.distributed`); the code on the shard side is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from indexes._io import atomic_directory, file_sha256, load_array, save_array, verify_checksums
+from indexes._shards import (
+    ROUTING,
+    LocalHandle,
+    RayHandle,
+    ShardHandle,
+    ShardServer,
+    empty_copy,
+    merge_results,
+    route,
+    shard_of,
+    template_from_state,
+    template_state,
+)
+from indexes.base import VectorIndex, _check_k, check_new_ids, register_index
+from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from retrieval._optional import require
+from retrieval.errors import ConfigError, IndexFormatError, ShapeError, ShardError, UnknownIdError
+from retrieval.types import Embeddings, SearchResult, as_float32_matrix
+
+__all__ = ["Backend", "ShardedIndex", "ShardedSearchResult"]
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "threads", "ray"]
+_TRAINED_FILE = "trained.faiss"
+
+
+@dataclass
+class ShardedSearchResult(SearchResult):
+    """A :class:`~retrieval.types.SearchResult` that also says which shards did not answer.
+
+    Attributes
+    ----------
+    failed_shards : dict of int to str
+        Shard number -> error message, for shards skipped under ``allow_partial=True``.
+    """
+
+    failed_shards: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        """True when some shards failed and the hits come from the others only."""
+        return bool(self.failed_shards)
+
+
+def _shard_dir(number: int) -> str:
+    return f"shard-{number:03d}"
+
+
+def _ray_is_running() -> bool:
+    # Only a process that already imported ray can have started or joined a cluster; importing
+    # ray just to ask would cost a second on every load.
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+@register_index
+class ShardedIndex(VectorIndex):
+    """An index split into ``n_shards`` shards that share one trained state.
+
+    Parameters
+    ----------
+    template : VectorIndex
+        An empty ``FlatIndex`` or ``FaissIndex``, trained or not. Every shard is a copy of it,
+        so all shards use the same PQ codebooks / IVF centroids (train the template, or call
+        :meth:`train` on the sharded index, once).
+    n_shards : int
+        Number of shards (>= 1).
+    workers : int, optional
+        Threads searching shards in parallel (default ``n_shards``).
+
+    Notes
+    -----
+    Search is exact with respect to the shards: each shard returns its top ``k`` and the
+    merged top ``k`` is the top ``k`` of their union, so for exact and PQ indexes it equals
+    one index over the same vectors and codebooks (ties aside). Labels in results are
+    ``row_in_shard * n_shards + shard``. :attr:`doc_ids` lists shard by shard.
+
+    Examples
+    --------
+    >>> from indexes import FlatIndex
+    >>> x = np.eye(4, dtype=np.float32)
+    >>> index = ShardedIndex(FlatIndex(4), n_shards=2).add(x, ids=["a", "b", "c", "d"])
+    >>> index.search(x[2:3], k=2).doc_ids
+    [['c', 'a']]
+    """
+
+    def __init__(self, template: VectorIndex, n_shards: int, *, workers: int | None = None) -> None:
+        if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
+            raise ConfigError(f"n_shards must be a positive integer; got {n_shards!r}.")
+        if not isinstance(template, VectorIndex) or isinstance(template, ShardedIndex):
+            raise ConfigError(f"template must be an empty FlatIndex or FaissIndex; got {type(template).__name__}.")
+        super().__init__(template.dim, metric=template.metric)
+        self._template = empty_copy(template)
+        self.n_shards = int(n_shards)
+        self.backend: Literal["threads", "ray"] = "threads"
+        self._workers = workers or self.n_shards
+        self._executor: ThreadPoolExecutor | None = None
+        self._handles: list[ShardHandle] = [
+            LocalHandle(ShardServer(empty_copy(self._template)), self._pool()) for _ in range(self.n_shards)
+        ]
+        self._stats: list[tuple[int, int]] = [(0, 0)] * self.n_shards
+        self._actors: list[Any] = []
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="densezip-shard")
+        return self._executor
+
+    # ------------------------------------------------------------------ sizes
+    def __len__(self) -> int:
+        return sum(live for _, live in self._stats)
+
+    @property
+    def ntotal(self) -> int:
+        return sum(rows for rows, _ in self._stats)
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Live documents per shard."""
+        return [live for _, live in self._stats]
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Live document ids, shard by shard (insertion order within a shard)."""
+        return [i for part in self._gather("doc_ids", [()] * self.n_shards) for i in part]
+
+    def __contains__(self, doc_id: object) -> bool:
+        if not isinstance(doc_id, str):
+            return False
+        s = shard_of(doc_id, self.n_shards)
+        return not self._handles[s].call("missing", [doc_id]).result()
+
+    def _describe(self) -> str:
+        return f"n_shards={self.n_shards}, backend={self.backend!r}, shard={self._template!r}, "
+
+    # ------------------------------------------------------------------ calls to shards
+    def _gather(self, name: str, args: Sequence[tuple[Any, ...] | None]) -> list[Any]:
+        """Call ``name`` on every shard whose ``args`` is not None; raise ShardError naming failures."""
+        futures: dict[int, Future[Any]] = {
+            s: self._handles[s].call(name, *a) for s, a in enumerate(args) if a is not None
+        }
+        results: list[Any] = [None] * self.n_shards
+        failures: dict[int, BaseException] = {}
+        for s, fut in futures.items():
+            try:
+                results[s] = fut.result()
+            except Exception as exc:  # any shard-side failure: reported per shard below
+                failures[s] = exc
+        if failures:
+            raise ShardError(self._failure_text(name, failures), failures=failures)
+        return results
+
+    def _failure_text(self, name: str, failures: dict[int, BaseException]) -> str:
+        where = "; ".join(f"shard {s} ({_shard_dir(s)}): {type(e).__name__}: {e}" for s, e in failures.items())
+        return (
+            f"{len(failures)} of {self.n_shards} shard(s) failed during {name}: {where}. "
+            + ("Pass allow_partial=True to search the remaining shards." if name == "search" else "")
+        )
+
+    # ------------------------------------------------------------------ train / add / delete
+    @property
+    def is_trained(self) -> bool:
+        return self._template.is_trained
+
+    def train(self, data: Embeddings | NDArray[np.floating]) -> ShardedIndex:
+        """Train the shared state once on ``data`` (a sample is enough) and give it to every shard."""
+        if self.is_trained:
+            return self
+        if self.backend != "threads" or self.ntotal:
+            raise ConfigError("train() needs a new, empty ShardedIndex in this process; train before adding.")
+        self._template.train(data)
+        self._handles = [LocalHandle(ShardServer(empty_copy(self._template)), self._pool()) for _ in self._handles]
+        return self
+
+    def add(self, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | None = None) -> ShardedIndex:
+        """Add vectors; each document goes to shard :func:`~indexes._shards.shard_of` of its id.
+
+        Parameters
+        ----------
+        data : Embeddings or np.ndarray, shape (n, dim)
+            Vectors; with an array, ``ids`` is required.
+        ids : sequence of str, length n
+            Unique document ids, not already in the index.
+        """
+        vectors, new_ids = self._split(data, ids)
+        check_new_ids(new_ids, ())
+        parts = route(new_ids, self.n_shards)
+        id_parts = [[new_ids[i] for i in part] for part in parts]
+        absent = self._gather("missing", [(p,) if p else None for p in id_parts])
+        clash = [i for s, p in enumerate(id_parts) if p for i in p if i not in set(absent[s])]
+        if clash:
+            raise ConfigError(
+                f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
+            )
+        stats = self._gather("add", [(vectors[p], id_parts[s]) if p.size else None for s, p in enumerate(parts)])
+        self._stats = [st if st is not None else self._stats[s] for s, st in enumerate(stats)]
+        return self
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete documents by id; all ids are checked on their shards before anything is removed."""
+        ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
+        id_parts = [[ids[i] for i in part] for part in route(ids, self.n_shards)] if ids else []
+        missing = [i for m in self._gather("missing", [(p,) if p else None for p in id_parts]) if m for i in m]
+        if missing:
+            raise UnknownIdError(
+                f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; "
+                "nothing was deleted. Check `doc_id in index` first."
+            )
+        stats = self._gather("delete", [(p,) if p else None for p in id_parts])
+        self._stats = [st if st is not None else self._stats[s] for s, st in enumerate(stats)]
+        return len(ids)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: NDArray[np.floating],
+        k: int = 10,
+        *,
+        subset: Iterable[str] | None = None,
+        query_ids: Sequence[str] | None = None,
+        allow_partial: bool = False,
+    ) -> ShardedSearchResult:
+        """Search every shard in parallel and merge their top-``k`` lists exactly.
+
+        Parameters
+        ----------
+        queries : np.ndarray, shape (nq, dim), float
+        k : int
+            Hits per query; rows are padded with label ``-1`` and score ``-inf``.
+        subset : iterable of str, optional
+            Restrict the search to these ids; only the shards holding them are searched.
+        query_ids : sequence of str, optional
+            Stored on the result.
+        allow_partial : bool
+            When a shard fails, answer from the others and list the failure in
+            :attr:`ShardedSearchResult.failed_shards` instead of raising :class:`ShardError`.
+
+        Raises
+        ------
+        ShardError
+            When a shard fails (and ``allow_partial`` is False), or when every shard fails.
+        UnknownIdError
+            When ``subset`` names ids that are not in the index.
+        """
+        k = _check_k(k)
+        q = as_float32_matrix(queries, name="queries", dim=self.dim)
+        if query_ids is not None and len(query_ids) != q.shape[0]:
+            raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {q.shape[0]} queries.")
+        if subset is not None:
+            subset_ids = [subset] if isinstance(subset, str) else list(dict.fromkeys(subset))
+            parts = [[subset_ids[i] for i in p] for p in route(subset_ids, self.n_shards)]
+            args: list[tuple[Any, ...] | None] = [(q, k, p) if p else None for p in parts]
+        else:
+            args = [(q, k, None) if live else None for _, live in self._stats]
+        futures = {s: self._handles[s].call("search", *a) for s, a in enumerate(args) if a is not None}
+        answers: list[Any] = []
+        failures: dict[int, BaseException] = {}
+        missing: list[str] = []
+        for s, fut in futures.items():
+            try:
+                scores, labels, ids, miss = fut.result()
+            except Exception as exc:  # a shard that fails is reported, never silently dropped
+                failures[s] = exc
+                continue
+            missing.extend(miss)
+            answers.append((s, scores, labels, ids))
+        if missing:
+            raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
+        if failures and (not allow_partial or not answers):
+            raise ShardError(self._failure_text("search", failures), failures=failures)
+        if failures:
+            logger.warning("answering from %d of %d shards: %s", len(answers), len(futures),
+                           self._failure_text("search", failures))
+        merged = merge_results(answers, k, self.n_shards, q.shape[0])
+        return ShardedSearchResult(
+            doc_ids=merged.doc_ids, scores=merged.scores, labels=merged.labels,
+            query_ids=list(query_ids) if query_ids is not None else None,
+            failed_shards={s: f"{type(e).__name__}: {e}" for s, e in failures.items()},
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save atomically: every shard as its own index directory, then the top manifest last.
+
+        With ``backend="ray"`` each actor writes its own shard, so ``path`` must be on storage
+        every node sees (a shared file system), as for the distributed build.
+        """
+        target = Path(path)
+        with atomic_directory(target, overwrite=overwrite) as tmp:
+            trained = self.write_trained(tmp, self._template)
+            args = [
+                (str(tmp / _shard_dir(s)), self._shard_metadata(s, trained["sha256"])) for s in range(self.n_shards)
+            ]
+            entries = self._gather("save", args)
+            self.write_manifest(tmp, self._template, entries, trained, self.metadata)
+        logger.info("saved %r to %s", self, target)
+        return target
+
+    def _shard_metadata(self, number: int, trained_sha256: str | None) -> dict[str, Any]:
+        return {"number": number, "of": self.n_shards, "routing": ROUTING, "trained_sha256": trained_sha256}
+
+    @staticmethod
+    def write_trained(directory: Path, template: VectorIndex) -> dict[str, Any]:
+        """Write the shared trained state; returns ``{"file", "sha256", "arrays"}`` for the manifest."""
+        state = template_state(template)
+        if "blob" not in state:
+            return {"file": None, "sha256": None, "arrays": {}}
+        blob = np.asarray(state["blob"], dtype=np.uint8)
+        blob.tofile(directory / _TRAINED_FILE)
+        arrays: dict[str, Any] = {}
+        faiss = require("faiss", extra="cpu", feature="ShardedIndex")
+        ivf = faiss.try_extract_index_ivf(template.faiss_index)  # type: ignore[attr-defined]
+        core = faiss.downcast_index(template.faiss_index)  # type: ignore[attr-defined]
+        while isinstance(core, faiss.IndexPreTransform):
+            core = faiss.downcast_index(core.index)
+        pq = getattr(ivf if ivf is not None else core, "pq", None)
+        if pq is not None and template.is_trained:
+            codebooks = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+            arrays["codebooks"] = save_array(directory, "codebooks", codebooks.astype(np.float32))
+        if ivf is not None and template.is_trained:
+            centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+            arrays["coarse_centroids"] = save_array(directory, "coarse_centroids", centroids.astype(np.float32))
+        return {"file": _TRAINED_FILE, "sha256": file_sha256(directory / _TRAINED_FILE), "arrays": arrays}
+
+    @staticmethod
+    def write_manifest(
+        directory: Path, template: VectorIndex, entries: list[dict[str, Any]], trained: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> None:
+        """Write the top-level manifest (last) for shards already saved under ``directory``."""
+        files = {
+            child.name: {"bytes": child.stat().st_size, "sha256": file_sha256(child)}
+            for child in sorted(directory.iterdir()) if child.is_file()
+        }
+        params: dict[str, Any] = {
+            "routing": ROUTING, "shard_type": type(template).__name__, "trained_file": trained["file"],
+            "trained_sha256": trained["sha256"], "shards": entries,
+        }
+        if hasattr(template, "_params"):
+            params["shard_params"] = template._params()
+        manifest = Manifest(
+            index_type="ShardedIndex", dim=template.dim, metric=template.metric,
+            count=sum(e["count"] for e in entries), arrays=trained["arrays"], files=files, params=params,
+            metadata=metadata,
+        )
+        write_manifest(directory, manifest)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        verify: bool = True,
+        mmap: bool = False,
+        backend: Backend = "auto",
+        workers: int | None = None,
+        actor_options: dict[str, Any] | None = None,
+    ) -> ShardedIndex:
+        """Open a saved sharded index.
+
+        Parameters
+        ----------
+        path : path-like
+            Directory written by :meth:`save` or :func:`retrieval.distributed.build_sharded`.
+        verify, mmap : bool
+            As for :func:`indexes.load_index`, applied to every shard.
+        backend : {"auto", "threads", "ray"}
+            ``"ray"`` loads each shard in a Ray actor that keeps it in memory (needs the
+            ``distributed`` extra and a started Ray; ``path`` must be readable by every node);
+            ``"threads"`` loads the shards here; ``"auto"`` picks ``"ray"`` when this process has
+            already started or joined Ray, else ``"threads"``.
+        workers : int, optional
+            Search threads for ``"threads"`` (default: one per shard).
+        actor_options : dict, optional
+            ``ray.remote`` options for the shard actors, e.g. ``{"num_cpus": 0.5}``.
+        """
+        directory = Path(path)
+        manifest = read_manifest(directory)
+        if manifest.index_type != cls.__name__:
+            raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not a ShardedIndex; use load_index().")
+        verify_checksums(directory, manifest.files, hashes=verify)
+        params = manifest.params
+        entries = params.get("shards")
+        if params.get("routing") != ROUTING or not isinstance(entries, list) or not entries:
+            raise IndexFormatError(
+                f"{directory / MANIFEST_NAME}: expected routing {ROUTING!r} and a non-empty params.shards list; got "
+                f"routing {params.get('routing')!r}. The manifest is damaged or from a newer densezip."
+            )
+        template = cls._read_template(directory, manifest)
+        for s, entry in enumerate(entries):
+            cls._check_shard(directory, s, len(entries), entry, params.get("trained_sha256"), verify=verify)
+        if backend == "auto":
+            backend = "ray" if _ray_is_running() else "threads"
+        if backend not in ("threads", "ray"):
+            raise ConfigError(f"backend must be 'auto', 'threads' or 'ray'; got {backend!r}.")
+        index = cls(template, len(entries), workers=workers)
+        index.metadata = manifest.metadata
+        shard_dirs = [directory / e["dir"] for e in entries]
+        if backend == "threads":
+            pool = index._pool()
+            servers = list(pool.map(lambda d: ShardServer(path=d, verify=verify, mmap=mmap), shard_dirs))
+            index._handles = [LocalHandle(server, pool) for server in servers]
+        else:
+            ray = require("ray", extra="distributed", feature="ShardedIndex.load(backend='ray')")
+            if not ray.is_initialized():
+                raise ConfigError("backend='ray' needs a running Ray: call ray.init() (or retrieval.distributed.init_ray()) first.")
+            remote = ray.remote(**(actor_options or {}))(ShardServer)
+            index._actors = [remote.remote(path=str(d.resolve()), verify=verify, mmap=mmap) for d in shard_dirs]
+            index._handles = [RayHandle(actor) for actor in index._actors]
+            index.backend = "ray"
+        index._stats = index._gather("stats", [()] * index.n_shards)
+        for s, (entry, stats) in enumerate(zip(entries, index._stats, strict=True)):
+            if stats != (entry["count"], entry["live"]):
+                raise IndexFormatError(
+                    f"{shard_dirs[s]} holds {stats[0]} rows / {stats[1]} live documents, but {directory / MANIFEST_NAME} "
+                    f"lists {entry['count']} / {entry['live']}. The shard does not belong to this index."
+                )
+        return index
+
+    @staticmethod
+    def _read_template(directory: Path, manifest: Manifest) -> VectorIndex:
+        params = manifest.params
+        kind = params.get("shard_type")
+        if kind == "FlatIndex":
+            return template_from_state({"type": kind, "dim": manifest.dim, "metric": manifest.metric})
+        if kind != "FaissIndex" or not isinstance(params.get("trained_file"), str):
+            raise IndexFormatError(
+                f"{directory / MANIFEST_NAME}: params.shard_type must be 'FlatIndex' or 'FaissIndex' (with "
+                f"params.trained_file); got {kind!r}."
+            )
+        for name, entry in manifest.arrays.items():
+            load_array(directory, entry, name=name)  # checks the shared codebooks' dtype and shape
+        spec = params.get("shard_params", {}).get("spec")
+        blob = np.fromfile(directory / params["trained_file"], dtype=np.uint8)
+        template = template_from_state(
+            {"type": kind, "dim": manifest.dim, "metric": manifest.metric, "spec": spec, "blob": blob}
+        )
+        if template.dim != manifest.dim:
+            raise IndexFormatError(f"{directory / params['trained_file']} has dimension {template.dim}, not {manifest.dim}.")
+        return template
+
+    @staticmethod
+    def _check_shard(
+        directory: Path, number: int, n: int, entry: Any, trained_sha256: str | None, *, verify: bool
+    ) -> None:
+        if not isinstance(entry, dict) or not {"dir", "count", "live", "manifest_sha256"} <= entry.keys():
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.shards[{number}] is damaged: {entry!r}.")
+        shard_dir = directory / str(entry["dir"])
+        shard = read_manifest(shard_dir)
+        if verify and file_sha256(shard_dir / MANIFEST_NAME) != entry["manifest_sha256"]:
+            raise IndexFormatError(
+                f"{shard_dir / MANIFEST_NAME} differs from the one recorded in {directory / MANIFEST_NAME}; the "
+                "shard was replaced or modified. Restore it or rebuild the sharded index."
+            )
+        meta = shard.metadata.get("shard", {})
+        expected = {"number": number, "of": n, "routing": ROUTING, "trained_sha256": trained_sha256}
+        if meta != expected:
+            raise IndexFormatError(
+                f"{shard_dir} is not shard {number} of {n} of this index (its metadata.shard is {meta!r}, expected "
+                f"{expected!r}): shards must share the trained codebooks and the routing."
+            )
+
+    def close(self) -> None:
+        """Stop the shard actors (Ray) or the search threads; the index is unusable afterwards."""
+        if self._actors:
+            ray = require("ray", extra="distributed", feature="ShardedIndex.close()")
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def memory(self) -> list[int]:
+        """Resident memory of each shard's process in bytes (actors: one process per shard)."""
+        return list(self._gather("memory", [()] * self.n_shards))
+
+    # ------------------------------------------------------------------ unused hooks
+    # ShardedIndex overrides add / delete / search / save / load and stores no rows itself, so
+    # the per-row hooks of VectorIndex are never reached; they raise if something calls them.
+    def _add_vectors(self, vectors: NDArray[np.float32], start: int) -> None:
+        raise TypeError("ShardedIndex stores no rows itself; use add().")
+
+    def _search_rows(
+        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        raise TypeError("ShardedIndex stores no rows itself; use search().")
+
+    def _write_payload(self, directory: Path, arrays: dict[str, Any]) -> dict[str, Any]:
+        raise TypeError("ShardedIndex writes its own layout; use save().")
+
+    @classmethod
+    def _from_manifest(cls, manifest: Manifest) -> ShardedIndex:
+        raise TypeError("ShardedIndex reads its own layout; use load().")
+
+    def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
+        raise TypeError("ShardedIndex reads its own layout; use load().")
