@@ -438,7 +438,7 @@ class ShardedIndex(VectorIndex):
             ray = require("ray", extra="distributed", feature="ShardedIndex.load(backend='ray')")
             if not ray.is_initialized():
                 raise ConfigError("backend='ray' needs a running Ray: call ray.init() (or retrieval.distributed.init_ray()) first.")
-            remote = ray.remote(**(actor_options or {}))(ShardServer)
+            remote = ray.remote(**actor_options)(ShardServer) if actor_options else ray.remote(ShardServer)
             index._actors = [remote.remote(path=str(d.resolve()), verify=verify, mmap=mmap) for d in shard_dirs]
             index._handles = [RayHandle(actor) for actor in index._actors]
             index.backend = "ray"

@@ -1,0 +1,97 @@
+"""densezip on a local Ray with 2 CPUs: actor encoding, shard builds as tasks, shard actors.
+
+Ray starts once for the module (a few seconds); the data are tiny. Skipped without Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from indexes import FaissIndex, ShardedIndex, load_index  # noqa: E402
+from indexes._shards import empty_copy, shard_of  # noqa: E402
+from retrieval.distributed import build_sharded, encode_documents  # noqa: E402
+from retrieval.errors import ShardError  # noqa: E402
+from retrieval.types import Embeddings  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    faiss = pytest.importorskip("faiss")
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # torch (from conftest) and faiss OpenMP runtimes contend otherwise
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    faiss.omp_set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def docs() -> Embeddings:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 16)).astype(np.float32)
+    return Embeddings(x, [f"p{i}" for i in range(1500)])
+
+
+def test_encode_documents_with_actors_matches_local(fake_encoder):
+    # Ray workers cannot import pytest's `conftest` module: ship the FakeEncoder class by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[type(fake_encoder).__module__])
+    texts = [f"passage {i} on subject {i % 5} and {i % 3}" for i in range(90)]
+    ids = [f"d{i}" for i in range(90)]
+    got = encode_documents(fake_encoder, texts, ids=ids, workers=2, chunk_size=20)
+    want = fake_encoder.encode_documents(texts, ids=ids)
+    assert got.ids == ids
+    np.testing.assert_array_equal(got.vectors, want.vectors)  # chunks come back in order
+
+
+def test_ray_build_equals_thread_build_and_one_index(docs, tmp_path):
+    q = docs.vectors[:12] + 0.01
+    by_ray = build_sharded(docs, tmp_path / "ray", n_shards=3, spec="PQ4x5", metric="l2", train_size=1200)
+    by_threads = build_sharded(docs, tmp_path / "threads", n_shards=3, spec="PQ4x5", metric="l2",
+                               train_size=1200, use_ray=False)
+    assert by_ray.backend == "ray" and by_ray.shard_sizes == by_threads.shard_sizes
+    assert (tmp_path / "ray" / "codebooks.npy").read_bytes() == (tmp_path / "threads" / "codebooks.npy").read_bytes()
+    auto = load_index(tmp_path / "ray")  # with Ray running, backend="auto" puts the shards in actors
+    assert isinstance(auto, ShardedIndex) and auto.backend == "ray"
+    auto.close()
+    threads = ShardedIndex.load(tmp_path / "threads", backend="threads")
+    template = threads._template
+    one = empty_copy(template).add(docs)
+    a, b = threads.search(q, k=8), one.search(q, k=8)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    remote = ShardedIndex.load(tmp_path / "ray", backend="ray", actor_options={"num_cpus": 0})
+    try:
+        c = remote.search(q, k=8)
+        np.testing.assert_array_equal(c.scores, b.scores)
+        assert c.doc_ids == a.doc_ids
+    finally:
+        remote.close()
+
+
+def test_ray_shards_add_delete_save_and_a_dead_actor(docs, tmp_path):
+    template = FaissIndex(docs.dim, spec="Flat", metric="ip")
+    ShardedIndex(template, 2).add(Embeddings(docs.vectors[:1000], docs.ids[:1000])).save(tmp_path / "s")
+    index = ShardedIndex.load(tmp_path / "s", backend="ray", actor_options={"num_cpus": 0})
+    try:
+        index.add(docs.vectors[1000:], ids=docs.ids[1000:])
+        index.delete(docs.ids[:100])
+        assert len(index) == 1400 and docs.ids[1200] in index and docs.ids[5] not in index
+        q = docs.vectors[100:110]
+        res = index.search(q, k=3)
+        assert [row[0] for row in res.doc_ids] == docs.ids[100:110]
+        index.save(tmp_path / "s2")
+        again = ShardedIndex.load(tmp_path / "s2", backend="threads")
+        assert again.search(q, k=3).doc_ids == res.doc_ids
+        assert all(m > 0 for m in index.memory())
+        ray.kill(index._actors[1])
+        with pytest.raises(ShardError, match=r"shard 1 \(shard-001\)"):
+            index.search(q, k=3)
+        partial = index.search(q, k=3, allow_partial=True)
+        assert partial.partial and list(partial.failed_shards) == [1]
+        assert all(shard_of(i, 2) == 0 for row in partial.doc_ids for i in row)
+    finally:
+        index.close()
