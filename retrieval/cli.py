@@ -64,6 +64,16 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        from retrieval.distributed import index_corpus
+
+        payload = index_corpus(args, _encoder(args))
+        _emit(args, payload, (
+            f"indexed {payload['documents']} documents into {payload['index']} ({args.spec}, {args.shards} shards of "
+            f"{payload['shard_sizes']}, {payload['backend']}): encode {payload['encode_s']:.1f}s, "
+            f"train {payload['train_s']:.1f}s, build {payload['build_s']:.1f}s"
+        ))
+        return 0
     from retrieval.beir import corpus_texts, load_corpus
     from retrieval.measure import directory_bytes
     from retrieval.pipeline import Retriever
@@ -270,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists probed per query")
     p.add_argument("--ef-search", type=_positive_int, default=None, help="HNSW search beam width")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    p.add_argument("--shards", type=_positive_int, default=None,
+                   help="build a ShardedIndex of N shards (trained once, shards built in parallel)")
+    p.add_argument("--ray", default="local", metavar="ADDRESS",
+                   help="with --shards: Ray cluster address, 'local' (default: a Ray started in-process) or "
+                        "'off' (local threads, no Ray)")
+    p.add_argument("--encode-workers", type=_positive_int, default=2,
+                   help="with --shards and Ray: encoder actors, each loading the model once (default 2)")
     common(p, model=True)
     p.set_defaults(func=cmd_index)
 

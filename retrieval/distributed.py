@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from indexes.base import VectorIndex
     from retrieval.encode.base import Encoder
 
-__all__ = ["BuildReport", "build_sharded", "encode_documents", "init_ray", "make_template"]
+__all__ = ["BuildReport", "build_sharded", "encode_documents", "index_corpus", "init_ray", "make_template"]
 
 logger = logging.getLogger(__name__)
 
@@ -279,3 +279,38 @@ def build_sharded(
         ShardedIndex.write_manifest(tmp, template, entries, trained, dict(metadata or {}))
     sizes = [int(e["live"]) for e in entries]
     return BuildReport(Path(path), n_shards, sizes, t1 - t0, time.perf_counter() - t1, "ray")
+
+
+# ---------------------------------------------------------------------------- CLI
+def index_corpus(args: Any, encoder: Encoder) -> dict[str, Any]:
+    """``densezip index DATA --shards N [--ray ADDRESS]``: encode, train once, build shards; returns the summary."""
+    from retrieval.beir import corpus_texts, load_corpus
+    from retrieval.measure import directory_bytes
+
+    started = time.perf_counter()
+    use_ray = args.ray != "off"
+    own_ray = init_ray(args.ray) if use_ray else False
+    try:
+        corpus = load_corpus(args.data)
+        texts, ids = corpus_texts(corpus), list(corpus)
+        if use_ray:
+            docs = encode_documents(encoder, texts, ids=ids, workers=args.encode_workers, device=args.device)
+        else:
+            docs = encoder.encode_documents(texts, ids=ids)
+        encoded = time.perf_counter()
+        describe = getattr(encoder, "describe", None)
+        report = build_sharded(
+            docs, args.out, n_shards=args.shards, spec=args.spec if args.spec != "exact" else EXACT,
+            nprobe=args.nprobe, ef_search=args.ef_search, use_ray=use_ray, overwrite=args.overwrite,
+            metadata={"encoder": describe()} if describe is not None else None,
+        )
+    finally:
+        if own_ray:
+            _ray().shutdown()
+    size = sum(directory_bytes(d) for d in [report.path, *sorted(report.path.glob("shard-*"))])
+    return {
+        "index": str(report.path), "spec": args.spec, "shards": args.shards, "shard_sizes": report.shard_sizes,
+        "backend": report.backend, "documents": len(docs), "dim": docs.dim, "bytes": size,
+        "encode_s": encoded - started, "train_s": report.train_s, "build_s": report.build_s,
+        "total_s": time.perf_counter() - started,
+    }

@@ -6,6 +6,7 @@ Ray starts once for the module (a few seconds); the data are tiny. Skipped witho
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,21 @@ def test_ray_shards_add_delete_save_and_a_dead_actor(docs, tmp_path):
         assert all(shard_of(i, 2) == 0 for row in partial.doc_ids for i in row)
     finally:
         index.close()
+
+
+@pytest.mark.slow  # ~20 s: the encoder actor imports torch and loads MiniLM
+def test_cli_index_with_shards_on_ray(tmp_path, capsys):
+    import json
+
+    from retrieval.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_cli_sharded import write_corpus
+
+    data = write_corpus(tmp_path / "beir")
+    assert main(["index", str(data), "--out", str(tmp_path / "ix"), "--spec", "Flat", "--shards", "2",
+                 "--encode-workers", "1", "--device", "cpu", "--no-cache", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["backend"] == "ray" and sum(built["shard_sizes"]) == 6 and ray.is_initialized()
+    assert main(["search", str(tmp_path / "ix"), "statins and cholesterol", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["hits"][0]["doc_id"] == "d6"
