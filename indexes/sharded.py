@@ -221,7 +221,8 @@ class ShardedIndex(VectorIndex):
         parts = route(new_ids, self.n_shards)
         id_parts = [[new_ids[i] for i in part] for part in parts]
         absent = self._gather("missing", [(p,) if p else None for p in id_parts])
-        clash = [i for s, p in enumerate(id_parts) if p for i in p if i not in set(absent[s])]
+        absent_sets = [set(a) if a is not None else set() for a in absent]
+        clash = [i for s, p in enumerate(id_parts) for i in p if i not in absent_sets[s]]
         if clash:
             raise ConfigError(
                 f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
