@@ -193,3 +193,24 @@ def test_retriever_saves_and_loads_a_sharded_index(fake_encoder, tmp_path):
     loaded = Retriever.load(tmp_path / "r", encoder=fake_encoder)
     assert isinstance(loaded.index, ShardedIndex)
     assert loaded.search(["topic 3"], k=5).doc_ids == expected.doc_ids
+
+
+def test_works_without_ray_installed(data, tmp_path, monkeypatch):
+    import sys
+
+    from retrieval.distributed import build_sharded
+    from retrieval.errors import MissingDependencyError
+    from retrieval.types import Embeddings
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    xb, xq, ids = data
+    docs = Embeddings(xb[:300], ids[:300])
+    report = build_sharded(docs, tmp_path / "s", n_shards=2, spec="exact", use_ray=False)
+    assert report.backend == "threads" and sum(report.shard_sizes) == 300
+    index = load_index(tmp_path / "s")
+    assert isinstance(index, ShardedIndex) and index.backend == "threads"
+    _same(index.search(xq, k=5), FlatIndex(xb.shape[1]).add(docs).search(xq, k=5))
+    with pytest.raises(MissingDependencyError, match=r"densezip\[distributed\]"):
+        ShardedIndex.load(tmp_path / "s", backend="ray")
+    with pytest.raises(MissingDependencyError, match=r"densezip\[distributed\]"):
+        build_sharded(docs, tmp_path / "r", n_shards=2, spec="exact")
