@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 
 import pytest
@@ -45,7 +46,7 @@ def test_windows_cover_the_text_within_the_budget(tokenizer, max_tokens, overlap
         assert p.start == 0 or not TEXT[p.start - 1].isalnum()
         assert p.end == len(TEXT.rstrip()) or not TEXT[p.end].isalnum()
     assert passages[0].start == 0 and passages[-1].end == len(TEXT.rstrip())
-    for a, b in zip(passages, passages[1:], strict=False):
+    for a, b in itertools.pairwise(passages):
         assert b.start <= a.end or not TEXT[a.end : b.start].strip()  # nothing but whitespace skipped
         shared = count(TEXT[b.start : a.end]) if b.start < a.end else 0
         assert shared >= overlap  # at least `overlap` tokens repeated (more when moved to a word start)
@@ -73,7 +74,7 @@ def test_folder_of_text_and_markdown(tmp_path):
     assert docs[0].text == "Plain text, ünïcode." and docs[0].source == str(tmp_path / "a.txt")
     assert docs[2].metadata == {"file_name": "c.markdown", "extension": "markdown"}
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe bad")
-    with pytest.raises(DataError, match="bad.txt is not UTF-8"):
+    with pytest.raises(DataError, match=r"bad\.txt is not UTF-8"):
         load_documents(tmp_path)
 
 
