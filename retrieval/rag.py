@@ -359,6 +359,8 @@ class RetrievalComponent:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer; got {k!r}.")
         subset: list[str] | None = None
+        if where is not None and not where:
+            where = None  # an empty filter allows everything
         if ids is not None or where is not None:
             if ids is None:
                 rows = self.store.rows_where(where or {})

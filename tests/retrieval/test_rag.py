@@ -73,6 +73,9 @@ def test_open_every_single_vector_kind(tmp_path, fake, tokenizer, spec):
     assert hits[0].text == DOCS[0].text and hits[0].source == "notes/smoking.md"
     assert hits[0].metadata == {"topic": "cancer", "lang": "en"}
     assert hits[0].score >= hits[1].score >= hits[2].score
+    heart = rc.retrieve("smoking lung cancer", k=4, where={"topic": "heart"})
+    assert len(heart) == 4 and {h.metadata["topic"] for h in heart} == {"heart"}
+    assert [h.id for h in rc.retrieve("smoking", k=9, ids=["coffee#0"], where={})] == ["coffee#0"]
 
 
 class FakeTokenEncoder:
