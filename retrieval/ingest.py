@@ -242,22 +242,34 @@ def split_documents(
         raise ConfigError(f"overlap must be smaller than max_tokens; got overlap={overlap}, max_tokens={max_tokens}.")
     passages: list[Passage] = []
     seen: set[str] = set()
-    for doc in documents:
-        if not isinstance(doc, Document):
-            raise ConfigError(f"documents must be Document objects; got {type(doc).__name__}.")
-        if doc.id in seen:
-            raise DataError(f"duplicate document id {doc.id!r} (source {doc.source!r}); document ids must be unique.")
-        seen.add(doc.id)
-        enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
-        if not offsets:
-            logger.info("document %r has no tokens; skipped", doc.id)
-            continue
-        for n, (lo, hi) in enumerate(_windows(offsets, max_tokens, overlap)):
-            start, end = offsets[lo][0], offsets[hi - 1][1]
-            passages.append(Passage(id=f"{doc.id}#{n}", text=doc.text[start:end], doc_id=doc.id, start=start,
-                                    end=end, source=doc.source, metadata=doc.metadata))
+    # transformers warns that a long document exceeds the model's window; here that is the point.
+    hf_logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
+    try:
+        for doc in documents:
+            _split_one(doc, tokenizer, max_tokens, overlap, seen, passages)
+    finally:
+        hf_logger.setLevel(level)
     return passages
+
+
+def _split_one(doc: Document, tokenizer: Tokenizer, max_tokens: int, overlap: int, seen: set[str],
+               passages: list[Passage]) -> None:
+    if not isinstance(doc, Document):
+        raise ConfigError(f"documents must be Document objects; got {type(doc).__name__}.")
+    if doc.id in seen:
+        raise DataError(f"duplicate document id {doc.id!r} (source {doc.source!r}); document ids must be unique.")
+    seen.add(doc.id)
+    enc = tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    if not offsets:
+        logger.info("document %r has no tokens; skipped", doc.id)
+        return
+    for n, (lo, hi) in enumerate(_windows(offsets, max_tokens, overlap)):
+        start, end = offsets[lo][0], offsets[hi - 1][1]
+        passages.append(Passage(id=f"{doc.id}#{n}", text=doc.text[start:end], doc_id=doc.id, start=start,
+                                end=end, source=doc.source, metadata=doc.metadata))
 
 
 # ---------------------------------------------------------------------------- reading
