@@ -32,7 +32,8 @@ __all__ = ["ExtractiveAnswerer", "RAGAnswer", "TransformersGenerator", "answer"]
 
 _WORD = re.compile(r"\w+")
 _BLOCK = re.compile(r"(?m)^\[(\d+)\] ")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A sentence ends at . ! or ? before whitespace, or at a blank line (titles, headings, paragraphs).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Function words carry no evidence of an answer; without this list "the" and "of" dominate overlaps.
 _STOP = frozenset(
     "a an and are as at be by can do does for from has have how in is it its of on or that the this to was "
@@ -63,6 +64,9 @@ class ExtractiveAnswerer:
     >>> ExtractiveAnswerer()(prompt)
     'Dogs bark loudly. [1]'
     """
+
+    def __repr__(self) -> str:
+        return "ExtractiveAnswerer()  # best-matching context sentence, not a language model"
 
     def __call__(self, prompt: str) -> str:
         if not isinstance(prompt, str):

@@ -24,6 +24,8 @@ def test_extractive_answerer_picks_the_best_sentence_with_its_citation():
     assert answerer.answer("How is vitamin D made in the skin?", ctx) == \
         "Vitamin D is made in the skin under sunlight. [1]"
     assert answerer.answer("quantum chromodynamics", ctx) == NO_ANSWER
+    titled = _context("Vitamin D and bones\n\nCalcium matters. Sunlight makes vitamin D in skin.")
+    assert answerer.answer("Does sunlight make vitamin D?", titled) == "Sunlight makes vitamin D in skin. [1]"
     assert answerer(build_prompt("anything", _context())) == NO_ANSWER  # empty context
     with pytest.raises(ConfigError, match="'Context:' section"):
         answerer("just some text")

@@ -188,6 +188,23 @@ def test_reranker_reorders_candidates(tmp_path, fake, tokenizer):
     assert [len(h.text) for h in hits] == sorted(len(h.text) for h in hits)
 
 
+def test_maxsim_reranker_over_a_single_vector_collection(tmp_path, fake, tokenizer):
+    from indexes import MultiVectorIndex
+    from retrieval.rerank.maxsim import MaxSimReranker
+
+    path = _build(tmp_path, fake, tokenizer, spec="Flat")
+    store = PassageStore.load(path / "passages")
+    tokens = FakeTokenEncoder(fake)
+    mv = MultiVectorIndex(fake.dim, spec="FP16").add(tokens.encode_documents([p.text for p in store.passages],
+                                                                              ids=store.ids))
+    rc = RetrievalComponent.open(path, encoder=fake, reranker=MaxSimReranker(tokens, mv), candidates=20)
+    hits = rc.retrieve("vitamin fractures elderly", k=3)
+    first = rc.index.search(fake.encode_queries(["vitamin fractures elderly"]), 20)
+    expected = mv.rerank(tokens.encode_queries(["vitamin fractures elderly"]), first.doc_ids, 3)
+    assert [h.id for h in hits] == expected.doc_ids[0] and hits[0].id == "vitamin#0"
+    assert [h.score for h in hits] == pytest.approx(expected.scores[0].tolist())
+
+
 # ---------------------------------------------------------------------------- context and answers
 def test_context_fits_the_budget_with_numbered_citations(component, tokenizer):
     count = token_counter(tokenizer)

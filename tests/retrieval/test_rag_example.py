@@ -15,7 +15,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rag_pipeline.py"
 
 @pytest.mark.slow
 def test_rag_example_answers_with_citations():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # The repository root first on the path, so the example imports this checkout's package.
+    root = str(EXAMPLE.parents[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     out = subprocess.run([sys.executable, str(EXAMPLE), "--n-docs", "60", "--spec", "PQ16x4", "-k", "3"],
                          check=True, capture_output=True, text=True, env=env, timeout=600).stdout
     answers = re.findall(r"(?m)^A: (.+)$", out)
