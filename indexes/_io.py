@@ -82,7 +82,10 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterat
     try:
         yield tmp
         for child in tmp.iterdir():
-            if child.is_file():  # sub-directories (shards) were made durable by their own save
+            # Sub-directories (e.g. a RAG collection's index/ and passages/) were saved atomically themselves.
+            if child.is_dir():
+                _fsync_dir(child)
+            else:
                 _fsync_file(child)
         _fsync_dir(tmp)
         if target.exists():

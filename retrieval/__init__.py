@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from retrieval.evaluate import evaluate
     from retrieval.pipeline import Retriever
+    from retrieval.rag import RetrievalComponent
     from retrieval.rerank.maxsim import MaxSimReranker
     from retrieval.types import Embeddings, Hit, MultiVectorEmbeddings, SearchResult
 
@@ -48,6 +49,7 @@ _LAZY: dict[str, str] = {
     "MultiVectorEmbeddings": "retrieval.types",
     "MultiVectorEncoder": "retrieval.encode.multivector",
     "NotTrainedError": "retrieval.errors",
+    "RetrievalComponent": "retrieval.rag",
     "RetrievalError": "retrieval.errors",
     "Retriever": "retrieval.pipeline",
     "SearchResult": "retrieval.types",

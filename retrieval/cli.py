@@ -64,6 +64,19 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_index(args: argparse.Namespace) -> int:
+    from retrieval._cli_rag import index_documents, is_beir_input
+
+    if not is_beir_input(args.data):  # a folder of .txt/.md files or JSONL: a RAG collection
+        if args.shards is not None:
+            from retrieval.errors import ConfigError
+
+            raise ConfigError(
+                f"--shards applies to BEIR-format corpora; {args.data} is a folder of text / JSONL documents, which "
+                "builds a RAG collection (one index). Drop --shards, or convert the documents to a BEIR corpus.jsonl."
+            )
+        payload, text = index_documents(args, _encoder(args))
+        _emit(args, payload, text)
+        return 0
     if args.shards is not None:
         from retrieval.distributed import index_corpus
 
@@ -100,8 +113,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from retrieval._cli_rag import is_collection, search_collection
     from retrieval.pipeline import Retriever
 
+    if is_collection(args.index):
+        _emit(args, *search_collection(args))
+        return 0
     retriever = Retriever.load(args.index, device=args.device)
     result = retriever.search(args.query, k=args.k)
     hits = result.to_list()
@@ -272,9 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="texts per forward pass (default 16, the fastest on a 2-core CPU; use 64+ on a GPU)")
             p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
-    p = sub.add_parser("index", help="encode a BEIR-format corpus and save an index")
-    p.add_argument("data", help="directory with corpus.jsonl(.gz), or a bundled data set name (scifact, cranfield)")
-    p.add_argument("--out", required=True, help="index directory to write")
+    p = sub.add_parser("index", help="encode a BEIR corpus, or a folder of .txt/.md / JSONL documents, and save an index")
+    p.add_argument("data", help="directory with corpus.jsonl(.gz) or a bundled data set name (scifact, cranfield): "
+                   "a plain index; or a folder of .txt/.md files, a .jsonl file or a folder of them: a RAG "
+                   "collection (index/ + passages/)")
+    p.add_argument("--out", required=True, help="index (or collection) directory to write")
+    p.add_argument("--max-tokens", type=_positive_int, default=None,
+                   help="documents only: passage length in encoder tokens (default: the encoder's window)")
+    p.add_argument("--overlap", type=int, default=32, help="documents only: tokens shared by consecutive passages")
     p.add_argument("--spec", default="Flat",
                    help="FAISS factory string (Flat, HNSW32, IVF64,PQ48x8, OPQ48,PQ48x8, ...) or 'exact' (NumPy)")
     p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists probed per query")
@@ -291,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search a saved index with query texts")
-    p.add_argument("index", help="index directory written by `densezip index`")
+    p.add_argument("index", help="index or collection directory written by `densezip index`")
     p.add_argument("query", nargs="+", help="one or more query texts")
     p.add_argument("-k", type=_positive_int, default=10, help="hits per query (default 10)")
     common(p, model=False)

@@ -1,0 +1,75 @@
+"""A LlamaIndex retriever (``llama_index.core.retrievers.BaseRetriever``) over a RetrievalComponent.
+
+Needs ``pip install 'densezip[rag]'``. It returns ``NodeWithScore`` objects holding a
+``TextNode`` per passage: ``id_`` is the passage id, ``start_char_idx`` / ``end_char_idx``
+its character offsets in the source document, the SOURCE relationship names the document,
+and ``metadata`` holds the passage's metadata plus ``doc_id`` and ``source``.
+
+Nothing here downloads anything: the retriever uses no LlamaIndex tokenizer (tiktoken) and
+no NLTK data, so it works offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retrieval._optional import require
+
+require("llama_index.core", extra="rag", feature="The LlamaIndex retriever")
+
+from llama_index.core.retrievers import BaseRetriever  # noqa: E402
+from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode  # noqa: E402
+
+from retrieval.errors import ConfigError  # noqa: E402
+from retrieval.rag import RetrievedPassage  # noqa: E402
+
+__all__ = ["DensezipLlamaRetriever", "to_node_with_score"]
+
+# Bookkeeping keys that should not be pasted into the LLM prompt or the embedding text.
+_HIDDEN = ["passage_id", "doc_id", "start", "end", "rank"]
+
+
+def to_node_with_score(hit: RetrievedPassage) -> NodeWithScore:
+    """A LlamaIndex ``NodeWithScore`` for one retrieved passage."""
+    metadata: dict[str, Any] = {**hit.metadata, "passage_id": hit.id, "doc_id": hit.doc_id,
+                                "start": hit.passage.start, "end": hit.passage.end, "rank": hit.rank}
+    if hit.source is not None:
+        metadata["source"] = hit.source
+    node = TextNode(
+        id_=hit.id, text=hit.text, metadata=metadata,
+        start_char_idx=hit.passage.start, end_char_idx=hit.passage.end,
+        excluded_llm_metadata_keys=list(_HIDDEN), excluded_embed_metadata_keys=list(_HIDDEN),
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=hit.doc_id)},
+    )
+    return NodeWithScore(node=node, score=hit.score)
+
+
+class DensezipLlamaRetriever(BaseRetriever):
+    """LlamaIndex retriever backed by a :class:`~retrieval.rag.RetrievalComponent`.
+
+    Parameters
+    ----------
+    component : RetrievalComponent
+    k : int
+        Nodes per query (LlamaIndex calls it ``similarity_top_k``).
+    where : mapping, optional
+        Metadata equality filter applied to every query.
+
+    Examples
+    --------
+    >>> retriever = DensezipLlamaRetriever(RetrievalComponent.open("runs/docs"), k=3)  # doctest: +SKIP
+    >>> retriever.retrieve("What lowers blood pressure?")[0].node.node_id             # doctest: +SKIP
+    'exercise.md#0'
+    """
+
+    def __init__(self, component: Any, *, k: int = 4, where: Any = None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer; got {k!r}.")
+        super().__init__()
+        self.component = component
+        self.k = k
+        self.where = dict(where) if where else None
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = self.component.retrieve(query_bundle.query_str, self.k, where=self.where)
+        return [to_node_with_score(h) for h in hits]

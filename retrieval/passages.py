@@ -1,0 +1,353 @@
+"""The passage store saved beside an index, and RAG collections (index + passages) on disk.
+
+A collection is a directory::
+
+    collection/
+      index/            any saved index: FlatIndex, FaissIndex (PQ, IVF-PQ, ...) or MultiVectorIndex
+      passages/         the passage store, saved atomically on its own:
+        manifest.json     format "densezip-passages", count, chunking settings, checksums (written last)
+        passages.jsonl    one passage per line: id, text, doc_id, start, end, source, metadata
+      query_encoder/    JPQ exports only: the trained query encoder that index/ refers to
+
+:func:`build_collection` writes all of it in one atomic step. A JPQ export (``index/`` plus
+``query_encoder/``) becomes a collection with :func:`attach_passages`. Every passage id must
+be a document id of the index and vice versa; :class:`~retrieval.rag.RetrievalComponent`
+checks this when it opens a collection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from indexes._io import atomic_directory, file_sha256, verify_checksums
+from retrieval._version import __version__
+from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
+from retrieval.ingest import Document, Passage, encoder_tokenizer, load_documents, split_documents
+
+if TYPE_CHECKING:
+    from indexes.base import VectorIndex
+    from indexes.multivector import MultiVectorIndex
+
+__all__ = [
+    "INDEX_DIR",
+    "PASSAGES_DIR",
+    "PassageStore",
+    "attach_passages",
+    "build_collection",
+    "build_index_for",
+]
+
+logger = logging.getLogger(__name__)
+
+INDEX_DIR = "index"
+PASSAGES_DIR = "passages"
+STORE_FORMAT = "densezip-passages"
+STORE_FORMAT_VERSION = 1
+_MANIFEST = "manifest.json"
+_FILE = "passages.jsonl"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+class PassageStore:
+    """Passages in memory, looked up by id and filtered by metadata equality.
+
+    Parameters
+    ----------
+    passages : sequence of Passage
+        Unique ids.
+    chunking : dict, optional
+        How the passages were cut (tokenizer, ``max_tokens``, ``overlap``); saved as is.
+    """
+
+    def __init__(self, passages: Sequence[Passage], *, chunking: Mapping[str, Any] | None = None) -> None:
+        self.passages: list[Passage] = list(passages)
+        self.chunking: dict[str, Any] = dict(chunking or {})
+        self.row_of: dict[str, int] = {p.id: i for i, p in enumerate(self.passages)}
+        if len(self.row_of) != len(self.passages):
+            seen: set[str] = set()
+            dup = next(p.id for p in self.passages if p.id in seen or seen.add(p.id))  # type: ignore[func-returns-value]
+            raise ConfigError(f"duplicate passage id {dup!r}; passage ids must be unique.")
+        # metadata key -> canonical JSON value -> passage rows; built per key on first use.
+        self._by_value: dict[str, dict[str, NDArray[np.int64]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.passages)
+
+    def __repr__(self) -> str:
+        return f"PassageStore(passages={len(self)}, chunking={self.chunking!r})"
+
+    def __getitem__(self, passage_id: str) -> Passage:
+        row = self.row_of.get(passage_id)
+        if row is None:
+            raise UnknownIdError(f"passage id {passage_id!r} is not in the store.")
+        return self.passages[row]
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.passages]
+
+    # ------------------------------------------------------------------ filters
+    def rows_where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
+        """Rows of the passages whose metadata equals ``where`` on every key (JSON equality).
+
+        Examples
+        --------
+        >>> store = PassageStore([Passage("a#0", "x", "a", 0, 1, metadata={"lang": "en"}),
+        ...                       Passage("b#0", "y", "b", 0, 1, metadata={"lang": "de"})])
+        >>> store.rows_where({"lang": "de"}).tolist(), store.rows_where({"lang": "fr"}).tolist()
+        ([1], [])
+        """
+        if not isinstance(where, Mapping) or not all(isinstance(k, str) for k in where):
+            raise ConfigError(f"where must be a mapping of metadata key (str) to value; got {where!r:.100}.")
+        rows: NDArray[np.int64] | None = None
+        for key, value in where.items():
+            table = self._by_value.get(key)
+            if table is None:
+                groups: dict[str, list[int]] = {}
+                for i, p in enumerate(self.passages):
+                    if key in p.metadata:
+                        groups.setdefault(_canonical(p.metadata[key]), []).append(i)
+                table = {v: np.array(r, dtype=np.int64) for v, r in groups.items()}
+                self._by_value[key] = table
+            try:
+                match = table.get(_canonical(value), np.zeros(0, dtype=np.int64))
+            except TypeError as exc:
+                raise ConfigError(f"where[{key!r}] must be a JSON value; got {type(value).__name__}.") from exc
+            rows = match if rows is None else np.intersect1d(rows, match, assume_unique=True)
+            if rows.size == 0:
+                break
+        return rows if rows is not None else np.arange(len(self), dtype=np.int64)
+
+    def rows_of(self, ids: Iterable[str]) -> NDArray[np.int64]:
+        """Rows of the given passage ids (sorted, unique); unknown ids raise UnknownIdError."""
+        items = [ids] if isinstance(ids, str) else list(ids)
+        missing = [i for i in items if i not in self.row_of]
+        if missing:
+            raise UnknownIdError(
+                f"ids holds {len(missing)} passage id(s) that are not in the collection, e.g. {missing[:3]}. "
+                "Passage ids look like '<doc_id>#<n>'."
+            )
+        return np.unique(np.array([self.row_of[i] for i in items], dtype=np.int64))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``passages.jsonl`` and a checksummed manifest atomically into directory ``path``."""
+        target = Path(path)
+        with atomic_directory(target, overwrite=overwrite) as tmp:
+            with open(tmp / _FILE, "w", encoding="utf-8", newline="\n") as f:
+                for p in self.passages:
+                    f.write(json.dumps(p.to_json(), ensure_ascii=False, allow_nan=False))
+                    f.write("\n")
+            manifest = {
+                "format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION, "library_version": __version__,
+                "count": len(self), "chunking": self.chunking,
+                "files": {_FILE: {"bytes": (tmp / _FILE).stat().st_size, "sha256": file_sha256(tmp / _FILE)}},
+            }
+            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> PassageStore:
+        """Read a store written by :meth:`save`, checking its manifest, checksum and every line."""
+        directory = Path(path)
+        file = directory / _MANIFEST
+        if not file.is_file():
+            raise IndexFormatError(
+                f"{file} is missing: {directory} is not a saved passage store. Build the collection with "
+                "`densezip index FOLDER --out DIR` or retrieval.passages.build_collection()."
+            )
+        try:
+            manifest = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IndexFormatError(f"{file} is not valid JSON ({exc}); the passage store is corrupt.") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
+            raise IndexFormatError(f"{file} is not a densezip passage-store manifest (format {STORE_FORMAT!r}).")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{file} uses passage-store format version {version!r}; this densezip {__version__} reads up to "
+                f"{STORE_FORMAT_VERSION}. Upgrade with:  pip install -U densezip"
+            )
+        files, count = manifest.get("files"), manifest.get("count")
+        if not isinstance(files, dict) or _FILE not in files or not isinstance(count, int):
+            raise IndexFormatError(f"{file} lacks 'files.{_FILE}' or 'count'; the manifest is damaged.")
+        verify_checksums(directory, files, hashes=verify)
+        passages: list[Passage] = []
+        with open(directory / _FILE, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                passages.append(_passage_from_line(line, directory / _FILE, lineno))
+        if len(passages) != count:
+            raise IndexFormatError(
+                f"{directory / _FILE} holds {len(passages)} passages, but its manifest says {count}; the store is "
+                "truncated or does not belong here."
+            )
+        try:
+            return cls(passages, chunking=manifest.get("chunking") or {})
+        except ConfigError as exc:
+            raise IndexFormatError(f"{directory / _FILE}: {exc}") from exc
+
+
+def _passage_from_line(line: str, file: Path, lineno: int) -> Passage:
+    try:
+        obj = json.loads(line)
+        passage = Passage(id=obj["id"], text=obj["text"], doc_id=obj["doc_id"], start=obj["start"], end=obj["end"],
+                          source=obj.get("source"), metadata=obj.get("metadata") or {})
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{file}:{lineno} is not a valid passage record ({exc}); the store is corrupt.") from exc
+    if not isinstance(passage.id, str) or not isinstance(passage.text, str) or not isinstance(passage.metadata, dict):
+        raise IndexFormatError(f"{file}:{lineno}: id and text must be strings and metadata an object.")
+    return passage
+
+
+# ---------------------------------------------------------------------------- collections
+def build_index_for(encoder: Any, spec: str, dim: int) -> VectorIndex | MultiVectorIndex:
+    """An empty index for ``encoder``'s vectors.
+
+    ``spec`` is a FAISS factory string (``"Flat"``, ``"PQ48x8"``, ``"IVF64,PQ48x8"``, ...) or
+    ``"exact"`` (NumPy :class:`~indexes.FlatIndex`) for single-vector encoders, and a
+    :class:`~indexes.MultiVectorIndex` spec (``"FP16"``, ``"Prune0.6,KMeans256r2"``, ...) for
+    a :class:`~retrieval.encode.multivector.MultiVectorEncoder`.
+    """
+    from retrieval.encode.multivector import MultiVectorEncoder
+
+    if isinstance(encoder, MultiVectorEncoder):
+        from indexes.multivector import MultiVectorIndex
+
+        return MultiVectorIndex(dim, spec=spec)
+    if spec == "exact":
+        from indexes.flat import FlatIndex
+
+        return FlatIndex(dim, metric="ip")
+    from indexes.faiss_index import FaissIndex
+
+    return FaissIndex(dim, spec=spec, metric="ip")
+
+
+def build_collection(
+    source: str | os.PathLike[str] | Iterable[Document] | Iterable[Passage],
+    out: str | os.PathLike[str],
+    *,
+    encoder: Any,
+    spec: str = "Flat",
+    index: VectorIndex | MultiVectorIndex | None = None,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    overlap: int = 32,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+) -> Path:
+    """Ingest documents, encode their passages, build an index and save index + passages atomically.
+
+    Parameters
+    ----------
+    source : path, iterable of Document, or iterable of Passage
+        A folder of .txt/.md files, a .jsonl file or folder (see
+        :func:`~retrieval.ingest.load_documents`), documents to split, or passages already cut.
+    out : path-like
+        Collection directory to write (``index/`` and ``passages/``).
+    encoder : Encoder
+        Encodes the passages; its ``describe()`` is recorded so the collection can be
+        reopened without naming the encoder again.
+    spec : str
+        Index to build when ``index`` is not given (see :func:`build_index_for`).
+    index : VectorIndex or MultiVectorIndex, optional
+        An empty index to fill instead (trained on the passages if it needs training).
+    tokenizer : Tokenizer, optional
+        Defaults to the encoder's own (:func:`~retrieval.ingest.encoder_tokenizer`).
+    max_tokens : int, optional
+        Passage length in tokens; defaults to the encoder's window (254 for all-MiniLM-L6-v2).
+    overlap : int
+        Tokens shared by consecutive passages of a long document.
+    overwrite : bool
+        Replace an existing ``out``.
+    batch_size : int, optional
+        Encoder batch size.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    items: list[Any]
+    if isinstance(source, (str, os.PathLike)):
+        items = list(load_documents(source))
+    else:
+        items = list(source)
+    chunking: dict[str, Any]
+    if items and all(isinstance(x, Passage) for x in items):
+        passages: list[Passage] = items
+        chunking = {"split": "given"}
+    else:
+        if tokenizer is None or max_tokens is None:
+            found, window = encoder_tokenizer(encoder)
+            tokenizer = tokenizer if tokenizer is not None else found
+            max_tokens = max_tokens if max_tokens is not None else window
+        if max_tokens is None:
+            raise ConfigError("the encoder reports no window length; pass max_tokens=...")
+        passages = split_documents(items, tokenizer, max_tokens=max_tokens, overlap=overlap)
+        chunking = {"split": "tokens", "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+                    "max_tokens": max_tokens, "overlap": overlap, "documents": len(items)}
+    if not passages:
+        raise ConfigError("no passages to index: the documents are empty. Check the input folder or file.")
+    store = PassageStore(passages, chunking=chunking)
+    texts, ids = [p.text for p in passages], store.ids
+    if batch_size is None:
+        vectors = encoder.encode_documents(texts, ids=ids)
+    else:
+        vectors = encoder.encode_documents(texts, ids=ids, batch_size=batch_size)
+    if index is None:
+        index = build_index_for(encoder, spec, vectors.dim)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    describe = getattr(encoder, "describe", None)
+    if describe is not None:
+        index.metadata["encoder"] = describe()
+    target = Path(out)
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        index.save(tmp / INDEX_DIR)
+        store.save(tmp / PASSAGES_DIR)
+    logger.info("saved a collection of %d passages to %s", len(store), target)
+    return target
+
+
+def attach_passages(
+    collection: str | os.PathLike[str], passages: Sequence[Passage], *, overwrite: bool = False,
+    chunking: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``passages`` as ``collection/passages`` beside an existing ``collection/index``.
+
+    Turns a JPQ export (``index/`` + ``query_encoder/``) or any directory holding a saved
+    index under ``index/`` into a collection. The passage ids must equal the index's ids.
+    """
+    from indexes.base import load_index
+
+    root = Path(collection)
+    index = load_index(root / INDEX_DIR, verify=False)
+    store = PassageStore(passages, chunking=chunking)
+    check_same_ids(set(index.doc_ids), store, root)
+    return store.save(root / PASSAGES_DIR, overwrite=overwrite)
+
+
+def check_same_ids(index_ids: set[str], store: PassageStore, root: Path) -> None:
+    """Raise IndexFormatError unless the index and the store hold the same ids."""
+    if len(index_ids) == len(store) and all(i in store.row_of for i in index_ids):
+        return
+    no_text = [i for i in index_ids if i not in store.row_of]
+    not_indexed = [i for i in store.row_of if i not in index_ids]
+    raise IndexFormatError(
+        f"{root}: the index and the passage store do not match: {len(no_text)} indexed id(s) have no passage "
+        f"(e.g. {no_text[:3]}) and {len(not_indexed)} passage(s) are not indexed (e.g. {not_indexed[:3]}). "
+        "Rebuild the collection, or attach the passages the index was built from."
+    )

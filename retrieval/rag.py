@@ -1,0 +1,431 @@
+"""The :class:`RetrievalComponent`: retrieval for RAG, with passages, filters, reranking and cited context.
+
+Open a collection written by :func:`retrieval.passages.build_collection` (or ``densezip index
+FOLDER --out DIR``) and ask it questions::
+
+    component = RetrievalComponent.open("runs/docs")
+    hits = component.retrieve("What lowers blood pressure?", k=5, where={"lang": "en"})
+    context = component.context("What lowers blood pressure?", k=5, max_tokens=1024)
+    prompt = build_prompt("What lowers blood pressure?", context)
+
+Everything a question needs is in memory after :meth:`RetrievalComponent.open`: the index,
+the encoder and the passage texts, so the hot path reads no file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrieval.errors import ConfigError, IndexFormatError
+from retrieval.ingest import Passage, Tokenizer, encoder_tokenizer, token_counter
+from retrieval.passages import INDEX_DIR, PASSAGES_DIR, PassageStore, check_same_ids
+
+if TYPE_CHECKING:
+    from indexes.base import VectorIndex
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.pipeline import Reranker
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "Context",
+    "RetrievalComponent",
+    "RetrievedPassage",
+    "build_context",
+    "build_prompt",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = (
+    "Answer the question using only the numbered context passages below. "
+    "Cite the passages you use as [n].\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
+)
+_DEFAULT_TEMPLATE = "[{n}] {text}"
+_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class RetrievedPassage:
+    """A passage returned for a question, with its score and rank (1 = best)."""
+
+    passage: Passage
+    score: float
+    rank: int
+
+    @property
+    def id(self) -> str:
+        return self.passage.id
+
+    @property
+    def text(self) -> str:
+        return self.passage.text
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.passage.metadata
+
+    @property
+    def doc_id(self) -> str:
+        return self.passage.doc_id
+
+    @property
+    def source(self) -> str | None:
+        return self.passage.source
+
+
+@dataclass(frozen=True)
+class Context:
+    """A context string for a generator, with its numbered citations.
+
+    Attributes
+    ----------
+    text : str
+        The passages that fit, each formatted by the template (``"[n] text"`` by default),
+        separated by blank lines. ``""`` when nothing was retrieved.
+    citations : list of RetrievedPassage
+        ``citations[n - 1]`` is the passage cited as ``[n]``.
+    tokens : int
+        Tokens of ``text`` as counted by the budget's counter.
+    max_tokens : int
+        The budget.
+    left_out : list of RetrievedPassage
+        Retrieved passages that did not fit in the budget.
+    """
+
+    text: str
+    citations: list[RetrievedPassage]
+    tokens: int
+    max_tokens: int
+    left_out: list[RetrievedPassage] = field(default_factory=list)
+
+    def sources(self) -> list[str]:
+        """One line per citation: ``"[n] source (passage id, characters start-end)"``."""
+        return [f"[{n}] {c.source or c.doc_id} ({c.id}, characters {c.passage.start}-{c.passage.end})"
+                for n, c in enumerate(self.citations, 1)]
+
+
+def build_context(
+    passages: Sequence[RetrievedPassage],
+    *,
+    max_tokens: int,
+    count_tokens: Callable[[str], int],
+    template: str = _DEFAULT_TEMPLATE,
+) -> Context:
+    """Number passages in rank order and keep those that fit in ``max_tokens``.
+
+    Passages are added best first; one that would overflow the budget is left out and the
+    next (shorter) ones are still tried. The whole string is re-counted after each addition,
+    so the budget holds exactly for tokenizers whose counts are not additive.
+
+    Parameters
+    ----------
+    passages : sequence of RetrievedPassage
+        Best first.
+    max_tokens : int
+        Budget for the whole context string.
+    count_tokens : callable
+        ``count_tokens(text) -> int``, normally the generator's tokenizer.
+    template : str
+        Format of one passage; fields ``n``, ``text``, ``id``, ``doc_id``, ``source``.
+
+    Raises
+    ------
+    ConfigError
+        If passages were given but not even the smallest fits in ``max_tokens``.
+
+    Examples
+    --------
+    >>> p = [RetrievedPassage(Passage(f"d{i}#0", t, f"d{i}", 0, len(t)), 1.0 - i / 10, i + 1)
+    ...      for i, t in enumerate(["short one", "a much longer passage here", "tiny"])]
+    >>> ctx = build_context(p, max_tokens=8, count_tokens=lambda s: len(s.split()))
+    >>> print(ctx.text)
+    [1] short one
+    <BLANKLINE>
+    [2] tiny
+    >>> [c.id for c in ctx.left_out]
+    ['d1#0']
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(f"max_tokens must be a positive integer; got {max_tokens!r}.")
+    chosen: list[RetrievedPassage] = []
+    left_out: list[RetrievedPassage] = []
+    text, used = "", 0
+    for p in passages:
+        block = template.format(n=len(chosen) + 1, text=p.text, id=p.id, doc_id=p.doc_id, source=p.source or "")
+        candidate = block if not chosen else text + _SEPARATOR + block
+        n = count_tokens(candidate)
+        if n <= max_tokens:
+            chosen.append(p)
+            text, used = candidate, n
+        else:
+            left_out.append(p)
+    if passages and not chosen:
+        smallest = min(count_tokens(template.format(n=1, text=p.text, id=p.id, doc_id=p.doc_id, source=p.source or ""))
+                       for p in passages)
+        raise ConfigError(
+            f"a context budget of {max_tokens} tokens cannot hold even one of the {len(passages)} retrieved "
+            f"passages (the smallest needs {smallest} tokens). Raise max_tokens, or build the collection with "
+            "shorter passages (max_tokens at ingestion)."
+        )
+    return Context(text=text, citations=chosen, tokens=used, max_tokens=max_tokens, left_out=left_out)
+
+
+def build_prompt(question: str, context: Context, *, template: str = DEFAULT_PROMPT) -> str:
+    """Fill ``template`` (fields ``question`` and ``context``) for a generator."""
+    return template.format(question=question.strip(), context=context.text)
+
+
+def _encoder_from_description(description: Any, index_dir: Path, device: str) -> Any:
+    if not isinstance(description, dict):
+        raise ConfigError(f"{index_dir} records no encoder (metadata.encoder); pass encoder=... to open().")
+    kind = description.get("type")
+    model = description.get("model")
+    if isinstance(model, str) and model.startswith(("./", "../")):
+        # A model saved beside the index (a JPQ query encoder) is recorded relative to it.
+        description = {**description, "model": str((index_dir / model).resolve())}
+    if kind == "DenseEncoder":
+        from retrieval.encode.dense import DenseEncoder
+
+        return DenseEncoder.from_description(description, device=device)
+    if kind == "MultiVectorEncoder":
+        from retrieval.encode.dense import _DEFAULT_NAME
+        from retrieval.encode.multivector import MultiVectorEncoder
+
+        if description.get("projected"):
+            raise ConfigError(f"{index_dir} was built with a projected MultiVectorEncoder; pass encoder=... to open().")
+        name = description.get("model")
+        return MultiVectorEncoder(
+            None if name == _DEFAULT_NAME else name, device=device,
+            query_length=int(description.get("query_length", 32)),
+            document_length=int(description.get("document_length", 256)),
+            keep_special_tokens=bool(description.get("keep_special_tokens", False)),
+            normalize=bool(description.get("normalize", True)),
+        )
+    raise ConfigError(f"{index_dir} was built with encoder type {kind!r}, which cannot be re-created; "
+                      "pass encoder=... to open().")
+
+
+class RetrievalComponent:
+    """Retrieval for RAG over a collection: top-k passages with text, id, score and metadata.
+
+    Parameters
+    ----------
+    index : VectorIndex or MultiVectorIndex
+        Holds one entry per passage, keyed by passage id.
+    encoder : Encoder
+        Encodes questions the way the index's passages were encoded.
+    store : PassageStore
+        The passages; its ids must equal the index's ids.
+    reranker : Reranker, optional
+        Re-scores the first stage's ``candidates`` best passages (e.g. MaxSimReranker).
+    candidates : int, optional
+        First-stage depth when a reranker is set (default ``max(50, k)``).
+    tokenizer : Tokenizer, optional
+        Counts context tokens; defaults to the encoder's tokenizer (loaded on first use).
+    count_tokens : callable, optional
+        ``count_tokens(text) -> int``; overrides ``tokenizer`` (use the generator's tokenizer).
+
+    Examples
+    --------
+    >>> rc = RetrievalComponent.open("runs/docs")                      # doctest: +SKIP
+    >>> [(h.id, round(h.score, 2)) for h in rc.retrieve("blood pressure", k=2)]  # doctest: +SKIP
+    [('exercise.md#0', 0.61), ('diet.md#1', 0.47)]
+    >>> print(rc.context("blood pressure", k=2, max_tokens=512).text)  # doctest: +SKIP
+    [1] Regular aerobic exercise lowers blood pressure ...
+    """
+
+    def __init__(
+        self,
+        index: VectorIndex | MultiVectorIndex,
+        encoder: Any,
+        store: PassageStore,
+        *,
+        reranker: Reranker | None = None,
+        candidates: int | None = None,
+        tokenizer: Tokenizer | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> None:
+        if encoder.dim != index.dim:
+            raise ConfigError(f"encoder {encoder.name!r} returns {encoder.dim}-d vectors but the index holds "
+                              f"{index.dim}-d vectors; use the encoder the collection was built with.")
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int)
+                                       or candidates < 1):
+            raise ConfigError(f"candidates must be a positive integer; got {candidates!r}.")
+        if reranker is not None and not callable(getattr(reranker, "rerank", None)):
+            raise ConfigError(f"reranker must have rerank(queries, result, k); got {type(reranker).__name__}.")
+        self.index = index
+        self.encoder = encoder
+        self.store = store
+        self.reranker = reranker
+        self.candidates = candidates
+        self._tokenizer = tokenizer
+        self._count_tokens = count_tokens
+        self._passage_of_id = store.row_of  # passage id -> row in store.passages
+
+    def __repr__(self) -> str:
+        return (f"RetrievalComponent(index={self.index!r}, encoder={self.encoder.name!r}, passages={len(self.store)}, "
+                f"reranker={self.reranker!r})")
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        encoder: Any = None,
+        device: str = "auto",
+        verify: bool = True,
+        mmap: bool = False,
+        reranker: Reranker | None = None,
+        candidates: int | None = None,
+        tokenizer: Tokenizer | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> RetrievalComponent:
+        """Open a collection directory (``index/`` + ``passages/``) of any index kind.
+
+        Works for FlatIndex / FaissIndex (PQ, IVF-PQ, HNSW, ...) collections, JPQ exports
+        with attached passages (the query encoder under ``query_encoder/``) and
+        MultiVectorIndex collections. The encoder recorded in the index manifest is
+        re-created unless ``encoder`` is given.
+
+        Raises
+        ------
+        IndexFormatError
+            If the directory, its index or its passage store is missing, corrupt (checksums,
+            shapes, counts) or the two do not hold the same ids.
+        """
+        from indexes.base import load_index
+
+        root = Path(path)
+        if not root.is_dir():
+            raise IndexFormatError(f"{root} is not a collection directory (it does not exist or is a file). Build one "
+                                   "with `densezip index FOLDER --out DIR` or retrieval.passages.build_collection().")
+        if not (root / INDEX_DIR).is_dir():
+            hint = (" It is a bare index: it holds vectors but no passage texts; rebuild it from the documents, or "
+                    "save it as index/ beside a passage store (retrieval.passages.attach_passages)."
+                    if (root / "manifest.json").is_file() else "")
+            raise IndexFormatError(f"{root} has no {INDEX_DIR}/ directory, so it is not a collection.{hint}")
+        index = load_index(root / INDEX_DIR, verify=verify, mmap=mmap)
+        store = PassageStore.load(root / PASSAGES_DIR, verify=verify)
+        check_same_ids(set(index.doc_ids), store, root)
+        if encoder is None:
+            encoder = _encoder_from_description(index.metadata.get("encoder"), root / INDEX_DIR, device)
+        return cls(index, encoder, store, reranker=reranker, candidates=candidates, tokenizer=tokenizer,
+                   count_tokens=count_tokens)
+
+    # ------------------------------------------------------------------ retrieval
+    def retrieve(
+        self,
+        question: str,
+        k: int = 5,
+        *,
+        ids: Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[RetrievedPassage]:
+        """The ``k`` best passages for ``question``, best first.
+
+        Parameters
+        ----------
+        question : str
+            Non-empty text.
+        k : int
+            Passages to return; fewer when fewer passages pass the filters.
+        ids : iterable of str, optional
+            Only these passage ids may be returned (unknown ids raise UnknownIdError).
+        where : mapping, optional
+            Only passages whose metadata equals every given ``key: value`` (JSON equality).
+
+        Returns
+        -------
+        list of RetrievedPassage
+            Empty when the filters match no passage (nothing is encoded or searched then).
+
+        Raises
+        ------
+        ConfigError
+            For an empty or non-string question, or a bad ``k``.
+        """
+        text = self._check_question(question)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer; got {k!r}.")
+        subset: list[str] | None = None
+        if where is not None and not where:
+            where = None  # an empty filter allows everything
+        if ids is not None or where is not None:
+            if ids is None:
+                rows = self.store.rows_where(where or {})
+            else:
+                rows = self.store.rows_of(ids)
+                if where is not None:
+                    rows = np.intersect1d(rows, self.store.rows_where(where), assume_unique=True)
+            if rows.size == 0:
+                return []
+            subset = [self.store.passages[r].id for r in rows.tolist()]
+        queries = self.encoder.encode_queries([text])
+        if self.reranker is None:
+            result = self.index.search(queries, k, subset=subset)
+        else:
+            first = self.index.search(queries, self.candidates or max(50, k), subset=subset)
+            result = self.reranker.rerank([text], first, k)
+        passages, row_of = self.store.passages, self._passage_of_id
+        scores = result.scores[0][result.labels[0] >= 0]  # aligned with doc_ids, which omit padding
+        return [RetrievedPassage(passages[row_of[doc_id]], float(scores[i]), i + 1)
+                for i, doc_id in enumerate(result.doc_ids[0])]
+
+    __call__ = retrieve
+
+    def context(
+        self,
+        question: str,
+        k: int = 5,
+        *,
+        max_tokens: int = 1024,
+        ids: Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        template: str = _DEFAULT_TEMPLATE,
+    ) -> Context:
+        """Retrieve ``k`` passages and number the ones that fit in ``max_tokens`` (see :func:`build_context`).
+
+        A filter that matches nothing gives an empty context (``text == ""``, no citations).
+        """
+        hits = self.retrieve(question, k, ids=ids, where=where)
+        return build_context(hits, max_tokens=max_tokens, count_tokens=self.count_tokens, template=template)
+
+    @property
+    def count_tokens(self) -> Callable[[str], int]:
+        """The token counter of context budgets (the encoder's tokenizer unless one was given)."""
+        if self._count_tokens is None:
+            tokenizer = self._tokenizer if self._tokenizer is not None else encoder_tokenizer(self.encoder)[0]
+            self._count_tokens = token_counter(tokenizer)
+        return self._count_tokens
+
+    # ------------------------------------------------------------------ framework adapters
+    def as_langchain_retriever(self, k: int = 4, *, where: Mapping[str, Any] | None = None) -> Any:
+        """A LangChain ``BaseRetriever`` over this component (needs ``densezip[rag]``)."""
+        from retrieval.integrations.langchain import DensezipRetriever
+
+        return DensezipRetriever(component=self, k=k, where=dict(where) if where else None)
+
+    def as_llama_index_retriever(self, k: int = 4, *, where: Mapping[str, Any] | None = None) -> Any:
+        """A LlamaIndex ``BaseRetriever`` over this component (needs ``densezip[rag]``)."""
+        from retrieval.integrations.llama_index import DensezipLlamaRetriever
+
+        return DensezipLlamaRetriever(self, k=k, where=where)
+
+    @staticmethod
+    def _check_question(question: Any) -> str:
+        if not isinstance(question, str):
+            raise ConfigError(f"question must be a str; got {type(question).__name__}.")
+        if not question.strip():
+            raise ConfigError("question is empty; ask a question with at least one word.")
+        return question
