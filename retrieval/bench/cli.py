@@ -45,6 +45,6 @@ def run_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if args.update_doc:
         doc = Path(args.update_doc)
         image_dir = Path(os.path.relpath(out.resolve(), doc.resolve().parent)).as_posix()
-        splice_markdown(doc, render_markdown(result, image_dir=image_dir))
+        splice_markdown(doc, render_markdown(result, image_dir=image_dir, heading_level=3))
         progress(f"updated {doc}")
     return result, (out / REPORT_FILE).read_text(encoding="utf-8")
