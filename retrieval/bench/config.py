@@ -17,6 +17,8 @@ lists of data sets, ``[[text]]`` (BEIR layout, scored with qrels) and ``[[vector
       { kind = "exact" },                                   # NumPy FlatIndex
       { kind = "faiss", spec = "HNSW32", ef_search = 128 },  # any FAISS factory string
       { kind = "jpq", m = 48, epochs = 1 },                 # JPQ trained on the train split
+      { kind = "multivector", spec = "Prune0.4,KMeans256r2", first_stage = "centroid", nprobe = 8,
+        timing_queries = 32 },                              # MaxSim over token vectors
     ]
 
     [[vectors]]
@@ -56,10 +58,11 @@ __all__ = [
     "parse_config",
 ]
 
-TextKind = Literal["exact", "faiss", "jpq"]
+TextKind = Literal["exact", "faiss", "jpq", "multivector"]
 SEARCH_PARAMS = ("nprobe", "ef_search")
-_TEXT_KINDS = ("exact", "faiss", "jpq")
+_TEXT_KINDS = ("exact", "faiss", "jpq", "multivector")
 _JPQ_KEYS = ("m", "nbits", "opq", "epochs", "batch_size", "lr_encoder", "lr_centroids", "seed")
+_MV_KEYS = ("first_stage", "n_candidates", "token_k")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,18 +71,26 @@ class TextIndexConfig:
 
     Attributes
     ----------
-    kind : {"exact", "faiss", "jpq"}
+    kind : {"exact", "faiss", "jpq", "multivector"}
         ``exact`` is the NumPy :class:`~indexes.FlatIndex`; ``faiss`` a
         :class:`~indexes.FaissIndex` built from ``spec``; ``jpq`` a JPQ index (query encoder
         and PQ centroids trained jointly on the data set's ``train`` split, see
-        :mod:`training.jpq`), with its training time counted as build time.
+        :mod:`training.jpq`), with its training time counted as build time;
+        ``multivector`` a :class:`~indexes.MultiVectorIndex` (MaxSim over token vectors
+        from :class:`~retrieval.MultiVectorEncoder`, cached on disk after the first run).
     spec : str
-        FAISS factory string (``faiss`` only).
+        FAISS factory string (``faiss``) or MultiVectorIndex spec (``multivector``, e.g.
+        ``"Prune0.4,KMeans256r2"``).
     nprobe, ef_search : int, optional
-        Search-time parameters of IVF / HNSW specs.
+        Search-time parameters of IVF / HNSW specs; ``nprobe`` is also the centroids
+        probed per query token of a multi-vector ``first_stage="centroid"``.
     jpq : dict
         :class:`~training.jpq.JPQTrainingArgs` fields for ``kind="jpq"`` (m, nbits, opq,
         epochs, batch_size, lr_encoder, lr_centroids, seed).
+    multivector : dict
+        MultiVectorIndex options for ``kind="multivector"``: first_stage, n_candidates, token_k.
+    timing_queries : int, optional
+        Time only the first this many queries (quality always uses all); for slow kinds.
     label : str
         Row name in the tables; defaults to the spec and parameters.
     """
@@ -89,6 +100,8 @@ class TextIndexConfig:
     nprobe: int | None = None
     ef_search: int | None = None
     jpq: dict[str, Any] = field(default_factory=dict)
+    multivector: dict[str, Any] = field(default_factory=dict)
+    timing_queries: int | None = None
     label: str = ""
 
     @property
@@ -99,6 +112,9 @@ class TextIndexConfig:
             return "exact (NumPy)"
         if self.kind == "jpq":
             return "JPQ " + ",".join(f"{k}={v}" for k, v in self.jpq.items())
+        if self.kind == "multivector":
+            extra = {**self.multivector, **({"nprobe": self.nprobe} if self.nprobe is not None else {})}
+            return f"MaxSim {self.spec}" + "".join(f" {k}={v}" for k, v in extra.items())
         params = "".join(f" {p}={getattr(self, p)}" for p in SEARCH_PARAMS if getattr(self, p) is not None)
         return self.spec + params
 
@@ -289,24 +305,32 @@ def _text_dataset(raw: Any, roots: list[Path], where: str) -> TextDataset:
 
 
 def _text_index(raw: Any, where: str) -> TextIndexConfig:
-    t = _table(raw, where, ("kind", "spec", "nprobe", "ef_search", "label", *_JPQ_KEYS))
+    t = _table(raw, where, ("kind", "spec", "nprobe", "ef_search", "label", "timing_queries", *_JPQ_KEYS, *_MV_KEYS))
     kind = _str(t, "kind", where, required=True)
     if kind not in _TEXT_KINDS:
         raise ConfigError(f"{where}: kind must be one of {list(_TEXT_KINDS)}; got {kind!r}.")
     spec = _str(t, "spec", where)
     jpq = {k: t[k] for k in _JPQ_KEYS if k in t}
-    if kind == "faiss" and not spec:
-        raise ConfigError(f"{where}: kind 'faiss' needs spec = '<FAISS factory string>', e.g. 'HNSW32'.")
-    if kind != "faiss" and (spec or "nprobe" in t or "ef_search" in t):
-        raise ConfigError(f"{where}: spec / nprobe / ef_search apply to kind 'faiss' only; got kind {kind!r}.")
+    mv = {k: t[k] for k in _MV_KEYS if k in t}
+    if kind in ("faiss", "multivector") and not spec:
+        example = "'HNSW32'" if kind == "faiss" else "'Prune0.5,KMeans256r2'"
+        raise ConfigError(f"{where}: kind {kind!r} needs spec = '...', e.g. {example}.")
+    if kind in ("exact", "jpq") and (spec or "nprobe" in t or "ef_search" in t):
+        raise ConfigError(f"{where}: spec / nprobe / ef_search do not apply to kind {kind!r}.")
+    if kind == "multivector" and "ef_search" in t:
+        raise ConfigError(f"{where}: ef_search applies to kind 'faiss' only; got kind 'multivector'.")
     if kind != "jpq" and jpq:
         raise ConfigError(f"{where}: {sorted(jpq)} apply to kind 'jpq' only; got kind {kind!r}.")
+    if kind != "multivector" and mv:
+        raise ConfigError(f"{where}: {sorted(mv)} apply to kind 'multivector' only; got kind {kind!r}.")
     return TextIndexConfig(
         kind=kind,  # type: ignore[arg-type]  # checked against _TEXT_KINDS above
         spec=spec,
         nprobe=_int(t, "nprobe", where, None),
         ef_search=_int(t, "ef_search", where, None),
         jpq=jpq,
+        multivector=mv,
+        timing_queries=_int(t, "timing_queries", where, None),
         label=_str(t, "label", where),
     )
 

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from retrieval.measure import SearchTiming
 
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
+    from indexes.multivector import MultiVectorIndex
 
 __all__ = ["index_memory_bytes", "machine_info", "memory_bandwidth", "set_threads", "time_interleaved"]
 
@@ -25,9 +25,17 @@ _VERSIONED = ("densezip", "numpy", "faiss-cpu", "faiss-gpu", "torch", "sentence-
               "ir-measures", "matplotlib")
 
 
+def _batches(queries: Any, batch_size: int) -> list[Any]:
+    """Split a query matrix, or :class:`~retrieval.types.MultiVectorEmbeddings`, into batches."""
+    n = len(queries)
+    if isinstance(queries, np.ndarray):
+        return [queries[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [queries.select(np.arange(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
 def time_interleaved(
-    searches: Mapping[str, Callable[[NDArray[np.float32]], object]],
-    queries: NDArray[np.float32],
+    searches: Mapping[str, Callable[[Any], object]],
+    queries: Any,
     *,
     batch_size: int,
     repeats: int,
@@ -37,8 +45,8 @@ def time_interleaved(
 
     Interleaving puts every function under the same machine conditions (frequency, noisy
     neighbours, cache state), so their ratio is fairer than two back-to-back runs. Each pass
-    sends all ``queries`` in batches of ``batch_size``; the first ``warmup`` passes are not
-    timed. The order of the functions is reversed every other pass.
+    sends all ``queries`` (a float matrix, or multi-vector embeddings) in batches of
+    ``batch_size``; the first ``warmup`` passes are not timed. The order of the functions is reversed every other pass.
 
     Returns
     -------
@@ -47,7 +55,7 @@ def time_interleaved(
         p50 / p95 latency per batch pooled over the passes.
     """
     names = list(searches)
-    batches = [queries[i : i + batch_size] for i in range(0, len(queries), batch_size)]
+    batches = _batches(queries, batch_size)
     rates: dict[str, list[float]] = {n: [] for n in names}
     lat: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(warmup + repeats):
@@ -110,23 +118,27 @@ def set_threads(threads: int) -> int:
     return int(faiss.omp_get_max_threads())
 
 
-def index_memory_bytes(index: VectorIndex) -> int:
+def index_memory_bytes(index: VectorIndex | MultiVectorIndex) -> int:
     """Bytes a loaded index holds in memory: the vectors or codes and structure, plus the ids.
 
     FAISS indexes are measured by serialising them (``faiss.serialize_index``), which writes
     the same arrays the index keeps in memory (codes, centroids, graph links); the NumPy
-    :class:`~indexes.FlatIndex` by its float32 matrix. The string ids are counted as Python
+    :class:`~indexes.FlatIndex` by its float32 matrix, a :class:`~indexes.MultiVectorIndex`
+    by its own ``memory_bytes()`` (codes, offsets, codec, first stage). The string ids are counted as Python
     holds them: each ``str`` object, the id list, and the id-to-row dict.
     """
     import faiss
 
     from indexes.faiss_index import FaissIndex
     from indexes.flat import FlatIndex
+    from indexes.multivector import MultiVectorIndex
 
     if isinstance(index, FaissIndex):
         payload = int(faiss.serialize_index(index.faiss_index).nbytes)
     elif isinstance(index, FlatIndex):
         payload = int(index.vectors.nbytes)
+    elif isinstance(index, MultiVectorIndex):
+        payload = index.memory_bytes()
     else:  # pragma: no cover - every VectorIndex kind the harness builds is handled above
         raise TypeError(f"no memory accounting for {type(index).__name__}")
     ids = index.doc_ids

@@ -118,12 +118,21 @@ def _text_section(ds: dict[str, Any], batches: list[str], hh: str) -> list[str]:
             line += (f" {_qps(t)} ({_qps(t, 'raw')}) | {t['ours']['p50_ms']:.2f}/{t['ours']['p95_ms']:.2f} | "
                      f"{_ratio(t['ratio'])} |")
         lines.append(line)
-    notes = [r for r in ds["rows"] if r["kind"] == "jpq"]
-    for r in notes:
-        lines += ["", f"{r['label']}: {r['spec']}, trained in this run for {r['jpq']['train_steps']} steps on the "
-                  "train split; its build time includes that training, and its queries are encoded by its own "
-                  "fine-tuned query encoder."]
-    return [*lines, ""]
+    notes = []
+    for r in ds["rows"]:
+        if r["kind"] == "jpq":
+            notes.append(f"- {r['label']}: {r['spec']}, trained in this run for {r['jpq']['train_steps']} steps on "
+                         "the train split; its build time includes that training, and its queries are encoded by its "
+                         "own fine-tuned query encoder.")
+        if r["kind"] == "multivector":
+            mv = r["multivector"]
+            notes.append(f"- {r['label']}: MaxSim over {mv['token_vectors_per_doc']:.0f} stored token vectors per "
+                         f"document and {mv['query_tokens_per_query']:.1f} per query (MultiVectorEncoder, cached); "
+                         "its build time is codec training and encoding, not the token encoding.")
+        if r.get("timing_queries", ds["queries"]) < ds["queries"]:
+            notes.append(f"- {r['label']}: speed measured on the first {r['timing_queries']} queries (batches cap at "
+                         "that number), quality on all.")
+    return [*lines, *(["", *notes] if notes else []), ""]
 
 
 def _vector_section(ds: dict[str, Any], batches: list[str], hh: str, image_dir: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 from retrieval.bench.config import BenchConfig
 from retrieval.bench.probe import machine_info, memory_bandwidth, set_threads
 from retrieval.bench.report import render_markdown, save_plots
-from retrieval.bench.text import EncoderFactory, default_encoder, run_text_dataset
+from retrieval.bench.text import EncoderFactory, default_encoder, default_token_encoder, run_text_dataset
 from retrieval.bench.vectors import run_vector_dataset
 
 __all__ = ["RESULTS_FILE", "REPORT_FILE", "run_bench"]
@@ -32,6 +32,7 @@ def run_bench(
     *,
     command: str = "",
     encoder_factory: EncoderFactory | None = None,
+    token_encoder_factory: EncoderFactory | None = None,
     progress: Callable[[str], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
@@ -48,6 +49,9 @@ def run_bench(
     encoder_factory : callable, optional
         ``model -> encoder`` for text data sets; default: a CPU :class:`~retrieval.DenseEncoder`
         with the embedding cache. Tests pass a fake encoder here.
+    token_encoder_factory : callable, optional
+        ``model -> encoder`` of token vectors for the multi-vector kind; default: a CPU
+        :class:`~retrieval.MultiVectorEncoder` (document vectors cached on disk).
     progress : callable, optional
         Receives one line per finished measurement; default: the module logger at INFO.
     plots : bool, default True
@@ -70,7 +74,8 @@ def run_bench(
     text = []
     for ds in config.text:
         say(f"text data set {ds.name} ({ds.path})")
-        text.append(run_text_dataset(ds, config, encoder_factory=encoder_factory or default_encoder, progress=say))
+        text.append(run_text_dataset(ds, config, encoder_factory=encoder_factory or default_encoder, progress=say,
+                                     token_encoder_factory=token_encoder_factory or default_token_encoder))
         set_threads(config.threads)  # loading torch may have changed the thread settings
     vectors = []
     for vds in config.vectors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,55 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class FakeTokenEncoder:
+    """One FakeEncoder vector per word, saliency 1 / (position + 1): a stand-in for MultiVectorEncoder."""
+
+    cache_tag = "fake-tokens"
+
+    def __init__(self) -> None:
+        from conftest import FakeEncoder  # the suite's deterministic encoder
+
+        self.words = FakeEncoder(64)
+
+    def _encode(self, texts: list[str], ids: list[str] | None) -> Any:
+        from retrieval.types import MultiVectorEmbeddings
+
+        arrays = [self.words.encode_queries(t.split() or [""]) for t in texts]
+        saliency = [1.0 / np.arange(1, len(a) + 1) for a in arrays]
+        return MultiVectorEmbeddings.from_list(arrays, ids=ids, saliency=saliency)
+
+    def encode_documents(self, texts: list[str], ids: list[str] | None = None) -> Any:
+        return self._encode(texts, ids)
+
+    def encode_queries(self, texts: list[str], ids: list[str] | None = None) -> Any:
+        return self._encode(texts, ids)
+
+
+class CachedOnlyTokenEncoder(FakeTokenEncoder):
+    """Encodes queries; refuses documents, which must then come from the cache."""
+
+    def encode_documents(self, texts: list[str], ids: list[str] | None = None) -> Any:
+        raise AssertionError("document token vectors should have been read from the cache")
+
+
 @pytest.fixture(scope="module")
 def smoke_result(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     """One run of the shipped smoke configuration, shared by the tests that inspect it."""
-    from conftest import FakeEncoder  # the suite's deterministic encoder; module scope cannot take its fixture
+    from conftest import FakeEncoder  # module scope cannot take the fake_encoder_cls fixture
 
     out = tmp_path_factory.mktemp("bench-out")
     config = load_config("smoke", data_root=data_root)
     lines: list[str] = []
-    result = run_bench(config, out, command="densezip bench smoke", encoder_factory=lambda model: FakeEncoder(64),
-                       progress=lines.append)
-    assert lines, "progress lines are reported"
+    with pytest.MonkeyPatch.context() as mp:  # the token-vector cache must not land in ~/.cache
+        mp.setenv("DENSEZIP_CACHE", str(tmp_path_factory.mktemp("bench-cache")))
+        result = run_bench(config, out, command="densezip bench smoke", encoder_factory=lambda model: FakeEncoder(64),
+                           token_encoder_factory=lambda model: FakeTokenEncoder(), progress=lines.append)
+        # A second text-only run reads the token vectors back from the cache instead of encoding them.
+        again = run_bench(replace(config, vectors=()), tmp_path_factory.mktemp("bench-again"), plots=False,
+                          encoder_factory=lambda model: FakeEncoder(64), token_encoder_factory=lambda model: CachedOnlyTokenEncoder(),
+                          progress=lines.append)
+    assert sum("encoded" in line and "token vectors" in line for line in lines) == 1
+    assert [r["nDCG@10"] for r in again["text"][0]["rows"]] == [r["nDCG@10"] for r in result["text"][0]["rows"]]
     return result, out
 
 
@@ -100,18 +139,22 @@ def test_smoke_config_runs_end_to_end(smoke_result: tuple[dict[str, Any], Path])
 def test_text_rows_measure_quality_size_and_speed(smoke_result: tuple[dict[str, Any], Path]) -> None:
     (ds,) = smoke_result[0]["text"]
     rows = {r["label"]: r for r in ds["rows"]}
-    assert list(rows) == ["exact (NumPy)", "Flat", "HNSW16 ef_search=32", "IVF4,Flat nprobe=2", "PQ8x4"]
+    assert list(rows) == ["exact (NumPy)", "Flat", "HNSW16 ef_search=32", "IVF4,Flat nprobe=2", "PQ8x4",
+                          "MaxSim KMeans16", "MaxSim Prune0.5,KMeans16r2 first_stage=centroid nprobe=2"]
     exact, flat, pq = rows["exact (NumPy)"], rows["Flat"], rows["PQ8x4"]
     assert exact["nDCG@10"] == pytest.approx(flat["nDCG@10"])  # both exhaustive: same ranking
     assert exact["nDCG@10"] > 0.5  # topic words make the fake encoder's ranking meaningful
     assert pq["memory_bytes_per_doc"] < flat["memory_bytes_per_doc"] and pq["disk_bytes_per_doc"] < flat["disk_bytes_per_doc"]
     assert flat["scan_bytes_per_query"] == 150 * 64 * 4 and pq["scan_bytes_per_query"] == 150 * 4
     assert rows["HNSW16 ef_search=32"]["scan_bytes_per_query"] is None
+    mv, pruned = rows["MaxSim KMeans16"], rows["MaxSim Prune0.5,KMeans16r2 first_stage=centroid nprobe=2"]
+    assert mv["nDCG@10"] > 0.35 and mv["timing_queries"] == 6  # random ranking: about 0.2 and mv["scan_bytes_per_query"] is None
+    assert pruned["multivector"]["token_vectors_per_doc"] < mv["multivector"]["token_vectors_per_doc"]
     for r in ds["rows"]:
         for batch in ("1", "16"):
             t = r["timing"][batch]
             assert t["ours"]["qps_min"] <= t["ours"]["qps"] <= t["ours"]["qps_max"]
-            assert (t["ratio"] is None) == (r["kind"] == "exact")
+            assert (t["ratio"] is None) == (r["kind"] in ("exact", "multivector"))
 
 
 def test_vector_sweeps_recall_and_wrapper_ratio(smoke_result: tuple[dict[str, Any], Path]) -> None:
@@ -173,9 +216,9 @@ def test_shipped_full_config_parses(tmp_path: Path) -> None:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).touch()
     full = load_config("full", data_root=tmp_path)
-    assert {ds.name for ds in full.text} == {"scifact"} and full.text[0].path == "scifact"
+    assert [ds.name for ds in full.text] == ["scifact", "cranfield"] and full.text[0].path == "scifact"
     kinds = {ix.kind for ix in full.text[0].indexes}
-    assert kinds == {"exact", "faiss", "jpq"}
+    assert kinds == {"exact", "faiss", "jpq", "multivector"}
     pq = next(ix for ix in full.vectors[0].indexes if ix.name == "PQ")
     assert [p["m"] for p in pq.build_points()] == [8, 16, 24, 48] and pq.search_points() == [{}]
     assert full.vectors[0].base == str(tmp_path / "deep10k/deep10k_base.fvecs")
