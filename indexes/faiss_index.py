@@ -101,6 +101,8 @@ class FaissIndex(VectorIndex):
     [['d0'], ['d1']]
     """
 
+    _owner: Any = None  # from_faiss: the caller's owning FAISS object, kept alive with this index
+
     def __init__(
         self,
         dim: int,
