@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-doc", default=None,
                    help="also rewrite the generated section of this Markdown file (between densezip bench markers)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: redraw report.md, plots and --update-doc from --out/results.json")
     p.add_argument("--json", action="store_true", help="print the full result JSON instead of the report")
     p.set_defaults(func=cmd_bench)
     return parser

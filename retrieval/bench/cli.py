@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -30,10 +31,11 @@ def run_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     Returns the result dict and the Markdown report; progress lines go to stderr.
     """
     from retrieval.bench.config import load_config
-    from retrieval.bench.report import check_markers, render_markdown, splice_markdown
-    from retrieval.bench.runner import REPORT_FILE, run_bench
+    from retrieval.bench.report import check_markers, render_markdown, save_plots, splice_markdown
+    from retrieval.bench.runner import REPORT_FILE, RESULTS_FILE, run_bench
+    from retrieval.errors import ConfigError
 
-    config = load_config(args.config, data_root=args.data_root)
+    config = None if args.render_only else load_config(args.config, data_root=args.data_root)
     if args.update_doc:  # fail before a long run, not after it
         check_markers(args.update_doc)
 
@@ -41,7 +43,18 @@ def run_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         print(line, file=sys.stderr, flush=True)
 
     out = Path(args.out)
-    result = run_bench(config, out, command=command_line(args), progress=progress, plots=not args.no_plots)
+    if args.render_only:
+        # Presentation only: the figures are those of the run that wrote results.json.
+        try:
+            result = json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--render-only needs {out / RESULTS_FILE} from an earlier run: {exc}") from exc
+        (out / REPORT_FILE).write_text(render_markdown(result), encoding="utf-8")
+        if not args.no_plots:
+            save_plots(result, out)
+    else:
+        assert config is not None  # loaded above unless rendering only
+        result = run_bench(config, out, command=command_line(args), progress=progress, plots=not args.no_plots)
     if args.update_doc:
         doc = Path(args.update_doc)
         image_dir = Path(os.path.relpath(out.resolve(), doc.resolve().parent)).as_posix()

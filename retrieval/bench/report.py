@@ -61,12 +61,15 @@ def render_markdown(result: dict[str, Any], *, image_dir: str = ".", heading_lev
     batches = [str(b) for b in cfg["batch_sizes"]]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     bw = result["bandwidth"]
+    source = cfg["source"]
+    shipped = source.replace(os.sep, "/").find("retrieval/bench/configs/")
+    source = source[shipped:] if shipped >= 0 else source  # shipped configs: a path that means the same everywhere
     lines = [
         f"{h} `densezip bench`: every index kind in one run (generated, do not edit by hand)",
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Configuration `{cfg['name']}` ({cfg['source']}), recorded in full in `results.json`. "
+        f"Configuration `{cfg['name']}` ({source}), recorded in full in `results.json`. "
         f"Machine: {meta['cpu']} ({', '.join(meta['cpu_flags']) or 'no SIMD flags found'}), "
         f"{meta['logical_cpus']} logical CPUs, {meta['memory_bytes'] / 2**30:.0f} GiB RAM, "
         f"{'a GPU build of FAISS with a GPU' if meta['gpu'] else 'no GPU'}; {meta['threads']} FAISS/BLAS threads; "
@@ -227,9 +230,13 @@ def save_plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
                                            r["memory_bytes_per_vector"], r["recall@10"]) for r in ds["rows"]])
                for ds in result["vectors"]]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.92, wspace=0.25)  # tight_layout costs seconds
-        for ax, (name, metric, points) in zip(axes[0], panels, strict=True):
+        ncols = min(2, len(panels))
+        nrows = -(-len(panels) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 4.8 * nrows), squeeze=False)
+        fig.subplots_adjust(left=0.08, right=0.97, bottom=0.08, top=0.95, wspace=0.25, hspace=0.35)  # tight_layout costs seconds
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        for ax, (name, metric, points) in zip(axes.flat, panels, strict=False):
             for label, x, y in points:
                 ax.scatter(x, y, s=25)
                 ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")

@@ -197,6 +197,18 @@ def test_cli_bench_updates_a_document(data_root: Path, tmp_path: Path, capsys: p
     assert "| HNSW16 | ef_search=16 |" in capsys.readouterr().out
 
 
+def test_cli_render_only_redraws_from_results(smoke_result: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+    _, out = smoke_result
+    (out / "report.md").unlink()
+    (out / "quality_vs_bytes.png").unlink()
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{BEGIN_MARKER}\n{END_MARKER}\n")
+    assert main(["bench", "smoke", "--out", str(out), "--render-only", "--update-doc", str(doc), "--json"]) == 0
+    assert (out / "quality_vs_bytes.png").is_file() and "Command: `densezip bench smoke`" in (out / "report.md").read_text()
+    assert "### `densezip bench`" in doc.read_text()  # one level deeper inside a document
+    assert main(["bench", "smoke", "--out", str(tmp_path / "empty"), "--render-only"]) == 2
+
+
 def test_cli_rejects_a_document_without_markers_before_running(data_root: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     doc = tmp_path / "doc.md"
