@@ -101,6 +101,8 @@ class FaissIndex(VectorIndex):
     [['d0'], ['d1']]
     """
 
+    _owner: Any = None  # from_faiss: the caller's owning FAISS object, kept alive with this index
+
     def __init__(
         self,
         dim: int,
@@ -170,6 +172,7 @@ class FaissIndex(VectorIndex):
         centroids into an ``OPQ,PQ`` index). ``spec`` is recorded for the manifest.
         """
         faiss = _faiss()
+        owner = index
         index = faiss.downcast_index(index)
         if index.ntotal != len(ids):
             raise ConfigError(f"the FAISS index holds {index.ntotal} vectors but {len(ids)} ids were given.")
@@ -178,6 +181,10 @@ class FaissIndex(VectorIndex):
             raise ConfigError(f"the FAISS index uses metric type {index.metric_type}, not {metric!r}.")
         clone = cls._bare(index.d, metric, spec)
         clone._set_backend(index)
+        # downcast_index returns a proxy that does not own the C++ index: without a reference to
+        # the caller's (owning) object, the index is freed when the caller drops it, e.g. when a
+        # JPQTrainer goes out of scope, and later searches read freed memory.
+        clone._owner = owner
         clone._check_new_ids(list(ids))
         clone._ids = list(ids)
         clone._row_of = {doc_id: row for row, doc_id in enumerate(ids)}

@@ -1,4 +1,4 @@
-"""The ``densezip`` command line: ``index``, ``search``, ``evaluate``, ``train-jpq`` and ``demo``.
+"""The ``densezip`` command line: ``index``, ``search``, ``evaluate``, ``train-jpq``, ``demo`` and ``bench``.
 
 Every command accepts ``--json`` for machine-readable output on stdout; progress bars and
 logs go to stderr. Errors print one ``error: ...`` line and exit with status 2.
@@ -253,6 +253,14 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from retrieval.bench.cli import run_from_args
+
+    payload, text = run_from_args(args)
+    _emit(args, payload, text)
+    return 0
+
+
 def _faiss_threads() -> int:
     try:
         import faiss
@@ -348,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=_positive_int, default=128, help="HNSW search beam width (default 128)")
     common(p, model=True)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark configuration; write JSON, a Markdown table and plots")
+    p.add_argument("config", help="TOML / YAML configuration, or a shipped one: smoke, full")
+    p.add_argument("--out", default="bench-out", help="directory for results.json, report.md and PNGs (default bench-out)")
+    p.add_argument("--data-root", default=None, help="directory that relative data paths in the config are resolved against")
+    p.add_argument("--update-doc", default=None,
+                   help="also rewrite the generated section of this Markdown file (between densezip bench markers)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--render-only", action="store_true",
+                   help="measure nothing: redraw report.md, plots and --update-doc from --out/results.json")
+    p.add_argument("--json", action="store_true", help="print the full result JSON instead of the report")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,63 @@
+"""The ``densezip bench`` command, kept out of :mod:`retrieval.cli` so that file stays a thin dispatcher."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["command_line", "run_from_args"]
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The canonical command that reproduces this run, recorded in the results and the report."""
+    parts = ["densezip", "bench", args.config, "--out", args.out]
+    if args.data_root:
+        parts += ["--data-root", args.data_root]
+    if args.update_doc:
+        parts += ["--update-doc", args.update_doc]
+    if args.no_plots:
+        parts.append("--no-plots")
+    return shlex.join(parts)
+
+
+def run_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Load the configuration, run it, optionally splice the report into a document.
+
+    Returns the result dict and the Markdown report; progress lines go to stderr.
+    """
+    from retrieval.bench.config import load_config
+    from retrieval.bench.report import check_markers, render_markdown, save_plots, splice_markdown
+    from retrieval.bench.runner import REPORT_FILE, RESULTS_FILE, run_bench
+    from retrieval.errors import ConfigError
+
+    config = None if args.render_only else load_config(args.config, data_root=args.data_root)
+    if args.update_doc:  # fail before a long run, not after it
+        check_markers(args.update_doc)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    if args.render_only:
+        # Presentation only: the figures are those of the run that wrote results.json.
+        try:
+            result = json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--render-only needs {out / RESULTS_FILE} from an earlier run: {exc}") from exc
+        (out / REPORT_FILE).write_text(render_markdown(result), encoding="utf-8")
+        if not args.no_plots:
+            save_plots(result, out)
+    else:
+        assert config is not None  # loaded above unless rendering only
+        result = run_bench(config, out, command=command_line(args), progress=progress, plots=not args.no_plots)
+    if args.update_doc:
+        doc = Path(args.update_doc)
+        image_dir = Path(os.path.relpath(out.resolve(), doc.resolve().parent)).as_posix()
+        splice_markdown(doc, render_markdown(result, image_dir=image_dir, heading_level=3))
+        progress(f"updated {doc}")
+    return result, (out / REPORT_FILE).read_text(encoding="utf-8")

@@ -1,0 +1,191 @@
+"""Measurements shared by the benchmark runners: interleaved timings, memory bandwidth,
+in-memory index size, and a description of the machine and library versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrieval.measure import SearchTiming
+
+if TYPE_CHECKING:
+    from indexes.base import VectorIndex
+    from indexes.multivector import MultiVectorIndex
+
+__all__ = ["index_memory_bytes", "machine_info", "memory_bandwidth", "set_threads", "time_interleaved"]
+
+_VERSIONED = ("densezip", "numpy", "faiss-cpu", "faiss-gpu", "torch", "sentence-transformers", "transformers",
+              "ir-measures", "matplotlib")
+
+
+def _batches(queries: Any, batch_size: int) -> list[Any]:
+    """Split a query matrix, or :class:`~retrieval.types.MultiVectorEmbeddings`, into batches."""
+    n = len(queries)
+    if isinstance(queries, np.ndarray):
+        return [queries[i : i + batch_size] for i in range(0, n, batch_size)]
+    return [queries.select(np.arange(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def time_interleaved(
+    searches: Mapping[str, Callable[[Any], object]],
+    queries: Any,
+    *,
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+) -> dict[str, SearchTiming]:
+    """Time several search functions on the same queries, pass by pass in alternating order.
+
+    Interleaving puts every function under the same machine conditions (frequency, noisy
+    neighbours, cache state), so their ratio is fairer than two back-to-back runs. Each pass
+    sends all ``queries`` (a float matrix, or multi-vector embeddings) in batches of
+    ``batch_size``; the first ``warmup`` passes are not timed. The order of the functions is reversed every other pass.
+
+    Returns
+    -------
+    dict of str to SearchTiming
+        Per function: median queries per second over ``repeats`` passes (with min and max),
+        p50 / p95 latency per batch pooled over the passes.
+    """
+    names = list(searches)
+    batches = _batches(queries, batch_size)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(warmup + repeats):
+        timed = rep >= warmup
+        for name in names if rep % 2 == 0 else names[::-1]:
+            fn = searches[name]
+            start = time.perf_counter()
+            for b in batches:
+                t0 = time.perf_counter()
+                fn(b)
+                if timed:
+                    lat[name].append(time.perf_counter() - t0)
+            if timed:
+                rates[name].append(len(queries) / (time.perf_counter() - start))
+    out: dict[str, SearchTiming] = {}
+    for name in names:
+        ms = np.asarray(lat[name]) * 1000.0
+        out[name] = SearchTiming(
+            batch_size=batch_size, qps=float(np.median(rates[name])), qps_min=float(np.min(rates[name])),
+            qps_max=float(np.max(rates[name])), p50_ms=float(np.percentile(ms, 50)),
+            p95_ms=float(np.percentile(ms, 95)), repeats=repeats,
+        )
+    return out
+
+
+def memory_bandwidth(*, mib: int = 256, repeats: int = 5) -> dict[str, float]:
+    """Measure the machine's sustained memory read bandwidth, in bytes per second.
+
+    A buffer of ``mib`` MiB (far larger than any CPU cache) is read by two streaming
+    kernels: NumPy's ``add.reduce`` (one core) and a BLAS dot product of the buffer with
+    itself (OpenBLAS threads). Each is the median of ``repeats`` passes after one warm-up.
+    ``read_bytes_per_s`` is the faster of the two: the best rate this process can stream
+    memory at, the physical limit for an exhaustive scan.
+
+    Returns
+    -------
+    dict
+        ``numpy_sum_bytes_per_s``, ``blas_dot_bytes_per_s``, ``read_bytes_per_s``, ``buffer_bytes``.
+    """
+    x = np.ones(mib * 2**20 // 8, dtype=np.float64)  # written once so every page is mapped
+    rates: dict[str, float] = {}
+    for name, kernel in (("numpy_sum", lambda: np.add.reduce(x)), ("blas_dot", lambda: x @ x)):
+        kernel()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            kernel()
+            times.append(time.perf_counter() - t0)
+        rates[f"{name}_bytes_per_s"] = x.nbytes / float(np.median(times))
+    return {**rates, "read_bytes_per_s": max(rates.values()), "buffer_bytes": float(x.nbytes)}
+
+
+def set_threads(threads: int) -> int:
+    """Use ``threads`` OpenMP threads in FAISS (and torch when loaded); returns what FAISS reports."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return int(faiss.omp_get_max_threads())
+
+
+def index_memory_bytes(index: VectorIndex | MultiVectorIndex) -> int:
+    """Bytes a loaded index holds in memory: the vectors or codes and structure, plus the ids.
+
+    FAISS indexes are measured by serialising them (``faiss.serialize_index``), which writes
+    the same arrays the index keeps in memory (codes, centroids, graph links); the NumPy
+    :class:`~indexes.FlatIndex` by its float32 matrix, a :class:`~indexes.MultiVectorIndex`
+    by its own ``memory_bytes()`` (codes, offsets, codec, first stage). The string ids are counted as Python
+    holds them: each ``str`` object, the id list, and the id-to-row dict.
+    """
+    import faiss
+
+    from indexes.faiss_index import FaissIndex
+    from indexes.flat import FlatIndex
+    from indexes.multivector import MultiVectorIndex
+
+    if isinstance(index, FaissIndex):
+        payload = int(faiss.serialize_index(index.faiss_index).nbytes)
+    elif isinstance(index, FlatIndex):
+        payload = int(index.vectors.nbytes)
+    elif isinstance(index, MultiVectorIndex):
+        payload = index.memory_bytes()
+    else:  # pragma: no cover - every VectorIndex kind the harness builds is handled above
+        raise TypeError(f"no memory accounting for {type(index).__name__}")
+    ids = index.doc_ids
+    row_of = getattr(index, "_row_of", {})
+    id_bytes = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids) + sys.getsizeof(row_of)
+    return payload + id_bytes + int(getattr(index, "_deleted", np.zeros(0)).nbytes)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return sorted(flags & {"avx2", "avx512f", "fma", "sse4_2", "neon"})
+    except OSError:
+        pass
+    return []
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """CPU model and flags, cores, memory, GPU presence, Python and library versions."""
+    versions: dict[str, str] = {}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        mem = 0
+    from retrieval._optional import has_faiss_gpu
+
+    return {
+        "cpu": _cpu_model(), "cpu_flags": _cpu_flags(), "logical_cpus": os.cpu_count(),
+        "memory_bytes": mem, "gpu": has_faiss_gpu(), "threads": threads,
+        "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
+    }
