@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
+from indexes._lock import RWLock, reads, writes
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval.errors import ConfigError, IndexFormatError, ShapeError, UnknownIdError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix
@@ -117,6 +118,12 @@ class VectorIndex(ABC):
         Inner product (use normalised vectors for cosine) or squared L2 distance.
         Scores are always "higher is better": for ``"l2"`` a score is the negative
         squared distance.
+
+    Notes
+    -----
+    Thread safety: searches (and ``save``) run concurrently with each other; ``train``,
+    ``add`` and ``delete`` are exclusive, so a search sees the index wholly before or wholly
+    after each write (a readers-writer lock, see :mod:`indexes._lock`).
     """
 
     #: True when deleted rows are physically removed from the backend, so searches need
@@ -138,6 +145,7 @@ class VectorIndex(ABC):
         self._row_of: dict[str, int] = {}  # live doc id -> row
         self._deleted = np.zeros(0, dtype=bool)
         self._ids_array: NDArray[np.object_] | None = None  # cache for fast label -> id lookup
+        self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -150,6 +158,7 @@ class VectorIndex(ABC):
         return len(self._ids)
 
     @property
+    @reads
     def doc_ids(self) -> list[str]:
         """Live document ids in insertion order."""
         return [doc_id for row, doc_id in enumerate(self._ids) if not self._deleted[row]]
@@ -168,10 +177,12 @@ class VectorIndex(ABC):
     def is_trained(self) -> bool:
         return True
 
+    @writes
     def train(self: T, data: Embeddings | NDArray[np.floating]) -> T:
         """Train the index on representative vectors (no-op for indexes that need none)."""
         return self
 
+    @writes
     def add(self: T, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | None = None) -> T:
         """Add vectors with their document ids; returns ``self`` for chaining.
 
@@ -194,6 +205,7 @@ class VectorIndex(ABC):
         self._ids_array = None
         return self
 
+    @writes
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; all ids are checked before anything is removed.
 
@@ -224,6 +236,7 @@ class VectorIndex(ABC):
         return int(rows.size)
 
     # ------------------------------------------------------------------ search
+    @reads
     def search(
         self,
         queries: NDArray[np.floating],
@@ -289,6 +302,7 @@ class VectorIndex(ABC):
                             query_ids=list(query_ids) if query_ids is not None else None)
 
     # ------------------------------------------------------------------ persistence
+    @reads
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically into directory ``path``; the manifest is written last.
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._lock import reads, writes
 from indexes.base import Metric, VectorIndex, register_index
 from indexes.manifest import Manifest
 from retrieval._optional import require
@@ -197,6 +198,7 @@ class FaissIndex(VectorIndex):
         return int(self._ivf.nprobe)
 
     @nprobe.setter
+    @writes
     def nprobe(self, value: int) -> None:
         if self._ivf is None:
             raise ConfigError(f"nprobe applies to IVF indexes; spec {self.spec!r} has no IVF stage.")
@@ -211,6 +213,7 @@ class FaissIndex(VectorIndex):
         return int(self._hnsw.hnsw.efSearch)
 
     @ef_search.setter
+    @writes
     def ef_search(self, value: int) -> None:
         if self._hnsw is None:
             raise ConfigError(f"ef_search applies to HNSW indexes; spec {self.spec!r} has no HNSW stage.")
@@ -235,6 +238,7 @@ class FaissIndex(VectorIndex):
     def is_trained(self) -> bool:
         return bool(self._index.is_trained)
 
+    @writes
     def train(self, data: Embeddings | NDArray[np.floating]) -> FaissIndex:
         """Train the FAISS index (k-means for IVF / PQ, ...); a no-op when none is needed."""
         if self.is_trained:
@@ -325,6 +329,7 @@ class FaissIndex(VectorIndex):
         return out_d, out_l
 
     # ------------------------------------------------------------------ GPU placement
+    @reads
     def to_gpu(self, device: int = 0) -> FaissIndex:
         """Return a copy of this index placed on CUDA device ``device`` (needs faiss-gpu).
 
@@ -350,6 +355,7 @@ class FaissIndex(VectorIndex):
         clone._gpu_resources = resources  # keep alive as long as the index
         return clone
 
+    @reads
     def to_cpu(self) -> FaissIndex:
         """Return a CPU copy (the index itself when it is already on the CPU)."""
         if not self._on_gpu:

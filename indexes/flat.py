@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import load_array, save_array
+from indexes._lock import Mutex
 from indexes.base import Metric, VectorIndex, register_index
 from indexes.manifest import Manifest
 from retrieval.errors import IndexFormatError
@@ -65,14 +66,18 @@ class FlatIndex(VectorIndex):
         self._vectors: NDArray[np.float32] = np.zeros((0, self.dim), dtype=np.float32)
         self._pending: list[NDArray[np.float32]] = []
         self._sqnorms: NDArray[np.float32] | None = None
+        # Concurrent searches (read lock) may both find pending rows; one merges them.
+        self._merge_lock = Mutex()
 
     @property
     def vectors(self) -> NDArray[np.float32]:
         """All stored rows, shape (ntotal, dim), deleted rows included."""
         if self._pending:
-            self._vectors = np.concatenate([np.asarray(self._vectors), *self._pending])
-            self._pending = []
-            self._sqnorms = None
+            with self._merge_lock:
+                if self._pending:
+                    self._sqnorms = None
+                    self._vectors = np.concatenate([np.asarray(self._vectors), *self._pending])
+                    self._pending = []
         return self._vectors
 
     def _add_vectors(self, vectors: NDArray[np.float32], start: int) -> None:
