@@ -223,19 +223,34 @@ def save_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     return {"file": file, "dtype": str(array.dtype), "shape": list(array.shape)}
 
 
+def _valid_array_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    file, dtype, shape = entry.get("file"), entry.get("dtype"), entry.get("shape")
+    return (
+        isinstance(file, str) and file != "" and Path(file).name == file
+        and isinstance(dtype, str)
+        and isinstance(shape, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    )
+
+
 def load_array(directory: Path, entry: Any, *, name: str, mmap: bool = False) -> np.ndarray:
     """Load an array described by a manifest entry and check its dtype and shape."""
-    if not isinstance(entry, dict) or not {"file", "dtype", "shape"} <= entry.keys():
+    if not _valid_array_entry(entry):
         raise IndexFormatError(
-            f"{directory / 'manifest.json'}: arrays.{name} must be an object with 'file', 'dtype' "
-            f"and 'shape'; got {entry!r}. The manifest is damaged; rebuild or restore the index."
+            f"{directory / 'manifest.json'}: arrays.{name} must be an object with 'file' (a plain file name), "
+            f"'dtype' (a string) and 'shape' (a list of integers >= 0); got {entry!r:.200}. The manifest is "
+            "damaged; rebuild or restore the index."
         )
     path = directory / str(entry["file"])
     if not path.is_file():
         raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)
         raise IndexFormatError(
             f"{path} cannot be read as a .npy array ({exc}). The file is truncated or corrupt; "
             "rebuild or restore the index."

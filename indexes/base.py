@@ -13,7 +13,8 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -23,7 +24,7 @@ from numpy.typing import NDArray
 from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
 from indexes._lock import RWLock, reads, writes
 from indexes.manifest import Manifest, read_manifest, write_manifest
-from retrieval.errors import ConfigError, IndexFormatError, ShapeError, UnknownIdError
+from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError, UnknownIdError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix
 
 if TYPE_CHECKING:
@@ -78,7 +79,27 @@ def load_index(
             f"{Path(path) / 'manifest.json'}: unknown index_type {manifest.index_type!r}; this densezip "
             f"knows {sorted(_REGISTRY)}. Upgrade densezip or check the directory."
         )
-    return cls.load(path, verify=verify, mmap=mmap)
+    with format_errors(path):
+        return cls.load(path, verify=verify, mmap=mmap)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def format_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn any unexpected failure while reading a saved index into an :class:`IndexFormatError`.
+
+    The loaders check every field they know of; this is the safety net for combinations of
+    damage they do not anticipate, so a damaged directory never surfaces as a bare
+    ``KeyError`` / ``TypeError`` from deep inside a loader.
+    """
+    try:
+        yield
+    except RetrievalError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
+        raise IndexFormatError(
+            f"{path}: the saved index is inconsistent ({type(exc).__name__}: {exc}). "
+            "Run `densezip check` on it, then rebuild or restore it."
+        ) from exc
 
 
 def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
@@ -328,7 +349,11 @@ class VectorIndex(ABC):
     @classmethod
     def load(cls: type[T], path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> T:
         """Load an index saved by :meth:`save`, checking the manifest, files and shapes."""
-        directory = Path(path)
+        with format_errors(path):
+            return cls._load(Path(path), verify=verify, mmap=mmap)
+
+    @classmethod
+    def _load(cls: type[T], directory: Path, *, verify: bool, mmap: bool) -> T:
         manifest = read_manifest(directory)
         if manifest.index_type != cls.__name__:
             raise IndexFormatError(

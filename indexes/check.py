@@ -231,7 +231,7 @@ def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
                 read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                 shape, _fortran, dtype = read_header(f)
                 offset = f.tell()
-        except (ValueError, OSError, EOFError) as exc:
+        except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)
             report.add("error", "bad-array", p.name, f"no readable .npy header ({exc}).")
             continue
         if str(dtype) != entry["dtype"] or list(shape) != list(entry["shape"]):
@@ -267,8 +267,8 @@ def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
             mask = np.load(deleted, allow_pickle=False)
             if mask.shape == (len(lines),) and mask.dtype == np.bool_:
                 live = [doc_id for doc_id, gone in zip(lines, mask.tolist(), strict=True) if not gone]
-        except (ValueError, OSError, EOFError):
-            pass  # reported by _arrays
+        except Exception:  # reported by _arrays
+            pass
     if len(set(live)) != len(live):
         report.add("error", "duplicate-ids", p.name, f"{len(live) - len(set(live))} live id(s) repeat.")
 

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
 from indexes._lock import RWLock, reads, writes
-from indexes.base import _check_k, check_new_ids, register_index
+from indexes.base import _check_k, check_new_ids, format_errors, register_index
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval._optional import require
 from retrieval.compress.base import Codec, codec_from_state, parse_codec
@@ -352,7 +352,11 @@ class MultiVectorIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> MultiVectorIndex:
         """Load an index written by :meth:`save`; ``mmap=True`` memory-maps the codes."""
-        directory = Path(path)
+        with format_errors(path):
+            return cls._load(Path(path), verify=verify, mmap=mmap)
+
+    @classmethod
+    def _load(cls, directory: Path, *, verify: bool, mmap: bool) -> MultiVectorIndex:
         manifest = read_manifest(directory)
         if manifest.index_type != cls.__name__:
             raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not a MultiVectorIndex; use load_index().")
