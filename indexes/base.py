@@ -310,6 +310,12 @@ class VectorIndex(ABC):
             labels = np.full((q.shape[0], k), -1, dtype=np.int64)
             if k_eff > 0 and q.shape[0] > 0:
                 scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
+        found = labels >= 0
+        if not np.isfinite(scores[found]).all():
+            raise ShapeError(
+                "scores overflowed float32 (inf / NaN): the queries hold values too large for this index "
+                f"(largest |value| {float(np.abs(q).max()):.3g}). Normalise the query vectors."
+            )
         if self._ids_array is None:
             self._ids_array = np.array(self._ids, dtype=object)
         if labels.size == 0 or labels[:, -1].min() >= 0:

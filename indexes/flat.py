@@ -105,9 +105,10 @@ class FlatIndex(VectorIndex):
         out_i = np.empty((queries.shape[0], k), dtype=np.int64)
         for lo in range(0, queries.shape[0], step):
             q = queries[lo : lo + step]
-            scores = q @ base.T
-            if self.metric == "l2":
-                scores = 2.0 * scores - sqnorms[None, :] - np.einsum("ij,ij->i", q, q)[:, None]
+            with np.errstate(over="ignore", invalid="ignore"):  # huge inputs overflow; search() reports it
+                scores = q @ base.T
+                if self.metric == "l2":
+                    scores = 2.0 * scores - sqnorms[None, :] - np.einsum("ij,ij->i", q, q)[:, None]
             if allowed is not None:
                 scores[:, ~allowed] = -np.inf
             s, i = topk(scores.astype(np.float32, copy=False), k)

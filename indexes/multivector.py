@@ -286,9 +286,13 @@ class MultiVectorIndex:
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         labels = np.full((len(q), k), -1, dtype=np.int64)
         if len(self) and len(q):
-            for s in range(0, len(q), _QUERY_BATCH):
-                batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
-                scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed)
+            with np.errstate(over="ignore", invalid="ignore"):  # huge inputs overflow; reported below
+                for s in range(0, len(q), _QUERY_BATCH):
+                    batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
+                    scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed)
+            if not np.isfinite(scores[labels >= 0]).all():
+                raise ShapeError("MaxSim scores overflowed float32 (inf / NaN): the query vectors hold values too "
+                                 "large for this index. Normalise them.")
         return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
 
     @reads
@@ -539,7 +543,11 @@ def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, 
 
 def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = True) -> MultiVectorEmbeddings:
     """Load embeddings written by :func:`save_embeddings`; ``mmap=True`` maps the vectors read-only."""
-    directory = Path(path)
+    with format_errors(path):
+        return _load_embeddings(Path(path), mmap=mmap, verify=verify)
+
+
+def _load_embeddings(directory: Path, *, mmap: bool, verify: bool) -> MultiVectorEmbeddings:
     manifest = read_manifest(directory)
     if manifest.index_type != "MultiVectorEmbeddings":
         raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not saved MultiVectorEmbeddings.")
