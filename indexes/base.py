@@ -310,15 +310,15 @@ class VectorIndex(ABC):
             labels = np.full((q.shape[0], k), -1, dtype=np.int64)
             if k_eff > 0 and q.shape[0] > 0:
                 scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
-        found = labels >= 0
-        if not np.isfinite(scores[found]).all():
+        full = labels.size == 0 or labels[:, -1].min() >= 0  # backends pad only at the end of a row
+        if not (np.isfinite(scores).all() if full else np.isfinite(scores[labels >= 0]).all()):
             raise ShapeError(
                 "scores overflowed float32 (inf / NaN): the queries hold values too large for this index "
                 f"(largest |value| {float(np.abs(q).max()):.3g}). Normalise the query vectors."
             )
         if self._ids_array is None:
             self._ids_array = np.array(self._ids, dtype=object)
-        if labels.size == 0 or labels[:, -1].min() >= 0:
+        if full:
             # The common case: every row is full (backends pad only at the end), one gather.
             doc_ids = self._ids_array[labels].tolist()
         else:

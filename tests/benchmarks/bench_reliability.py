@@ -5,6 +5,7 @@ Run (each under the CPU lock; 2-core CPU, no GPU):
     .venv/bin/python tests/benchmarks/bench_reliability.py crash  --trials 200 [--json out.json]
     .venv/bin/python tests/benchmarks/bench_reliability.py stress --seconds 60 --readers 4
     .venv/bin/python tests/benchmarks/bench_reliability.py build  --n 1000000 --dim 384 --spec IVF1024,PQ48x8
+    OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_reliability.py lock [--code-root /work/main]
 
 ``crash``: for every index kind, ``--trials`` SIGKILLs at random points of a child that loads
 the index, adds / deletes and saves in a loop (both the atomic-exchange save and the two-rename
@@ -148,9 +149,36 @@ def cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     return {"build": out}
 
 
+def cmd_lock(args: argparse.Namespace) -> dict[str, Any]:
+    """Single-query search latency (µs) of the code under ``--code-root`` (e.g. main's, to compare)."""
+    import statistics
+
+    from indexes import FaissIndex, FlatIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 384)).astype(np.float32)
+    q = rng.standard_normal((1, 384)).astype(np.float32)
+    out: dict[str, Any] = {"code": str(Path(sys.modules["indexes"].__file__ or "").parents[1])}
+    for name, index in (("FlatIndex", FlatIndex(384)), ("HNSW32", FaissIndex(384, spec="HNSW32")),
+                        ("FaissFlat", FaissIndex(384, spec="Flat"))):
+        index.add(x, ids=[str(i) for i in range(5000)])
+        for _ in range(200):
+            index.search(q, k=10)
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(500):
+                index.search(q, k=10)
+            runs.append((time.perf_counter() - t0) / 500 * 1e6)
+        out[name] = round(statistics.median(runs), 1)
+    print(json.dumps(out), flush=True)
+    return {"lock": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["crash", "stress", "build"])
+    parser.add_argument("what", choices=["crash", "stress", "build", "lock"])
+    parser.add_argument("--code-root", default=None, help="lock: import `indexes` from this checkout instead")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--readers", type=int, default=4)
@@ -165,8 +193,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
+    if args.code_root:
+        sys.path.insert(0, args.code_root)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    result = {"crash": cmd_crash, "stress": cmd_stress, "build": cmd_build}[args.what](args)
+    commands = {"crash": cmd_crash, "stress": cmd_stress, "build": cmd_build, "lock": cmd_lock}
+    result = commands[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 
