@@ -305,8 +305,8 @@ def test_fuzz_texts_real_encoder(batch, minilm_encoder):
     except RetrievalError as exc:
         assert str(exc)
         return
-    for emb in (q, d):
-        assert emb.vectors.shape == (len(batch), minilm_encoder.dim) and np.isfinite(emb.vectors).all()
+    for vectors in (np.asarray(q), d.vectors):
+        assert vectors.shape == (len(batch), minilm_encoder.dim) and np.isfinite(vectors).all()
 
 
 # ---------------------------------------------------------------------- CLI arguments
@@ -343,3 +343,19 @@ def test_fuzz_cli_arguments(argv):
     assert status in (0, 1, 2), (args, status)
     if status == 2:
         assert err.getvalue().startswith("error: "), err.getvalue()
+
+
+@FUZZ
+@given(text=texts)
+def test_fuzz_text_validation(text):
+    # The encoders' shared input check: invalid Unicode is refused with a clear error before any model work.
+    from retrieval.encode.dense import _as_text_list
+    from retrieval.errors import ConfigError
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        with pytest.raises(ConfigError, match="not valid Unicode"):
+            _as_text_list(["fine", text], what="encode_documents")
+    else:
+        assert _as_text_list(["fine", text], what="encode_documents") == ["fine", text]
