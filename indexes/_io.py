@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,12 +23,16 @@ from retrieval.errors import ConfigError, IndexFormatError
 __all__ = [
     "atomic_directory",
     "file_sha256",
+    "leftover_paths",
     "load_array",
     "read_lines",
+    "recover_interrupted_save",
     "save_array",
     "verify_checksums",
     "write_lines",
 ]
+
+logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -56,19 +65,121 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_libc: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the platform or file system cannot (the caller then falls back to
+    two renames and :func:`recover_interrupted_save`).
+    """
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = _libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or a libc without it
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # pragma: no cover - e.g. some network file systems
+        return False
+    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE) failed: {os.strerror(err)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def leftover_paths(path: str | os.PathLike[str]) -> list[Path]:
+    """Temporary and backup siblings that interrupted saves of ``path`` left behind.
+
+    Saving ``runs/ix`` writes ``runs/.ix.tmp-<pid>-<random>`` and, on the fallback path
+    without an atomic exchange, moves the old index to ``runs/.ix.old-<pid>``. A process
+    killed mid-save can leave either behind; neither is ever read as the index.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
+    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def _owner_pid(leftover: Path) -> int | None:
+    match = re.match(r".*\.(?:tmp|old)-(\d+)", leftover.name)
+    return int(match.group(1)) if match else None
+
+
+def recover_interrupted_save(path: str | os.PathLike[str]) -> bool:
+    """Restore ``path`` from the backup an interrupted save left, if ``path`` is missing.
+
+    Only the two-rename fallback of :func:`atomic_directory` (platforms without an atomic
+    directory exchange) has a moment where ``path`` does not exist: after the old index was
+    renamed to ``.<name>.old-<pid>`` and before the new one was renamed into place. A kill
+    there leaves a complete old index in the backup; this renames it back.
+
+    Returns
+    -------
+    bool
+        True when a backup was restored.
+    """
+    target = Path(path)
+    if target.exists():
+        return False
+    backups = [p for p in leftover_paths(target) if ".old-" in p.name and (p / "manifest.json").is_file()]
+    for backup in sorted(backups, key=lambda p: p.stat().st_mtime, reverse=True):
+        pid = _owner_pid(backup)
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue  # another process is in the middle of its own swap
+        os.replace(backup, target)
+        _fsync_dir(target.parent)
+        logger.warning("%s was missing after an interrupted save; restored the previous index from %s",
+                       target, backup.name)
+        return True
+    return False
+
+
+def _remove_stale(target: Path) -> None:
+    """Delete leftovers of saves whose process is gone (a kill mid-save leaves them)."""
+    for leftover in leftover_paths(target):
+        pid = _owner_pid(leftover)
+        if pid is None or pid == os.getpid() or _pid_alive(pid):
+            continue
+        if ".old-" in leftover.name and not target.exists():
+            continue  # the only copy of the index: recover_interrupted_save() restores it
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` when the block succeeds.
 
     The caller writes every file into the yielded directory, the manifest last. On
-    success the files are fsynced and the directory is renamed onto ``path``; if the
+    success the files are fsynced and the directory takes the place of ``path``; if the
     block raises, the temporary directory is removed and ``path`` is untouched.
 
-    Replacing an existing directory takes two renames (old -> backup, new -> path); a
-    crash between them leaves the backup beside ``path`` (``.<name>.old-<pid>``), never a
-    half-written index at ``path``.
+    Crash safety: at every instant ``path`` is either the complete old directory or the
+    complete new one. On Linux an existing directory is replaced by one atomic
+    ``renameat2(RENAME_EXCHANGE)``. Elsewhere it takes two renames (old -> backup, new ->
+    path); a kill between them leaves no ``path`` but a complete backup beside it, which
+    :func:`recover_interrupted_save` (called by every load) renames back. Leftovers of
+    killed saves are removed by the next save of the same path.
     """
     target = Path(path)
+    recover_interrupted_save(target)
     if target.exists() and not overwrite:
         raise ConfigError(
             f"{target} already exists. Pass overwrite=True (CLI: --overwrite) to replace it, "
@@ -78,6 +189,7 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterat
         raise ConfigError(f"{target} exists and is not a directory; refusing to replace it.")
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
     try:
         yield tmp
@@ -89,15 +201,20 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterat
                 _fsync_file(child)
         _fsync_dir(tmp)
         if target.exists():
+            if _exchange(tmp, target):
+                _fsync_dir(parent)
+                shutil.rmtree(tmp, ignore_errors=True)  # now holds the old index
+                return
             backup = parent / f".{target.name}.old-{os.getpid()}"
             if backup.exists():
                 shutil.rmtree(backup)
             os.replace(target, backup)
             os.replace(tmp, target)
+            _fsync_dir(parent)
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        _fsync_dir(parent)
+            _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -110,19 +227,34 @@ def save_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     return {"file": file, "dtype": str(array.dtype), "shape": list(array.shape)}
 
 
+def _valid_array_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    file, dtype, shape = entry.get("file"), entry.get("dtype"), entry.get("shape")
+    return (
+        isinstance(file, str) and file != "" and Path(file).name == file
+        and isinstance(dtype, str)
+        and isinstance(shape, list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    )
+
+
 def load_array(directory: Path, entry: Any, *, name: str, mmap: bool = False) -> np.ndarray:
     """Load an array described by a manifest entry and check its dtype and shape."""
-    if not isinstance(entry, dict) or not {"file", "dtype", "shape"} <= entry.keys():
+    if not _valid_array_entry(entry):
         raise IndexFormatError(
-            f"{directory / 'manifest.json'}: arrays.{name} must be an object with 'file', 'dtype' "
-            f"and 'shape'; got {entry!r}. The manifest is damaged; rebuild or restore the index."
+            f"{directory / 'manifest.json'}: arrays.{name} must be an object with 'file' (a plain file name), "
+            f"'dtype' (a string) and 'shape' (a list of integers >= 0); got {entry!r:.200}. The manifest is "
+            "damaged; rebuild or restore the index."
         )
     path = directory / str(entry["file"])
     if not path.is_file():
         raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)
         raise IndexFormatError(
             f"{path} cannot be read as a .npy array ({exc}). The file is truncated or corrupt; "
             "rebuild or restore the index."

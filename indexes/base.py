@@ -13,7 +13,8 @@ import logging
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -21,8 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
+from indexes._lock import RWLock, reads, writes
 from indexes.manifest import Manifest, read_manifest, write_manifest
-from retrieval.errors import ConfigError, IndexFormatError, ShapeError, UnknownIdError
+from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError, UnknownIdError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix
 
 if TYPE_CHECKING:
@@ -81,7 +83,27 @@ def load_index(
             f"{Path(path) / 'manifest.json'}: unknown index_type {manifest.index_type!r}; this densezip "
             f"knows {sorted(_REGISTRY)}. Upgrade densezip or check the directory."
         )
-    return cls.load(path, verify=verify, mmap=mmap)
+    with format_errors(path):
+        return cls.load(path, verify=verify, mmap=mmap)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def format_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn any unexpected failure while reading a saved index into an :class:`IndexFormatError`.
+
+    The loaders check every field they know of; this is the safety net for combinations of
+    damage they do not anticipate, so a damaged directory never surfaces as a bare
+    ``KeyError`` / ``TypeError`` from deep inside a loader.
+    """
+    try:
+        yield
+    except RetrievalError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
+        raise IndexFormatError(
+            f"{path}: the saved index is inconsistent ({type(exc).__name__}: {exc}). "
+            "Run `densezip check` on it, then rebuild or restore it."
+        ) from exc
 
 
 def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
@@ -121,6 +143,12 @@ class VectorIndex(ABC):
         Inner product (use normalised vectors for cosine) or squared L2 distance.
         Scores are always "higher is better": for ``"l2"`` a score is the negative
         squared distance.
+
+    Notes
+    -----
+    Thread safety: searches (and ``save``) run concurrently with each other; ``train``,
+    ``add`` and ``delete`` are exclusive, so a search sees the index wholly before or wholly
+    after each write (a readers-writer lock, see :mod:`indexes._lock`).
     """
 
     #: True when deleted rows are physically removed from the backend, so searches need
@@ -142,6 +170,7 @@ class VectorIndex(ABC):
         self._row_of: dict[str, int] = {}  # live doc id -> row
         self._deleted = np.zeros(0, dtype=bool)
         self._ids_array: NDArray[np.object_] | None = None  # cache for fast label -> id lookup
+        self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -154,6 +183,7 @@ class VectorIndex(ABC):
         return len(self._ids)
 
     @property
+    @reads
     def doc_ids(self) -> list[str]:
         """Live document ids in insertion order."""
         return [doc_id for row, doc_id in enumerate(self._ids) if not self._deleted[row]]
@@ -172,10 +202,12 @@ class VectorIndex(ABC):
     def is_trained(self) -> bool:
         return True
 
+    @writes
     def train(self: T, data: Embeddings | NDArray[np.floating]) -> T:
         """Train the index on representative vectors (no-op for indexes that need none)."""
         return self
 
+    @writes
     def add(self: T, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | None = None) -> T:
         """Add vectors with their document ids; returns ``self`` for chaining.
 
@@ -198,6 +230,7 @@ class VectorIndex(ABC):
         self._ids_array = None
         return self
 
+    @writes
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; all ids are checked before anything is removed.
 
@@ -228,6 +261,7 @@ class VectorIndex(ABC):
         return int(rows.size)
 
     # ------------------------------------------------------------------ search
+    @reads
     def search(
         self,
         queries: NDArray[np.floating],
@@ -280,9 +314,15 @@ class VectorIndex(ABC):
             labels = np.full((q.shape[0], k), -1, dtype=np.int64)
             if k_eff > 0 and q.shape[0] > 0:
                 scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
+        full = labels.size == 0 or labels[:, -1].min() >= 0  # backends pad only at the end of a row
+        if not (np.isfinite(scores).all() if full else np.isfinite(scores[labels >= 0]).all()):
+            raise ShapeError(
+                "scores overflowed float32 (inf / NaN): the queries hold values too large for this index "
+                f"(largest |value| {float(np.abs(q).max()):.3g}). Normalise the query vectors."
+            )
         if self._ids_array is None:
             self._ids_array = np.array(self._ids, dtype=object)
-        if labels.size == 0 or labels[:, -1].min() >= 0:
+        if full:
             # The common case: every row is full (backends pad only at the end), one gather.
             doc_ids = self._ids_array[labels].tolist()
         else:
@@ -293,6 +333,7 @@ class VectorIndex(ABC):
                             query_ids=list(query_ids) if query_ids is not None else None)
 
     # ------------------------------------------------------------------ persistence
+    @reads
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically into directory ``path``; the manifest is written last.
 
@@ -318,7 +359,11 @@ class VectorIndex(ABC):
     @classmethod
     def load(cls: type[T], path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> T:
         """Load an index saved by :meth:`save`, checking the manifest, files and shapes."""
-        directory = Path(path)
+        with format_errors(path):
+            return cls._load(Path(path), verify=verify, mmap=mmap)
+
+    @classmethod
+    def _load(cls: type[T], directory: Path, *, verify: bool, mmap: bool) -> T:
         manifest = read_manifest(directory)
         if manifest.index_type != cls.__name__:
             raise IndexFormatError(

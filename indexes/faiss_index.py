@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._lock import reads, writes
 from indexes.base import Metric, VectorIndex, register_index
 from indexes.manifest import Manifest
 from retrieval._optional import require
@@ -204,6 +205,7 @@ class FaissIndex(VectorIndex):
         return int(self._ivf.nprobe)
 
     @nprobe.setter
+    @writes
     def nprobe(self, value: int) -> None:
         if self._ivf is None:
             raise ConfigError(f"nprobe applies to IVF indexes; spec {self.spec!r} has no IVF stage.")
@@ -218,6 +220,7 @@ class FaissIndex(VectorIndex):
         return int(self._hnsw.hnsw.efSearch)
 
     @ef_search.setter
+    @writes
     def ef_search(self, value: int) -> None:
         if self._hnsw is None:
             raise ConfigError(f"ef_search applies to HNSW indexes; spec {self.spec!r} has no HNSW stage.")
@@ -242,6 +245,7 @@ class FaissIndex(VectorIndex):
     def is_trained(self) -> bool:
         return bool(self._index.is_trained)
 
+    @writes
     def train(self, data: Embeddings | NDArray[np.floating]) -> FaissIndex:
         """Train the FAISS index (k-means for IVF / PQ, ...); a no-op when none is needed."""
         if self.is_trained:
@@ -332,6 +336,7 @@ class FaissIndex(VectorIndex):
         return out_d, out_l
 
     # ------------------------------------------------------------------ GPU placement
+    @reads
     def to_gpu(self, device: int = 0) -> FaissIndex:
         """Return a copy of this index placed on CUDA device ``device`` (needs faiss-gpu).
 
@@ -357,6 +362,7 @@ class FaissIndex(VectorIndex):
         clone._gpu_resources = resources  # keep alive as long as the index
         return clone
 
+    @reads
     def to_cpu(self) -> FaissIndex:
         """Return a CPU copy (the index itself when it is already on the CPU)."""
         if not self._on_gpu:

@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import load_array, save_array
+from indexes._lock import Mutex
 from indexes.base import Metric, VectorIndex, register_index
 from indexes.manifest import Manifest
 from retrieval.errors import IndexFormatError
@@ -65,14 +66,18 @@ class FlatIndex(VectorIndex):
         self._vectors: NDArray[np.float32] = np.zeros((0, self.dim), dtype=np.float32)
         self._pending: list[NDArray[np.float32]] = []
         self._sqnorms: NDArray[np.float32] | None = None
+        # Concurrent searches (read lock) may both find pending rows; one merges them.
+        self._merge_lock = Mutex()
 
     @property
     def vectors(self) -> NDArray[np.float32]:
         """All stored rows, shape (ntotal, dim), deleted rows included."""
         if self._pending:
-            self._vectors = np.concatenate([np.asarray(self._vectors), *self._pending])
-            self._pending = []
-            self._sqnorms = None
+            with self._merge_lock:
+                if self._pending:
+                    self._sqnorms = None
+                    self._vectors = np.concatenate([np.asarray(self._vectors), *self._pending])
+                    self._pending = []
         return self._vectors
 
     def _add_vectors(self, vectors: NDArray[np.float32], start: int) -> None:
@@ -100,9 +105,10 @@ class FlatIndex(VectorIndex):
         out_i = np.empty((queries.shape[0], k), dtype=np.int64)
         for lo in range(0, queries.shape[0], step):
             q = queries[lo : lo + step]
-            scores = q @ base.T
-            if self.metric == "l2":
-                scores = 2.0 * scores - sqnorms[None, :] - np.einsum("ij,ij->i", q, q)[:, None]
+            with np.errstate(over="ignore", invalid="ignore"):  # huge inputs overflow; search() reports it
+                scores = q @ base.T
+                if self.metric == "l2":
+                    scores = 2.0 * scores - sqnorms[None, :] - np.einsum("ij,ij->i", q, q)[:, None]
             if allowed is not None:
                 scores[:, ~allowed] = -np.inf
             s, i = topk(scores.astype(np.float32, copy=False), k)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from indexes._io import recover_interrupted_save
 from retrieval._version import __version__
 from retrieval.errors import IndexFormatError
 
@@ -109,6 +110,8 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         has the wrong type, or the format version is newer than this library understands.
     """
     directory = Path(path)
+    if not directory.exists():
+        recover_interrupted_save(directory)
     if not directory.is_dir():
         raise IndexFormatError(
             f"{directory} is not an index directory (it does not exist or is a file). "

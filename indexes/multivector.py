@@ -23,7 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
-from indexes.base import _check_k, check_new_ids, register_index
+from indexes._lock import RWLock, reads, writes
+from indexes.base import _check_k, check_new_ids, format_errors, register_index
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval._optional import require
 from retrieval.compress.base import Codec, codec_from_state, parse_codec
@@ -96,6 +97,11 @@ class MultiVectorIndex:
     seed : int
         Seed for codec training.
 
+    Notes
+    -----
+    Thread safety: ``search`` / ``rerank`` / ``score`` / ``save`` run concurrently; ``train``,
+    ``add`` and ``delete`` are exclusive (a readers-writer lock, see :mod:`indexes._lock`).
+
     Examples
     --------
     >>> import numpy as np
@@ -138,6 +144,7 @@ class MultiVectorIndex:
         self._row_of: dict[str, int] = {}
         self._lists: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # centroid -> doc rows (CSR)
         self._binary_index: Any = None
+        self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
 
     # ------------------------------------------------------------------ description
     @property
@@ -155,6 +162,7 @@ class MultiVectorIndex:
                 f"count={len(self)}, vectors={self.num_vectors})")
 
     @property
+    @reads
     def doc_ids(self) -> list[str]:
         return list(self._ids)
 
@@ -180,6 +188,7 @@ class MultiVectorIndex:
         return int(self._codes.nbytes + self._offsets.nbytes + codec + side)
 
     # ------------------------------------------------------------------ train / add / delete
+    @writes
     def train(self, data: MultiVectorEmbeddings) -> MultiVectorIndex:
         """Fit the codec (and the Hamming quantizer) on representative documents, pruned as at add time."""
         mv = self._prepare(data)
@@ -191,6 +200,7 @@ class MultiVectorIndex:
         self._lists, self._binary_index = None, None
         return self
 
+    @writes
     def add(self, data: MultiVectorEmbeddings) -> MultiVectorIndex:
         """Prune (if the spec says so), encode and append documents; returns ``self``.
 
@@ -217,6 +227,7 @@ class MultiVectorIndex:
         self._lists, self._binary_index = None, None
         return self
 
+    @writes
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents by id (their codes are dropped); all ids are checked first."""
         ids = [ids] if isinstance(ids, str) else list(ids)
@@ -242,6 +253,7 @@ class MultiVectorIndex:
         return int(rows.size)
 
     # ------------------------------------------------------------------ search
+    @reads
     def search(
         self, queries: MultiVectorEmbeddings, k: int = 10, *, subset: Iterable[str] | None = None,
         query_ids: Sequence[str] | None = None,
@@ -274,11 +286,16 @@ class MultiVectorIndex:
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         labels = np.full((len(q), k), -1, dtype=np.int64)
         if len(self) and len(q):
-            for s in range(0, len(q), _QUERY_BATCH):
-                batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
-                scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed)
+            with np.errstate(over="ignore", invalid="ignore"):  # huge inputs overflow; reported below
+                for s in range(0, len(q), _QUERY_BATCH):
+                    batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
+                    scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed)
+            if not np.isfinite(scores[labels >= 0]).all():
+                raise ShapeError("MaxSim scores overflowed float32 (inf / NaN): the query vectors hold values too "
+                                 "large for this index. Normalise them.")
         return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
 
+    @reads
     def rerank(
         self, queries: MultiVectorEmbeddings, candidates: Sequence[Sequence[str]], k: int,
         *, query_ids: Sequence[str] | None = None,
@@ -298,6 +315,7 @@ class MultiVectorIndex:
             scores[qi], labels[qi] = self._score_rows(q.select([qi]), rows, k)
         return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
 
+    @reads
     def score(self, queries: MultiVectorEmbeddings, rows: NDArray[np.int64] | None = None) -> NDArray[np.float32]:
         """Full MaxSim of every query against documents ``rows`` (all when None), shape (nq, len(rows))."""
         q = self._check_queries(queries)
@@ -308,6 +326,7 @@ class MultiVectorIndex:
         return maxsim_scores(self._row_scorer(self._codes[take]), offsets_from_lengths(self.lengths[rows]), q)
 
     # ------------------------------------------------------------------ persistence
+    @reads
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically into directory ``path`` (manifest written last)."""
         target = Path(path)
@@ -337,7 +356,11 @@ class MultiVectorIndex:
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> MultiVectorIndex:
         """Load an index written by :meth:`save`; ``mmap=True`` memory-maps the codes."""
-        directory = Path(path)
+        with format_errors(path):
+            return cls._load(Path(path), verify=verify, mmap=mmap)
+
+    @classmethod
+    def _load(cls, directory: Path, *, verify: bool, mmap: bool) -> MultiVectorIndex:
         manifest = read_manifest(directory)
         if manifest.index_type != cls.__name__:
             raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not a MultiVectorIndex; use load_index().")
@@ -520,7 +543,11 @@ def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, 
 
 def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = True) -> MultiVectorEmbeddings:
     """Load embeddings written by :func:`save_embeddings`; ``mmap=True`` maps the vectors read-only."""
-    directory = Path(path)
+    with format_errors(path):
+        return _load_embeddings(Path(path), mmap=mmap, verify=verify)
+
+
+def _load_embeddings(directory: Path, *, mmap: bool, verify: bool) -> MultiVectorEmbeddings:
     manifest = read_manifest(directory)
     if manifest.index_type != "MultiVectorEmbeddings":
         raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not saved MultiVectorEmbeddings.")

@@ -58,7 +58,7 @@ def search_collection(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Top passages with text and source for each query text."""
     from retrieval.rag import RetrievalComponent
 
-    component = RetrievalComponent.open(args.index, device=args.device)
+    component = RetrievalComponent.open(args.index, device=args.device, verify=not args.no_verify)
     results, lines = [], []
     for q in args.query:
         hits = component.retrieve(q, args.k)

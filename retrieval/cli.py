@@ -1,4 +1,4 @@
-"""The ``densezip`` command line: ``index``, ``search``, ``evaluate``, ``train-jpq``, ``demo`` and ``bench``.
+"""The ``densezip`` command line: ``index``, ``search``, ``evaluate``, ``check``, ``train-jpq``, ``demo`` and ``bench``.
 
 Every command accepts ``--json`` for machine-readable output on stdout; progress bars and
 logs go to stderr. Errors print one ``error: ...`` line and exit with status 2.
@@ -119,7 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if is_collection(args.index):
         _emit(args, *search_collection(args))
         return 0
-    retriever = Retriever.load(args.index, device=args.device)
+    retriever = Retriever.load(args.index, device=args.device, verify=not args.no_verify)
     result = retriever.search(args.query, k=args.k)
     hits = result.to_list()
     payload = {"results": [
@@ -139,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from retrieval.pipeline import Retriever
 
     data = load_beir(args.data, split=args.split)
-    retriever = Retriever.load(args.index, device=args.device)
+    retriever = Retriever.load(args.index, device=args.device, verify=not args.no_verify)
     qids = data.query_ids()
     t0 = time.perf_counter()
     vectors = retriever.encoder.encode_queries(data.query_texts())
@@ -159,6 +159,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"({payload['search_qps']:.0f} queries/s, one batch)"
     ))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from indexes.check import check_index
+
+    report = check_index(args.index, verify=not args.no_verify, load=not args.no_load)
+    _emit(args, report.to_dict(), report.format())
+    return 0 if report.healthy else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -324,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index or collection directory written by `densezip index`")
     p.add_argument("query", nargs="+", help="one or more query texts")
     p.add_argument("-k", type=_positive_int, default=10, help="hits per query (default 10)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index files (faster load)")
     common(p, model=False)
     p.set_defaults(func=cmd_search)
 
@@ -333,8 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="qrels split (default test)")
     p.add_argument("-k", type=_positive_int, default=100, help="retrieval depth (default 100)")
     p.add_argument("--metrics", nargs="+", default=["nDCG@10", "MRR@10", "Recall@100"], help="ir-measures names")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index files (faster load)")
     common(p, model=False)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("check", help="report what is wrong with a saved index directory (exit 1 if damaged)")
+    p.add_argument("index", help="index directory written by `densezip index` or save()")
+    p.add_argument("--no-verify", action="store_true", help="skip sha256 hashing (sizes and headers are still checked)")
+    p.add_argument("--no-load", action="store_true", help="do not try to load the index after the file checks")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("train-jpq", help="train a JPQ index (query encoder + PQ centroids) on a BEIR train split")
     p.add_argument("data", help="BEIR-format directory or bundled data set name with a train qrels split")

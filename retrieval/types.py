@@ -46,7 +46,9 @@ def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[n
     out = np.ascontiguousarray(arr, dtype=np.float32)
     # One reduction instead of a full boolean mask on the hot search path; a non-finite sum
     # (a NaN / inf, or an overflow of huge finite values) triggers the exact check.
-    if not np.isfinite(out.sum(dtype=np.float64)) and not np.isfinite(out).all():
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN: the check below still sees it
+        total = out.sum(dtype=np.float64)
+    if not np.isfinite(total) and not np.isfinite(out).all():
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         raise ShapeError(
             f"{name} contains NaN or inf values in {bad.size} row(s) (first: row {int(bad[0])}). "

@@ -171,6 +171,15 @@ def _as_text_list(texts: Sequence[str], *, what: str) -> list[str]:
                 f"{what} needs every text to be a str; item {i} is {type(item).__name__} ({item!r:.60}). "
                 "Convert it with str() or drop it; use '' for an empty text."
             )
+        if not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(
+                    f"{what}: text {i} is not valid Unicode ({exc.reason} at position {exc.start}: lone surrogate "
+                    f"{item[exc.start]!r}), typically from bytes decoded with errors='surrogateescape'. Decode "
+                    "the source with errors='replace' (or 'ignore') instead."
+                ) from None
     return items
 
 

@@ -1,0 +1,287 @@
+"""``densezip check``: report everything that is wrong with a saved index directory.
+
+Loading stops at the first problem; :func:`check_index` keeps going and lists them all,
+without modifying anything (it does not even restore an interrupted save's backup, it
+reports it). Each :class:`Problem` has a stable ``code``:
+
+=====================  ======================================================================
+code                   meaning
+=====================  ======================================================================
+missing-directory      the path does not exist or is not a directory
+interrupted-save       the path is missing but a complete backup of it exists (load restores it)
+leftover               a temporary / backup sibling left by a killed save (warning)
+missing-manifest       no ``manifest.json`` (an interrupted first save, or not an index)
+bad-json               the manifest is not valid UTF-8 JSON, or not an object
+wrong-format           the manifest's ``format`` is not densezip's
+future-version         ``format_version`` is newer than this densezip reads
+bad-field              a manifest key is missing or has the wrong type / value
+unknown-index-type     ``index_type`` is not a registered index kind
+missing-file           a file listed in the manifest is absent
+truncated-file         a file is shorter than recorded (or than its array header says)
+size-mismatch          a file is longer than recorded
+checksum-mismatch      a file's sha256 differs from the manifest
+extra-file             a file in the directory is not listed in the manifest (warning)
+bad-array              an array file has no readable ``.npy`` header
+array-mismatch         an array's dtype / shape disagrees with the manifest
+id-count               ``doc_ids.txt`` holds a different number of ids than ``count``
+duplicate-ids          ``doc_ids.txt`` repeats a live id
+load-failed            every check above passed, but loading the index still failed
+=====================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from indexes._io import file_sha256, leftover_paths
+from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+
+__all__ = ["CheckReport", "Problem", "check_index"]
+
+Severity = Literal["error", "warning"]
+_KNOWN_TYPES = ("FlatIndex", "FaissIndex", "MultiVectorIndex", "MultiVectorEmbeddings")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an index directory."""
+
+    severity: Severity
+    code: str
+    file: str
+    message: str
+
+
+@dataclass
+class CheckReport:
+    """The outcome of :func:`check_index`; ``healthy`` when no problem is an error."""
+
+    path: str
+    index_type: str | None = None
+    count: int | None = None
+    files_checked: int = 0
+    hashes_verified: bool = False
+    loaded: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+    def add(self, severity: Severity, code: str, file: str, message: str) -> None:
+        self.problems.append(Problem(severity, code, file, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["healthy"] = self.healthy
+        return out
+
+    def format(self) -> str:
+        errors = sum(p.severity == "error" for p in self.problems)
+        warnings = len(self.problems) - errors
+        head = "OK" if self.healthy else "DAMAGED"
+        kind = f"{self.index_type} with {self.count} rows, " if self.index_type else ""
+        lines = [f"{self.path}: {head} ({kind}{self.files_checked} files checked, "
+                 f"{errors} error(s), {warnings} warning(s))"]
+        lines += [f"  {p.severity:7s} {p.code:18s} {p.file}: {p.message}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool = True) -> CheckReport:
+    """Check a saved index directory and report every problem found.
+
+    Parameters
+    ----------
+    path : path-like
+        Directory written by ``save()``.
+    verify : bool
+        Hash every file against its recorded sha256 (reads the whole index once).
+    load : bool
+        When the file-level checks pass, also load the index (memory-mapped where the kind
+        allows) so that backend-level damage, e.g. an unreadable FAISS file, is found.
+
+    Returns
+    -------
+    CheckReport
+    """
+    directory = Path(path)
+    report = CheckReport(path=str(directory), hashes_verified=verify)
+    for leftover in leftover_paths(directory):
+        if directory.exists() or ".old-" not in leftover.name:
+            report.add("warning", "leftover", leftover.name,
+                       "left by an interrupted save; the next save of this index removes it.")
+    if not directory.is_dir():
+        backups = [p for p in leftover_paths(directory) if ".old-" in p.name and (p / MANIFEST_NAME).is_file()]
+        if backups and not directory.exists():
+            report.add("error", "interrupted-save", backups[0].name,
+                       f"{directory} is missing but a save that was interrupted left the previous index in "
+                       f"{backups[0].name}; loading the index (or saving it again) restores it.")
+        else:
+            report.add("error", "missing-directory", str(directory), "does not exist or is not a directory.")
+        return report
+    raw = _manifest(directory, report)
+    if raw is None:
+        return report
+    _files(directory, raw, report, verify=verify)
+    _arrays(directory, raw, report)
+    _ids(directory, raw, report)
+    if load and report.healthy:
+        _load(directory, report)
+    return report
+
+
+def _manifest(directory: Path, report: CheckReport) -> dict[str, Any] | None:
+    file = directory / MANIFEST_NAME
+    if not file.is_file():
+        report.add("error", "missing-manifest", MANIFEST_NAME,
+                   "absent: the directory is not a complete saved index (an interrupted first save leaves no "
+                   "manifest). Rebuild the index.")
+        return None
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report.add("error", "bad-json", MANIFEST_NAME, f"not valid JSON ({exc}); the manifest is corrupt.")
+        return None
+    if not isinstance(raw, dict):
+        report.add("error", "bad-json", MANIFEST_NAME, f"must hold a JSON object; got {type(raw).__name__}.")
+        return None
+    if raw.get("format") != FORMAT_NAME:
+        report.add("error", "wrong-format", MANIFEST_NAME,
+                   f"format is {raw.get('format')!r}, expected {FORMAT_NAME!r}: not written by densezip.")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        report.add("error", "bad-field", MANIFEST_NAME, f"format_version must be a positive integer; got {version!r}.")
+    elif version > FORMAT_VERSION:
+        report.add("error", "future-version", MANIFEST_NAME,
+                   f"format version {version} is newer than the {FORMAT_VERSION} this densezip reads; "
+                   "upgrade with `pip install -U densezip`.")
+    for key, typ in _REQUIRED.items():
+        if key not in raw:
+            report.add("error", "bad-field", MANIFEST_NAME, f"lacks the key {key!r}.")
+            continue
+        value = raw[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            report.add("error", "bad-field", MANIFEST_NAME,
+                       f"{key!r} must be {getattr(typ, '__name__', typ)}; got {type(value).__name__} {value!r:.80}.")
+    count, dim = raw.get("count"), raw.get("dim")
+    if isinstance(count, int) and not isinstance(count, bool):
+        if count < 0:
+            report.add("error", "bad-field", MANIFEST_NAME, f"count must be >= 0; got {count}.")
+        else:
+            report.count = count
+    if isinstance(dim, int) and not isinstance(dim, bool) and dim <= 0:
+        report.add("error", "bad-field", MANIFEST_NAME, f"dim must be > 0; got {dim}.")
+    index_type = raw.get("index_type")
+    if isinstance(index_type, str):
+        report.index_type = index_type
+        if index_type not in _KNOWN_TYPES:
+            report.add("error", "unknown-index-type", MANIFEST_NAME,
+                       f"index_type {index_type!r} is not one of {list(_KNOWN_TYPES)}.")
+    return raw
+
+
+def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify: bool) -> None:
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        return
+    for name, info in files.items():
+        if Path(name).name != name or not isinstance(info, dict):
+            report.add("error", "bad-field", MANIFEST_NAME, f"files.{name} is not a plain file name -> {{bytes, sha256}}.")
+            continue
+        p = directory / name
+        report.files_checked += 1
+        if not p.is_file():
+            report.add("error", "missing-file", name, "listed in the manifest but absent.")
+            continue
+        size, recorded = p.stat().st_size, info.get("bytes")
+        if isinstance(recorded, int) and size != recorded:
+            code = "truncated-file" if size < recorded else "size-mismatch"
+            report.add("error", code, name, f"has {size} bytes; the manifest recorded {recorded}.")
+            continue
+        if verify and file_sha256(p) != info.get("sha256"):
+            report.add("error", "checksum-mismatch", name, "sha256 differs from the manifest: the file is corrupt.")
+    listed = set(files) | {MANIFEST_NAME}
+    for child in sorted(directory.iterdir()):
+        if child.name not in listed:
+            report.add("warning", "extra-file", child.name, "not listed in the manifest (ignored by load).")
+
+
+def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
+    arrays = raw.get("arrays")
+    if not isinstance(arrays, dict):
+        return
+    for name, entry in arrays.items():
+        if not isinstance(entry, dict) or not {"file", "dtype", "shape"} <= entry.keys():
+            report.add("error", "bad-field", MANIFEST_NAME, f"arrays.{name} must have 'file', 'dtype' and 'shape'.")
+            continue
+        p = directory / str(entry["file"])
+        if not p.is_file():
+            if str(entry["file"]) not in (raw.get("files") or {}):
+                report.add("error", "missing-file", str(entry["file"]), f"array {name!r} is absent.")
+            continue
+        try:
+            with open(p, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _fortran, dtype = read_header(f)
+                offset = f.tell()
+        except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)
+            report.add("error", "bad-array", p.name, f"no readable .npy header ({exc}).")
+            continue
+        if str(dtype) != entry["dtype"] or list(shape) != list(entry["shape"]):
+            report.add("error", "array-mismatch", p.name,
+                       f"holds {dtype} {tuple(shape)}; the manifest expects {entry['dtype']} {tuple(entry['shape'])}.")
+        needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if p.stat().st_size < needed and not any(x.code in ("truncated-file", "size-mismatch") and x.file == p.name
+                                                  for x in report.problems):
+            report.add("error", "truncated-file", p.name,
+                       f"has {p.stat().st_size} bytes; its header promises {needed}.")
+        if name == "deleted" and report.count is not None and list(shape) != [report.count]:
+            report.add("error", "array-mismatch", p.name, f"must have shape ({report.count},); got {tuple(shape)}.")
+
+
+def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
+    p = directory / "doc_ids.txt"
+    if report.count is None or not p.is_file():
+        return
+    try:
+        lines = p.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        report.add("error", "id-count", p.name, f"not valid UTF-8 ({exc}).")
+        return
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) != report.count:
+        report.add("error", "id-count", p.name, f"holds {len(lines)} ids; the manifest count is {report.count}.")
+        return
+    live = lines
+    deleted = directory / "deleted.npy"
+    if deleted.is_file():
+        try:
+            mask = np.load(deleted, allow_pickle=False)
+            if mask.shape == (len(lines),) and mask.dtype == np.bool_:
+                live = [doc_id for doc_id, gone in zip(lines, mask.tolist(), strict=True) if not gone]
+        except Exception:  # reported by _arrays
+            pass
+    if len(set(live)) != len(live):
+        report.add("error", "duplicate-ids", p.name, f"{len(live) - len(set(live))} live id(s) repeat.")
+
+
+def _load(directory: Path, report: CheckReport) -> None:
+    from indexes.base import load_index
+    from indexes.multivector import load_embeddings
+
+    try:
+        if report.index_type == "MultiVectorEmbeddings":
+            load_embeddings(directory, verify=False, mmap=True)
+        else:
+            load_index(directory, verify=False, mmap=True)
+        report.loaded = True
+    except Exception as exc:  # any failure here is what the user needs to see, whatever its type
+        report.add("error", "load-failed", str(directory.name), f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,163 @@
+"""``densezip check`` / :func:`indexes.check.check_index`: every kind of damage is named."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexes import FaissIndex, FlatIndex
+from indexes._io import file_sha256
+from indexes.check import check_index
+from retrieval.cli import main
+
+
+def _flat(path: Path) -> Path:
+    x = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
+    index = FlatIndex(8).add(x, ids=[f"d{i}" for i in range(30)])
+    index.delete(["d3"])
+    return index.save(path)
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def _write_manifest(path: Path, raw: dict) -> None:
+    (path / "manifest.json").write_text(json.dumps(raw))
+
+
+def _rehash(path: Path, name: str) -> None:
+    """Make the manifest agree with a rewritten file, so only the deeper check can catch it."""
+    raw = _manifest(path)
+    raw["files"][name] = {"bytes": (path / name).stat().st_size, "sha256": file_sha256(path / name)}
+    _write_manifest(path, raw)
+
+
+def _truncate(p: Path) -> None:
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+
+
+def _flip(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+def _reshape(path: Path) -> None:
+    np.save(path / "vectors.npy", np.zeros((30, 4), np.float32))
+    _rehash(path, "vectors.npy")
+
+
+def _drop_id(path: Path) -> None:
+    lines = (path / "doc_ids.txt").read_text().splitlines()
+    (path / "doc_ids.txt").write_text("\n".join(lines[:-1]) + "\n")
+    _rehash(path, "doc_ids.txt")
+
+
+def _dup_id(path: Path) -> None:
+    lines = (path / "doc_ids.txt").read_text().splitlines()
+    lines[5] = lines[6]
+    (path / "doc_ids.txt").write_text("\n".join(lines) + "\n")
+    _rehash(path, "doc_ids.txt")
+
+
+def _set(key: str, value: object) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        raw = _manifest(path)
+        if value is KeyError:
+            del raw[key]
+        else:
+            raw[key] = value
+        _write_manifest(path, raw)
+
+    return damage
+
+
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "no-manifest": (lambda p: (p / "manifest.json").unlink(), "missing-manifest"),
+    "bad-json": (lambda p: (p / "manifest.json").write_text("{not json"), "bad-json"),
+    "json-list": (lambda p: (p / "manifest.json").write_text("[1, 2]"), "bad-json"),
+    "invalid-utf8": (lambda p: (p / "manifest.json").write_bytes(b"\xff\xfe{}"), "bad-json"),
+    "future-version": (_set("format_version", 99), "future-version"),
+    "other-format": (_set("format", "something-else"), "wrong-format"),
+    "missing-key": (_set("count", KeyError), "bad-field"),
+    "wrong-type": (_set("dim", "eight"), "bad-field"),
+    "negative-count": (_set("count", -1), "bad-field"),
+    "unknown-type": (_set("index_type", "QuantumIndex"), "unknown-index-type"),
+    "missing-file": (lambda p: (p / "vectors.npy").unlink(), "missing-file"),
+    "truncated-file": (lambda p: _truncate(p / "vectors.npy"), "truncated-file"),
+    "longer-file": (lambda p: (p / "doc_ids.txt").write_text((p / "doc_ids.txt").read_text() + "x\n"), "size-mismatch"),
+    "bit-flip": (lambda p: _flip(p / "vectors.npy"), "checksum-mismatch"),
+    "wrong-shape": (_reshape, "array-mismatch"),
+    "id-count": (_drop_id, "id-count"),
+    "duplicate-id": (_dup_id, "duplicate-ids"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_each_damage_is_reported(case, tmp_path, capsys):
+    path = _flat(tmp_path / "ix")
+    damage, code = DAMAGE[case]
+    damage(path)
+    report = check_index(path)
+    assert not report.healthy
+    assert code in {p.code for p in report.problems}, report.format()
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED" in out and code in out
+
+
+def test_healthy_index_and_json(tmp_path, capsys):
+    path = _flat(tmp_path / "ix")
+    (path / "notes.txt").write_text("mine")  # an extra file is a warning, not damage
+    assert main(["check", str(path), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["healthy"] and payload["loaded"] and payload["index_type"] == "FlatIndex" and payload["count"] == 30
+    assert [p["code"] for p in payload["problems"]] == ["extra-file"]
+
+
+def test_no_verify_skips_hashing(tmp_path):
+    path = _flat(tmp_path / "ix")
+    _flip(path / "vectors.npy")  # same size: only the hash can tell
+    assert check_index(path, verify=False).healthy
+    assert not check_index(path).healthy
+
+
+def test_faiss_file_damage_found_by_load(tmp_path):
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    path = FaissIndex(8, spec="HNSW8").add(x, ids=[str(i) for i in range(50)]).save(tmp_path / "ix")
+    (path / "faiss.index").write_bytes(b"garbage" * 10)
+    _rehash(path, "faiss.index")
+    report = check_index(path)
+    assert [p.code for p in report.problems] == ["load-failed"] and "faiss" in report.problems[0].message
+
+
+def test_interrupted_save_and_leftovers_reported_without_touching_anything(tmp_path):
+    path = _flat(tmp_path / "ix")
+    os.replace(path, tmp_path / ".ix.old-999999999")
+    report = check_index(path)
+    assert [p.code for p in report.problems] == ["interrupted-save"]
+    assert not path.exists()  # check is read-only
+    assert check_index(tmp_path / "nothing").problems[0].code == "missing-directory"
+    os.replace(tmp_path / ".ix.old-999999999", path)
+    (tmp_path / ".ix.tmp-999999999-x").mkdir()
+    report = check_index(path)
+    assert report.healthy and [p.code for p in report.problems] == ["leftover"]
+
+
+def test_multivector_index_checked(tmp_path):
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    rng = np.random.default_rng(0)
+    docs = MultiVectorEmbeddings.from_list([rng.standard_normal((3, 8)) for _ in range(10)])
+    path = MultiVectorIndex(8, spec="FP16").add(docs).save(tmp_path / "mv")
+    assert check_index(path).healthy
+    _truncate(path / "codes.npy")
+    assert "truncated-file" in {p.code for p in check_index(path).problems}
