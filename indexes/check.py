@@ -26,7 +26,12 @@ array-mismatch         an array's dtype / shape disagrees with the manifest
 id-count               ``doc_ids.txt`` holds a different number of ids than ``count``
 duplicate-ids          ``doc_ids.txt`` repeats a live id
 load-failed            every check above passed, but loading the index still failed
+bad-passages           a RAG collection's passage store is missing, corrupt or disagrees with its index
 =====================  ======================================================================
+
+A :class:`~indexes.sharded.ShardedIndex` is checked shard by shard (each problem's ``file``
+starts with the shard's directory), and a RAG collection (``index/`` + ``passages/``, see
+:mod:`retrieval.passages`) has its index checked and its passage store loaded and compared.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NA
 __all__ = ["CheckReport", "Problem", "check_index"]
 
 Severity = Literal["error", "warning"]
-_KNOWN_TYPES = ("FlatIndex", "FaissIndex", "MultiVectorIndex", "MultiVectorEmbeddings")
+_KNOWN_TYPES = ("FlatIndex", "FaissIndex", "MultiVectorIndex", "MultiVectorEmbeddings", "ShardedIndex")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool
     CheckReport
     """
     directory = Path(path)
+    if not (directory / MANIFEST_NAME).exists() and (directory / "index").is_dir() and (directory / "passages").is_dir():
+        return _check_collection(directory, verify=verify, load=load)
     report = CheckReport(path=str(directory), hashes_verified=verify)
     for leftover in leftover_paths(directory):
         if directory.exists() or ".old-" not in leftover.name:
@@ -131,8 +138,50 @@ def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool
     _files(directory, raw, report, verify=verify)
     _arrays(directory, raw, report)
     _ids(directory, raw, report)
+    if report.index_type == "ShardedIndex":
+        _shards(directory, raw, report, verify=verify)
     if load and report.healthy:
         _load(directory, report)
+    return report
+
+
+def _merge(report: CheckReport, sub: CheckReport, prefix: str) -> None:
+    report.files_checked += sub.files_checked
+    for p in sub.problems:
+        report.add(p.severity, p.code, f"{prefix}/{p.file}", p.message)
+
+
+def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify: bool) -> None:
+    params = raw.get("params")
+    entries = params.get("shards") if isinstance(params, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("dir"), str) for e in entries):
+        report.add("error", "bad-field", MANIFEST_NAME, "params.shards must be a list of {'dir': ...} shard entries.")
+        return
+    for entry in entries:
+        sub = check_index(directory / entry["dir"], verify=verify, load=False)
+        _merge(report, sub, entry["dir"])
+        if sub.count is not None and entry.get("count") != sub.count:
+            report.add("error", "id-count", f"{entry['dir']}/{MANIFEST_NAME}",
+                       f"holds {sub.count} rows; the sharded manifest records {entry.get('count')!r}.")
+
+
+def _check_collection(directory: Path, *, verify: bool, load: bool) -> CheckReport:
+    """A RAG collection: check ``index/``, then load ``passages/`` and compare the two id sets."""
+    sub = check_index(directory / "index", verify=verify, load=load)
+    report = CheckReport(path=str(directory), index_type=sub.index_type, count=sub.count,
+                         hashes_verified=verify, loaded=sub.loaded)
+    _merge(report, sub, "index")
+    try:
+        from retrieval.passages import PassageStore, check_same_ids
+
+        store = PassageStore.load(directory / "passages", verify=verify)
+        report.files_checked += 2
+        if sub.loaded:
+            from indexes.base import load_index
+
+            check_same_ids(set(load_index(directory / "index", verify=False, mmap=True).doc_ids), store, directory)
+    except Exception as exc:  # whatever is wrong with the store is what the user needs to see
+        report.add("error", "bad-passages", "passages", f"{type(exc).__name__}: {exc}")
     return report
 
 
@@ -207,6 +256,9 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
         if verify and file_sha256(p) != info.get("sha256"):
             report.add("error", "checksum-mismatch", name, "sha256 differs from the manifest: the file is corrupt.")
     listed = set(files) | {MANIFEST_NAME}
+    params = raw.get("params")
+    if raw.get("index_type") == "ShardedIndex" and isinstance(params, dict) and isinstance(params.get("shards"), list):
+        listed |= {e["dir"] for e in params["shards"] if isinstance(e, dict) and isinstance(e.get("dir"), str)}
     for child in sorted(directory.iterdir()):
         if child.name not in listed:
             report.add("warning", "extra-file", child.name, "not listed in the manifest (ignored by load).")

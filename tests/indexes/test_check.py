@@ -161,3 +161,54 @@ def test_multivector_index_checked(tmp_path):
     assert check_index(path).healthy
     _truncate(path / "codes.npy")
     assert "truncated-file" in {p.code for p in check_index(path).problems}
+
+
+# ---------------------------------------------------------------------------- sharded indexes, RAG collections
+def _sharded(path: Path) -> Path:
+    from indexes import ShardedIndex
+
+    x = np.random.default_rng(1).standard_normal((40, 8)).astype(np.float32)
+    return ShardedIndex(FlatIndex(8), 3).add(x, ids=[f"d{i}" for i in range(40)]).save(path)
+
+
+def test_sharded_index_is_checked_shard_by_shard(tmp_path):
+    path = _sharded(tmp_path / "s")
+    report = check_index(path)
+    assert report.healthy and report.loaded, report.format()
+    assert report.index_type == "ShardedIndex" and report.count == 40
+    assert report.files_checked > len(_manifest(path)["files"])  # the shards' files were checked too
+
+    victim = sorted(path.glob("shard-*/vectors.npy"))[1]
+    with victim.open("r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x00\x80\x7f")
+    report = check_index(path)
+    assert not report.healthy
+    assert [p.code for p in report.problems] == ["checksum-mismatch"]
+    assert report.problems[0].file == f"{victim.parent.name}/vectors.npy"
+
+
+def test_sharded_index_with_a_missing_shard(tmp_path):
+    import shutil
+
+    path = _sharded(tmp_path / "s")
+    shutil.rmtree(path / "shard-002")
+    codes = {p.code for p in check_index(path).problems}
+    assert "missing-directory" in codes
+
+
+def test_rag_collection_checks_index_and_passages(tmp_path, fake_encoder):
+    from retrieval.ingest import Passage
+    from retrieval.passages import build_collection
+
+    texts = [f"note {i} about topic {i % 3} and more words" for i in range(12)]
+    passages = [Passage(f"doc{i}#0", t, f"doc{i}", 0, len(t)) for i, t in enumerate(texts)]
+    path = build_collection(passages, tmp_path / "c", encoder=fake_encoder, spec="exact")
+    report = check_index(path)
+    assert report.healthy and report.loaded, report.format()
+
+    store = path / "passages" / "passages.jsonl"
+    store.write_bytes(store.read_bytes()[:-20])
+    report = check_index(path)
+    assert not report.healthy and [p.code for p in report.problems] == ["bad-passages"]
+    assert main(["check", str(path)]) == 1
