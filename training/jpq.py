@@ -514,26 +514,33 @@ class JPQTrainer:
     # ------------------------------------------------------------------ export
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``path/index`` (an ordinary densezip FaissIndex with the trained PQ) and
-        ``path/query_encoder`` (a sentence-transformers model directory)."""
+        ``path/query_encoder`` (a sentence-transformers model directory).
+
+        The two are written into a temporary sibling that replaces ``path`` in one atomic step
+        (:func:`indexes._io.atomic_directory`), so a killed save leaves the old pair or the new
+        pair, never a new encoder beside an old index.
+        """
+        from indexes._io import atomic_directory
         from indexes.faiss_index import FaissIndex
         from retrieval.encode.dense import DenseEncoder
 
         out = Path(path)
-        if out.exists() and not overwrite and any(out.iterdir()):
+        if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
             raise ConfigError(f"{out} already exists and is not empty; pass overwrite=True to replace it.")
-        out.mkdir(parents=True, exist_ok=True)
         self._sync_centroids()
-        encoder_dir = out / QUERY_ENCODER_DIR
-        self.model.save(str(encoder_dir))
-        encoder = DenseEncoder(encoder_dir, device="cpu", max_seq_length=self.args.max_query_length, cache_dir=False)
-        description = encoder.describe()
-        description["model"] = f"../{QUERY_ENCODER_DIR}"  # resolved against the index directory on load
-        index = FaissIndex.from_faiss(self.index, self.doc_ids, spec=self.args.spec)
-        index.metadata["encoder"] = description
-        index.metadata["jpq"] = {"args": asdict(self.args), "steps": self.history.steps,
-                                 "train_seconds": self.history.seconds, "dev": self.history.dev}
-        index.save(out / INDEX_DIR, overwrite=overwrite)
-        (out / "jpq.json").write_text(json.dumps(index.metadata["jpq"], indent=2), encoding="utf-8")
+        with atomic_directory(out, overwrite=True) as tmp:  # an existing directory is empty or may be replaced
+            encoder_dir = tmp / QUERY_ENCODER_DIR
+            self.model.save(str(encoder_dir))
+            encoder = DenseEncoder(encoder_dir, device="cpu", max_seq_length=self.args.max_query_length,
+                                   cache_dir=False)
+            description = encoder.describe()
+            description["model"] = f"../{QUERY_ENCODER_DIR}"  # resolved against the index directory on load
+            index = FaissIndex.from_faiss(self.index, self.doc_ids, spec=self.args.spec)
+            index.metadata["encoder"] = description
+            index.metadata["jpq"] = {"args": asdict(self.args), "steps": self.history.steps,
+                                     "train_seconds": self.history.seconds, "dev": self.history.dev}
+            (tmp / "jpq.json").write_text(json.dumps(index.metadata["jpq"], indent=2), encoding="utf-8")
+            index.save(tmp / INDEX_DIR)
         return out
 
 

@@ -57,7 +57,7 @@ def cmd_crash(args: argparse.Namespace) -> dict[str, Any]:
 
     rows = []
     for mode in ("exchange", "rename"):
-        for kind in kill_harness.KINDS:
+        for kind in args.kinds or kill_harness.KINDS:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 stats = kill_harness.run_trials(kind, args.trials, Path(tmp), mode=mode, seed=args.seed)
@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("what", choices=["crash", "stress", "build", "lock"])
     parser.add_argument("--code-root", default=None, help="lock: import `indexes` from this checkout instead")
     parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--kinds", nargs="+", default=None, help="crash: index kinds of kill_harness.KINDS (default all)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--n", type=int, default=1_000_000)

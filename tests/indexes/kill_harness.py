@@ -39,7 +39,7 @@ DIM = 16
 N0 = 120
 STEP = 12
 
-KINDS = ("flat", "faiss-flat", "hnsw", "ivf-pq", "opq-pq", "multivector")
+KINDS = ("flat", "faiss-flat", "hnsw", "ivf-pq", "opq-pq", "multivector", "sharded")
 
 
 def vector_of(doc_id: str) -> np.ndarray:
@@ -80,7 +80,7 @@ class Schedule:
 
 def new_index(kind: str) -> Any:
     """An empty index of ``kind``, trained where it needs training."""
-    from indexes import FaissIndex, FlatIndex
+    from indexes import FaissIndex, FlatIndex, ShardedIndex
     from indexes.multivector import MultiVectorIndex
 
     train = np.random.default_rng(5).standard_normal((10_000, DIM)).astype(np.float32)
@@ -91,6 +91,8 @@ def new_index(kind: str) -> Any:
         "ivf-pq": lambda: FaissIndex(DIM, spec="IVF8,PQ4x4", metric="l2", nprobe=8).train(train),
         "opq-pq": lambda: _fast_opq().train(train[:2000]),
         "multivector": lambda: MultiVectorIndex(DIM, spec="FP16"),
+        # Three exact shards in sub-directories, the top manifest written last.
+        "sharded": lambda: ShardedIndex(FlatIndex(DIM, metric="l2"), 3),
     }
     return makers[kind]()
 
@@ -216,7 +218,9 @@ def _verify(path: Path, kind: str, allowed: set[int], schedule: Schedule) -> tup
     except Exception as exc:
         return None, f"unloadable: {type(exc).__name__}: {exc}"
     live = index.doc_ids
-    state = next((j for j in sorted(allowed) if live == schedule.ids(j)), None)
+    # Shards list their ids shard by shard: compare as a set there, in insertion order elsewhere.
+    same = (lambda j: sorted(live) == sorted(schedule.ids(j))) if kind == "sharded" else (lambda j: live == schedule.ids(j))
+    state = next((j for j in sorted(allowed) if same(j)), None)
     if state is None:
         return None, f"mixed: {len(live)} live ids match none of states {sorted(allowed)}"
     probe = live[:: max(1, len(live) // 5)][:5]
@@ -230,7 +234,7 @@ def _verify(path: Path, kind: str, allowed: set[int], schedule: Schedule) -> tup
             if not np.array_equal(stored, np.stack([vector_of(i) for i in probe])):
                 return None, "mixed: stored vectors differ from the ids' vectors"
         got = [row[0] for row in index.search(np.stack([vector_of(i) for i in probe]), k=1).doc_ids]
-    if kind in ("flat", "faiss-flat", "hnsw", "multivector") and got != probe:
+    if kind in ("flat", "faiss-flat", "hnsw", "multivector", "sharded") and got != probe:
         return None, f"mixed: self-search returned {got} for {probe}"
     return state, None
 

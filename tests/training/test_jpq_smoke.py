@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,14 @@ def test_train_save_load_search(tiny, tmp_path, loss):
     assert res.doc_ids[0] == [trainer.doc_ids[r] for r in direct]
     with pytest.raises(ConfigError, match="not empty"):
         trainer.save(out)
+    # The encoder and the index are replaced together: a save that fails half-way (here in the
+    # index part, after the new encoder was written) leaves the previous export whole.
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with mock.patch("indexes.faiss_index.FaissIndex.save", side_effect=OSError("disk full")), \
+            pytest.raises(OSError, match="disk full"):
+        trainer.save(out, overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert load_jpq(out, device="cpu").search(data.queries[qid], k=5).doc_ids == res.doc_ids
 
 
 def test_ablation_switches_and_bad_args(tiny):
