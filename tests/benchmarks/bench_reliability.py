@@ -69,11 +69,17 @@ def cmd_crash(args: argparse.Namespace) -> dict[str, Any]:
     return {"crash": rows}
 
 
+def kill_harness_kinds() -> tuple[str, ...]:
+    import kill_harness
+
+    return tuple(kill_harness.KINDS)
+
+
 def cmd_stress(args: argparse.Namespace) -> dict[str, Any]:
     import stress_harness
 
     rows = []
-    for kind in ("flat", "faiss-flat", "hnsw", "ivf-pq", "opq-pq", "multivector"):
+    for kind in args.kinds or kill_harness_kinds():
         stats = stress_harness.run_stress(kind, readers=args.readers, seconds=args.seconds, seed=args.seed)
         rows.append(stats.to_dict())
         print(f"{kind:12s} threads={args.readers}+1 {stats.seconds:.1f} s: searches={stats.searches} "
@@ -180,7 +186,7 @@ def main() -> None:
     parser.add_argument("what", choices=["crash", "stress", "build", "lock"])
     parser.add_argument("--code-root", default=None, help="lock: import `indexes` from this checkout instead")
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--kinds", nargs="+", default=None, help="crash: index kinds of kill_harness.KINDS (default all)")
+    parser.add_argument("--kinds", nargs="+", default=None, help="crash / stress: index kinds of kill_harness.KINDS (default all)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--n", type=int, default=1_000_000)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from kill_harness import _mv_batch, _mv_vectors, apply, new_index, vector_of
 
-EXACT = ("flat", "faiss-flat", "hnsw", "multivector")
+EXACT = ("flat", "faiss-flat", "hnsw", "multivector", "sharded")
 ANCHORS = [f"a{i}" for i in range(40)]
 
 
