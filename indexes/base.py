@@ -304,7 +304,8 @@ class VectorIndex(ABC):
             allowed = np.zeros(self.ntotal, dtype=bool)
             allowed[[self._row_of[i] for i in subset_ids]] = True
             n_allowed = int(allowed.sum())
-        elif self._deleted.any() and not self._removes_deleted:
+        elif len(self._row_of) != len(self._ids) and not self._removes_deleted:
+            # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
             allowed = ~self._deleted
         k_eff = min(k, n_allowed)
         if k_eff == k and q.shape[0] > 0:

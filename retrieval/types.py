@@ -14,6 +14,9 @@ from retrieval.errors import ShapeError
 __all__ = ["Embeddings", "Hit", "MultiVectorEmbeddings", "SearchResult", "as_float32_matrix"]
 
 
+_SMALL = 1 << 16  # elements (256 KB of float32): below this a boolean finiteness mask is cheap
+
+
 def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[np.float32]:
     """Validate ``x`` as a finite 2-D float matrix and return it as C-contiguous float32.
 
@@ -44,11 +47,16 @@ def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[n
             "Was the index built with a different encoder?"
         )
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    # One reduction instead of a full boolean mask on the hot search path; a non-finite sum
-    # (a NaN / inf, or an overflow of huge finite values) triggers the exact check.
-    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN: the check below still sees it
-        total = out.sum(dtype=np.float64)
-    if not np.isfinite(total) and not np.isfinite(out).all():
+    if out.size <= _SMALL:
+        # A search-sized batch: one boolean pass is cheaper than entering np.errstate.
+        finite = bool(np.isfinite(out).all())
+    else:
+        # A large matrix: one reduction instead of a full boolean mask; a non-finite sum (a NaN /
+        # inf, or an overflow of huge finite values) triggers the exact check.
+        with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN: the check still sees it
+            total = out.sum(dtype=np.float64)
+        finite = bool(np.isfinite(total)) or bool(np.isfinite(out).all())
+    if not finite:
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         raise ShapeError(
             f"{name} contains NaN or inf values in {bad.size} row(s) (first: row {int(bad[0])}). "
