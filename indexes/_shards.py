@@ -107,8 +107,8 @@ def empty_copy(template: VectorIndex) -> VectorIndex:
         clone._set_backend(_faiss().clone_index(template.faiss_index))
         return clone
     raise ConfigError(
-        f"ShardedIndex shards FlatIndex and FaissIndex; got {type(template).__name__}. Sharding "
-        "MultiVectorIndex is not supported yet."
+        f"ShardedIndex shards FlatIndex and FaissIndex; got {type(template).__name__}. For a "
+        "MultiVectorIndex use indexes.ShardedMultiVectorIndex."
     )
 
 

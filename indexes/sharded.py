@@ -123,7 +123,10 @@ class ShardedIndex(VectorIndex):
         if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
             raise ConfigError(f"n_shards must be a positive integer; got {n_shards!r}.")
         if not isinstance(template, VectorIndex) or isinstance(template, ShardedIndex):
-            raise ConfigError(f"template must be an empty FlatIndex or FaissIndex; got {type(template).__name__}.")
+            raise ConfigError(
+                f"template must be an empty FlatIndex or FaissIndex; got {type(template).__name__}. "
+                "For a MultiVectorIndex use indexes.ShardedMultiVectorIndex."
+            )
         super().__init__(template.dim, metric=template.metric)
         self._template = empty_copy(template)
         self.n_shards = int(n_shards)

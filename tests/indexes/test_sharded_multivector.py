@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from indexes import MultiVectorIndex, ShardedMultiVectorIndex, load_index
+from indexes import MultiVectorIndex, ShardedIndex, ShardedMultiVectorIndex, load_index
 from indexes._shards import shard_of
 from indexes.check import check_index
 from retrieval.errors import ConfigError, IndexFormatError, ShardError, UnknownIdError
@@ -166,7 +166,14 @@ def test_bad_input(docs):
         ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16").add(docs.select([0])), 2)
     with pytest.raises(ConfigError, match="n_shards"):
         ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16"), 0)
-    sharded = ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16"), 2)
+    sharded = ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16"), 5)
     with pytest.raises(ConfigError, match="MultiVectorEmbeddings"):
         sharded.add(np.zeros((3, DIM), np.float32))  # type: ignore[arg-type]
     assert sharded.search(docs.select([0, 1]), k=3).doc_ids == [[], []]
+    with pytest.raises(ConfigError, match="ShardedMultiVectorIndex"):
+        ShardedIndex(MultiVectorIndex(DIM, spec="FP16"), 2)  # type: ignore[arg-type]
+    sharded.add(docs.select([0, 1, 2]))  # fewer documents than shards: empty shards are skipped
+    assert sharded.search(docs.select([1]), k=5).doc_ids[0][0] == "doc-1"
+    with pytest.raises(UnknownIdError, match="not in the index"):
+        sharded.search(docs.select([1]), k=5, subset=["doc-1", "nope"])
+    assert sharded.search(docs.select([1]), k=5, subset=["doc-2"]).doc_ids == [["doc-2"]]
