@@ -4,7 +4,8 @@
 :class:`VectorIndex` API: ``train`` / ``add`` / ``delete`` / ``search`` / ``save`` /
 ``load``. :func:`load_index` opens any saved index; :func:`read_manifest` peeks at one.
 FAISS is imported only when a ``FaissIndex`` is built or loaded. ``MultiVectorIndex`` holds
-several compressed vectors per document and ranks by MaxSim (late interaction).
+several compressed vectors per document and ranks by MaxSim (late interaction);
+``ShardedIndex`` and ``ShardedMultiVectorIndex`` split either kind into hash-routed shards.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from indexes.faiss_index import FaissIndex
     from indexes.multivector import MultiVectorIndex
     from indexes.sharded import ShardedIndex
+    from indexes.sharded_multivector import ShardedMultiVectorIndex
 
 __all__ = [
     "FORMAT_VERSION",
@@ -27,6 +29,7 @@ __all__ = [
     "Manifest",
     "MultiVectorIndex",
     "ShardedIndex",
+    "ShardedMultiVectorIndex",
     "VectorIndex",
     "load_index",
     "read_manifest",
@@ -47,4 +50,8 @@ def __getattr__(name: str) -> object:
         from indexes.sharded import ShardedIndex
 
         return ShardedIndex
+    if name == "ShardedMultiVectorIndex":
+        from indexes.sharded_multivector import ShardedMultiVectorIndex
+
+        return ShardedMultiVectorIndex
     raise AttributeError(f"module 'indexes' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,10 +22,13 @@ from numpy.typing import NDArray
 from indexes._io import file_sha256
 from indexes.base import VectorIndex, load_index
 from indexes.flat import FlatIndex, topk
-from indexes.manifest import MANIFEST_NAME
+from indexes.manifest import MANIFEST_NAME, read_manifest
 from retrieval._optional import require
-from retrieval.errors import ConfigError, IndexFormatError
+from retrieval.errors import ConfigError, IndexFormatError, ShardError
 from retrieval.types import SearchResult
+
+if TYPE_CHECKING:
+    from indexes.multivector import MultiVectorIndex
 
 __all__ = [
     "ROUTING",
@@ -33,9 +36,16 @@ __all__ = [
     "RayHandle",
     "ShardHandle",
     "ShardServer",
+    "call_all",
+    "check_shard",
+    "collect_searches",
     "empty_copy",
+    "failure_text",
+    "gather",
     "merge_results",
+    "open_shards",
     "route",
+    "shard_dir",
     "shard_of",
     "template_from_state",
     "template_state",
@@ -97,8 +107,8 @@ def empty_copy(template: VectorIndex) -> VectorIndex:
         clone._set_backend(_faiss().clone_index(template.faiss_index))
         return clone
     raise ConfigError(
-        f"ShardedIndex shards FlatIndex and FaissIndex; got {type(template).__name__}. Sharding "
-        "MultiVectorIndex is not supported yet."
+        f"ShardedIndex shards FlatIndex and FaissIndex; got {type(template).__name__}. For a "
+        "MultiVectorIndex use indexes.ShardedMultiVectorIndex."
     )
 
 
@@ -126,7 +136,7 @@ def template_from_state(state: dict[str, Any]) -> VectorIndex:
 
 # ---------------------------------------------------------------------------- shard server
 class ShardServer:
-    """One shard: a ``VectorIndex`` plus the calls a ``ShardedIndex`` makes on it.
+    """One shard: an index plus the calls a ``ShardedIndex`` makes on it.
 
     Parameters
     ----------
@@ -141,12 +151,16 @@ class ShardServer:
     Notes
     -----
     User errors (unknown ids) are returned as values, not raised, so that the caller can
-    tell them from a shard that failed (a dead actor, a broken file).
+    tell them from a shard that failed (a dead actor, a broken file). Subclasses serve
+    other index kinds by overriding :attr:`kinds` and the methods whose calls differ.
     """
+
+    #: Index classes a loaded shard may be.
+    kinds: ClassVar[tuple[type, ...]] = (VectorIndex,)
 
     def __init__(
         self,
-        index: VectorIndex | None = None,
+        index: VectorIndex | MultiVectorIndex | None = None,
         *,
         path: str | os.PathLike[str] | None = None,
         verify: bool = True,
@@ -154,12 +168,10 @@ class ShardServer:
     ) -> None:
         if (index is None) == (path is None):
             raise ConfigError("ShardServer needs exactly one of `index` or `path`.")
-        if index is None:
-            loaded = load_index(path, verify=verify, mmap=mmap)  # type: ignore[arg-type]
-            if not isinstance(loaded, VectorIndex):
-                raise IndexFormatError(f"{path} holds a {type(loaded).__name__}, which cannot be a shard.")
-            index = loaded
-        self.index = index
+        loaded: Any = index if index is not None else load_index(path, verify=verify, mmap=mmap)  # type: ignore[arg-type]
+        if index is None and not isinstance(loaded, self.kinds):
+            raise IndexFormatError(f"{path} holds a {type(loaded).__name__}, which cannot be a shard here.")
+        self.index: Any = loaded
 
     def stats(self) -> tuple[int, int]:
         """``(stored rows, live documents)``."""
@@ -206,8 +218,8 @@ class ShardServer:
         return {
             "dir": Path(target).name,
             "index_type": type(self.index).__name__,
-            "count": self.index.ntotal,
-            "live": len(self.index),
+            "count": self.stats()[0],
+            "live": self.stats()[1],
             "manifest_sha256": file_sha256(Path(target) / MANIFEST_NAME),
         }
 
@@ -243,6 +255,98 @@ class RayHandle:
 
     def call(self, name: str, *args: Any) -> Future[Any]:
         return getattr(self.actor, name).remote(*args).future()  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- fan-out
+def shard_dir(number: int) -> str:
+    """Directory name of shard ``number`` inside a saved sharded index."""
+    return f"shard-{number:03d}"
+
+
+def call_all(
+    handles: Sequence[ShardHandle], name: str, args: Sequence[tuple[Any, ...] | None]
+) -> tuple[list[Any], dict[int, BaseException]]:
+    """Call ``name`` on every shard whose ``args`` is not None: ``(results, failures)`` by shard."""
+    futures = {s: handles[s].call(name, *a) for s, a in enumerate(args) if a is not None}
+    results: list[Any] = [None] * len(handles)
+    failures: dict[int, BaseException] = {}
+    for s, fut in futures.items():
+        try:
+            results[s] = fut.result()
+        except Exception as exc:  # any shard-side failure: reported per shard by the caller
+            failures[s] = exc
+    return results, failures
+
+
+def failure_text(name: str, failures: dict[int, BaseException], n_shards: int) -> str:
+    """The message of a :class:`ShardError`: which shards failed, how, and what to do."""
+    where = "; ".join(f"shard {s} ({shard_dir(s)}): {type(e).__name__}: {e}" for s, e in failures.items())
+    return (
+        f"{len(failures)} of {n_shards} shard(s) failed during {name}: {where}. "
+        + ("Pass allow_partial=True to search the remaining shards." if name == "search" else "")
+    )
+
+
+def gather(handles: Sequence[ShardHandle], name: str, args: Sequence[tuple[Any, ...] | None]) -> list[Any]:
+    """:func:`call_all`, raising :class:`ShardError` naming every shard that failed."""
+    results, failures = call_all(handles, name, args)
+    if failures:
+        raise ShardError(failure_text(name, failures, len(handles)), failures=failures)
+    return results
+
+
+def collect_searches(
+    handles: Sequence[ShardHandle], args: Sequence[tuple[Any, ...] | None]
+) -> tuple[list[tuple[int, Any, Any, Any]], dict[int, BaseException], list[str]]:
+    """Run ``search`` on the shards with args: ``(answers for merge_results, failures, missing ids)``."""
+    results, failures = call_all(handles, "search", args)
+    answers: list[tuple[int, Any, Any, Any]] = []
+    missing: list[str] = []
+    for s, res in enumerate(results):
+        if args[s] is None or s in failures:
+            continue
+        scores, labels, ids, miss = res
+        missing.extend(miss)
+        answers.append((s, scores, labels, ids))
+    return answers, failures, missing
+
+
+def check_shard(
+    directory: Path, number: int, n: int, entry: Any, trained_sha256: str | None, *, verify: bool
+) -> None:
+    """Check that ``directory``'s shard ``number`` (manifest ``entry``) belongs to this sharded index."""
+    if not isinstance(entry, dict) or not {"dir", "count", "live", "manifest_sha256"} <= entry.keys():
+        raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.shards[{number}] is damaged: {entry!r}.")
+    sub = directory / str(entry["dir"])
+    shard = read_manifest(sub)
+    if verify and file_sha256(sub / MANIFEST_NAME) != entry["manifest_sha256"]:
+        raise IndexFormatError(
+            f"{sub / MANIFEST_NAME} differs from the one recorded in {directory / MANIFEST_NAME}; the "
+            "shard was replaced or modified. Restore it or rebuild the sharded index."
+        )
+    meta = shard.metadata.get("shard", {})
+    expected = {"number": number, "of": n, "routing": ROUTING, "trained_sha256": trained_sha256}
+    if meta != expected:
+        raise IndexFormatError(
+            f"{sub} is not shard {number} of {n} of this index (its metadata.shard is {meta!r}, expected "
+            f"{expected!r}): shards must share the trained codebooks and the routing."
+        )
+
+
+def open_shards(
+    server: type[ShardServer], shard_dirs: Sequence[Path], backend: str, pool: ThreadPoolExecutor, *,
+    verify: bool, mmap: bool, actor_options: dict[str, Any] | None,
+) -> tuple[list[ShardHandle], list[Any]]:
+    """Load saved shards into ``server`` objects here (``"threads"``) or in Ray actors: ``(handles, actors)``."""
+    if backend == "threads":
+        servers = list(pool.map(lambda d: server(path=d, verify=verify, mmap=mmap), shard_dirs))
+        return [LocalHandle(s, pool) for s in servers], []
+    ray = require("ray", extra="distributed", feature="load(backend='ray') of a sharded index")
+    if not ray.is_initialized():
+        raise ConfigError("backend='ray' needs a running Ray: call ray.init() (or retrieval.distributed.init_ray()) first.")
+    remote = ray.remote(**actor_options)(server) if actor_options else ray.remote(server)
+    actors = [remote.remote(path=str(d.resolve()), verify=verify, mmap=mmap) for d in shard_dirs]
+    return [RayHandle(actor) for actor in actors], actors
 
 
 # ---------------------------------------------------------------------------- merging

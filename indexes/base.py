@@ -46,6 +46,7 @@ _LAZY_MODULES = {
     "FaissIndex": "indexes.faiss_index",
     "MultiVectorIndex": "indexes.multivector",
     "ShardedIndex": "indexes.sharded",
+    "ShardedMultiVectorIndex": "indexes.sharded_multivector",
 }
 
 

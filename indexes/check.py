@@ -50,7 +50,9 @@ from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NA
 __all__ = ["CheckReport", "Problem", "check_index"]
 
 Severity = Literal["error", "warning"]
-_KNOWN_TYPES = ("FlatIndex", "FaissIndex", "MultiVectorIndex", "MultiVectorEmbeddings", "ShardedIndex")
+_SHARDED_TYPES = ("ShardedIndex", "ShardedMultiVectorIndex")
+_KNOWN_TYPES = ("FlatIndex", "FaissIndex", "MultiVectorIndex", "MultiVectorEmbeddings", "ShardedIndex",
+                "ShardedMultiVectorIndex")
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool
     _files(directory, raw, report, verify=verify)
     _arrays(directory, raw, report)
     _ids(directory, raw, report)
-    if report.index_type == "ShardedIndex":
+    if report.index_type in _SHARDED_TYPES:
         _shards(directory, raw, report, verify=verify)
     if load and report.healthy:
         _load(directory, report)
@@ -257,7 +259,7 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
             report.add("error", "checksum-mismatch", name, "sha256 differs from the manifest: the file is corrupt.")
     listed = set(files) | {MANIFEST_NAME}
     params = raw.get("params")
-    if raw.get("index_type") == "ShardedIndex" and isinstance(params, dict) and isinstance(params.get("shards"), list):
+    if raw.get("index_type") in _SHARDED_TYPES and isinstance(params, dict) and isinstance(params.get("shards"), list):
         listed |= {e["dir"] for e in params["shards"] if isinstance(e, dict) and isinstance(e.get("dir"), str)}
     for child in sorted(directory.iterdir()):
         if child.name not in listed:

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,12 +34,17 @@ from indexes._io import atomic_directory, file_sha256, load_array, save_array, v
 from indexes._shards import (
     ROUTING,
     LocalHandle,
-    RayHandle,
     ShardHandle,
     ShardServer,
+    check_shard,
+    collect_searches,
     empty_copy,
+    failure_text,
+    gather,
     merge_results,
+    open_shards,
     route,
+    shard_dir,
     shard_of,
     template_from_state,
     template_state,
@@ -74,10 +79,6 @@ class ShardedSearchResult(SearchResult):
     def partial(self) -> bool:
         """True when some shards failed and the hits come from the others only."""
         return bool(self.failed_shards)
-
-
-def _shard_dir(number: int) -> str:
-    return f"shard-{number:03d}"
 
 
 def _ray_is_running() -> bool:
@@ -122,7 +123,10 @@ class ShardedIndex(VectorIndex):
         if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
             raise ConfigError(f"n_shards must be a positive integer; got {n_shards!r}.")
         if not isinstance(template, VectorIndex) or isinstance(template, ShardedIndex):
-            raise ConfigError(f"template must be an empty FlatIndex or FaissIndex; got {type(template).__name__}.")
+            raise ConfigError(
+                f"template must be an empty FlatIndex or FaissIndex; got {type(template).__name__}. "
+                "For a MultiVectorIndex use indexes.ShardedMultiVectorIndex."
+            )
         super().__init__(template.dim, metric=template.metric)
         self._template = empty_copy(template)
         self.n_shards = int(n_shards)
@@ -170,26 +174,10 @@ class ShardedIndex(VectorIndex):
     # ------------------------------------------------------------------ calls to shards
     def _gather(self, name: str, args: Sequence[tuple[Any, ...] | None]) -> list[Any]:
         """Call ``name`` on every shard whose ``args`` is not None; raise ShardError naming failures."""
-        futures: dict[int, Future[Any]] = {
-            s: self._handles[s].call(name, *a) for s, a in enumerate(args) if a is not None
-        }
-        results: list[Any] = [None] * self.n_shards
-        failures: dict[int, BaseException] = {}
-        for s, fut in futures.items():
-            try:
-                results[s] = fut.result()
-            except Exception as exc:  # any shard-side failure: reported per shard below
-                failures[s] = exc
-        if failures:
-            raise ShardError(self._failure_text(name, failures), failures=failures)
-        return results
+        return gather(self._handles, name, args)
 
     def _failure_text(self, name: str, failures: dict[int, BaseException]) -> str:
-        where = "; ".join(f"shard {s} ({_shard_dir(s)}): {type(e).__name__}: {e}" for s, e in failures.items())
-        return (
-            f"{len(failures)} of {self.n_shards} shard(s) failed during {name}: {where}. "
-            + ("Pass allow_partial=True to search the remaining shards." if name == "search" else "")
-        )
+        return failure_text(name, failures, self.n_shards)
 
     # ------------------------------------------------------------------ train / add / delete
     @property
@@ -287,24 +275,13 @@ class ShardedIndex(VectorIndex):
             args: list[tuple[Any, ...] | None] = [(q, k, p) if p else None for p in parts]
         else:
             args = [(q, k, None) if live else None for _, live in self._stats]
-        futures = {s: self._handles[s].call("search", *a) for s, a in enumerate(args) if a is not None}
-        answers: list[Any] = []
-        failures: dict[int, BaseException] = {}
-        missing: list[str] = []
-        for s, fut in futures.items():
-            try:
-                scores, labels, ids, miss = fut.result()
-            except Exception as exc:  # a shard that fails is reported, never silently dropped
-                failures[s] = exc
-                continue
-            missing.extend(miss)
-            answers.append((s, scores, labels, ids))
+        answers, failures, missing = collect_searches(self._handles, args)
         if missing:
             raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
         if failures and (not allow_partial or not answers):
             raise ShardError(self._failure_text("search", failures), failures=failures)
         if failures:
-            logger.warning("answering from %d of %d shards: %s", len(answers), len(futures),
+            logger.warning("answering from %d of %d shards: %s", len(answers), len(answers) + len(failures),
                            self._failure_text("search", failures))
         merged = merge_results(answers, k, self.n_shards, q.shape[0])
         return ShardedSearchResult(
@@ -324,7 +301,7 @@ class ShardedIndex(VectorIndex):
         with atomic_directory(target, overwrite=overwrite) as tmp:
             trained = self.write_trained(tmp, self._template)
             args = [
-                (str(tmp / _shard_dir(s)), self._shard_metadata(s, trained["sha256"])) for s in range(self.n_shards)
+                (str(tmp / shard_dir(s)), self._shard_metadata(s, trained["sha256"])) for s in range(self.n_shards)
             ]
             entries = self._gather("save", args)
             self.write_manifest(tmp, self._template, entries, trained, self.metadata)
@@ -423,7 +400,7 @@ class ShardedIndex(VectorIndex):
             )
         template = cls._read_template(directory, manifest)
         for s, entry in enumerate(entries):
-            cls._check_shard(directory, s, len(entries), entry, params.get("trained_sha256"), verify=verify)
+            check_shard(directory, s, len(entries), entry, params.get("trained_sha256"), verify=verify)
         if backend == "auto":
             backend = "ray" if _ray_is_running() else "threads"
         if backend not in ("threads", "ray"):
@@ -431,18 +408,10 @@ class ShardedIndex(VectorIndex):
         index = cls(template, len(entries), workers=workers)
         index.metadata = manifest.metadata
         shard_dirs = [directory / e["dir"] for e in entries]
-        if backend == "threads":
-            pool = index._pool()
-            servers = list(pool.map(lambda d: ShardServer(path=d, verify=verify, mmap=mmap), shard_dirs))
-            index._handles = [LocalHandle(server, pool) for server in servers]
-        else:
-            ray = require("ray", extra="distributed", feature="ShardedIndex.load(backend='ray')")
-            if not ray.is_initialized():
-                raise ConfigError("backend='ray' needs a running Ray: call ray.init() (or retrieval.distributed.init_ray()) first.")
-            remote = ray.remote(**actor_options)(ShardServer) if actor_options else ray.remote(ShardServer)
-            index._actors = [remote.remote(path=str(d.resolve()), verify=verify, mmap=mmap) for d in shard_dirs]
-            index._handles = [RayHandle(actor) for actor in index._actors]
-            index.backend = "ray"
+        index._handles, index._actors = open_shards(
+            ShardServer, shard_dirs, backend, index._pool(), verify=verify, mmap=mmap, actor_options=actor_options
+        )
+        index.backend = backend
         index._stats = index._gather("stats", [()] * index.n_shards)
         for s, (entry, stats) in enumerate(zip(entries, index._stats, strict=True)):
             if stats != (entry["count"], entry["live"]):
@@ -473,27 +442,6 @@ class ShardedIndex(VectorIndex):
         if template.dim != manifest.dim:
             raise IndexFormatError(f"{directory / params['trained_file']} has dimension {template.dim}, not {manifest.dim}.")
         return template
-
-    @staticmethod
-    def _check_shard(
-        directory: Path, number: int, n: int, entry: Any, trained_sha256: str | None, *, verify: bool
-    ) -> None:
-        if not isinstance(entry, dict) or not {"dir", "count", "live", "manifest_sha256"} <= entry.keys():
-            raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.shards[{number}] is damaged: {entry!r}.")
-        shard_dir = directory / str(entry["dir"])
-        shard = read_manifest(shard_dir)
-        if verify and file_sha256(shard_dir / MANIFEST_NAME) != entry["manifest_sha256"]:
-            raise IndexFormatError(
-                f"{shard_dir / MANIFEST_NAME} differs from the one recorded in {directory / MANIFEST_NAME}; the "
-                "shard was replaced or modified. Restore it or rebuild the sharded index."
-            )
-        meta = shard.metadata.get("shard", {})
-        expected = {"number": number, "of": n, "routing": ROUTING, "trained_sha256": trained_sha256}
-        if meta != expected:
-            raise IndexFormatError(
-                f"{shard_dir} is not shard {number} of {n} of this index (its metadata.shard is {meta!r}, expected "
-                f"{expected!r}): shards must share the trained codebooks and the routing."
-            )
 
     def close(self) -> None:
         """Stop the shard actors (Ray) or the search threads; the index is unusable afterwards."""

@@ -114,3 +114,35 @@ def test_cli_index_with_shards_on_ray(tmp_path, capsys):
     assert built["backend"] == "ray" and sum(built["shard_sizes"]) == 6 and ray.is_initialized()
     assert main(["search", str(tmp_path / "ix"), "statins and cholesterol", "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["hits"][0]["doc_id"] == "d6"
+
+
+def test_ray_multivector_shards_match_threads_and_report_a_dead_actor(tmp_path):
+    from indexes import MultiVectorIndex, ShardedMultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    rng = np.random.default_rng(4)
+    mv = MultiVectorEmbeddings.from_list([rng.standard_normal((4, 8)) for _ in range(60)],
+                                         ids=[f"m{i}" for i in range(60)])
+    template = MultiVectorIndex(8, spec="KMeans16").train(mv)
+    ShardedMultiVectorIndex(template, 2).add(mv.select(np.arange(50))).save(tmp_path / "mv")
+    threads = ShardedMultiVectorIndex.load(tmp_path / "mv", backend="threads")
+    index = ShardedMultiVectorIndex.load(tmp_path / "mv", backend="ray", actor_options={"num_cpus": 0})
+    try:
+        assert index.backend == "ray" and index.shard_sizes == threads.shard_sizes
+        for target in (index, threads):
+            target.add(mv.select(np.arange(50, 60)))
+            target.delete(["m0", "m1"])
+        q = mv.select(np.arange(10, 15))
+        res = index.search(q, k=5)
+        expected = threads.search(q, k=5)
+        assert res.doc_ids == expected.doc_ids
+        np.testing.assert_array_equal(res.scores, expected.scores)
+        ray.kill(index._actors[0])
+        with pytest.raises(ShardError, match=r"shard 0 \(shard-000\)"):
+            index.search(q, k=5)
+        partial = index.search(q, k=5, allow_partial=True)
+        assert list(partial.failed_shards) == [0]
+        assert all(shard_of(i, 2) == 1 for row in partial.doc_ids for i in row)
+    finally:
+        index.close()
+        threads.close()
