@@ -39,7 +39,8 @@ DIM = 16
 N0 = 120
 STEP = 12
 
-KINDS = ("flat", "faiss-flat", "hnsw", "ivf-pq", "opq-pq", "multivector", "sharded")
+KINDS = ("flat", "faiss-flat", "hnsw", "ivf-pq", "opq-pq", "multivector", "sharded", "sharded-mv")
+MULTI = ("multivector", "sharded-mv")  # kinds searched with MultiVectorEmbeddings
 
 
 def vector_of(doc_id: str) -> np.ndarray:
@@ -82,6 +83,7 @@ def new_index(kind: str) -> Any:
     """An empty index of ``kind``, trained where it needs training."""
     from indexes import FaissIndex, FlatIndex, ShardedIndex
     from indexes.multivector import MultiVectorIndex
+    from indexes.sharded_multivector import ShardedMultiVectorIndex
 
     train = np.random.default_rng(5).standard_normal((10_000, DIM)).astype(np.float32)
     makers: dict[str, Callable[[], Any]] = {
@@ -93,6 +95,7 @@ def new_index(kind: str) -> Any:
         "multivector": lambda: MultiVectorIndex(DIM, spec="FP16"),
         # Three exact shards in sub-directories, the top manifest written last.
         "sharded": lambda: ShardedIndex(FlatIndex(DIM, metric="l2"), 3),
+        "sharded-mv": lambda: ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16"), 3),
     }
     return makers[kind]()
 
@@ -117,7 +120,7 @@ def _mv_batch(ids: list[str]) -> Any:
 def apply(index: Any, kind: str, op: str, ids: list[str]) -> None:
     if op == "delete":
         index.delete(ids)
-    elif kind == "multivector":
+    elif kind in MULTI:
         index.add(_mv_batch(ids))
     else:
         index.add(np.stack([vector_of(i) for i in ids]), ids=ids)
@@ -219,12 +222,12 @@ def _verify(path: Path, kind: str, allowed: set[int], schedule: Schedule) -> tup
         return None, f"unloadable: {type(exc).__name__}: {exc}"
     live = index.doc_ids
     # Shards list their ids shard by shard: compare as a set there, in insertion order elsewhere.
-    same = (lambda j: sorted(live) == sorted(schedule.ids(j))) if kind == "sharded" else (lambda j: live == schedule.ids(j))
+    same = (lambda j: sorted(live) == sorted(schedule.ids(j))) if kind.startswith("sharded") else (lambda j: live == schedule.ids(j))
     state = next((j for j in sorted(allowed) if same(j)), None)
     if state is None:
         return None, f"mixed: {len(live)} live ids match none of states {sorted(allowed)}"
     probe = live[:: max(1, len(live) // 5)][:5]
-    if kind == "multivector":
+    if kind in MULTI:
         queries = _mv_batch(probe)
         got = [row[0] for row in index.search(queries, k=1).doc_ids]
     else:
@@ -234,7 +237,7 @@ def _verify(path: Path, kind: str, allowed: set[int], schedule: Schedule) -> tup
             if not np.array_equal(stored, np.stack([vector_of(i) for i in probe])):
                 return None, "mixed: stored vectors differ from the ids' vectors"
         got = [row[0] for row in index.search(np.stack([vector_of(i) for i in probe]), k=1).doc_ids]
-    if kind in ("flat", "faiss-flat", "hnsw", "multivector", "sharded") and got != probe:
+    if kind in ("flat", "faiss-flat", "hnsw", "multivector", "sharded", "sharded-mv") and got != probe:
         return None, f"mixed: self-search returned {got} for {probe}"
     return state, None
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from kill_harness import _mv_batch, _mv_vectors, apply, new_index, vector_of
 
-EXACT = ("flat", "faiss-flat", "hnsw", "multivector", "sharded")
+EXACT = ("flat", "faiss-flat", "hnsw", "multivector", "sharded", "sharded-mv")
 ANCHORS = [f"a{i}" for i in range(40)]
 
 
@@ -51,7 +51,7 @@ class StressStats:
 
 
 def _expected_score(kind: str, query: Any, doc_id: str) -> float:
-    if kind == "multivector":
+    if kind in ("multivector", "sharded-mv"):
         return float((query @ _mv_vectors(doc_id).T).max(axis=1).sum())
     diff = query - vector_of(doc_id)
     return -float(diff @ diff)
@@ -111,7 +111,7 @@ def run_stress(kind: str, *, readers: int = 4, seconds: float = 2.0, k: int = 10
                 others = [f"b{rng.randrange(160)}", f"a{rng.randrange(40)}"]
                 probe = anchors + others
                 horizon = len(deleted_log)  # deletions finished before this search started
-                if kind == "multivector":
+                if kind in ("multivector", "sharded-mv"):
                     queries = _mv_batch(probe)
                     qvecs = [_mv_vectors(p) for p in probe]
                 else:

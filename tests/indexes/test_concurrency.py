@@ -14,7 +14,7 @@ import stress_harness  # tests/indexes is on sys.path (pytest's rootdir-relative
 from indexes._lock import RWLock
 
 
-@pytest.mark.parametrize("kind", ["flat", "faiss-flat", "hnsw", "ivf-pq", "multivector", "sharded"])
+@pytest.mark.parametrize("kind", ["flat", "faiss-flat", "hnsw", "ivf-pq", "multivector", "sharded", "sharded-mv"])
 def test_search_while_adding_and_deleting(kind):
     stats = stress_harness.run_stress(kind, readers=3, seconds=0.8, seed=1)
     assert stats.problems == []
