@@ -36,7 +36,7 @@ def test_kill_with_two_rename_fallback_recovers(kind, tmp_path):
 
 def test_trials_detect_an_unsafe_save(tmp_path):
     # A save that clears the directory and writes in place must be caught, or the trials prove nothing.
-    stats = kill_harness.run_trials("flat", 4, tmp_path, mode="unsafe", seed=5, window=0.1)
+    stats = kill_harness.run_trials("flat", 8, tmp_path, mode="unsafe", seed=5, window=0.1)
     assert stats.unloadable + stats.mixed > 0
 
 
