@@ -88,6 +88,67 @@ def _ray_is_running() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
+# -------------------------------------------------------------------- shard coordination
+# Shared by ShardedIndex and ShardedMultiVectorIndex: both route ids to shards the same way and
+# differ only in what a shard holds and how a query batch is checked.
+def _new_stats(old: list[tuple[int, int]], new: list[Any]) -> list[tuple[int, int]]:
+    """Per-shard (rows, live) counts after a call that returned counts only from the shards it reached."""
+    return [st if st is not None else old[s] for s, st in enumerate(new)]
+
+
+def refuse_present_ids(handles: Sequence[ShardHandle], id_parts: list[list[str]]) -> None:
+    """Raise ConfigError if any id of ``id_parts`` (one list per shard) is already on its shard."""
+    absent = gather(handles, "missing", [(p,) if p else None for p in id_parts])
+    absent_sets = [set(a) if a is not None else set() for a in absent]
+    clash = [i for s, p in enumerate(id_parts) for i in p if i not in absent_sets[s]]
+    if clash:
+        raise ConfigError(
+            f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
+        )
+
+
+def delete_routed(
+    handles: Sequence[ShardHandle], ids: Iterable[str], stats: list[tuple[int, int]]
+) -> tuple[int, list[tuple[int, int]]]:
+    """Delete ``ids`` from their shards once every id was found; returns (count, new stats)."""
+    ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
+    id_parts = [[ids[i] for i in part] for part in route(ids, len(handles))] if ids else []
+    missing = [i for m in gather(handles, "missing", [(p,) if p else None for p in id_parts]) if m for i in m]
+    if missing:
+        raise UnknownIdError(
+            f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; "
+            "nothing was deleted. Check `doc_id in index` first."
+        )
+    return len(ids), _new_stats(stats, gather(handles, "delete", [(p,) if p else None for p in id_parts]))
+
+
+def search_routed(
+    handles: Sequence[ShardHandle], stats: list[tuple[int, int]], queries: Any, nq: int, k: int, *,
+    subset: Iterable[str] | None, query_ids: list[str] | None, allow_partial: bool,
+) -> ShardedSearchResult:
+    """Search the shards that can answer (all live ones, or those holding ``subset``) and merge exactly."""
+    n_shards = len(handles)
+    if subset is not None:
+        subset_ids = [subset] if isinstance(subset, str) else list(dict.fromkeys(subset))
+        parts = [[subset_ids[i] for i in p] for p in route(subset_ids, n_shards)]
+        args: list[tuple[Any, ...] | None] = [(queries, k, p) if p else None for p in parts]
+    else:
+        args = [(queries, k, None) if live else None for _, live in stats]
+    answers, failures, missing = collect_searches(handles, args)
+    if missing:
+        raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
+    if failures and (not allow_partial or not answers):
+        raise ShardError(failure_text("search", failures, n_shards), failures=failures)
+    if failures:
+        logger.warning("answering from %d of %d shards: %s", len(answers), len(answers) + len(failures),
+                       failure_text("search", failures, n_shards))
+    merged = merge_results(answers, k, n_shards, nq)
+    return ShardedSearchResult(
+        doc_ids=merged.doc_ids, scores=merged.scores, labels=merged.labels, query_ids=query_ids,
+        failed_shards={s: f"{type(e).__name__}: {e}" for s, e in failures.items()},
+    )
+
+
 @register_index
 class ShardedIndex(VectorIndex):
     """An index split into ``n_shards`` shards that share one trained state.
@@ -208,30 +269,15 @@ class ShardedIndex(VectorIndex):
         check_new_ids(new_ids, ())
         parts = route(new_ids, self.n_shards)
         id_parts = [[new_ids[i] for i in part] for part in parts]
-        absent = self._gather("missing", [(p,) if p else None for p in id_parts])
-        absent_sets = [set(a) if a is not None else set() for a in absent]
-        clash = [i for s, p in enumerate(id_parts) for i in p if i not in absent_sets[s]]
-        if clash:
-            raise ConfigError(
-                f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
-            )
+        refuse_present_ids(self._handles, id_parts)
         stats = self._gather("add", [(vectors[p], id_parts[s]) if p.size else None for s, p in enumerate(parts)])
-        self._stats = [st if st is not None else self._stats[s] for s, st in enumerate(stats)]
+        self._stats = _new_stats(self._stats, stats)
         return self
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; all ids are checked on their shards before anything is removed."""
-        ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
-        id_parts = [[ids[i] for i in part] for part in route(ids, self.n_shards)] if ids else []
-        missing = [i for m in self._gather("missing", [(p,) if p else None for p in id_parts]) if m for i in m]
-        if missing:
-            raise UnknownIdError(
-                f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; "
-                "nothing was deleted. Check `doc_id in index` first."
-            )
-        stats = self._gather("delete", [(p,) if p else None for p in id_parts])
-        self._stats = [st if st is not None else self._stats[s] for s, st in enumerate(stats)]
-        return len(ids)
+        count, self._stats = delete_routed(self._handles, ids, self._stats)
+        return count
 
     # ------------------------------------------------------------------ search
     def search(
@@ -269,26 +315,9 @@ class ShardedIndex(VectorIndex):
         q = as_float32_matrix(queries, name="queries", dim=self.dim)
         if query_ids is not None and len(query_ids) != q.shape[0]:
             raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {q.shape[0]} queries.")
-        if subset is not None:
-            subset_ids = [subset] if isinstance(subset, str) else list(dict.fromkeys(subset))
-            parts = [[subset_ids[i] for i in p] for p in route(subset_ids, self.n_shards)]
-            args: list[tuple[Any, ...] | None] = [(q, k, p) if p else None for p in parts]
-        else:
-            args = [(q, k, None) if live else None for _, live in self._stats]
-        answers, failures, missing = collect_searches(self._handles, args)
-        if missing:
-            raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
-        if failures and (not allow_partial or not answers):
-            raise ShardError(self._failure_text("search", failures), failures=failures)
-        if failures:
-            logger.warning("answering from %d of %d shards: %s", len(answers), len(answers) + len(failures),
-                           self._failure_text("search", failures))
-        merged = merge_results(answers, k, self.n_shards, q.shape[0])
-        return ShardedSearchResult(
-            doc_ids=merged.doc_ids, scores=merged.scores, labels=merged.labels,
-            query_ids=list(query_ids) if query_ids is not None else None,
-            failed_shards={s: f"{type(e).__name__}: {e}" for s, e in failures.items()},
-        )
+        return search_routed(self._handles, self._stats, q, q.shape[0], k, subset=subset,
+                             query_ids=list(query_ids) if query_ids is not None else None,
+                             allow_partial=allow_partial)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -35,10 +35,7 @@ from indexes._shards import (
     ShardHandle,
     ShardServer,
     check_shard,
-    collect_searches,
-    failure_text,
     gather,
-    merge_results,
     open_shards,
     route,
     shard_dir,
@@ -47,11 +44,19 @@ from indexes._shards import (
 from indexes.base import _check_k, check_new_ids, format_errors, register_index
 from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 from indexes.multivector import MultiVectorIndex
-from indexes.sharded import Backend, ShardedSearchResult, _ray_is_running
+from indexes.sharded import (
+    Backend,
+    ShardedSearchResult,
+    _new_stats,
+    _ray_is_running,
+    delete_routed,
+    refuse_present_ids,
+    search_routed,
+)
 from retrieval._optional import require
 from retrieval.compress.base import codec_from_state
 from retrieval.compress.binary import BinaryQuantizer
-from retrieval.errors import ConfigError, IndexFormatError, ShapeError, ShardError, UnknownIdError
+from retrieval.errors import ConfigError, IndexFormatError, ShapeError
 from retrieval.types import MultiVectorEmbeddings
 
 __all__ = ["MultiVectorShardServer", "ShardedMultiVectorIndex"]
@@ -237,29 +242,15 @@ class ShardedMultiVectorIndex:
             self.train(mv)
         parts = route(mv.ids, self.n_shards)
         id_parts = [[mv.ids[i] for i in part] for part in parts]
-        absent = gather(self._handles, "missing", [(p,) if p else None for p in id_parts])
-        clash = [i for s, p in enumerate(id_parts) if p for i in p if i not in set(absent[s])]
-        if clash:
-            raise ConfigError(
-                f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
-            )
+        refuse_present_ids(self._handles, id_parts)
         stats = gather(self._handles, "add", [(mv.select(p),) if p.size else None for p in parts])
-        self._stats = [st if st is not None else self._stats[s] for s, st in enumerate(stats)]
+        self._stats = _new_stats(self._stats, stats)
         return self
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; all ids are checked on their shards before anything is removed."""
-        ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
-        id_parts = [[ids[i] for i in part] for part in route(ids, self.n_shards)] if ids else []
-        missing = [i for m in gather(self._handles, "missing", [(p,) if p else None for p in id_parts]) if m for i in m]
-        if missing:
-            raise UnknownIdError(
-                f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; "
-                "nothing was deleted. Check `doc_id in index` first."
-            )
-        stats = gather(self._handles, "delete", [(p,) if p else None for p in id_parts])
-        self._stats = [st if st is not None else self._stats[s] for s, st in enumerate(stats)]
-        return len(ids)
+        count, self._stats = delete_routed(self._handles, ids, self._stats)
+        return count
 
     # ------------------------------------------------------------------ search
     def search(
@@ -294,25 +285,8 @@ class ShardedMultiVectorIndex:
         qids = list(query_ids) if query_ids is not None else list(q.ids)
         if len(qids) != len(q):
             raise ShapeError(f"query_ids must have one id per query; got {len(qids)} for {len(q)} queries.")
-        if subset is not None:
-            subset_ids = [subset] if isinstance(subset, str) else list(dict.fromkeys(subset))
-            parts = [[subset_ids[i] for i in p] for p in route(subset_ids, self.n_shards)]
-            args: list[tuple[Any, ...] | None] = [(q, k, p) if p else None for p in parts]
-        else:
-            args = [(q, k, None) if live else None for _, live in self._stats]
-        answers, failures, missing = collect_searches(self._handles, args)
-        if missing:
-            raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
-        if failures and (not allow_partial or not answers):
-            raise ShardError(failure_text("search", failures, self.n_shards), failures=failures)
-        if failures:
-            logger.warning("answering from %d of %d shards: %s", len(answers), len(answers) + len(failures),
-                           failure_text("search", failures, self.n_shards))
-        merged = merge_results(answers, k, self.n_shards, len(q))
-        return ShardedSearchResult(
-            doc_ids=merged.doc_ids, scores=merged.scores, labels=merged.labels, query_ids=qids,
-            failed_shards={s: f"{type(e).__name__}: {e}" for s, e in failures.items()},
-        )
+        return search_routed(self._handles, self._stats, q, len(q), k, subset=subset, query_ids=qids,
+                             allow_partial=allow_partial)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
