@@ -237,9 +237,6 @@ class ShardedIndex(VectorIndex):
         """Call ``name`` on every shard whose ``args`` is not None; raise ShardError naming failures."""
         return gather(self._handles, name, args)
 
-    def _failure_text(self, name: str, failures: dict[int, BaseException]) -> str:
-        return failure_text(name, failures, self.n_shards)
-
     # ------------------------------------------------------------------ train / add / delete
     @property
     def is_trained(self) -> bool:
