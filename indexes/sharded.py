@@ -23,7 +23,6 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,7 +62,6 @@ Backend = Literal["auto", "threads", "ray"]
 _TRAINED_FILE = "trained.faiss"
 
 
-@dataclass
 class ShardedSearchResult(SearchResult):
     """A :class:`~retrieval.types.SearchResult` that also says which shards did not answer.
 
@@ -73,7 +71,11 @@ class ShardedSearchResult(SearchResult):
         Shard number -> error message, for shards skipped under ``allow_partial=True``.
     """
 
-    failed_shards: dict[int, str] = field(default_factory=dict)
+    __slots__ = ("failed_shards",)
+
+    def __init__(self, *args: Any, failed_shards: dict[int, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_shards: dict[int, str] = dict(failed_shards or {})
 
     @property
     def partial(self) -> bool:

@@ -33,11 +33,12 @@ class SearchTiming:
     p50_ms: float
     p95_ms: float
     repeats: int
+    runs: tuple[float, ...] = ()  # queries per second of each timed pass, in the order run
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | list[float]]:
         return {
             "batch_size": self.batch_size, "qps": self.qps, "qps_min": self.qps_min, "qps_max": self.qps_max,
-            "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "repeats": self.repeats,
+            "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "repeats": self.repeats, "qps_runs": list(self.runs),
         }
 
 
@@ -72,6 +73,7 @@ def time_search(
         p50_ms=float(np.percentile(lat, 50)),
         p95_ms=float(np.percentile(lat, 95)),
         repeats=repeats,
+        runs=tuple(rates),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,25 +11,29 @@ from numpy.typing import NDArray
 
 from retrieval.errors import ShapeError
 
-__all__ = ["Embeddings", "Hit", "MultiVectorEmbeddings", "SearchResult", "as_float32_matrix"]
+__all__ = ["Embeddings", "Hit", "MultiVectorEmbeddings", "SearchResult", "as_float32_matrix", "check_finite"]
 
 
 _SMALL = 1 << 16  # elements (256 KB of float32): below this a boolean finiteness mask is cheap
 
 
-def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[np.float32]:
+def as_float32_matrix(x: Any, *, name: str, dim: int | None = None, finite: bool = True) -> NDArray[np.float32]:
     """Validate ``x`` as a finite 2-D float matrix and return it as C-contiguous float32.
 
     Accepts float16/float32/float64 arrays (and torch tensors via ``np.asarray``). A 1-D
     vector is rejected rather than silently reshaped, because ``(d,)`` vs ``(1, d)`` is a
-    common source of wrong results.
+    common source of wrong results. A float32 C-contiguous array is returned as is (no copy).
+
+    ``finite=False`` skips the NaN / inf check, for a caller that runs
+    :func:`check_finite` itself later (``VectorIndex.search`` does, only when the search
+    results show that something is off, which every non-finite query makes them).
 
     Raises
     ------
     ShapeError
         If ``x`` is not 2-D, has a non-float dtype, the wrong width, or NaN / inf values.
     """
-    arr = np.asarray(x)
+    arr = x if type(x) is np.ndarray else np.asarray(x)
     if arr.ndim != 2:
         hint = " Wrap a single vector as x[None, :]." if arr.ndim == 1 else ""
         raise ShapeError(
@@ -46,23 +50,37 @@ def as_float32_matrix(x: Any, *, name: str, dim: int | None = None) -> NDArray[n
             f"{name} must have shape (n, {dim}) to match the index; got {arr.shape}. "
             "Was the index built with a different encoder?"
         )
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    if out.size <= _SMALL:
+    out = arr if arr.dtype == np.float32 and arr.flags.c_contiguous else np.ascontiguousarray(arr, dtype=np.float32)
+    if finite:
+        check_finite(out, name=name)
+    return out
+
+
+def check_finite(x: NDArray[np.floating], *, name: str) -> None:
+    """Raise :class:`ShapeError` naming the first row of the 2-D array ``x`` that holds a NaN or inf.
+
+    Examples
+    --------
+    >>> check_finite(np.array([[1.0, 2.0], [np.nan, 0.0]]), name="queries")
+    Traceback (most recent call last):
+    ...
+    retrieval.errors.ShapeError: queries contains NaN or inf values in 1 row(s) (first: row 1). Check the encoder output or the input data.
+    """
+    if x.size <= _SMALL:
         # A search-sized batch: one boolean pass is cheaper than entering np.errstate.
-        finite = bool(np.isfinite(out).all())
+        finite = bool(np.isfinite(x).all())
     else:
         # A large matrix: one reduction instead of a full boolean mask; a non-finite sum (a NaN /
         # inf, or an overflow of huge finite values) triggers the exact check.
         with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN: the check still sees it
-            total = out.sum(dtype=np.float64)
-        finite = bool(np.isfinite(total)) or bool(np.isfinite(out).all())
+            total = x.sum(dtype=np.float64)
+        finite = bool(np.isfinite(total)) or bool(np.isfinite(x).all())
     if not finite:
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
         raise ShapeError(
             f"{name} contains NaN or inf values in {bad.size} row(s) (first: row {int(bad[0])}). "
             "Check the encoder output or the input data."
         )
-    return out
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,6 @@ class Hit:
     score: float
 
 
-@dataclass
 class SearchResult:
     """Top-k results for a batch of queries.
 
@@ -112,6 +129,9 @@ class SearchResult:
     ----------
     doc_ids : list of list of str, shape (nq, <=k)
         Document ids per query, best first. A query with fewer than k hits has a shorter list.
+        Indexes hand over their label-to-id table instead of a list (``id_table``): the
+        Python lists are then built on first access and kept, so a caller that only reads
+        ``labels`` and ``scores`` never pays for them.
     scores : np.ndarray, shape (nq, k), dtype float32
         Higher is better (inner product, or negative squared L2 distance for ``metric="l2"``);
         ``-inf`` pads the missing hits.
@@ -119,12 +139,54 @@ class SearchResult:
         Internal row numbers in the index; ``-1`` pads the missing hits (as in faiss).
     query_ids : list of str or None
         Optional query ids, used by :meth:`to_trec_dict`.
+
+    Examples
+    --------
+    >>> r = SearchResult(scores=np.array([[0.9, -np.inf]], dtype=np.float32),
+    ...                  labels=np.array([[1, -1]]), id_table=np.array(["a", "b"], dtype=object))
+    >>> r.doc_ids
+    [['b']]
     """
 
-    doc_ids: list[list[str]]
-    scores: NDArray[np.float32]
-    labels: NDArray[np.int64]
-    query_ids: list[str] | None = field(default=None)
+    __slots__ = ("_doc_ids", "_id_table", "labels", "query_ids", "scores")
+
+    def __init__(
+        self,
+        doc_ids: list[list[str]] | None = None,
+        scores: NDArray[np.float32] | None = None,
+        labels: NDArray[np.int64] | None = None,
+        query_ids: list[str] | None = None,
+        *,
+        id_table: NDArray[np.object_] | None = None,
+    ) -> None:
+        if scores is None or labels is None:
+            raise TypeError("SearchResult needs scores and labels.")
+        if (doc_ids is None) == (id_table is None):
+            raise TypeError("SearchResult needs exactly one of doc_ids (lists of ids) or id_table (label -> id).")
+        self._doc_ids = doc_ids
+        self._id_table = id_table  # never mutated in place by an index, so a result is a snapshot
+        self.scores = scores
+        self.labels = labels
+        self.query_ids = query_ids
+
+    @property
+    def doc_ids(self) -> list[list[str]]:
+        if self._doc_ids is None:
+            labels, table = self.labels, self._id_table
+            assert table is not None
+            if labels.size == 0 or labels[:, -1].min() >= 0:
+                self._doc_ids = table[labels].tolist()  # every row full: one gather
+            else:  # padding (-1) sits at the end of short rows
+                self._doc_ids = [table[row[row >= 0]].tolist() for row in labels]
+        return self._doc_ids
+
+    @doc_ids.setter
+    def doc_ids(self, value: list[list[str]]) -> None:
+        self._doc_ids = value
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(doc_ids={self.doc_ids!r}, scores={self.scores!r}, labels={self.labels!r}, "
+                f"query_ids={self.query_ids!r})")
 
     def __len__(self) -> int:
         return len(self.doc_ids)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from indexes.base import VectorIndex
     from indexes.multivector import MultiVectorIndex
 
-__all__ = ["index_memory_bytes", "machine_info", "memory_bandwidth", "set_threads", "time_interleaved"]
+__all__ = ["extra_us_per_call", "index_memory_bytes", "machine_info", "memory_bandwidth", "paired_ratio", "set_threads",
+           "time_interleaved"]
 
 _VERSIONED = ("densezip", "numpy", "faiss-cpu", "faiss-gpu", "torch", "sentence-transformers", "transformers",
               "ir-measures", "matplotlib")
@@ -51,8 +52,9 @@ def time_interleaved(
     Returns
     -------
     dict of str to SearchTiming
-        Per function: median queries per second over ``repeats`` passes (with min and max),
-        p50 / p95 latency per batch pooled over the passes.
+        Per function: median queries per second over ``repeats`` passes (with min and max,
+        and every pass in ``runs``), p50 / p95 latency per batch pooled over the passes.
+        Compare two functions with :func:`paired_ratio`.
     """
     names = list(searches)
     batches = _batches(queries, batch_size)
@@ -76,9 +78,44 @@ def time_interleaved(
         out[name] = SearchTiming(
             batch_size=batch_size, qps=float(np.median(rates[name])), qps_min=float(np.min(rates[name])),
             qps_max=float(np.max(rates[name])), p50_ms=float(np.percentile(ms, 50)),
-            p95_ms=float(np.percentile(ms, 95)), repeats=repeats,
+            p95_ms=float(np.percentile(ms, 95)), repeats=repeats, runs=tuple(rates[name]),
         )
     return out
+
+
+def paired_ratio(a: SearchTiming, b: SearchTiming) -> float:
+    """Median over passes of ``a``'s QPS over ``b``'s QPS in the same pass pair.
+
+    :func:`time_interleaved` runs the functions' passes back to back, so pass ``i`` of each
+    saw the same machine conditions; the median of those per-pair ratios is steadier than
+    the ratio of the two medians when the machine's speed drifts over seconds (a shared VM).
+
+    Examples
+    --------
+    >>> t = lambda *runs: SearchTiming(batch_size=1, qps=0, qps_min=0, qps_max=0, p50_ms=0, p95_ms=0,
+    ...                                repeats=len(runs), runs=runs)
+    >>> paired_ratio(t(90.0, 45.0, 95.0), t(100.0, 50.0, 100.0))
+    0.9
+    """
+    if not a.runs or len(a.runs) != len(b.runs):
+        raise ValueError(f"paired_ratio needs the same number of passes; got {len(a.runs)} and {len(b.runs)}.")
+    return float(np.median([x / y for x, y in zip(a.runs, b.runs, strict=True)]))
+
+
+def extra_us_per_call(a: SearchTiming, b: SearchTiming) -> float:
+    """Median over pass pairs of the extra time ``a`` takes per call (one batch) over ``b``, in µs.
+
+    Examples
+    --------
+    >>> t = lambda *runs: SearchTiming(batch_size=4, qps=0, qps_min=0, qps_max=0, p50_ms=0, p95_ms=0,
+    ...                                repeats=len(runs), runs=runs)
+    >>> round(extra_us_per_call(t(1e5, 1e5), t(2e5, 2e5)), 3)
+    20.0
+    """
+    if not a.runs or len(a.runs) != len(b.runs):
+        raise ValueError(f"extra_us_per_call needs the same number of passes; got {len(a.runs)} and {len(b.runs)}.")
+    per_query = [1.0 / x - 1.0 / y for x, y in zip(a.runs, b.runs, strict=True)]
+    return float(np.median(per_query)) * a.batch_size * 1e6
 
 
 def memory_bandwidth(*, mib: int = 256, repeats: int = 5) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.bench.config import BenchConfig, TextDataset, TextIndexConfig
-from retrieval.bench.probe import index_memory_bytes, time_interleaved
+from retrieval.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
 from retrieval.bench.vectors import scan_bytes
 
 if TYPE_CHECKING:
@@ -188,7 +188,8 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
                 searches["raw"] = functools.partial(raw.search, k=config.k)
             t = time_interleaved(searches, timed, batch_size=batch, repeats=config.repeats, warmup=config.warmup)
             entry: dict[str, Any] = {name: timing.as_dict() for name, timing in t.items()}
-            entry["ratio"] = t["ours"].qps / t["raw"].qps if "raw" in t else None
+            entry["ratio"] = paired_ratio(t["ours"], t["raw"]) if "raw" in t else None
+            entry["extra_us_per_call"] = extra_us_per_call(t["ours"], t["raw"]) if "raw" in t else None
             row["timing"][str(batch)] = entry
         rows.append(row)
         progress(f"  {ds.name}: {cfg.name:<28} nDCG@10 {metrics['nDCG@10']:.4f}  "

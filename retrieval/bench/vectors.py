@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval.bench.config import BenchConfig, VectorDataset
-from retrieval.bench.probe import index_memory_bytes, time_interleaved
+from retrieval.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
 from retrieval.bench.vecs import read_fvecs, read_ivecs
 from retrieval.errors import DataError
 
@@ -127,7 +127,8 @@ def run_vector_dataset(ds: VectorDataset, config: BenchConfig, *, progress: Prog
                     )
                     row["timing"][str(batch)] = {
                         "ours": t["ours"].as_dict(), "raw": t["raw"].as_dict(),
-                        "ratio": t["ours"].qps / t["raw"].qps,
+                        "ratio": paired_ratio(t["ours"], t["raw"]),
+                        "extra_us_per_call": extra_us_per_call(t["ours"], t["raw"]),
                     }
                 rows.append(row)
                 label = f"{spec} " + " ".join(f"{a}={b}" for a, b in search_params.items())

@@ -121,3 +121,43 @@ def test_stress_detects_races_without_the_lock(monkeypatch):
         if stats.errors + stats.wrong:
             break
     assert stats.errors + stats.wrong > 0
+
+
+def test_a_writer_that_gives_up_waiting_lets_queued_readers_in(monkeypatch):
+    lock = RWLock()
+    lock.acquire_read()
+    order: list[str] = []
+    waits = threading.Event()
+    real_wait = lock._cond.wait
+
+    def interrupted_wait(timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "writer":
+            waits.set()
+            real_wait(0.2)
+            raise KeyboardInterrupt  # e.g. Ctrl-C while the writer waits for the reader
+        return real_wait(timeout)
+
+    monkeypatch.setattr(lock._cond, "wait", interrupted_wait)
+
+    def writer() -> None:
+        try:
+            lock.acquire_write()
+        except KeyboardInterrupt:
+            order.append("writer gave up")
+
+    def reader() -> None:
+        lock.acquire_read()
+        order.append("reader")
+        lock.release_read()
+
+    w = threading.Thread(target=writer, name="writer")
+    w.start()
+    assert waits.wait(5)
+    r = threading.Thread(target=reader)
+    r.start()  # queues behind the waiting writer
+    w.join(5)
+    r.join(5)
+    assert order == ["writer gave up", "reader"]
+    lock.release_read()
+    lock.acquire_write()  # nothing is left counted
+    lock.release_write()
