@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import re
 from abc import ABC, abstractmethod
@@ -124,6 +125,33 @@ def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
         raise ConfigError(
             f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
         )
+
+
+def _plain_scores(scores: NDArray[np.float32]) -> bool:
+    """True in the common case of a search: every score finite and above the padding sentinel.
+
+    FAISS pads a missing hit with label -1 and score -FLT_MAX, densezip with -inf, so such a
+    result has no padded row and no overflow; and its queries were finite, since a NaN / inf
+    query makes every score of its row NaN / inf or leaves the row padded. Anything else goes
+    to :meth:`VectorIndex._check_results`. A small result is tested in plain Python: right
+    after a FAISS call the CPU caches are cold, and there NumPy's reduction machinery costs
+    several µs per call, which matters against a 20 µs search at batch 1.
+
+    Examples
+    --------
+    >>> _plain_scores(np.array([[0.9, 0.1]], dtype=np.float32))
+    True
+    >>> _plain_scores(np.array([[0.9, -np.finfo(np.float32).max]], dtype=np.float32))
+    False
+    >>> _plain_scores(np.array([[np.inf, 0.1]], dtype=np.float32)), _plain_scores(np.array([[0.1, np.nan]]))
+    (False, False)
+    """
+    if scores.size <= 64:
+        values = scores.ravel().tolist()
+        # A float64 sum of float32 values cannot overflow: it is finite iff every value is.
+        return math.isfinite(sum(values)) and min(values) > _PAD_SCORE
+    # Rows are sorted best first, so an overflow to +inf shows in column 0; min() sees NaN.
+    return bool(scores.min() > _PAD_SCORE and scores[:, 0].max() < np.inf)
 
 
 def _check_k(k: Any) -> int:
@@ -321,12 +349,7 @@ class VectorIndex(ABC):
             labels = np.full((nq, k), -1, dtype=np.int64)
             if k_eff > 0 and nq:
                 scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
-        # One reduction settles the common case: every score finite and above the padding
-        # sentinel (FAISS pads a missing hit with label -1 and score -FLT_MAX, densezip with
-        # -inf), so no row is padded, nothing overflowed, and the queries were finite, since a
-        # NaN / inf query makes every score of its row NaN / inf or leaves the row padded. The
-        # best score of each row (column 0) catches an overflow to +inf.
-        if not (nq and scores.min() > _PAD_SCORE and scores[:, 0].max() < np.inf):
+        if not (nq and _plain_scores(scores)):
             self._check_results(q, scores, labels)
         table = self._ids_array
         if table is None:  # rebuilt after an add; results already returned keep the old one
