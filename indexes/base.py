@@ -460,6 +460,9 @@ class VectorIndex(ABC):
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top-``k`` rows, best first; ``allowed`` masks rows.
 
+        ``queries`` is what :meth:`search` validated: C-contiguous float32 of width ``dim``
+        (backends may hand its buffer to C code as is), not yet checked for NaN / inf.
+
         Scores are higher-better. A missing hit is label ``-1`` at the end of its row, with
         score ``-inf`` or at most ``-FLT_MAX`` (FAISS's sentinel), so that :meth:`search`
         can tell a full, finite result from one reduction over the scores.

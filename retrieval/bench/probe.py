@@ -42,36 +42,46 @@ def time_interleaved(
     repeats: int,
     warmup: int,
 ) -> dict[str, SearchTiming]:
-    """Time several search functions on the same queries, pass by pass in alternating order.
+    """Time several search functions on the same queries, interleaved batch by batch.
 
-    Interleaving puts every function under the same machine conditions (frequency, noisy
-    neighbours, cache state), so their ratio is fairer than two back-to-back runs. Each pass
-    sends all ``queries`` (a float matrix, or multi-vector embeddings) in batches of
-    ``batch_size``; the first ``warmup`` passes are not timed. The order of the functions is reversed every other pass.
+    A shared virtual machine speeds up and slows down over milliseconds to seconds, so two
+    functions timed one after the other (even pass by pass) can differ by 10-20% for no
+    reason of their own. Here the functions take turns batch by batch: in each round of
+    ``len(searches)`` passes over ``queries`` (a float matrix, or multi-vector embeddings,
+    in batches of ``batch_size``), batch ``j`` of pass ``s`` goes to function
+    ``(j + s) mod len(searches)``, so every function sends every batch once per round, the
+    same batch never runs twice in a row when there are several (no cache gift from the
+    previous call), and any
+    slow spell hits all functions alike. The first ``warmup`` rounds are not timed.
 
     Returns
     -------
     dict of str to SearchTiming
-        Per function: median queries per second over ``repeats`` passes (with min and max,
-        and every pass in ``runs``), p50 / p95 latency per batch pooled over the passes.
-        Compare two functions with :func:`paired_ratio`.
+        Per function: median queries per second over ``repeats`` rounds (with min and max,
+        and every round in ``runs``; a round's rate is its queries over the summed batch
+        times), p50 / p95 latency per batch pooled over the rounds. Compare two functions
+        with :func:`paired_ratio`.
     """
     names = list(searches)
+    fns = [searches[n] for n in names]
     batches = _batches(queries, batch_size)
     rates: dict[str, list[float]] = {n: [] for n in names}
     lat: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(warmup + repeats):
-        timed = rep >= warmup
-        for name in names if rep % 2 == 0 else names[::-1]:
-            fn = searches[name]
-            start = time.perf_counter()
-            for b in batches:
+    for rnd in range(warmup + repeats):
+        spent = [0.0] * len(names)
+        times: list[list[float]] = [[] for _ in names]
+        for shift in range(len(names)):
+            for j, b in enumerate(batches):
+                who = (j + shift) % len(names)
                 t0 = time.perf_counter()
-                fn(b)
-                if timed:
-                    lat[name].append(time.perf_counter() - t0)
-            if timed:
-                rates[name].append(len(queries) / (time.perf_counter() - start))
+                fns[who](b)
+                dt = time.perf_counter() - t0
+                spent[who] += dt
+                times[who].append(dt)
+        if rnd >= warmup:
+            for who, name in enumerate(names):
+                rates[name].append(len(queries) / spent[who])
+                lat[name].extend(times[who])
     out: dict[str, SearchTiming] = {}
     for name in names:
         ms = np.asarray(lat[name]) * 1000.0

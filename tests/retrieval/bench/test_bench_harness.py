@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from retrieval.bench import load_config, parse_config, run_bench
-from retrieval.bench.probe import time_interleaved
+from retrieval.bench.probe import paired_ratio, time_interleaved
 from retrieval.bench.report import BEGIN_MARKER, END_MARKER, render_markdown
 from retrieval.bench.vecs import read_fvecs, read_ivecs, write_fvecs, write_ivecs
 from retrieval.bench.vectors import recall_at
@@ -314,6 +315,33 @@ def test_time_interleaved_times_every_function_on_every_pass() -> None:
     out = time_interleaved({"a": make("a"), "b": make("b")}, queries, batch_size=4, repeats=3, warmup=2)
     assert calls == {"a": 50, "b": 50}
     assert out["a"].repeats == 3 and out["a"].batch_size == 4 and out["b"].qps > 0
+
+
+def test_time_interleaved_alternates_batches_and_pairs_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.bench import probe
+
+    clock = [0.0]
+    monkeypatch.setattr(probe.time, "perf_counter", lambda: clock[0])
+    seen: list[tuple[str, float]] = []
+    cost = {"slow": 2e-3, "fast": 1e-3}
+
+    def make(name: str) -> Any:
+        def fn(batch: np.ndarray) -> None:
+            seen.append((name, float(batch[0, 0])))
+            # A slow spell in the middle of every round doubles the cost of whoever runs then.
+            spell = 2.0 if len(seen) % 6 in (2, 3) else 1.0
+            clock[0] += cost[name] * spell
+        return fn
+
+    queries = np.repeat(np.arange(3, dtype=np.float32), 2)[:, None] * np.ones((1, 2), np.float32)  # 3 batches of 2
+    out = time_interleaved({"slow": make("slow"), "fast": make("fast")}, queries, batch_size=2, repeats=4, warmup=1)
+    assert len(seen) == 5 * 2 * 3
+    for rnd in range(5):
+        calls = seen[rnd * 6 : rnd * 6 + 6]
+        assert sorted(calls) == sorted((n, b) for n in cost for b in (0.0, 1.0, 2.0))  # each batch once per function
+        assert all(x[1] != y[1] for x, y in itertools.pairwise(calls))  # never the same batch twice in a row
+    assert paired_ratio(out["slow"], out["fast"]) == pytest.approx(0.5, rel=0.2)
+    assert len(out["slow"].runs) == 4 and out["fast"].p50_ms == pytest.approx(1.0, rel=1.0)
 
 
 def test_report_renders_without_text_datasets(smoke_result: tuple[dict[str, Any], Path]) -> None:
