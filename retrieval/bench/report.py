@@ -169,10 +169,12 @@ def _wrapper_summary(result: dict[str, Any], batches: list[str], hh: str) -> lis
         return []
     lines = [f"{hh} Our wrapper against raw FAISS, same index, equal recall", "",
              "Lowest and median ours/raw QPS ratio over each family's sweep (1.00 = as fast as raw FAISS; "
-             "0.90 = 10% slower). Each point's ratio is the median over its interleaved pass pairs. The extra time "
-             "per call (one batch) is the wrapper's fixed cost: the readers-writer lock, query validation, the "
-             "overflow and padding checks and the result object; at batch 1 it weighs against a FAISS search of "
-             "a few tens of µs, at batch 64 it is spread over 64 queries.", ""]
+             "0.90 = 10% slower). Ours and raw take turns batch by batch; each point's ratio is the median over "
+             "the rounds. The extra time per call (one batch, median over the family's points) is, at batch 1, the "
+             "wrapper's fixed cost: the readers-writer lock, input checks, one test of the scores for overflow "
+             "and padding, and the result object, which weighs against a FAISS search of a few tens of µs. At "
+             "batch 64 it also holds a share of a few percent that grows with the FAISS time (largest for the "
+             "exhaustive scans), whose cause is not pinned down.", ""]
     head, sep = "| data set | index family | points |", "|---|---|---|"
     for b in batches:
         head += f" lowest b={b} | median b={b} | extra µs/call b={b} |"
