@@ -6,8 +6,8 @@ lists of data sets, ``[[text]]`` (BEIR layout, scored with qrels) and ``[[vector
 
     name = "example"
     threads = 2          # FAISS / BLAS threads
-    repeats = 5          # timed passes per figure (the median is reported, min and max kept)
-    warmup = 1           # untimed passes before them
+    repeats = 5          # timed rounds per figure (the median is reported, min and max kept)
+    warmup = 1           # untimed rounds before them
     k = 10               # hits per query when timing
 
     [[text]]

@@ -75,11 +75,11 @@ def render_markdown(result: dict[str, Any], *, image_dir: str = ".", heading_lev
         f"{'a GPU build of FAISS with a GPU' if meta['gpu'] else 'no GPU'}; {meta['threads']} FAISS/BLAS threads; "
         f"Python {meta['python']}; {versions}. Run started {result['started']} and took {result['seconds']:.0f} s.",
         "",
-        f"Every QPS figure is the median of {cfg['repeats']} timed passes over the queries after {cfg['warmup']} "
-        f"warm-up pass(es), k={cfg['k']}, at batch sizes {', '.join(batches)} (min and max in `results.json`); "
+        f"Every QPS figure is the median of {cfg['repeats']} timed rounds over the queries after {cfg['warmup']} "
+        f"warm-up round(s), k={cfg['k']}, at batch sizes {', '.join(batches)} (min and max in `results.json`); "
         "latencies p50/p95 are per batch. \"raw\" is `faiss_index.search` called directly on the very FAISS object "
-        "our `FaissIndex` wraps, timed interleaved with ours pass by pass; \"ours/raw\" is our QPS divided by raw QPS "
-        "(1.00 = no overhead). Bytes per document: everything the loaded index holds in memory (codes, structure, "
+        "our `FaissIndex` wraps; ours and raw take turns batch by batch within each round, and \"ours/raw\" is the "
+        "median over the rounds of our QPS divided by raw QPS (1.00 = no overhead). Bytes per document: everything the loaded index holds in memory (codes, structure, "
         "string ids as Python objects) and every file of its saved directory.",
         "",
         f"Memory bandwidth measured in the same run: **{_gb(bw['read_bytes_per_s'])} GB/s** read "
