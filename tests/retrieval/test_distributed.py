@@ -6,6 +6,7 @@ Ray starts once for the module (a few seconds); the data are tiny. Skipped witho
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,17 @@ def test_ray_build_equals_thread_build_and_one_index(docs, tmp_path):
         remote.close()
 
 
+def _wait_until_dead(actor, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.stats.remote(), timeout=seconds)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the killed actor still answers after {seconds} s")
+
+
 def test_ray_shards_add_delete_save_and_a_dead_actor(docs, tmp_path):
     template = FaissIndex(docs.dim, spec="Flat", metric="ip")
     ShardedIndex(template, 2).add(Embeddings(docs.vectors[:1000], docs.ids[:1000])).save(tmp_path / "s")
@@ -89,6 +101,7 @@ def test_ray_shards_add_delete_save_and_a_dead_actor(docs, tmp_path):
         assert again.search(q, k=3).doc_ids == res.doc_ids
         assert all(m > 0 for m in index.memory())
         ray.kill(index._actors[1])
+        _wait_until_dead(index._actors[1])  # ray.kill is asynchronous: a call right after may still be served
         with pytest.raises(ShardError, match=r"shard 1 \(shard-001\)"):
             index.search(q, k=3)
         partial = index.search(q, k=3, allow_partial=True)
@@ -138,6 +151,7 @@ def test_ray_multivector_shards_match_threads_and_report_a_dead_actor(tmp_path):
         assert res.doc_ids == expected.doc_ids
         np.testing.assert_array_equal(res.scores, expected.scores)
         ray.kill(index._actors[0])
+        _wait_until_dead(index._actors[0])
         with pytest.raises(ShardError, match=r"shard 0 \(shard-000\)"):
             index.search(q, k=5)
         partial = index.search(q, k=5, allow_partial=True)
