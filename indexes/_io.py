@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -239,6 +240,14 @@ def _valid_array_entry(entry: Any) -> bool:
     )
 
 
+# np.load parses the .npy header with ast.literal_eval. On CPython 3.11 the AST builder's
+# recursion counter is shared by all threads, so two headers parsed at once (the shards of a
+# ShardedIndex load in parallel) can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905), which would report a sound file as corrupt. Loads of
+# .npy files therefore take turns; FAISS files and memory maps are unaffected.
+_NPY_LOAD_LOCK = threading.Lock()
+
+
 def load_array(directory: Path, entry: Any, *, name: str, mmap: bool = False) -> np.ndarray:
     """Load an array described by a manifest entry and check its dtype and shape."""
     if not _valid_array_entry(entry):
@@ -251,7 +260,8 @@ def load_array(directory: Path, entry: Any, *, name: str, mmap: bool = False) ->
     if not path.is_file():
         raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with _NPY_LOAD_LOCK:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except MemoryError:
         raise
     except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)

@@ -180,8 +180,11 @@ class PassageStore:
                 f"{STORE_FORMAT_VERSION}. Upgrade with:  pip install -U densezip"
             )
         files, count = manifest.get("files"), manifest.get("count")
-        if not isinstance(files, dict) or _FILE not in files or not isinstance(count, int):
+        if not isinstance(files, dict) or _FILE not in files or type(count) is not int:
             raise IndexFormatError(f"{file} lacks 'files.{_FILE}' or 'count'; the manifest is damaged.")
+        chunking = manifest.get("chunking")
+        if chunking is not None and not isinstance(chunking, dict):
+            raise IndexFormatError(f"{file}: 'chunking' must be an object; got {chunking!r:.80}. The manifest is damaged.")
         verify_checksums(directory, files, hashes=verify)
         passages: list[Passage] = []
         with open(directory / _FILE, encoding="utf-8") as f:
@@ -193,7 +196,7 @@ class PassageStore:
                 "truncated or does not belong here."
             )
         try:
-            return cls(passages, chunking=manifest.get("chunking") or {})
+            return cls(passages, chunking=chunking or {})
         except ConfigError as exc:
             raise IndexFormatError(f"{directory / _FILE}: {exc}") from exc
 
@@ -205,9 +208,23 @@ def _passage_from_line(line: str, file: Path, lineno: int) -> Passage:
                           source=obj.get("source"), metadata=obj.get("metadata") or {})
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise IndexFormatError(f"{file}:{lineno} is not a valid passage record ({exc}); the store is corrupt.") from exc
-    if not isinstance(passage.id, str) or not isinstance(passage.text, str) or not isinstance(passage.metadata, dict):
-        raise IndexFormatError(f"{file}:{lineno}: id and text must be strings and metadata an object.")
+    problem = _record_problem(passage)
+    if problem:
+        raise IndexFormatError(f"{file}:{lineno}: {problem}; the store is corrupt.")
     return passage
+
+
+def _record_problem(p: Passage) -> str | None:
+    """What is wrong with a passage read back from a store, or None."""
+    if not isinstance(p.id, str) or not p.id or not isinstance(p.doc_id, str) or not isinstance(p.text, str):
+        return "id (non-empty), doc_id and text must be strings"
+    if type(p.start) is not int or type(p.end) is not int or not 0 <= p.start <= p.end:
+        return f"start and end must be character offsets with 0 <= start <= end; got {p.start!r}, {p.end!r}"
+    if p.source is not None and not isinstance(p.source, str):
+        return f"source must be a string or null; got {p.source!r}"
+    if not isinstance(p.metadata, dict):
+        return f"metadata must be an object; got {type(p.metadata).__name__}"
+    return None
 
 
 # ---------------------------------------------------------------------------- collections
