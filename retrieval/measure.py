@@ -83,6 +83,8 @@ def directory_bytes(path: Path) -> int:
 
 
 def saved_bytes(index: VectorIndex) -> int:
-    """Bytes of everything a saved copy of ``index`` holds: backend file, ids, manifest."""
+    """Bytes of everything a saved copy of ``index`` holds: backend file, ids, manifest (and,
+    for a sharded index, every shard's directory)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return directory_bytes(index.save(Path(tmp) / "index"))
+        saved = index.save(Path(tmp) / "index")
+        return sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())

@@ -17,6 +17,7 @@ lists of data sets, ``[[text]]`` (BEIR layout, scored with qrels) and ``[[vector
       { kind = "exact" },                                   # NumPy FlatIndex
       { kind = "faiss", spec = "HNSW32", ef_search = 128 },  # any FAISS factory string
       { kind = "jpq", m = 48, epochs = 1 },                 # JPQ trained on the train split
+      { kind = "faiss", spec = "IVF64,PQ48x8", nprobe = 16, shards = 2 },  # ShardedIndex, local threads
       { kind = "multivector", spec = "Prune0.4,KMeans256r2", first_stage = "centroid", nprobe = 8,
         timing_queries = 32 },                              # MaxSim over token vectors
     ]
@@ -91,6 +92,10 @@ class TextIndexConfig:
         MultiVectorIndex options for ``kind="multivector"``: first_stage, n_candidates, token_k.
     timing_queries : int, optional
         Time only the first this many queries (quality always uses all); for slow kinds.
+    shards : int, optional
+        Split the index into this many shards searched in parallel by local threads
+        (:class:`~indexes.ShardedIndex` for ``exact`` / ``faiss``, with one trained state
+        shared by all shards; :class:`~indexes.ShardedMultiVectorIndex` for ``multivector``).
     label : str
         Row name in the tables; defaults to the spec and parameters.
     """
@@ -102,12 +107,17 @@ class TextIndexConfig:
     jpq: dict[str, Any] = field(default_factory=dict)
     multivector: dict[str, Any] = field(default_factory=dict)
     timing_queries: int | None = None
+    shards: int | None = None
     label: str = ""
 
     @property
     def name(self) -> str:
         if self.label:
             return self.label
+        base = self._base_name()
+        return base if self.shards is None else f"{base}, {self.shards} shards"
+
+    def _base_name(self) -> str:
         if self.kind == "exact":
             return "exact (NumPy)"
         if self.kind == "jpq":
@@ -305,7 +315,8 @@ def _text_dataset(raw: Any, roots: list[Path], where: str) -> TextDataset:
 
 
 def _text_index(raw: Any, where: str) -> TextIndexConfig:
-    t = _table(raw, where, ("kind", "spec", "nprobe", "ef_search", "label", "timing_queries", *_JPQ_KEYS, *_MV_KEYS))
+    t = _table(raw, where, ("kind", "spec", "nprobe", "ef_search", "label", "timing_queries", "shards", *_JPQ_KEYS,
+                            *_MV_KEYS))
     kind = _str(t, "kind", where, required=True)
     if kind not in _TEXT_KINDS:
         raise ConfigError(f"{where}: kind must be one of {list(_TEXT_KINDS)}; got {kind!r}.")
@@ -323,6 +334,8 @@ def _text_index(raw: Any, where: str) -> TextIndexConfig:
         raise ConfigError(f"{where}: {sorted(jpq)} apply to kind 'jpq' only; got kind {kind!r}.")
     if kind != "multivector" and mv:
         raise ConfigError(f"{where}: {sorted(mv)} apply to kind 'multivector' only; got kind {kind!r}.")
+    if kind == "jpq" and "shards" in t:
+        raise ConfigError(f"{where}: shards applies to kinds exact, faiss and multivector; got kind 'jpq'.")
     return TextIndexConfig(
         kind=kind,  # type: ignore[arg-type]  # checked against _TEXT_KINDS above
         spec=spec,
@@ -331,6 +344,7 @@ def _text_index(raw: Any, where: str) -> TextIndexConfig:
         jpq=jpq,
         multivector=mv,
         timing_queries=_int(t, "timing_queries", where, None),
+        shards=_int(t, "shards", where, None),
         label=_str(t, "label", where),
     )
 

@@ -172,7 +172,8 @@ def index_memory_bytes(index: VectorIndex | MultiVectorIndex) -> int:
     the same arrays the index keeps in memory (codes, centroids, graph links); the NumPy
     :class:`~indexes.FlatIndex` by its float32 matrix, a :class:`~indexes.MultiVectorIndex`
     by its own ``memory_bytes()`` (codes, offsets, codec, first stage). The string ids are counted as Python
-    holds them: each ``str`` object, the id list, and the id-to-row dict.
+    holds them: each ``str`` object, the id list, and the id-to-row dict. A sharded index held
+    by local threads is the sum of its shards (each keeps its own copy of the trained state).
     """
     import faiss
 
@@ -180,6 +181,12 @@ def index_memory_bytes(index: VectorIndex | MultiVectorIndex) -> int:
     from indexes.flat import FlatIndex
     from indexes.multivector import MultiVectorIndex
 
+    handles = getattr(index, "_handles", None)
+    if handles is not None:  # ShardedIndex / ShardedMultiVectorIndex: the sum of their shards
+        servers = [getattr(h, "server", None) for h in handles]
+        if any(s is None for s in servers):
+            raise TypeError("shards held by Ray actors are measured in their own processes: ShardedIndex.memory()")
+        return int(sum(index_memory_bytes(s.index) for s in servers if s is not None))
     if isinstance(index, FaissIndex):
         payload = int(faiss.serialize_index(index.faiss_index).nbytes)
     elif isinstance(index, FlatIndex):

@@ -53,6 +53,13 @@ def _build(cfg: TextIndexConfig, docs: Embeddings, ds: TextDataset, data: BEIRDa
     """
     from retrieval.cli import EXACT, build_index
 
+    if cfg.kind in ("exact", "faiss") and cfg.shards is not None:
+        from indexes.sharded import ShardedIndex
+        from retrieval.distributed import make_template
+
+        template = make_template(docs.dim, EXACT if cfg.kind == "exact" else cfg.spec, nprobe=cfg.nprobe,
+                                 ef_search=cfg.ef_search)
+        return ShardedIndex(template.train(docs), cfg.shards).add(docs), None, {}  # one trained state for all
     if cfg.kind == "exact":
         return build_index(docs, EXACT), None, {}
     if cfg.kind == "faiss":
@@ -62,7 +69,12 @@ def _build(cfg: TextIndexConfig, docs: Embeddings, ds: TextDataset, data: BEIRDa
 
         assert mv_docs is not None  # loaded by the caller for this kind
         options = dict(cfg.multivector, **({"nprobe": cfg.nprobe} if cfg.nprobe is not None else {}))
-        return MultiVectorIndex(mv_docs.dim, spec=cfg.spec, **options).add(mv_docs), None, {}
+        single = MultiVectorIndex(mv_docs.dim, spec=cfg.spec, **options)
+        if cfg.shards is not None:
+            from indexes.sharded_multivector import ShardedMultiVectorIndex
+
+            return ShardedMultiVectorIndex(single, cfg.shards).add(mv_docs), None, {}
+        return single.add(mv_docs), None, {}
     # JPQ: the query encoder and the PQ centroids are trained on the train split; its test
     # queries are encoded by the trained encoder, not the shared one.
     from indexes.faiss_index import FaissIndex
@@ -174,7 +186,9 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
             row["jpq"] = {"args": cfg.jpq, "train_steps": extra["train_steps"], "dev": extra["dev"],
                           "note": "build_s includes training the query encoder and the PQ centroids"}
         if cfg.kind == "multivector":
-            row["multivector"] = {"token_vectors_per_doc": index.num_vectors / len(index),
+            n_vectors = (index.num_vectors if cfg.shards is None
+                         else sum(h.server.index.num_vectors for h in index._handles))
+            row["multivector"] = {"token_vectors_per_doc": n_vectors / len(index),
                                   "query_tokens_per_query": mv_queries.num_vectors / len(mv_queries)}
         raw = index.faiss_index if isinstance(index, FaissIndex) else None
         row["scan_bytes_per_query"] = (scan_bytes(raw) if raw is not None
@@ -192,6 +206,8 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
             entry["extra_us_per_call"] = extra_us_per_call(t["ours"], t["raw"]) if "raw" in t else None
             row["timing"][str(batch)] = entry
         rows.append(row)
+        if cfg.shards is not None:
+            index.close()  # the shards' thread pool
         progress(f"  {ds.name}: {cfg.name:<28} nDCG@10 {metrics['nDCG@10']:.4f}  "
                  f"{row['memory_bytes_per_doc']:.0f} B/doc  build {build_s:.1f} s  " + "  ".join(
                      f"b={b}: {row['timing'][str(b)]['ours']['qps']:.0f} q/s" for b in config.batch_sizes))

@@ -141,7 +141,8 @@ def test_text_rows_measure_quality_size_and_speed(smoke_result: tuple[dict[str, 
     (ds,) = smoke_result[0]["text"]
     rows = {r["label"]: r for r in ds["rows"]}
     assert list(rows) == ["exact (NumPy)", "Flat", "HNSW16 ef_search=32", "IVF4,Flat nprobe=2", "PQ8x4",
-                          "MaxSim KMeans16", "MaxSim Prune0.5,KMeans16r2 first_stage=centroid nprobe=2"]
+                          "MaxSim KMeans16", "MaxSim Prune0.5,KMeans16r2 first_stage=centroid nprobe=2",
+                          "exact (NumPy), 2 shards", "IVF4,PQ8x4 nprobe=4, 3 shards", "MaxSim KMeans16, 2 shards"]
     exact, flat, pq = rows["exact (NumPy)"], rows["Flat"], rows["PQ8x4"]
     assert exact["nDCG@10"] == pytest.approx(flat["nDCG@10"])  # both exhaustive: same ranking
     assert exact["nDCG@10"] > 0.5  # topic words make the fake encoder's ranking meaningful
@@ -151,11 +152,19 @@ def test_text_rows_measure_quality_size_and_speed(smoke_result: tuple[dict[str, 
     mv, pruned = rows["MaxSim KMeans16"], rows["MaxSim Prune0.5,KMeans16r2 first_stage=centroid nprobe=2"]
     assert mv["nDCG@10"] > 0.35 and mv["timing_queries"] == 6  # random ranking: about 0.2 and mv["scan_bytes_per_query"] is None
     assert pruned["multivector"]["token_vectors_per_doc"] < mv["multivector"]["token_vectors_per_doc"]
+    # Sharded kinds: the same answers as one index (exhaustive search merges exactly), their
+    # shards' sizes summed, the disk size counting every shard directory.
+    sharded_exact, sharded_mv = rows["exact (NumPy), 2 shards"], rows["MaxSim KMeans16, 2 shards"]
+    assert sharded_exact["nDCG@10"] == pytest.approx(exact["nDCG@10"])
+    assert sharded_exact["memory_bytes_per_doc"] == pytest.approx(exact["memory_bytes_per_doc"], rel=0.1)
+    assert sharded_exact["disk_bytes_per_doc"] > exact["disk_bytes_per_doc"] * 0.9
+    assert sharded_mv["multivector"]["token_vectors_per_doc"] == pytest.approx(mv["multivector"]["token_vectors_per_doc"])
+    assert rows["IVF4,PQ8x4 nprobe=4, 3 shards"]["memory_bytes_per_doc"] < flat["memory_bytes_per_doc"]
     for r in ds["rows"]:
         for batch in ("1", "16"):
             t = r["timing"][batch]
             assert t["ours"]["qps_min"] <= t["ours"]["qps"] <= t["ours"]["qps_max"]
-            assert (t["ratio"] is None) == (r["kind"] in ("exact", "multivector"))
+            assert (t["ratio"] is None) == (r["kind"] in ("exact", "multivector") or "shards" in r["label"])
 
 
 def test_vector_sweeps_recall_and_wrapper_ratio(smoke_result: tuple[dict[str, Any], Path]) -> None:
@@ -260,6 +269,10 @@ def test_yaml_config_matches_toml(tmp_path: Path, data_root: Path) -> None:
         ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "exact", "m": 8}]}]},
          "apply to kind 'jpq' only"),
         ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": []}]}, "lists no indexes"),
+        ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "jpq", "shards": 2}]}]},
+         "shards applies to kinds exact, faiss and multivector"),
+        ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "exact", "shards": 0}]}]},
+         "shards must be an integer >= 1"),
         ({"name": "x", "repeats": 0, "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "exact"}]}]},
          "repeats must be an integer >= 1"),
         ({"name": "x", "vectors": [{"name": "v", "base": "/b", "queries": "/q", "groundtruth": "/g",
