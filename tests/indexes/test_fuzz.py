@@ -73,12 +73,17 @@ def _saved(kind: str) -> Path:
 
 
 @contextlib.contextmanager
-def _copy(kind: str) -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix="case-", dir=_ROOT))
+def copy_of(source: Path, root: Path) -> Iterator[Path]:
+    """A scratch copy of the saved directory ``source`` under ``root``, removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix="case-", dir=root))
     try:
-        yield Path(shutil.copytree(_saved(kind), work / "ix"))
+        yield Path(shutil.copytree(source, work / "ix"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _copy(kind: str) -> contextlib.AbstractContextManager[Path]:
+    return copy_of(_saved(kind), _ROOT)
 
 
 def _same(a: Any, b: Any) -> bool:
