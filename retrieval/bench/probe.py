@@ -51,8 +51,8 @@ def time_interleaved(
     in batches of ``batch_size``), batch ``j`` of pass ``s`` goes to function
     ``(j + s) mod len(searches)``, so every function sends every batch once per round, the
     same batch never runs twice in a row when there are several (no cache gift from the
-    previous call), and any
-    slow spell hits all functions alike. The first ``warmup`` rounds are not timed.
+    previous call), and any slow spell hits all functions alike. The first ``warmup`` rounds
+    are not timed.
 
     Returns
     -------
