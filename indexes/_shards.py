@@ -184,6 +184,10 @@ class ShardServer:
     def doc_ids(self) -> list[str]:
         return self.index.doc_ids
 
+    def num_vectors(self) -> int:
+        """Stored token / patch vectors of a multi-vector shard."""
+        return int(self.index.num_vectors)
+
     def add(self, vectors: NDArray[np.float32], ids: list[str]) -> tuple[int, int]:
         self.index.add(vectors, ids=ids)
         return self.stats()

@@ -204,6 +204,11 @@ class ShardedMultiVectorIndex:
         return [live for _, live in self._stats]
 
     @property
+    def num_vectors(self) -> int:
+        """Stored token / patch vectors over all shards."""
+        return sum(gather(self._handles, "num_vectors", [()] * self.n_shards))
+
+    @property
     def doc_ids(self) -> list[str]:
         """Document ids, shard by shard (insertion order within a shard)."""
         return [i for part in gather(self._handles, "doc_ids", [()] * self.n_shards) for i in part]

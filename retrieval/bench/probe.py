@@ -93,6 +93,13 @@ def time_interleaved(
     return out
 
 
+def _paired_runs(a: SearchTiming, b: SearchTiming, caller: str) -> list[tuple[float, float]]:
+    """The two timings' rounds side by side; they must come from one :func:`time_interleaved` call."""
+    if not a.runs or len(a.runs) != len(b.runs):
+        raise ValueError(f"{caller} needs the same number of passes; got {len(a.runs)} and {len(b.runs)}.")
+    return list(zip(a.runs, b.runs, strict=True))
+
+
 def paired_ratio(a: SearchTiming, b: SearchTiming) -> float:
     """Median over passes of ``a``'s QPS over ``b``'s QPS in the same pass pair.
 
@@ -107,9 +114,7 @@ def paired_ratio(a: SearchTiming, b: SearchTiming) -> float:
     >>> paired_ratio(t(90.0, 45.0, 95.0), t(100.0, 50.0, 100.0))
     0.9
     """
-    if not a.runs or len(a.runs) != len(b.runs):
-        raise ValueError(f"paired_ratio needs the same number of passes; got {len(a.runs)} and {len(b.runs)}.")
-    return float(np.median([x / y for x, y in zip(a.runs, b.runs, strict=True)]))
+    return float(np.median([x / y for x, y in _paired_runs(a, b, "paired_ratio")]))
 
 
 def extra_us_per_call(a: SearchTiming, b: SearchTiming) -> float:
@@ -122,9 +127,7 @@ def extra_us_per_call(a: SearchTiming, b: SearchTiming) -> float:
     >>> round(extra_us_per_call(t(1e5, 1e5), t(2e5, 2e5)), 3)
     20.0
     """
-    if not a.runs or len(a.runs) != len(b.runs):
-        raise ValueError(f"extra_us_per_call needs the same number of passes; got {len(a.runs)} and {len(b.runs)}.")
-    per_query = [1.0 / x - 1.0 / y for x, y in zip(a.runs, b.runs, strict=True)]
+    per_query = [1.0 / x - 1.0 / y for x, y in _paired_runs(a, b, "extra_us_per_call")]
     return float(np.median(per_query)) * a.batch_size * 1e6
 
 

@@ -186,9 +186,7 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
             row["jpq"] = {"args": cfg.jpq, "train_steps": extra["train_steps"], "dev": extra["dev"],
                           "note": "build_s includes training the query encoder and the PQ centroids"}
         if cfg.kind == "multivector":
-            n_vectors = (index.num_vectors if cfg.shards is None
-                         else sum(h.server.index.num_vectors for h in index._handles))
-            row["multivector"] = {"token_vectors_per_doc": n_vectors / len(index),
+            row["multivector"] = {"token_vectors_per_doc": index.num_vectors / len(index),
                                   "query_tokens_per_query": mv_queries.num_vectors / len(mv_queries)}
         raw = index.faiss_index if isinstance(index, FaissIndex) else None
         row["scan_bytes_per_query"] = (scan_bytes(raw) if raw is not None

@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from indexes import FaissIndex
+from indexes.base import _PAD_SCORE
 from retrieval.bench.probe import extra_us_per_call, set_threads, time_interleaved
 from retrieval.types import SearchResult, as_float32_matrix
 
@@ -76,12 +77,12 @@ def steps(index: FaissIndex, k: int) -> dict[str, Any]:
 
     def score_test_numpy(q: np.ndarray) -> Any:
         s, labels = raw.search(q, k)
-        return s.min() > -3e38 and s[:, 0].max() < np.inf, labels
+        return s.min() > _PAD_SCORE and s[:, 0].max() < np.inf, labels
 
     def score_test_python(q: np.ndarray) -> Any:
         s, labels = raw.search(q, k)
         v = s.ravel().tolist()
-        return math.isfinite(sum(v)) and min(v) > -3e38, labels
+        return math.isfinite(sum(v)) and min(v) > _PAD_SCORE, labels
 
     def old_checks(q: np.ndarray) -> Any:  # the checks the path made before: padding test + finiteness
         s, labels = raw.search(q, k)

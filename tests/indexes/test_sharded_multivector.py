@@ -71,6 +71,7 @@ def test_exhaustive_shards_equal_one_index(docs, queries, spec, n_shards):
         assert sharded.search(queries, k=10).doc_ids == single.search(queries, k=10).doc_ids
     assert len(sharded) == len(single) == len(docs) and sum(sharded.shard_sizes) == len(docs)
     assert sorted(sharded.doc_ids) == sorted(single.doc_ids)
+    assert sharded.num_vectors == single.num_vectors > 0
     for k in (1, 10, 200):
         _same(sharded.search(queries, k=k), single.search(queries, k=k), queries, single)
     subset = [f"doc-{i}" for i in range(0, 90, 7)]
