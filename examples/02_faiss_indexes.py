@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import retrieval as rt
 from indexes import FaissIndex
-from retrieval.measure import saved_bytes, time_search
+from retrieval.app.measure import saved_bytes, time_search
 
 data = rt.load_beir("scifact", split="test")
 encoder = rt.DenseEncoder()

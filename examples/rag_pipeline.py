@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 import retrieval as rt
-from retrieval.generate import ExtractiveAnswerer, TransformersGenerator, answer
-from retrieval.passages import build_collection
+from retrieval.rag.generate import ExtractiveAnswerer, TransformersGenerator, answer
+from retrieval.rag.passages import build_collection
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--docs", help="folder of .txt/.md files or a .jsonl file (default: SciFact abstracts)")

@@ -30,8 +30,9 @@ bad-passages           a RAG collection's passage store is missing, corrupt or d
 =====================  ======================================================================
 
 A :class:`~indexes.sharded.ShardedIndex` is checked shard by shard (each problem's ``file``
-starts with the shard's directory), and a RAG collection (``index/`` + ``passages/``, see
-:mod:`retrieval.passages`) has its index checked and its passage store loaded and compared.
+starts with the shard's directory). A RAG collection (``index/`` + ``passages/``) is checked by
+:func:`retrieval.rag.passages.check_collection`, which runs :func:`check_index` on its index and
+adds ``bad-passages``; ``densezip check`` picks the right one.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy as np
 from indexes._io import file_sha256, leftover_paths
 from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
 
-__all__ = ["CheckReport", "Problem", "check_index"]
+__all__ = ["CheckReport", "Problem", "check_index", "merge_report"]
 
 Severity = Literal["error", "warning"]
 _SHARDED_TYPES = ("ShardedIndex", "ShardedMultiVectorIndex")
@@ -118,8 +119,6 @@ def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool
     CheckReport
     """
     directory = Path(path)
-    if not (directory / MANIFEST_NAME).exists() and (directory / "index").is_dir() and (directory / "passages").is_dir():
-        return _check_collection(directory, verify=verify, load=load)
     report = CheckReport(path=str(directory), hashes_verified=verify)
     for leftover in leftover_paths(directory):
         if directory.exists() or ".old-" not in leftover.name:
@@ -147,7 +146,8 @@ def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool
     return report
 
 
-def _merge(report: CheckReport, sub: CheckReport, prefix: str) -> None:
+def merge_report(report: CheckReport, sub: CheckReport, prefix: str) -> None:
+    """Add ``sub``'s problems and file count to ``report``, their paths under ``prefix``."""
     report.files_checked += sub.files_checked
     for p in sub.problems:
         report.add(p.severity, p.code, f"{prefix}/{p.file}", p.message)
@@ -161,30 +161,10 @@ def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify
         return
     for entry in entries:
         sub = check_index(directory / entry["dir"], verify=verify, load=False)
-        _merge(report, sub, entry["dir"])
+        merge_report(report, sub, entry["dir"])
         if sub.count is not None and entry.get("count") != sub.count:
             report.add("error", "id-count", f"{entry['dir']}/{MANIFEST_NAME}",
                        f"holds {sub.count} rows; the sharded manifest records {entry.get('count')!r}.")
-
-
-def _check_collection(directory: Path, *, verify: bool, load: bool) -> CheckReport:
-    """A RAG collection: check ``index/``, then load ``passages/`` and compare the two id sets."""
-    sub = check_index(directory / "index", verify=verify, load=load)
-    report = CheckReport(path=str(directory), index_type=sub.index_type, count=sub.count,
-                         hashes_verified=verify, loaded=sub.loaded)
-    _merge(report, sub, "index")
-    try:
-        from retrieval.passages import PassageStore, check_same_ids
-
-        store = PassageStore.load(directory / "passages", verify=verify)
-        report.files_checked += 2
-        if sub.loaded:
-            from indexes.base import load_index
-
-            check_same_ids(set(load_index(directory / "index", verify=False, mmap=True).doc_ids), store, directory)
-    except Exception as exc:  # whatever is wrong with the store is what the user needs to see
-        report.add("error", "bad-passages", "passages", f"{type(exc).__name__}: {exc}")
-    return report
 
 
 def _manifest(directory: Path, report: CheckReport) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,12 +26,13 @@ from indexes._lock import RWLock, reads, writes
 from indexes.base import _check_k, check_new_ids, format_errors, register_index
 from indexes.manifest import Manifest, read_manifest, write_manifest
 from retrieval._optional import require
-from retrieval.compress.base import Codec, codec_from_state, parse_codec
+from retrieval.compress.base import Codec
 from retrieval.compress.binary import BinaryQuantizer
 from retrieval.compress.kmeans import PatchKMeans
 from retrieval.compress.prune import AttentionPruner
+from retrieval.compress.spec import codec_from_state, parse_codec, split_prune
 from retrieval.errors import ConfigError, IndexFormatError, NotTrainedError, ShapeError, UnknownIdError
-from retrieval.rerank.maxsim import maxsim_scores, top_k
+from retrieval.scores import maxsim_scores, top_k
 from retrieval.types import MultiVectorEmbeddings, SearchResult, _ranges, offsets_from_lengths
 
 __all__ = ["FirstStage", "MultiVectorIndex", "load_embeddings", "save_embeddings"]
@@ -41,25 +41,7 @@ logger = logging.getLogger(__name__)
 
 FirstStage = Literal["exhaustive", "centroid", "binary"]
 _FIRST_STAGES = ("exhaustive", "centroid", "binary")
-_PRUNE = re.compile(r"^Prune(?P<p>[0-9]*\.?[0-9]+)$")
 _QUERY_BATCH = 32
-
-
-def _parse_spec(spec: str) -> tuple[float | None, str]:
-    parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else []
-    keep = None
-    if len(parts) == 2:
-        m = _PRUNE.match(parts[0])
-        if m is None:
-            raise ConfigError(f"spec {spec!r}: the first part must be 'Prune<p>' (e.g. 'Prune0.6'); got {parts[0]!r}.")
-        keep = float(m["p"])
-        parts = parts[1:]
-    if len(parts) != 1 or not parts[0]:
-        raise ConfigError(
-            f"MultiVectorIndex spec must be '<codec>' or 'Prune<p>,<codec>', e.g. 'KMeans256' or "
-            f"'Prune0.6,KMeans256r2'; got {spec!r}."
-        )
-    return keep, parts[0]
 
 
 @register_index
@@ -117,7 +99,7 @@ class MultiVectorIndex:
         self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage = "exhaustive",
         n_candidates: int = 256, nprobe: int = 4, token_k: int = 64, seed: int = 0,
     ) -> None:
-        keep, codec_spec = _parse_spec(spec)
+        keep, codec_spec = split_prune(spec)
         self.codec: Codec = parse_codec(codec_spec, dim, seed=seed)
         self.dim = self.codec.dim
         self.pruner = AttentionPruner(keep) if keep is not None else None

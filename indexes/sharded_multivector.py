@@ -54,8 +54,8 @@ from indexes.sharded import (
     search_routed,
 )
 from retrieval._optional import require
-from retrieval.compress.base import codec_from_state
 from retrieval.compress.binary import BinaryQuantizer
+from retrieval.compress.spec import codec_from_state
 from retrieval.errors import ConfigError, IndexFormatError, ShapeError
 from retrieval.types import MultiVectorEmbeddings
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from retrieval.cli import main
+from retrieval.app.cli import main
 
 raise SystemExit(main())

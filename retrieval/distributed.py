@@ -284,8 +284,8 @@ def build_sharded(
 # ---------------------------------------------------------------------------- CLI
 def index_corpus(args: Any, encoder: Encoder) -> dict[str, Any]:
     """``densezip index DATA --shards N [--ray ADDRESS]``: encode, train once, build shards; returns the summary."""
+    from retrieval.app.measure import directory_bytes
     from retrieval.beir import corpus_texts, load_corpus
-    from retrieval.measure import directory_bytes
 
     started = time.perf_counter()
     use_ray = args.ray != "off"

@@ -20,7 +20,7 @@ def test_all_is_sorted_and_resolves():
 
 def test_import_does_not_load_torch_or_faiss():
     code = (
-        "import sys, retrieval, indexes, retrieval.cli, retrieval.pipeline, retrieval.compress, retrieval.rerank\n"
+        "import sys, retrieval, indexes, retrieval.app.cli, retrieval.pipeline, retrieval.compress, retrieval.rerank\n"
         "import indexes.multivector, retrieval.encode.multivector\n"
         "heavy = [m for m in ('torch', 'faiss', 'sentence_transformers', 'ir_measures') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

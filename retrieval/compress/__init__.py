@@ -22,10 +22,11 @@ before they are encoded.
 
 from __future__ import annotations
 
-from retrieval.compress.base import Codec, FloatCodec, codec_from_state, parse_codec
+from retrieval.compress.base import Codec, FloatCodec
 from retrieval.compress.binary import BinaryQuantizer
 from retrieval.compress.kmeans import PatchKMeans
 from retrieval.compress.prune import AttentionPruner
+from retrieval.compress.spec import codec_from_state, parse_codec, split_prune
 
 __all__ = [
     "AttentionPruner",
@@ -35,4 +36,5 @@ __all__ = [
     "PatchKMeans",
     "codec_from_state",
     "parse_codec",
+    "split_prune",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -11,7 +10,7 @@ from numpy.typing import NDArray
 
 from retrieval.errors import ConfigError, IndexFormatError, NotTrainedError, ShapeError
 
-__all__ = ["Codec", "FloatCodec", "codec_from_state", "parse_codec"]
+__all__ = ["Codec", "FloatCodec"]
 
 
 class Codec(ABC):
@@ -136,53 +135,3 @@ class FloatCodec(Codec):
     def decode(self, codes: NDArray[np.uint8]) -> NDArray[np.float32]:
         c = np.ascontiguousarray(self._check_codes(codes))
         return c.view(self.dtype).reshape(c.shape[0], self.dim).astype(np.float32, copy=False)
-
-
-_SPEC = re.compile(r"^(?:(?P<flat>Flat)|(?P<fp16>FP16)|KMeans(?P<k>\d+)(?:r(?P<r>\d+))?|(?P<binary>Binary)(?P<itq>ITQ)?)$")
-
-
-def parse_codec(spec: str, dim: int, *, seed: int = 0) -> Codec:
-    """Build an untrained codec from its spec string.
-
-    Parameters
-    ----------
-    spec : str
-        ``"Flat"``, ``"FP16"``, ``"KMeans{K}"``, ``"KMeans{K}r{b}"``, ``"Binary"`` or ``"BinaryITQ"``.
-    dim : int
-        Vector dimension ``d``.
-    seed : int
-        Seed for codecs that train (k-means, ITQ).
-
-    Examples
-    --------
-    >>> parse_codec("KMeans256r2", 128).code_size
-    33
-    >>> parse_codec("BinaryITQ", 128).spec
-    'BinaryITQ'
-    """
-    from retrieval.compress.binary import BinaryQuantizer
-    from retrieval.compress.kmeans import PatchKMeans
-
-    m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
-    if m is None:
-        raise ConfigError(
-            f"unknown codec spec {spec!r}; expected one of 'Flat', 'FP16', 'KMeans<K>' (e.g. 'KMeans256'), "
-            "'KMeans<K>r<bits>' (e.g. 'KMeans256r2'), 'Binary', 'BinaryITQ'."
-        )
-    if m["flat"]:
-        return FloatCodec(dim)
-    if m["fp16"]:
-        return FloatCodec(dim, dtype="float16")
-    if m["binary"]:
-        return BinaryQuantizer(dim, rotation="itq" if m["itq"] else None, seed=seed)
-    return PatchKMeans(dim, k=int(m["k"]), residual_bits=int(m["r"] or 0), seed=seed)
-
-
-def codec_from_state(spec: str, dim: int, arrays: dict[str, NDArray[Any]]) -> Codec:
-    """Re-create a fitted codec from its spec and :meth:`Codec.state` arrays (used by loaders)."""
-    try:
-        codec = parse_codec(spec, dim)
-    except ConfigError as exc:
-        raise IndexFormatError(f"saved codec spec is not understood: {exc}") from exc
-    codec.load_state(arrays)
-    return codec

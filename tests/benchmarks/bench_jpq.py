@@ -38,7 +38,7 @@ def main() -> None:
 
     import retrieval as rt
     from indexes import FaissIndex
-    from retrieval.measure import saved_bytes, time_search
+    from retrieval.app.measure import saved_bytes, time_search
     from training.jpq import JPQTrainer, JPQTrainingArgs
 
     faiss.omp_set_num_threads(2)

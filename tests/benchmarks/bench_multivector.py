@@ -117,11 +117,11 @@ def main() -> None:
 
     import retrieval as rt
     from indexes import FaissIndex, MultiVectorIndex
-    from retrieval._platform import keep_freed_memory
+    from retrieval.app._platform import keep_freed_memory
+    from retrieval.app.measure import saved_bytes
     from retrieval.compress import AttentionPruner
     from retrieval.encode.dense import default_cache_dir
     from retrieval.encode.multivector import MultiVectorEncoder
-    from retrieval.measure import saved_bytes
     from retrieval.rerank import MaxSimReranker
 
     keep_freed_memory()  # as the CLI does: freed blocks are reused instead of unmapped and faulted in again

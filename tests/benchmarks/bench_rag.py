@@ -40,9 +40,9 @@ def main() -> None:
 
     from retrieval.beir import corpus_texts, load_beir
     from retrieval.encode.dense import DenseEncoder
-    from retrieval.ingest import Document, encoder_tokenizer, split_documents
-    from retrieval.passages import build_collection
-    from retrieval.rag import RetrievalComponent, build_context
+    from retrieval.rag.component import RetrievalComponent, build_context
+    from retrieval.rag.ingest import Document, encoder_tokenizer, split_documents
+    from retrieval.rag.passages import build_collection
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", default=None, help="write the results here")

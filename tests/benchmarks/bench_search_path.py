@@ -3,7 +3,7 @@
 Each variant below runs one step of our search path, then the raw FAISS search, so the step
 runs where it does in a real search: right after a FAISS call, with the CPU caches full of
 FAISS's data. All variants and raw FAISS alone take turns batch by batch
-(:func:`retrieval.bench.probe.time_interleaved`); a variant's cost is its median extra µs
+(:func:`retrieval.app.bench.probe.time_interleaved`); a variant's cost is its median extra µs
 per call over raw FAISS. The same step in a tight loop (``python -m timeit``) costs less
 because its code and data stay in cache.
 
@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from indexes import FaissIndex
 from indexes.base import _PAD_SCORE
-from retrieval.bench.probe import extra_us_per_call, set_threads, time_interleaved
+from retrieval.app.bench.probe import extra_us_per_call, set_threads, time_interleaved
 from retrieval.types import SearchResult, as_float32_matrix
 
 
 def _data(root: str | None) -> tuple[np.ndarray, np.ndarray]:
     if root:
-        from retrieval.bench.vecs import read_fvecs
+        from retrieval.app.bench.fvecs import read_fvecs
 
         d = Path(root)
         return read_fvecs(d / "deep10k_base.fvecs"), read_fvecs(d / "deep10k_query.fvecs")[:1000]

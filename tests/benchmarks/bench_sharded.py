@@ -77,7 +77,7 @@ def _dir_bytes(path: Path) -> int:
 
 
 def _timing(index: Any, queries: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
-    from retrieval.measure import time_search
+    from retrieval.app.measure import time_search
 
     t = time_search(lambda q: index.search(q, 10), queries, batch_size=batch, repeats=repeats)
     return {"batch": batch, "qps": t.qps, "qps_min": t.qps_min, "qps_max": t.qps_max, "p50_ms": t.p50_ms, "p95_ms": t.p95_ms}

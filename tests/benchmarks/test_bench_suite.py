@@ -34,7 +34,7 @@ POINTS: list[tuple[str, dict[str, int]]] = [
 def deep() -> tuple[np.ndarray, np.ndarray]:
     root = os.environ.get("DENSEZIP_BENCH_DATA")
     if root:
-        from retrieval.bench.vecs import read_fvecs
+        from retrieval.app.bench.fvecs import read_fvecs
 
         d = Path(root) / "deep10k"
         return read_fvecs(d / "deep10k_base.fvecs"), read_fvecs(d / "deep10k_query.fvecs")[:1000]
@@ -80,7 +80,7 @@ def test_search_speed(benchmark: Any, indexes: dict[str, Any], deep: tuple[np.nd
 @pytest.mark.parametrize("spec", ["HNSW32", "IVF64,PQ24x8"])
 def test_wrapper_within_10_percent_at_batch_64(indexes: dict[str, Any], deep: tuple[np.ndarray, np.ndarray],
                                                 spec: str) -> None:
-    from retrieval.bench.probe import paired_ratio, time_interleaved
+    from retrieval.app.bench.probe import paired_ratio, time_interleaved
 
     index = indexes[spec]
     t = time_interleaved({"ours": functools.partial(index.search, k=10),

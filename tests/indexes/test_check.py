@@ -13,7 +13,7 @@ import pytest
 from indexes import FaissIndex, FlatIndex
 from indexes._io import file_sha256
 from indexes.check import check_index
-from retrieval.cli import main
+from retrieval.app.cli import main
 
 
 def _flat(path: Path) -> Path:
@@ -198,17 +198,17 @@ def test_sharded_index_with_a_missing_shard(tmp_path):
 
 
 def test_rag_collection_checks_index_and_passages(tmp_path, fake_encoder):
-    from retrieval.ingest import Passage
-    from retrieval.passages import build_collection
+    from retrieval.rag.ingest import Passage
+    from retrieval.rag.passages import build_collection, check_collection
 
     texts = [f"note {i} about topic {i % 3} and more words" for i in range(12)]
     passages = [Passage(f"doc{i}#0", t, f"doc{i}", 0, len(t)) for i, t in enumerate(texts)]
     path = build_collection(passages, tmp_path / "c", encoder=fake_encoder, spec="exact")
-    report = check_index(path)
+    report = check_collection(path)
     assert report.healthy and report.loaded, report.format()
 
     store = path / "passages" / "passages.jsonl"
     store.write_bytes(store.read_bytes()[:-20])
-    report = check_index(path)
+    report = check_collection(path)
     assert not report.healthy and [p.code for p in report.problems] == ["bad-passages"]
     assert main(["check", str(path)]) == 1

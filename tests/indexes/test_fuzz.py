@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from indexes import FaissIndex, FlatIndex, load_index
 from indexes._io import file_sha256
 from indexes.multivector import MultiVectorIndex
-from retrieval.cli import main
+from retrieval.app.cli import main
 from retrieval.errors import RetrievalError
 from retrieval.types import MultiVectorEmbeddings
 

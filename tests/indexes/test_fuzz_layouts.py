@@ -33,8 +33,8 @@ from test_fuzz import (  # tests/indexes is on sys.path
 from indexes import FaissIndex, FlatIndex, ShardedIndex, load_index
 from indexes._io import file_sha256
 from retrieval.errors import RetrievalError
-from retrieval.ingest import Passage
-from retrieval.passages import PassageStore
+from retrieval.rag.ingest import Passage
+from retrieval.rag.passages import PassageStore
 
 _ROOT = Path(tempfile.mkdtemp(prefix="densezip-fuzz-layouts-"))
 SAVED: dict[str, Path] = {}

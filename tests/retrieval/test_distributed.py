@@ -115,7 +115,7 @@ def test_ray_shards_add_delete_save_and_a_dead_actor(docs, tmp_path):
 def test_cli_index_with_shards_on_ray(tmp_path, capsys):
     import json
 
-    from retrieval.cli import main
+    from retrieval.app.cli import main
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_cli_sharded import write_corpus

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.app.cli import main
 from retrieval.beir import load_beir
-from retrieval.cli import main
 from retrieval.errors import ConfigError
 from training.jpq import JPQTrainingArgs
 

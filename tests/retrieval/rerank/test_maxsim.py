@@ -12,7 +12,7 @@ import pytest
 
 from retrieval.errors import ShapeError, UnknownIdError
 from retrieval.rerank import MaxSimReranker, maxsim, maxsim_csr
-from retrieval.rerank.maxsim import top_k
+from retrieval.scores import top_k
 from retrieval.types import MultiVectorEmbeddings, SearchResult
 
 
@@ -47,8 +47,7 @@ def test_empty_documents_and_queries() -> None:
 @pytest.mark.parametrize("block", [1, 7, 1 << 24])
 def test_csr_kernel_matches_padded_kernel_for_any_block_size(block: int, rng: np.random.Generator,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    # The package re-exports the function `maxsim`, which shadows the module attribute.
-    module = importlib.import_module("retrieval.rerank.maxsim")
+    module = importlib.import_module("retrieval.scores")
     monkeypatch.setattr(module, "_BLOCK", block)
     monkeypatch.setattr(module, "_MAX_ROWS", max(1, block // 3))
     docs = [rng.standard_normal((int(n), 6)) for n in rng.integers(0, 9, size=25)]

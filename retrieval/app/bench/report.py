@@ -49,7 +49,7 @@ def render_markdown(result: dict[str, Any], *, image_dir: str = ".", heading_lev
     Parameters
     ----------
     result : dict
-        What :func:`retrieval.bench.run_bench` returns (and writes as ``results.json``).
+        What :func:`retrieval.app.bench.run_bench` returns (and writes as ``results.json``).
     image_dir : str
         Path from the Markdown file to the directory holding the PNG plots.
     heading_level : int
@@ -62,7 +62,7 @@ def render_markdown(result: dict[str, Any], *, image_dir: str = ".", heading_lev
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     bw = result["bandwidth"]
     source = cfg["source"]
-    shipped = source.replace(os.sep, "/").find("retrieval/bench/configs/")
+    shipped = source.replace(os.sep, "/").find("retrieval/app/bench/configs/")
     source = source[shipped:] if shipped >= 0 else source  # shipped configs: a path that means the same everywhere
     lines = [
         f"{h} `densezip bench`: every index kind in one run (generated, do not edit by hand)",

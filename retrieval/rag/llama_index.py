@@ -11,7 +11,7 @@ no NLTK data, so it works offline.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval._optional import require
 
@@ -21,7 +21,9 @@ from llama_index.core.retrievers import BaseRetriever  # noqa: E402
 from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode  # noqa: E402
 
 from retrieval.errors import ConfigError  # noqa: E402
-from retrieval.rag import RetrievedPassage  # noqa: E402
+
+if TYPE_CHECKING:  # the component imports this module on demand; no circle at run time
+    from retrieval.rag.component import RetrievedPassage
 
 __all__ = ["DensezipLlamaRetriever", "to_node_with_score"]
 
@@ -45,7 +47,7 @@ def to_node_with_score(hit: RetrievedPassage) -> NodeWithScore:
 
 
 class DensezipLlamaRetriever(BaseRetriever):
-    """LlamaIndex retriever backed by a :class:`~retrieval.rag.RetrievalComponent`.
+    """LlamaIndex retriever backed by a :class:`~retrieval.rag.component.RetrievalComponent`.
 
     Parameters
     ----------

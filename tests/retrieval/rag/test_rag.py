@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
-from retrieval.generate import NO_ANSWER, ExtractiveAnswerer, answer
-from retrieval.ingest import Document, Passage, token_counter
-from retrieval.passages import PassageStore, attach_passages, build_collection
-from retrieval.rag import RetrievalComponent, build_prompt
+from retrieval.rag.component import RetrievalComponent, build_prompt
+from retrieval.rag.generate import NO_ANSWER, ExtractiveAnswerer, answer
+from retrieval.rag.ingest import Document, Passage, token_counter
+from retrieval.rag.passages import PassageStore, attach_passages, build_collection
 from retrieval.types import MultiVectorEmbeddings, SearchResult
 
 DOCS = [
@@ -124,7 +124,7 @@ def test_jpq_export_with_attached_passages(tmp_path, minilm_encoder, tokenizer):
 
     data = load_beir("scifact", split="train").subset(30, seed=2)
     docs = [Document(i, t) for i, t in zip(data.doc_ids(), data.doc_texts(), strict=True)]
-    from retrieval.ingest import split_documents
+    from retrieval.rag.ingest import split_documents
 
     passages = split_documents(docs, tokenizer, max_tokens=254, overlap=16)
     vectors = minilm_encoder.encode_documents([p.text for p in passages], ids=[p.id for p in passages])

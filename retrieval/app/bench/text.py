@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.bench.config import BenchConfig, TextDataset, TextIndexConfig
-from retrieval.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
-from retrieval.bench.vectors import scan_bytes
+from retrieval.app.bench.config import BenchConfig, TextDataset, TextIndexConfig
+from retrieval.app.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
+from retrieval.app.bench.vector_sets import scan_bytes
 
 if TYPE_CHECKING:
     from retrieval.beir import BEIRDataset
@@ -51,7 +51,7 @@ def _build(cfg: TextIndexConfig, docs: Embeddings, ds: TextDataset, data: BEIRDa
     ``extra["query_encode_s"]`` is time spent encoding queries inside this call, which the
     caller takes out of the build time.
     """
-    from retrieval.cli import EXACT, build_index
+    from retrieval.app.cli import EXACT, build_index
 
     if cfg.kind in ("exact", "faiss") and cfg.shards is not None:
         from indexes.sharded import ShardedIndex
@@ -142,14 +142,14 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
 
     Quality: ``nDCG@10``, ``MRR@10``, ``Recall@100`` from :func:`retrieval.evaluate` on the
     ``split`` qrels, retrieving 100 documents per query. Size: bytes per document held in
-    memory (:func:`~retrieval.bench.probe.index_memory_bytes`) and on disk (every file of
+    memory (:func:`~retrieval.app.bench.probe.index_memory_bytes`) and on disk (every file of
     the saved index directory). Speed: ``k`` hits per query at every configured batch size;
     FAISS kinds are timed interleaved with the raw FAISS object they wrap.
     """
     from indexes.faiss_index import FaissIndex
+    from retrieval.app.measure import saved_bytes
     from retrieval.beir import load_beir
     from retrieval.evaluate import evaluate
-    from retrieval.measure import saved_bytes
 
     data = load_beir(ds.path, split=ds.split)
     encoder = encoder_factory(ds.model)

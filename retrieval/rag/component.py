@@ -1,6 +1,6 @@
 """The :class:`RetrievalComponent`: retrieval for RAG, with passages, filters, reranking and cited context.
 
-Open a collection written by :func:`retrieval.passages.build_collection` (or ``densezip index
+Open a collection written by :func:`retrieval.rag.passages.build_collection` (or ``densezip index
 FOLDER --out DIR``) and ask it questions::
 
     component = RetrievalComponent.open("runs/docs")
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import ConfigError, IndexFormatError
-from retrieval.ingest import Passage, Tokenizer, encoder_tokenizer, token_counter
-from retrieval.passages import INDEX_DIR, PASSAGES_DIR, PassageStore, check_same_ids
+from retrieval.rag.ingest import Passage, Tokenizer, encoder_tokenizer, token_counter
+from retrieval.rag.passages import INDEX_DIR, PASSAGES_DIR, PassageStore, check_same_ids
 
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
@@ -309,10 +309,10 @@ class RetrievalComponent:
         root = Path(path)
         if not root.is_dir():
             raise IndexFormatError(f"{root} is not a collection directory (it does not exist or is a file). Build one "
-                                   "with `densezip index FOLDER --out DIR` or retrieval.passages.build_collection().")
+                                   "with `densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection().")
         if not (root / INDEX_DIR).is_dir():
             hint = (" It is a bare index: it holds vectors but no passage texts; rebuild it from the documents, or "
-                    "save it as index/ beside a passage store (retrieval.passages.attach_passages)."
+                    "save it as index/ beside a passage store (retrieval.rag.passages.attach_passages)."
                     if (root / "manifest.json").is_file() else "")
             raise IndexFormatError(f"{root} has no {INDEX_DIR}/ directory, so it is not a collection.{hint}")
         index = load_index(root / INDEX_DIR, verify=verify, mmap=mmap)
@@ -412,13 +412,13 @@ class RetrievalComponent:
     # ------------------------------------------------------------------ framework adapters
     def as_langchain_retriever(self, k: int = 4, *, where: Mapping[str, Any] | None = None) -> Any:
         """A LangChain ``BaseRetriever`` over this component (needs ``densezip[rag]``)."""
-        from retrieval.integrations.langchain import DensezipRetriever
+        from retrieval.rag.langchain import DensezipRetriever
 
         return DensezipRetriever(component=self, k=k, where=dict(where) if where else None)
 
     def as_llama_index_retriever(self, k: int = 4, *, where: Mapping[str, Any] | None = None) -> Any:
         """A LlamaIndex ``BaseRetriever`` over this component (needs ``densezip[rag]``)."""
-        from retrieval.integrations.llama_index import DensezipLlamaRetriever
+        from retrieval.rag.llama_index import DensezipLlamaRetriever
 
         return DensezipLlamaRetriever(self, k=k, where=where)
 

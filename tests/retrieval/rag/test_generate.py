@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from retrieval.errors import ConfigError
-from retrieval.generate import NO_ANSWER, ExtractiveAnswerer, TransformersGenerator
-from retrieval.ingest import Passage
-from retrieval.rag import RetrievedPassage, build_context, build_prompt
+from retrieval.rag.component import RetrievedPassage, build_context, build_prompt
+from retrieval.rag.generate import NO_ANSWER, ExtractiveAnswerer, TransformersGenerator
+from retrieval.rag.ingest import Passage
 
 
 def _context(*texts: str):

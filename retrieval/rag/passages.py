@@ -11,7 +11,7 @@ A collection is a directory::
 
 :func:`build_collection` writes all of it in one atomic step. A JPQ export (``index/`` plus
 ``query_encoder/``) becomes a collection with :func:`attach_passages`. Every passage id must
-be a document id of the index and vice versa; :class:`~retrieval.rag.RetrievalComponent`
+be a document id of the index and vice versa; :class:`~retrieval.rag.component.RetrievalComponent`
 checks this when it opens a collection.
 """
 
@@ -28,12 +28,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_sha256, verify_checksums
+from indexes.manifest import MANIFEST_NAME
 from retrieval._version import __version__
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
-from retrieval.ingest import Document, Passage, encoder_tokenizer, load_documents, split_documents
+from retrieval.rag.ingest import Document, Passage, encoder_tokenizer, load_documents, split_documents
 
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
+    from indexes.check import CheckReport
     from indexes.multivector import MultiVectorIndex
 
 __all__ = [
@@ -43,6 +45,8 @@ __all__ = [
     "attach_passages",
     "build_collection",
     "build_index_for",
+    "check_collection",
+    "is_collection",
 ]
 
 logger = logging.getLogger(__name__)
@@ -165,7 +169,7 @@ class PassageStore:
         if not file.is_file():
             raise IndexFormatError(
                 f"{file} is missing: {directory} is not a saved passage store. Build the collection with "
-                "`densezip index FOLDER --out DIR` or retrieval.passages.build_collection()."
+                "`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()."
             )
         try:
             manifest = json.loads(file.read_text(encoding="utf-8"))
@@ -270,7 +274,7 @@ def build_collection(
     ----------
     source : path, iterable of Document, or iterable of Passage
         A folder of .txt/.md files, a .jsonl file or folder (see
-        :func:`~retrieval.ingest.load_documents`), documents to split, or passages already cut.
+        :func:`~retrieval.rag.ingest.load_documents`), documents to split, or passages already cut.
     out : path-like
         Collection directory to write (``index/`` and ``passages/``).
     encoder : Encoder
@@ -281,7 +285,7 @@ def build_collection(
     index : VectorIndex or MultiVectorIndex, optional
         An empty index to fill instead (trained on the passages if it needs training).
     tokenizer : Tokenizer, optional
-        Defaults to the encoder's own (:func:`~retrieval.ingest.encoder_tokenizer`).
+        Defaults to the encoder's own (:func:`~retrieval.rag.ingest.encoder_tokenizer`).
     max_tokens : int, optional
         Passage length in tokens; defaults to the encoder's window (254 for all-MiniLM-L6-v2).
     overlap : int
@@ -368,3 +372,31 @@ def check_same_ids(index_ids: set[str], store: PassageStore, root: Path) -> None
         f"(e.g. {no_text[:3]}) and {len(not_indexed)} passage(s) are not indexed (e.g. {not_indexed[:3]}). "
         "Rebuild the collection, or attach the passages the index was built from."
     )
+
+
+def is_collection(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is laid out as a RAG collection (``index/`` + ``passages/``, no top manifest)."""
+    directory = Path(path)
+    return (not (directory / MANIFEST_NAME).exists() and (directory / INDEX_DIR).is_dir()
+            and (directory / PASSAGES_DIR).is_dir())
+
+
+def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load: bool = True) -> CheckReport:
+    """``densezip check`` for a RAG collection: check ``index/`` with :func:`indexes.check.check_index`,
+    then load ``passages/`` and compare the two id sets (problem code ``bad-passages``)."""
+    from indexes.base import load_index
+    from indexes.check import CheckReport, check_index, merge_report
+
+    directory = Path(path)
+    sub = check_index(directory / INDEX_DIR, verify=verify, load=load)
+    report = CheckReport(path=str(directory), index_type=sub.index_type, count=sub.count,
+                         hashes_verified=verify, loaded=sub.loaded)
+    merge_report(report, sub, INDEX_DIR)
+    try:
+        store = PassageStore.load(directory / PASSAGES_DIR, verify=verify)
+        report.files_checked += 2
+        if sub.loaded:
+            check_same_ids(set(load_index(directory / INDEX_DIR, verify=False, mmap=True).doc_ids), store, directory)
+    except Exception as exc:  # whatever is wrong with the store is what the user needs to see
+        report.add("error", "bad-passages", PASSAGES_DIR, f"{type(exc).__name__}: {exc}")
+    return report

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.measure import SearchTiming
+from retrieval.app.measure import SearchTiming
 
 if TYPE_CHECKING:
     from indexes.base import VectorIndex

@@ -1,6 +1,6 @@
 """``densezip index`` for document folders / JSONL (RAG collections) and ``densezip search`` over them.
 
-Kept out of :mod:`retrieval.cli`, which only dispatches here.
+Kept out of :mod:`retrieval.app.cli`, which only dispatches here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from retrieval.datasets import available_datasets
 
-__all__ = ["index_documents", "is_beir_input", "is_collection", "search_collection"]
+__all__ = ["index_documents", "is_beir_input", "search_collection"]
 
 
 def is_beir_input(data: str) -> bool:
@@ -21,16 +21,12 @@ def is_beir_input(data: str) -> bool:
     return data in available_datasets() or (root / "corpus.jsonl").is_file() or (root / "corpus.jsonl.gz").is_file()
 
 
-def is_collection(path: str) -> bool:
-    return (Path(path) / "passages").is_dir() and (Path(path) / "index").is_dir()
-
-
 def index_documents(args: argparse.Namespace, encoder: Any) -> tuple[dict[str, Any], str]:
     """Split a folder of .txt/.md files or JSONL into passages, encode them and save a collection."""
     from indexes import FaissIndex, FlatIndex
-    from retrieval.ingest import load_documents
-    from retrieval.measure import directory_bytes
-    from retrieval.passages import build_collection
+    from retrieval.app.measure import directory_bytes
+    from retrieval.rag.ingest import load_documents
+    from retrieval.rag.passages import build_collection
 
     started = time.perf_counter()
     documents = load_documents(args.data)
@@ -56,7 +52,7 @@ def index_documents(args: argparse.Namespace, encoder: Any) -> tuple[dict[str, A
 
 def search_collection(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Top passages with text and source for each query text."""
-    from retrieval.rag import RetrievalComponent
+    from retrieval.rag.component import RetrievalComponent
 
     component = RetrievalComponent.open(args.index, device=args.device, verify=not args.no_verify)
     results, lines = [], []

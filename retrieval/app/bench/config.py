@@ -218,7 +218,7 @@ def load_config(path: str | os.PathLike[str], *, data_root: str | os.PathLike[st
     ----------
     path : str or os.PathLike
         The configuration file, or the name of a shipped configuration (``"smoke"``,
-        ``"full"``: the files in ``retrieval/bench/configs``).
+        ``"full"``: the files in ``retrieval/app/bench/configs``).
     data_root : str or os.PathLike, optional
         Directory that relative data paths are resolved against first.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.cli import main
+from retrieval.app.cli import main
 
 DOCS = {
     "d1": ("Smoking", "Tobacco smoking is the main cause of lung cancer."),

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from retrieval.ingest import Document
-from retrieval.passages import build_collection
-from retrieval.rag import RetrievalComponent
+from retrieval.rag.component import RetrievalComponent
+from retrieval.rag.ingest import Document
+from retrieval.rag.passages import build_collection
 
 pytest.importorskip("langchain_core", reason="needs the 'rag' extra")
 pytest.importorskip("llama_index.core", reason="needs the 'rag' extra")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from retrieval.cli import main
-from retrieval.rag import RetrievalComponent
+from retrieval.app.cli import main
+from retrieval.rag.component import RetrievalComponent
 
 NOTES = {
     "heart/exercise.md": "# Exercise\n\nRegular aerobic exercise lowers blood pressure in adults.",

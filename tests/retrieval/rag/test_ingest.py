@@ -9,7 +9,7 @@ import json
 import pytest
 
 from retrieval.errors import ConfigError, DataError
-from retrieval.ingest import Document, load_documents, split_documents, token_counter
+from retrieval.rag.ingest import Document, load_documents, split_documents, token_counter
 
 
 @pytest.fixture(scope="module")

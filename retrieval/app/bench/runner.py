@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retrieval.bench.config import BenchConfig
-from retrieval.bench.probe import machine_info, memory_bandwidth, set_threads
-from retrieval.bench.report import render_markdown, save_plots
-from retrieval.bench.text import EncoderFactory, default_encoder, default_token_encoder, run_text_dataset
-from retrieval.bench.vectors import run_vector_dataset
+from retrieval.app.bench.config import BenchConfig
+from retrieval.app.bench.probe import machine_info, memory_bandwidth, set_threads
+from retrieval.app.bench.report import render_markdown, save_plots
+from retrieval.app.bench.text import EncoderFactory, default_encoder, default_token_encoder, run_text_dataset
+from retrieval.app.bench.vector_sets import run_vector_dataset
 
 __all__ = ["RESULTS_FILE", "REPORT_FILE", "run_bench"]
 
@@ -41,7 +41,7 @@ def run_bench(
     Parameters
     ----------
     config : BenchConfig
-        What to run (see :mod:`retrieval.bench.config`).
+        What to run (see :mod:`retrieval.app.bench.config`).
     out_dir : str or os.PathLike
         Created if missing; receives ``results.json``, ``report.md`` and the PNG plots.
     command : str

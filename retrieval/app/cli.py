@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from retrieval._platform import keep_freed_memory
 from retrieval._version import __version__
+from retrieval.app._platform import keep_freed_memory
 from retrieval.errors import RetrievalError
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_index(args: argparse.Namespace) -> int:
-    from retrieval._cli_rag import index_documents, is_beir_input
+    from retrieval.app.cli_rag import index_documents, is_beir_input
 
     if not is_beir_input(args.data):  # a folder of .txt/.md files or JSONL: a RAG collection
         if args.shards is not None:
@@ -87,8 +87,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             f"train {payload['train_s']:.1f}s, build {payload['build_s']:.1f}s"
         ))
         return 0
+    from retrieval.app.measure import directory_bytes
     from retrieval.beir import corpus_texts, load_corpus
-    from retrieval.measure import directory_bytes
     from retrieval.pipeline import Retriever
 
     started = time.perf_counter()
@@ -113,8 +113,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from retrieval._cli_rag import is_collection, search_collection
+    from retrieval.app.cli_rag import search_collection
     from retrieval.pipeline import Retriever
+    from retrieval.rag.passages import is_collection
 
     if is_collection(args.index):
         _emit(args, *search_collection(args))
@@ -163,16 +164,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from indexes.check import check_index
+    from retrieval.rag.passages import check_collection, is_collection
 
-    report = check_index(args.index, verify=not args.no_verify, load=not args.no_load)
+    check = check_collection if is_collection(args.index) else check_index
+    report = check(args.index, verify=not args.no_verify, load=not args.no_load)
     _emit(args, report.to_dict(), report.format())
     return 0 if report.healthy else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from retrieval.app.measure import saved_bytes, time_search
     from retrieval.beir import load_beir
     from retrieval.evaluate import evaluate
-    from retrieval.measure import saved_bytes, time_search
 
     started = time.perf_counter()
     data = load_beir(args.data, split="test")
@@ -262,7 +265,7 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from retrieval.bench.cli import run_from_args
+    from retrieval.app.bench.cli import run_from_args
 
     payload, text = run_from_args(args)
     _emit(args, payload, text)

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retrieval.bench import load_config, parse_config, run_bench
-from retrieval.bench.probe import paired_ratio, time_interleaved
-from retrieval.bench.report import BEGIN_MARKER, END_MARKER, render_markdown
-from retrieval.bench.vecs import read_fvecs, read_ivecs, write_fvecs, write_ivecs
-from retrieval.bench.vectors import recall_at
-from retrieval.cli import main
+from retrieval.app.bench import load_config, parse_config, run_bench
+from retrieval.app.bench.fvecs import read_fvecs, read_ivecs, write_fvecs, write_ivecs
+from retrieval.app.bench.probe import paired_ratio, time_interleaved
+from retrieval.app.bench.report import BEGIN_MARKER, END_MARKER, render_markdown
+from retrieval.app.bench.vector_sets import recall_at
+from retrieval.app.cli import main
 from retrieval.errors import ConfigError, DataError
 
 TOPICS = {
@@ -331,7 +331,7 @@ def test_time_interleaved_times_every_function_on_every_pass() -> None:
 
 
 def test_time_interleaved_alternates_batches_and_pairs_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    from retrieval.bench import probe
+    from retrieval.app.bench import probe
 
     clock = [0.0]
     monkeypatch.setattr(probe.time, "perf_counter", lambda: clock[0])
@@ -368,7 +368,7 @@ def test_importing_the_harness_stays_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, retrieval.bench; "
+    code = ("import sys, retrieval.app.bench; "
             "print([m for m in ('torch', 'faiss', 'matplotlib', 'sentence_transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

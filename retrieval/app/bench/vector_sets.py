@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from retrieval.bench.config import BenchConfig, VectorDataset
-from retrieval.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
-from retrieval.bench.vecs import read_fvecs, read_ivecs
+from retrieval.app.bench.config import BenchConfig, VectorDataset
+from retrieval.app.bench.fvecs import read_fvecs, read_ivecs
+from retrieval.app.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
 from retrieval.errors import DataError
 
 __all__ = ["recall_at", "run_vector_dataset", "scan_bytes"]
@@ -82,12 +82,12 @@ def run_vector_dataset(ds: VectorDataset, config: BenchConfig, *, progress: Prog
     For each build (one per build-time parameter set) the FAISS index is built once; for
     each search-time parameter set, recall is computed on all queries through our
     :class:`~indexes.FaissIndex`, then ours and the raw ``faiss_index.search`` on that very
-    object are timed interleaved (see :func:`~retrieval.bench.probe.time_interleaved`) on
+    object are timed interleaved (see :func:`~retrieval.app.bench.probe.time_interleaved`) on
     the first ``timing_queries`` queries at every batch size. Both return the same labels
     (checked), so they are compared at equal recall by construction.
     """
     from indexes.faiss_index import FaissIndex
-    from retrieval.measure import saved_bytes
+    from retrieval.app.measure import saved_bytes
 
     base, queries, truth = _load(ds)
     k = config.k

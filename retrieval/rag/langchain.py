@@ -7,7 +7,7 @@ whose ``metadata`` holds the passage's own metadata plus ``passage_id``, ``doc_i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval._optional import require
 
@@ -18,7 +18,8 @@ from langchain_core.documents import Document  # noqa: E402
 from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from retrieval.rag import RetrievedPassage  # noqa: E402
+if TYPE_CHECKING:  # the component imports this module on demand; no circle at run time
+    from retrieval.rag.component import RetrievedPassage
 
 __all__ = ["DensezipRetriever", "to_langchain_document"]
 
@@ -35,7 +36,7 @@ def to_langchain_document(hit: RetrievedPassage) -> Document:
 
 
 class DensezipRetriever(BaseRetriever):
-    """LangChain retriever backed by a :class:`~retrieval.rag.RetrievalComponent`.
+    """LangChain retriever backed by a :class:`~retrieval.rag.component.RetrievalComponent`.
 
     Attributes
     ----------

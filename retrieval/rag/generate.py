@@ -8,7 +8,7 @@ A generator is any callable ``generator(prompt: str) -> str``. Two are provided:
 - :class:`TransformersGenerator` wraps a ``transformers`` text-generation pipeline loaded
   from a local model directory.
 
-:func:`answer` runs the loop with a :class:`~retrieval.rag.RetrievalComponent`.
+:func:`answer` runs the loop with a :class:`~retrieval.rag.component.RetrievalComponent`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from retrieval._optional import require
 from retrieval.errors import ConfigError
-from retrieval.rag import DEFAULT_PROMPT, Context, build_prompt
+from retrieval.rag.component import DEFAULT_PROMPT, Context, build_prompt
 
 if TYPE_CHECKING:
-    from retrieval.rag import RetrievalComponent
+    from retrieval.rag.component import RetrievalComponent
 
 __all__ = ["ExtractiveAnswerer", "RAGAnswer", "TransformersGenerator", "answer"]
 
@@ -55,7 +55,7 @@ class ExtractiveAnswerer:
     sentences do not win by size). The best sentence is returned with its passage number;
     ties go to the better-ranked passage.
 
-    Call it with a prompt built by :func:`~retrieval.rag.build_prompt` (it reads the
+    Call it with a prompt built by :func:`~retrieval.rag.component.build_prompt` (it reads the
     ``Context:`` and ``Question:`` parts), or use :meth:`answer` directly.
 
     Examples
@@ -76,7 +76,7 @@ class ExtractiveAnswerer:
         if q_at < 0 or c_at < 0 or c_at > q_at:
             raise ConfigError(
                 "ExtractiveAnswerer reads prompts with a 'Context:' section followed by a 'Question:' line "
-                "(retrieval.rag.DEFAULT_PROMPT); this prompt has neither in that order."
+                "(retrieval.rag.component.DEFAULT_PROMPT); this prompt has neither in that order."
             )
         question = prompt[q_at + len("Question:"):].split("\nAnswer:")[0].strip()
         return self.answer(question, prompt[c_at + len("Context:"):q_at])

@@ -1,4 +1,4 @@
-"""The ``densezip bench`` command, kept out of :mod:`retrieval.cli` so that file stays a thin dispatcher."""
+"""The ``densezip bench`` command, kept out of :mod:`retrieval.app.cli` so that file stays a thin dispatcher."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def run_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     Returns the result dict and the Markdown report; progress lines go to stderr.
     """
-    from retrieval.bench.config import load_config
-    from retrieval.bench.report import check_markers, render_markdown, save_plots, splice_markdown
-    from retrieval.bench.runner import REPORT_FILE, RESULTS_FILE, run_bench
+    from retrieval.app.bench.config import load_config
+    from retrieval.app.bench.report import check_markers, render_markdown, save_plots, splice_markdown
+    from retrieval.app.bench.runner import REPORT_FILE, RESULTS_FILE, run_bench
     from retrieval.errors import ConfigError
 
     config = None if args.render_only else load_config(args.config, data_root=args.data_root)
