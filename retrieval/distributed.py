@@ -36,6 +36,7 @@ from retrieval.errors import ConfigError
 from retrieval.types import Embeddings
 
 if TYPE_CHECKING:
+    from indexes.base import Metric
     from retrieval.encode.base import Encoder
 
 __all__ = ["BuildReport", "build_sharded", "encode_documents", "index_corpus", "init_ray"]
@@ -197,7 +198,7 @@ def build_sharded(
     *,
     n_shards: int,
     spec: str = "Flat",
-    metric: str = "ip",
+    metric: Metric = "ip",
     nprobe: int | None = None,
     ef_search: int | None = None,
     train_size: int = 100_000,

@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own layer or any lower one, never a higher one):
 
 0. ``retrieval`` (the lazy namespace), ``retrieval.errors``, ``retrieval.types``,
-   ``retrieval._optional``, ``retrieval._version``
+   ``retrieval._optional``, ``retrieval._version``, ``retrieval._native_log``
 1. ``retrieval.encode``, ``retrieval.compress``, ``retrieval.scores``, ``retrieval.evaluate``,
    ``retrieval.beir``, ``retrieval.datasets``: vectors, codes, score kernels, data and metrics
 2. ``indexes``: index structures and their on-disk format
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("retrieval", "indexes", "training")
 
 LAYERS: list[tuple[str, ...]] = [
-    ("retrieval", "retrieval.errors", "retrieval.types", "retrieval._optional", "retrieval._version"),
+    ("retrieval", "retrieval.errors", "retrieval.types", "retrieval._optional", "retrieval._version",
+     "retrieval._native_log"),
     ("retrieval.encode", "retrieval.compress", "retrieval.scores", "retrieval.evaluate", "retrieval.beir",
      "retrieval.datasets"),
     ("indexes",),
