@@ -45,9 +45,13 @@ def native_stderr_to_log(logger: logging.Logger, *, level: int = logging.INFO) -
 
     Examples
     --------
-    >>> import ctypes, logging
-    >>> with native_stderr_to_log(logging.getLogger("demo")):       # doctest: +SKIP
-    ...     ctypes.CDLL(None).dprintf(2, b"from C\\n")                 # logged, not printed
+    >>> import logging, os, sys
+    >>> log = logging.getLogger("native-demo")
+    >>> log.addHandler(logging.StreamHandler(sys.stdout)); log.setLevel(logging.INFO); log.propagate = False
+    >>> with native_stderr_to_log(log):
+    ...     for _ in range(3):
+    ...         _ = os.write(2, b"WARNING from C\\n")  # what fprintf(stderr, ...) does
+    native: WARNING from C (repeated 3 times)
     """
     if not _capturing.acquire(blocking=False):
         yield  # another thread holds descriptor 2; see the module docstring

@@ -56,8 +56,8 @@ def write_tiny_beir(root: Path, rng: np.random.Generator, n_docs: int = 150, n_q
         for j in range(n_queries):
             topic = names[j % len(names)]
             q.write(json.dumps({"_id": f"q{j}", "text": " ".join(rng.choice(TOPICS[topic].split(), size=3))}) + "\n")
-            for i in np.flatnonzero(np.array(topic_of) == topic):
-                r.write(f"q{j}\td{i}\t1\n")
+            for row in np.flatnonzero(np.array(topic_of) == topic):
+                r.write(f"q{j}\td{row}\t1\n")
     return root
 
 
