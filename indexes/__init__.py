@@ -6,6 +6,8 @@
 FAISS is imported only when a ``FaissIndex`` is built or loaded. ``MultiVectorIndex`` holds
 several compressed vectors per document and ranks by MaxSim (late interaction);
 ``ShardedIndex`` and ``ShardedMultiVectorIndex`` split either kind into hash-routed shards.
+:func:`make_index` turns a spec string (``"exact"``, a FAISS factory string, or a
+multi-vector spec) into the matching empty index.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from indexes.base import VectorIndex, load_index, register_index
+from indexes.factory import make_index
 from indexes.flat import FlatIndex
 from indexes.manifest import FORMAT_VERSION, Manifest, read_manifest
 
@@ -32,6 +35,7 @@ __all__ = [
     "ShardedMultiVectorIndex",
     "VectorIndex",
     "load_index",
+    "make_index",
     "read_manifest",
     "register_index",
 ]

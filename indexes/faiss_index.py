@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from indexes._lock import reads, writes
 from indexes.base import Metric, VectorIndex, register_index
 from indexes.manifest import Manifest
+from retrieval._native_log import native_stderr_to_log
 from retrieval._optional import require
 from retrieval.errors import ConfigError, IndexFormatError, MissingDependencyError, NotTrainedError
 from retrieval.types import Embeddings, as_float32_matrix
@@ -264,7 +265,8 @@ class FaissIndex(VectorIndex):
         vectors = data.vectors if isinstance(data, Embeddings) else data
         vectors = as_float32_matrix(vectors, name="training vectors", dim=self.dim)
         try:
-            self._index.train(vectors)
+            with native_stderr_to_log(logger):  # FAISS k-means warnings: shown with -v, not printed
+                self._index.train(vectors)
         except RuntimeError as exc:
             raise ConfigError(
                 f"training {self.spec!r} on {vectors.shape[0]} vectors failed ({_reason(exc)}). IVF needs at "

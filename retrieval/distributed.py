@@ -36,14 +36,12 @@ from retrieval.errors import ConfigError
 from retrieval.types import Embeddings
 
 if TYPE_CHECKING:
-    from indexes.base import VectorIndex
+    from indexes.base import Metric
     from retrieval.encode.base import Encoder
 
-__all__ = ["BuildReport", "build_sharded", "encode_documents", "index_corpus", "init_ray", "make_template"]
+__all__ = ["BuildReport", "build_sharded", "encode_documents", "index_corpus", "init_ray"]
 
 logger = logging.getLogger(__name__)
-
-EXACT = "exact"
 
 
 def _ray() -> Any:
@@ -166,7 +164,10 @@ def encode_documents(
 # ---------------------------------------------------------------------------- building shards
 @dataclass(frozen=True)
 class BuildReport:
-    """What :func:`build_sharded` did, with phase timings in seconds."""
+    """What :func:`build_sharded` (and :func:`index_corpus`) did, with phase timings in seconds.
+
+    ``encode_s`` is 0.0 from :func:`build_sharded`, which receives vectors already encoded.
+    """
 
     path: Path
     n_shards: int
@@ -174,19 +175,9 @@ class BuildReport:
     train_s: float
     build_s: float
     backend: str
-
-
-def make_template(
-    dim: int, spec: str, *, metric: str = "ip", nprobe: int | None = None, ef_search: int | None = None
-) -> VectorIndex:
-    """An empty index for ``spec``: ``"exact"`` is the NumPy FlatIndex, anything else a FAISS factory string."""
-    from indexes import FaissIndex, FlatIndex
-
-    if spec == EXACT:
-        if nprobe is not None or ef_search is not None:
-            raise ConfigError("nprobe / ef_search do not apply to the exact index.")
-        return FlatIndex(dim, metric=metric)  # type: ignore[arg-type]
-    return FaissIndex(dim, spec=spec, metric=metric, nprobe=nprobe, ef_search=ef_search)  # type: ignore[arg-type]
+    documents: int = 0
+    dim: int = 0
+    encode_s: float = 0.0
 
 
 def _build_shard(
@@ -207,7 +198,7 @@ def build_sharded(
     *,
     n_shards: int,
     spec: str = "Flat",
-    metric: str = "ip",
+    metric: Metric = "ip",
     nprobe: int | None = None,
     ef_search: int | None = None,
     train_size: int = 100_000,
@@ -228,7 +219,8 @@ def build_sharded(
     n_shards : int
         Number of shards; documents go to shard ``shard_of(id, n_shards)``.
     spec : str
-        ``"exact"`` (NumPy) or a FAISS factory string, e.g. ``"IVF1024,PQ32x8"``.
+        ``"exact"`` (the NumPy FlatIndex) or a FAISS factory string, e.g. ``"Flat"`` or
+        ``"IVF1024,PQ32x8"`` (see :func:`indexes.make_index`).
     train_size : int
         Training sample size (random rows, ``seed``); the trained state (PQ codebooks, IVF
         centroids) is shared by every shard.
@@ -244,11 +236,12 @@ def build_sharded(
     """
     from indexes._io import atomic_directory
     from indexes._shards import ROUTING, route, template_state
+    from indexes.factory import make_index
     from indexes.sharded import ShardedIndex
 
     if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
         raise ConfigError(f"n_shards must be a positive integer; got {n_shards!r}.")
-    template = make_template(docs.dim, spec, metric=metric, nprobe=nprobe, ef_search=ef_search)
+    template: Any = make_index(docs.dim, spec, metric=metric, nprobe=nprobe, ef_search=ef_search)
     t0 = time.perf_counter()
     if not template.is_trained:
         rng = np.random.default_rng(seed)
@@ -262,7 +255,8 @@ def build_sharded(
         index.save(path, overwrite=overwrite)
         sizes = index.shard_sizes
         index.close()
-        return BuildReport(Path(path), n_shards, sizes, t1 - t0, time.perf_counter() - t1, "threads")
+        return BuildReport(Path(path), n_shards, sizes, t1 - t0, time.perf_counter() - t1, "threads",
+                           documents=len(docs), dim=docs.dim)
     ray = _ray()
     if not ray.is_initialized():
         raise ConfigError("build_sharded(use_ray=True) needs a running Ray: call init_ray() first, or pass use_ray=False.")
@@ -278,39 +272,78 @@ def build_sharded(
         entries = ray.get(futures)
         ShardedIndex.write_manifest(tmp, template, entries, trained, dict(metadata or {}))
     sizes = [int(e["live"]) for e in entries]
-    return BuildReport(Path(path), n_shards, sizes, t1 - t0, time.perf_counter() - t1, "ray")
+    return BuildReport(Path(path), n_shards, sizes, t1 - t0, time.perf_counter() - t1, "ray",
+                       documents=len(docs), dim=docs.dim)
 
 
-# ---------------------------------------------------------------------------- CLI
-def index_corpus(args: Any, encoder: Encoder) -> dict[str, Any]:
-    """``densezip index DATA --shards N [--ray ADDRESS]``: encode, train once, build shards; returns the summary."""
-    from retrieval.app.measure import directory_bytes
+# ---------------------------------------------------------------------------- whole corpus
+def index_corpus(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    encoder: Encoder,
+    n_shards: int,
+    spec: str = "Flat",
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    use_ray: bool = True,
+    ray_address: str | None = "local",
+    encode_workers: int = 2,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> BuildReport:
+    """Encode a BEIR corpus, train the index once and build ``n_shards`` shards into ``out``.
+
+    With ``use_ray`` the documents are encoded by ``encode_workers`` actors
+    (:func:`encode_documents`) and the shards built as Ray tasks; a Ray this function starts
+    (``ray_address="local"`` when none is running) is shut down before it returns. Without
+    Ray the encoder runs in this process and the shards are built by local threads. The
+    encoder's ``describe()``, when it has one, is saved as the index's ``encoder`` metadata.
+
+    Parameters
+    ----------
+    data : path-like
+        BEIR directory with ``corpus.jsonl[.gz]``, or a bundled data set name.
+    out : path-like
+        Output directory of the :class:`~indexes.ShardedIndex`.
+    encoder : Encoder
+        Document encoder.
+    n_shards, spec, nprobe, ef_search, overwrite
+        As for :func:`build_sharded`.
+    use_ray : bool
+        Encode and build on Ray (True) or locally with threads (False).
+    ray_address : str or None
+        Passed to :func:`init_ray` when ``use_ray`` is True.
+    encode_workers : int
+        Encoder actors (Ray only).
+    device : str
+        Device of the encoder actors (Ray only).
+
+    Returns
+    -------
+    BuildReport
+        With ``documents``, ``dim`` and ``encode_s`` filled in.
+    """
+    from dataclasses import replace
+
     from retrieval.beir import corpus_texts, load_corpus
 
     started = time.perf_counter()
-    use_ray = args.ray != "off"
-    own_ray = init_ray(args.ray) if use_ray else False
+    own_ray = init_ray(ray_address) if use_ray else False
     try:
-        corpus = load_corpus(args.data)
+        corpus = load_corpus(data)
         texts, ids = corpus_texts(corpus), list(corpus)
         if use_ray:
-            docs = encode_documents(encoder, texts, ids=ids, workers=args.encode_workers, device=args.device)
+            docs = encode_documents(encoder, texts, ids=ids, workers=encode_workers, device=device)
         else:
             docs = encoder.encode_documents(texts, ids=ids)
         encoded = time.perf_counter()
         describe = getattr(encoder, "describe", None)
         report = build_sharded(
-            docs, args.out, n_shards=args.shards, spec=args.spec if args.spec != "exact" else EXACT,
-            nprobe=args.nprobe, ef_search=args.ef_search, use_ray=use_ray, overwrite=args.overwrite,
-            metadata={"encoder": describe()} if describe is not None else None,
+            docs, out, n_shards=n_shards, spec=spec, nprobe=nprobe, ef_search=ef_search, use_ray=use_ray,
+            overwrite=overwrite, metadata={"encoder": describe()} if describe is not None else None,
         )
     finally:
         if own_ray:
             _ray().shutdown()
-    size = sum(directory_bytes(d) for d in [report.path, *sorted(report.path.glob("shard-*"))])
-    return {
-        "index": str(report.path), "spec": args.spec, "shards": args.shards, "shard_sizes": report.shard_sizes,
-        "backend": report.backend, "documents": len(docs), "dim": docs.dim, "bytes": size,
-        "encode_s": encoded - started, "train_s": report.train_s, "build_s": report.build_s,
-        "total_s": time.perf_counter() - started,
-    }
+    return replace(report, encode_s=encoded - started)

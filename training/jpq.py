@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from retrieval._native_log import native_stderr_to_log
 from retrieval._optional import require
 from retrieval.errors import ConfigError, DataError, ShapeError
 from retrieval.types import as_float32_matrix
@@ -295,7 +296,8 @@ class JPQTrainer:
         pq_index = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
         pq_index.do_polysemous_training = False
         pq_index.pq.cp.seed = args.seed
-        index.train(self._vectors)
+        with native_stderr_to_log(logger):  # FAISS's k-means "too few points" lines: logged, not printed
+            index.train(self._vectors)
         index.add(self._vectors)
         if isinstance(index, faiss.IndexPreTransform):
             transform = faiss.downcast_VectorTransform(index.chain.at(0))

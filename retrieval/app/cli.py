@@ -24,25 +24,21 @@ if TYPE_CHECKING:
     from indexes.base import VectorIndex
     from retrieval.types import Embeddings
 
-__all__ = ["build_index", "main"]
+__all__ = ["main"]
 
 DEMO_SPECS = ("Flat", "HNSW32", "IVF64,PQ48x8")
-EXACT = "exact"
+SPEC_HELP = ("'exact' = NumPy FlatIndex (exact, no FAISS; the test oracle), or a FAISS factory string: "
+             "Flat (FAISS IndexFlat, also exact), HNSW32, IVF64,PQ48x8, OPQ48,PQ48x8, ...")
 
 
-def build_index(docs: Embeddings, spec: str, *, nprobe: int | None = None, ef_search: int | None = None) -> VectorIndex:
-    """Build an index over ``docs``: ``spec="exact"`` is the NumPy :class:`FlatIndex`, anything
-    else a FAISS factory string for :class:`FaissIndex`."""
-    from indexes import FaissIndex, FlatIndex
+def _build_index(docs: Embeddings, spec: str, *, nprobe: int | None = None, ef_search: int | None = None) -> VectorIndex:
+    """An index of ``spec`` (see :func:`indexes.make_index`) trained on and holding ``docs``."""
+    from indexes.factory import make_index
 
-    if spec == EXACT:
-        if nprobe is not None or ef_search is not None:
-            from retrieval.errors import ConfigError
-
-            raise ConfigError("--nprobe / --ef-search do not apply to the exact index.")
-        return FlatIndex(docs.dim, metric="ip").add(docs)
-    index = FaissIndex(docs.dim, spec=spec, metric="ip", nprobe=nprobe, ef_search=ef_search)
-    return index.train(docs).add(docs)
+    index: Any = make_index(docs.dim, spec, nprobe=nprobe, ef_search=ef_search)
+    if not index.is_trained:
+        index.train(docs)
+    return index.add(docs)  # type: ignore[no-any-return]
 
 
 def _encoder(args: argparse.Namespace) -> Any:
@@ -78,9 +74,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         _emit(args, payload, text)
         return 0
     if args.shards is not None:
-        from retrieval.distributed import index_corpus
-
-        payload = index_corpus(args, _encoder(args))
+        payload = _index_sharded(args)
         _emit(args, payload, (
             f"indexed {payload['documents']} documents into {payload['index']} ({args.spec}, {args.shards} shards of "
             f"{payload['shard_sizes']}, {payload['backend']}): encode {payload['encode_s']:.1f}s, "
@@ -96,7 +90,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     encoder = _encoder(args)
     docs = encoder.encode_documents(corpus_texts(corpus), ids=list(corpus))
     encoded = time.perf_counter()
-    index = build_index(docs, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
+    index = _build_index(docs, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
     built = time.perf_counter()
     path = Retriever(encoder, index).save(args.out, overwrite=args.overwrite)
     size = directory_bytes(path)
@@ -110,6 +104,26 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"{payload['bytes_per_doc']:.0f} bytes/doc; encode {payload['encode_s']:.1f}s, build {payload['build_s']:.1f}s"
     ))
     return 0
+
+
+def _index_sharded(args: argparse.Namespace) -> dict[str, Any]:
+    """``densezip index DATA --shards N [--ray ADDRESS|off]``: the summary of :func:`retrieval.distributed.index_corpus`."""
+    from retrieval.app.measure import directory_bytes
+    from retrieval.distributed import index_corpus
+
+    started = time.perf_counter()
+    report = index_corpus(
+        args.data, args.out, encoder=_encoder(args), n_shards=args.shards, spec=args.spec, nprobe=args.nprobe,
+        ef_search=args.ef_search, use_ray=args.ray != "off", ray_address=args.ray, encode_workers=args.encode_workers,
+        device=args.device, overwrite=args.overwrite,
+    )
+    size = sum(directory_bytes(d) for d in [report.path, *sorted(report.path.glob("shard-*"))])
+    return {
+        "index": str(report.path), "spec": args.spec, "shards": args.shards, "shard_sizes": report.shard_sizes,
+        "backend": report.backend, "documents": report.documents, "dim": report.dim, "bytes": size,
+        "encode_s": report.encode_s, "train_s": report.train_s, "build_s": report.build_s,
+        "total_s": time.perf_counter() - started,
+    }
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -192,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for spec in args.spec or DEMO_SPECS:
         b0 = time.perf_counter()
-        index = build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None,
+        index = _build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None,
                             ef_search=args.ef_search if "HNSW" in spec else None)
         build_s = time.perf_counter() - b0
         result = index.search(queries, 100, query_ids=qids)
@@ -316,8 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=None,
                    help="documents only: passage length in encoder tokens (default: the encoder's window)")
     p.add_argument("--overlap", type=int, default=32, help="documents only: tokens shared by consecutive passages")
-    p.add_argument("--spec", default="Flat",
-                   help="FAISS factory string (Flat, HNSW32, IVF64,PQ48x8, OPQ48,PQ48x8, ...) or 'exact' (NumPy)")
+    p.add_argument("--spec", default="Flat", help=f"index to build (default Flat): {SPEC_HELP}")
     p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists probed per query")
     p.add_argument("--ef-search", type=_positive_int, default=None, help="HNSW search beam width")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
@@ -371,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="index SciFact, search it, print quality and timing")
     p.add_argument("--data", default="scifact", help="BEIR directory or bundled name (default scifact)")
     p.add_argument("--spec", action="append", default=None,
-                   help=f"index to build (repeatable; default: {', '.join(DEMO_SPECS)}; 'exact' = NumPy)")
+                   help=f"index to build (repeatable; default: {', '.join(DEMO_SPECS)}): {SPEC_HELP}")
     p.add_argument("--nprobe", type=_positive_int, default=16, help="IVF lists probed (default 16)")
     p.add_argument("--ef-search", type=_positive_int, default=128, help="HNSW search beam width (default 128)")
     common(p, model=True)

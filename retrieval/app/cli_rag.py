@@ -23,21 +23,14 @@ def is_beir_input(data: str) -> bool:
 
 def index_documents(args: argparse.Namespace, encoder: Any) -> tuple[dict[str, Any], str]:
     """Split a folder of .txt/.md files or JSONL into passages, encode them and save a collection."""
-    from indexes import FaissIndex, FlatIndex
+    from indexes.factory import make_index
     from retrieval.app.measure import directory_bytes
     from retrieval.rag.ingest import load_documents
     from retrieval.rag.passages import build_collection
 
     started = time.perf_counter()
     documents = load_documents(args.data)
-    if args.spec == "exact":
-        if args.nprobe is not None or args.ef_search is not None:
-            from retrieval.errors import ConfigError
-
-            raise ConfigError("--nprobe / --ef-search do not apply to the exact index.")
-        index: Any = FlatIndex(encoder.dim, metric="ip")
-    else:
-        index = FaissIndex(encoder.dim, spec=args.spec, metric="ip", nprobe=args.nprobe, ef_search=args.ef_search)
+    index: Any = make_index(encoder.dim, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
     path = build_collection(documents, args.out, encoder=encoder, index=index, max_tokens=args.max_tokens,
                             overlap=args.overlap, overwrite=args.overwrite)
     size = sum(directory_bytes(d) for d in (path / "index", path / "passages"))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from retrieval._native_log import native_stderr_to_log
 from retrieval._optional import require
 from retrieval.compress.base import Codec
 from retrieval.errors import ConfigError, ShapeError
@@ -116,7 +117,8 @@ class PatchKMeans(Codec):
         sample = x if x.shape[0] <= self.max_train_points else x[np.sort(rng.choice(x.shape[0], self.max_train_points, replace=False))]
         km = faiss.Kmeans(self.dim, self.k, niter=self.niter, seed=self.seed, spherical=True,
                           max_points_per_centroid=max(1, sample.shape[0] // self.k + 1), verbose=False)
-        km.train(sample)
+        with native_stderr_to_log(logger):  # FAISS prints its "too few points" warning from C++
+            km.train(sample)
         self.centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
         self._assigner, self._table = None, None
         if self.residual_bits:

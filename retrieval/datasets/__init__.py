@@ -4,12 +4,18 @@ Each data set lives in a sub-directory next to this file, in the BEIR layout
 (``corpus.jsonl.gz``, ``queries.jsonl``, ``qrels/<split>.tsv``) with a ``README.md``
 giving its provenance and licence. Nothing is downloaded at run time.
 
+Two vector sets for approximate-search benchmarks sit beside them in the TEXMEX format
+(``*.fvecs`` base and query vectors, ``*.ivecs`` exact neighbours), also with a
+``README.md``: :func:`available_vector_sets`, :func:`vector_set_path`.
+
 Examples
 --------
 >>> available_datasets()
 ['cranfield', 'scifact']
 >>> dataset_path("scifact").name
 'scifact'
+>>> available_vector_sets()
+['deep10k', 'fmnist_small']
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 from retrieval.errors import ConfigError, DataError
 
-__all__ = ["available_datasets", "dataset_path"]
+__all__ = ["available_datasets", "available_vector_sets", "dataset_path", "vector_set_path"]
 
 # Name -> one-line description. The directories sit beside this module, so they are found
 # through ``__file__`` both in a source checkout and in a regular (non-zipped) wheel
@@ -26,6 +32,11 @@ __all__ = ["available_datasets", "dataset_path"]
 _BUNDLED: dict[str, str] = {
     "cranfield": "Cranfield aeronautics, 1,400 docs, 225 queries, grades 1..4 (train, test, all)",
     "scifact": "BEIR SciFact, 5,183 docs, 809 train / 300 test judged claims (train, test)",
+}
+
+_VECTOR_SETS: dict[str, str] = {
+    "deep10k": "Deep1B 10k: 10,000 x 96 base, 1,000 queries, exact L2 top 100",
+    "fmnist_small": "Fashion-MNIST small: 1,000 x 784 base (pixels 0..255), 500 queries, exact L2 top 100",
 }
 
 _ROOT = Path(__file__).resolve().parent
@@ -74,6 +85,39 @@ def dataset_path(name: str) -> Path:
     if not path.is_dir():
         raise DataError(
             f"bundled data set {name!r} should be at {path}, but that directory is missing. "
+            "The package was installed without its data files; reinstall densezip from a "
+            "wheel or source tree that includes retrieval/datasets/."
+        )
+    return path
+
+
+def available_vector_sets() -> list[str]:
+    """Names of the TEXMEX vector sets bundled with the package, sorted."""
+    return sorted(_VECTOR_SETS)
+
+
+def vector_set_path(name: str) -> Path:
+    """Directory of a bundled vector set (``*.fvecs`` / ``*.ivecs`` and a ``README.md``).
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`available_vector_sets`, e.g. ``"deep10k"``.
+
+    Raises
+    ------
+    ConfigError
+        If ``name`` is not a bundled vector set.
+    DataError
+        If its directory is missing (an installation without the package data).
+    """
+    if not isinstance(name, str) or name not in _VECTOR_SETS:
+        listing = "\n".join(f"  {key}: {desc}" for key, desc in sorted(_VECTOR_SETS.items()))
+        raise ConfigError(f"unknown bundled vector set {name!r}; available:\n{listing}")
+    path = _ROOT / name
+    if not path.is_dir():
+        raise DataError(
+            f"bundled vector set {name!r} should be at {path}, but that directory is missing. "
             "The package was installed without its data files; reinstall densezip from a "
             "wheel or source tree that includes retrieval/datasets/."
         )

@@ -44,7 +44,6 @@ __all__ = [
     "PassageStore",
     "attach_passages",
     "build_collection",
-    "build_index_for",
     "check_collection",
     "is_collection",
 ]
@@ -232,29 +231,6 @@ def _record_problem(p: Passage) -> str | None:
 
 
 # ---------------------------------------------------------------------------- collections
-def build_index_for(encoder: Any, spec: str, dim: int) -> VectorIndex | MultiVectorIndex:
-    """An empty index for ``encoder``'s vectors.
-
-    ``spec`` is a FAISS factory string (``"Flat"``, ``"PQ48x8"``, ``"IVF64,PQ48x8"``, ...) or
-    ``"exact"`` (NumPy :class:`~indexes.FlatIndex`) for single-vector encoders, and a
-    :class:`~indexes.MultiVectorIndex` spec (``"FP16"``, ``"Prune0.6,KMeans256r2"``, ...) for
-    a :class:`~retrieval.encode.multivector.MultiVectorEncoder`.
-    """
-    from retrieval.encode.multivector import MultiVectorEncoder
-
-    if isinstance(encoder, MultiVectorEncoder):
-        from indexes.multivector import MultiVectorIndex
-
-        return MultiVectorIndex(dim, spec=spec)
-    if spec == "exact":
-        from indexes.flat import FlatIndex
-
-        return FlatIndex(dim, metric="ip")
-    from indexes.faiss_index import FaissIndex
-
-    return FaissIndex(dim, spec=spec, metric="ip")
-
-
 def build_collection(
     source: str | os.PathLike[str] | Iterable[Document] | Iterable[Passage],
     out: str | os.PathLike[str],
@@ -281,7 +257,11 @@ def build_collection(
         Encodes the passages; its ``describe()`` is recorded so the collection can be
         reopened without naming the encoder again.
     spec : str
-        Index to build when ``index`` is not given (see :func:`build_index_for`).
+        Index to build when ``index`` is not given (see :func:`indexes.make_index`): ``"exact"``
+        (NumPy FlatIndex) or a FAISS factory string (``"Flat"``, ``"PQ48x8"``, ``"IVF64,PQ48x8"``,
+        ...) for a single-vector encoder; a :class:`~indexes.MultiVectorIndex` spec (``"FP16"``,
+        ``"Prune0.6,KMeans256r2"``, ...) for a
+        :class:`~retrieval.encode.multivector.MultiVectorEncoder`.
     index : VectorIndex or MultiVectorIndex, optional
         An empty index to fill instead (trained on the passages if it needs training).
     tokenizer : Tokenizer, optional
@@ -328,7 +308,10 @@ def build_collection(
     else:
         vectors = encoder.encode_documents(texts, ids=ids, batch_size=batch_size)
     if index is None:
-        index = build_index_for(encoder, spec, vectors.dim)
+        from indexes.factory import make_index
+        from retrieval.encode.multivector import MultiVectorEncoder
+
+        index = make_index(vectors.dim, spec, multivector=isinstance(encoder, MultiVectorEncoder))
     if not index.is_trained:
         index.train(vectors)
     index.add(vectors)

@@ -33,7 +33,9 @@ lists of data sets, ``[[text]]`` (BEIR layout, scored with qrels) and ``[[vector
     ]
 
 Relative paths are resolved against the ``data_root`` given to :func:`load_config` (the
-command's ``--data-root``), then against the configuration file's directory. Unknown keys
+command's ``--data-root``), then against the configuration file's directory, then, for
+paths that start with a bundled vector set's name (``deep10k/...``, ``fmnist_small/...``,
+see :func:`retrieval.datasets.available_vector_sets`), against the package's copy. Unknown keys
 are an error, so a typo never silently runs a different benchmark.
 """
 
@@ -47,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from retrieval.datasets import available_vector_sets, vector_set_path
 from retrieval.errors import ConfigError
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "VectorIndexConfig",
     "load_config",
     "parse_config",
+    "resolve_config_path",
 ]
 
 TextKind = Literal["exact", "faiss", "jpq", "multivector"]
@@ -231,7 +235,7 @@ def load_config(path: str | os.PathLike[str], *, data_root: str | os.PathLike[st
     ConfigError
         If the file is missing or unreadable, or any value is invalid.
     """
-    file = _resolve_config_path(path)
+    file = resolve_config_path(path)
     text = file.read_text(encoding="utf-8")
     raw: Any
     if file.suffix == ".toml":
@@ -286,7 +290,8 @@ def parse_config(raw: Any, *, roots: list[Path] | None = None, source: str = "<d
     )
 
 
-def _resolve_config_path(path: str | os.PathLike[str]) -> Path:
+def resolve_config_path(path: str | os.PathLike[str]) -> Path:
+    """The configuration file ``path`` names: a file, or a shipped configuration's name (``"smoke"``)."""
     file = Path(path)
     if file.is_file():
         return file
@@ -442,6 +447,10 @@ def _data_path(text: str, roots: list[Path], *, bundled_ok: bool = False) -> str
     for root in roots:
         if (root / path).exists():
             return str(root / path)
+    if path.parts and path.parts[0] in available_vector_sets():  # e.g. "deep10k/deep10k_base.fvecs"
+        shipped = vector_set_path(path.parts[0]).joinpath(*path.parts[1:])
+        if shipped.exists():
+            return str(shipped)
     if bundled_ok:
         return text  # a bundled data set name such as "scifact"; load_beir reports it if unknown
     tried = ", ".join(str(r / path) for r in roots) or text

@@ -51,25 +51,20 @@ def _build(cfg: TextIndexConfig, docs: Embeddings, ds: TextDataset, data: BEIRDa
     ``extra["query_encode_s"]`` is time spent encoding queries inside this call, which the
     caller takes out of the build time.
     """
-    from retrieval.app.cli import EXACT, build_index
+    from indexes.factory import EXACT, make_index
 
-    if cfg.kind in ("exact", "faiss") and cfg.shards is not None:
-        from indexes.sharded import ShardedIndex
-        from retrieval.distributed import make_template
+    if cfg.kind in ("exact", "faiss"):
+        index: Any = make_index(docs.dim, EXACT if cfg.kind == "exact" else cfg.spec, nprobe=cfg.nprobe,
+                                ef_search=cfg.ef_search)
+        index.train(docs)  # once, before any sharding: every shard shares the trained state
+        if cfg.shards is not None:
+            from indexes.sharded import ShardedIndex
 
-        template = make_template(docs.dim, EXACT if cfg.kind == "exact" else cfg.spec, nprobe=cfg.nprobe,
-                                 ef_search=cfg.ef_search)
-        return ShardedIndex(template.train(docs), cfg.shards).add(docs), None, {}  # one trained state for all
-    if cfg.kind == "exact":
-        return build_index(docs, EXACT), None, {}
-    if cfg.kind == "faiss":
-        return build_index(docs, cfg.spec, nprobe=cfg.nprobe, ef_search=cfg.ef_search), None, {}
+            index = ShardedIndex(index, cfg.shards)
+        return index.add(docs), None, {}
     if cfg.kind == "multivector":
-        from indexes.multivector import MultiVectorIndex
-
         assert mv_docs is not None  # loaded by the caller for this kind
-        options = dict(cfg.multivector, **({"nprobe": cfg.nprobe} if cfg.nprobe is not None else {}))
-        single = MultiVectorIndex(mv_docs.dim, spec=cfg.spec, **options)
+        single: Any = make_index(mv_docs.dim, cfg.spec, multivector=True, nprobe=cfg.nprobe, **cfg.multivector)
         if cfg.shards is not None:
             from indexes.sharded_multivector import ShardedMultiVectorIndex
 

@@ -15,62 +15,15 @@ from retrieval.app.bench import load_config, parse_config, run_bench
 from retrieval.app.bench.fvecs import read_fvecs, read_ivecs, write_fvecs, write_ivecs
 from retrieval.app.bench.probe import paired_ratio, time_interleaved
 from retrieval.app.bench.report import BEGIN_MARKER, END_MARKER, render_markdown
+from retrieval.app.bench.tiny import write_smoke_data
 from retrieval.app.bench.vector_sets import recall_at
 from retrieval.app.cli import main
 from retrieval.errors import ConfigError, DataError
 
-TOPICS = {
-    "ocean": "ocean wave tide salt coral reef fish current",
-    "space": "planet orbit star galaxy comet rocket moon telescope",
-    "cell": "cell protein gene membrane enzyme dna mitosis ribosome",
-    "music": "melody rhythm chord guitar piano tempo harmony violin",
-    "stone": "granite basalt mineral crystal quartz erosion magma sediment",
-}
-
-
-def write_tiny_beir(root: Path, rng: np.random.Generator, n_docs: int = 150) -> Path:
-    """A BEIR-layout corpus where each document and query draws words from one topic."""
-    root.mkdir(parents=True)
-    (root / "qrels").mkdir()
-    names = list(TOPICS)
-    topic_of = []
-    with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
-        for i in range(n_docs):
-            topic = names[i % len(names)]
-            words = rng.choice(TOPICS[topic].split(), size=6).tolist() + [f"w{int(x)}" for x in rng.integers(0, 500, 6)]
-            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": " ".join(words)}) + "\n")
-            topic_of.append(topic)
-    with open(root / "queries.jsonl", "w", encoding="utf-8") as q, open(root / "qrels" / "test.tsv", "w") as r:
-        r.write("query-id\tcorpus-id\tscore\n")
-        for j in range(12):
-            topic = names[j % len(names)]
-            q.write(json.dumps({"_id": f"q{j}", "text": " ".join(rng.choice(TOPICS[topic].split(), size=3))}) + "\n")
-            for i in np.flatnonzero(np.array(topic_of) == topic):  # every document of the topic is relevant
-                r.write(f"q{j}\td{i}\t1\n")
-    return root
-
-
-def write_tiny_vectors(root: Path, rng: np.random.Generator, n: int = 400, nq: int = 30, d: int = 16) -> Path:
-    """Clustered base vectors, queries near them, and exact L2 neighbours (top 20)."""
-    root.mkdir(parents=True)
-    centers = rng.standard_normal((8, d)) * 3
-    base = (centers[rng.integers(0, 8, n)] + rng.standard_normal((n, d))).astype(np.float32)
-    queries = (centers[rng.integers(0, 8, nq)] + rng.standard_normal((nq, d))).astype(np.float32)
-    dist = ((queries[:, None, :] - base[None, :, :]) ** 2).sum(-1)
-    truth = np.argsort(dist, axis=1, kind="stable")[:, :20]
-    write_fvecs(root / "base.fvecs", base)
-    write_fvecs(root / "query.fvecs", queries)
-    write_ivecs(root / "groundtruth.ivecs", truth)
-    return root
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(1338)
-    root = tmp_path_factory.mktemp("bench-data")
-    write_tiny_beir(root / "tiny-beir", rng)
-    write_tiny_vectors(root / "tiny-vectors", rng)
-    return root
+    return write_smoke_data(tmp_path_factory.mktemp("bench-data"))
 
 
 class FakeTokenEncoder:
@@ -244,6 +197,53 @@ def test_shipped_full_config_parses(tmp_path: Path) -> None:
     pq = next(ix for ix in full.vectors[0].indexes if ix.name == "PQ")
     assert [p["m"] for p in pq.build_points()] == [8, 16, 24, 48] and pq.search_points() == [{}]
     assert full.vectors[0].base == str(tmp_path / "deep10k/deep10k_base.fvecs")
+
+
+def test_full_config_needs_no_data_root_every_path_is_shipped() -> None:
+    import retrieval.datasets as bundled
+
+    package_data = Path(bundled.__file__).resolve().parent
+    full = load_config("full")  # no data_root: nothing is measured, only resolved
+    for ds in full.text:
+        assert ds.path in bundled.available_datasets() and bundled.dataset_path(ds.path).is_dir()
+    assert [v.name for v in full.vectors] == ["deep10k", "fmnist"]
+    for v in full.vectors:
+        files = [Path(v.base), Path(v.queries), Path(v.groundtruth)]
+        assert all(f.is_file() and f.resolve().is_relative_to(package_data) for f in files), files
+        base, queries, truth = read_fvecs(v.base), read_fvecs(v.queries), read_ivecs(v.groundtruth)
+        assert base.shape[1] == queries.shape[1] and truth.shape == (len(queries), 100)
+        assert len(queries) >= v.timing_queries and 0 <= truth.min() and truth.max() < len(base)
+    assert read_fvecs(full.vectors[0].base).shape == (10_000, 96)
+
+
+def test_smoke_without_data_root_writes_its_tiny_data(data_root: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.app.bench import cli as bench_cli
+    from retrieval.app.cli import build_parser
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(args: Any, root: str | None) -> tuple[dict[str, Any], str]:
+        assert root is not None
+        seen["files"] = {p.relative_to(root).as_posix(): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+        seen["config"] = load_config(args.config, data_root=root)  # resolves inside the generated directory
+        return {}, ""
+
+    monkeypatch.setattr(bench_cli, "_run", fake_run)
+    parse = build_parser().parse_args
+    bench_cli.run_from_args(parse(["bench", "smoke", "--out", str(tmp_path / "out")]))
+    # Deterministic: the same bytes as the suite's own copy of the data.
+    assert seen["files"] == {p.relative_to(data_root).as_posix(): p.read_bytes()
+                             for p in data_root.rglob("*") if p.is_file()}
+    assert sorted(seen["files"]) == ["tiny-beir/corpus.jsonl", "tiny-beir/qrels/test.tsv", "tiny-beir/queries.jsonl",
+                                     "tiny-vectors/base.fvecs", "tiny-vectors/groundtruth.ivecs",
+                                     "tiny-vectors/query.fvecs"]
+    assert not Path(seen["config"].vectors[0].base).exists()  # the temporary directory is gone afterwards
+    smoke_toml = str(Path(bench_cli.__file__).parent / "configs" / "smoke.toml")
+    assert bench_cli.needs_smoke_data(parse(["bench", smoke_toml]))
+    for argv in (["bench", "smoke", "--data-root", str(data_root)], ["bench", "smoke", "--render-only"],
+                 ["bench", "full"]):
+        assert not bench_cli.needs_smoke_data(parse(argv))
 
 
 def test_yaml_config_matches_toml(tmp_path: Path, data_root: Path) -> None:
