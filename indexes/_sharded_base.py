@@ -38,10 +38,10 @@ from indexes._shards import (
     shard_metadata,
     shard_of,
 )
-from indexes.base import format_errors, open_manifest
+from indexes.base import check_k, format_errors, open_manifest
 from indexes.manifest import MANIFEST_NAME, Manifest, write_manifest
 from retrieval._optional import require
-from retrieval.errors import ConfigError, IndexFormatError, ShardError, UnknownIdError
+from retrieval.errors import ConfigError, IndexFormatError, ShapeError, ShardError, UnknownIdError
 from retrieval.types import SearchResult
 
 __all__ = ["Backend", "ShardedBase", "ShardedSearchResult", "check_n_shards", "ray_is_running",
@@ -205,17 +205,46 @@ class ShardedBase:
         return len(ids)
 
     # ------------------------------------------------------------------ search
-    def _search_routed(
-        self, queries: Any, nq: int, k: int, *, subset: Iterable[str] | None, query_ids: list[str] | None,
-        allow_partial: bool,
+    def search(
+        self, queries: Any, k: int = 10, *, subset: Iterable[str] | None = None,
+        query_ids: Sequence[str] | None = None, allow_partial: bool = False,
     ) -> ShardedSearchResult:
-        """Search the shards that can answer (all live ones, or those holding ``subset``) and merge exactly."""
+        """Search every shard in parallel and merge their top-``k`` lists exactly.
+
+        Parameters
+        ----------
+        queries : np.ndarray of shape (nq, dim), or MultiVectorEmbeddings
+            What a shard searches with: float vectors for a ``ShardedIndex``; query token
+            vectors (e.g. ``MultiVectorEncoder.encode_queries(texts)``) for a
+            ``ShardedMultiVectorIndex``.
+        k : int
+            Hits per query; rows are padded with label ``-1`` and score ``-inf``.
+        subset : iterable of str, optional
+            Restrict the search to these ids; only the shards holding them are searched.
+        query_ids : sequence of str, optional
+            Stored on the result (multi-vector queries default to ``queries.ids``).
+        allow_partial : bool
+            When a shard fails, answer from the others and list the failure in
+            :attr:`ShardedSearchResult.failed_shards` instead of raising :class:`ShardError`.
+
+        Raises
+        ------
+        ShardError
+            When a shard fails (and ``allow_partial`` is False), or when every shard fails.
+        UnknownIdError
+            When ``subset`` names ids that are not in the index.
+        """
+        k = check_k(k)
+        q, nq, default_ids = self._checked_queries(queries)
+        qids = list(query_ids) if query_ids is not None else default_ids
+        if qids is not None and len(qids) != nq:
+            raise ShapeError(f"query_ids must have one id per query; got {len(qids)} for {nq} queries.")
         n_shards = self.n_shards
         if subset is not None:
             subset_ids = [subset] if isinstance(subset, str) else list(dict.fromkeys(subset))
-            args = _args_for([[subset_ids[i] for i in p] for p in route(subset_ids, n_shards)], queries, k)
+            args = _args_for([[subset_ids[i] for i in p] for p in route(subset_ids, n_shards)], q, k)
         else:
-            args = [(queries, k, None) if live else None for _, live in self._stats]
+            args = [(q, k, None) if live else None for _, live in self._stats]
         answers, failures, missing = collect_searches(self._handles, args)
         if missing:
             raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
@@ -226,7 +255,7 @@ class ShardedBase:
                            failure_text("search", failures, n_shards))
         merged = merge_results(answers, k, n_shards, nq)
         return ShardedSearchResult(
-            doc_ids=merged.doc_ids, scores=merged.scores, labels=merged.labels, query_ids=query_ids,
+            doc_ids=merged.doc_ids, scores=merged.scores, labels=merged.labels, query_ids=qids,
             failed_shards={s: f"{type(e).__name__}: {e}" for s, e in failures.items()},
         )
 
@@ -321,6 +350,10 @@ class ShardedBase:
             self._executor = None
 
     # ------------------------------------------------------------------ hooks
+    def _checked_queries(self, queries: Any) -> tuple[Any, int, list[str] | None]:
+        """``(queries as the shards take them, their number, default query ids or None)``, or a clear error."""
+        raise NotImplementedError
+
     def _empty_shard(self) -> Any:
         """A new empty shard: a copy of the template with its trained state."""
         raise NotImplementedError

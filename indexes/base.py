@@ -140,7 +140,7 @@ def _plain_scores(scores: NDArray[np.float32]) -> bool:
     return bool(scores.min() > _PAD_SCORE and scores[:, 0].max() < np.inf)
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ConfigError(f"k must be a positive integer; got {k!r} ({type(k).__name__}).")
     if k <= 0:
@@ -394,7 +394,7 @@ class VectorIndex(StoredIndex):
         # The hot path of every search: keep the number of NumPy calls after the backend's
         # search small (see docs/BENCHMARKS.md, "wrapper overhead").
         if type(k) is not int or k <= 0:
-            k = _check_k(k)
+            k = check_k(k)
         q = as_float32_matrix(queries, name="queries", dim=self.dim, finite=False)  # checked below
         nq = q.shape[0]
         if query_ids is not None and len(query_ids) != nq:

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from indexes._ids import IDS_FILE
 from indexes._io import atomic_directory, file_table, load_array, read_lines, save_array, write_lines
 from indexes._lock import reads, writes
-from indexes.base import Metric, StoredIndex, _check_k, format_errors, open_manifest, register_index
+from indexes.base import Metric, StoredIndex, check_k, format_errors, open_manifest, register_index
 from indexes.manifest import MANIFEST_NAME, Manifest, write_manifest
 from retrieval._optional import require
 from retrieval.compress.base import Codec
@@ -261,7 +261,7 @@ class MultiVectorIndex(StoredIndex):
         query_ids : sequence of str, optional
             Stored on the result (defaults to ``queries.ids``).
         """
-        k = _check_k(k)
+        k = check_k(k)
         q = self.check_queries(queries)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
@@ -284,7 +284,7 @@ class MultiVectorIndex(StoredIndex):
         *, query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
         """MaxSim over the stored codes of each query's candidate ids; the best ``k`` kept."""
-        k = _check_k(k)
+        k = check_k(k)
         q = self.check_queries(queries)
         if len(candidates) != len(q):
             raise ShapeError(f"need one candidate list per query; got {len(candidates)} for {len(q)} queries.")

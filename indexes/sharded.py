@@ -19,7 +19,7 @@ this process (searched by a thread pool) or in Ray actors that keep them loaded
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,10 @@ from indexes._sharded_base import (
     write_sharded_manifest,
 )
 from indexes._shards import empty_copy, template_from_state, template_state
-from indexes.base import VectorIndex, _check_k, check_new_ids, register_index
+from indexes.base import VectorIndex, check_new_ids, register_index
 from indexes.manifest import MANIFEST_NAME, Manifest
 from retrieval._optional import require
-from retrieval.errors import ConfigError, IndexFormatError, ShapeError
+from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.types import Embeddings, as_float32_matrix
 
 __all__ = ["Backend", "ShardedIndex", "ShardedSearchResult"]
@@ -122,45 +122,10 @@ class ShardedIndex(ShardedBase, VectorIndex):
         self._add_routed(new_ids, lambda rows: (vectors[rows], [new_ids[i] for i in rows]))
         return self
 
-    # ------------------------------------------------------------------ search
-    def search(
-        self,
-        queries: NDArray[np.floating],
-        k: int = 10,
-        *,
-        subset: Iterable[str] | None = None,
-        query_ids: Sequence[str] | None = None,
-        allow_partial: bool = False,
-    ) -> ShardedSearchResult:
-        """Search every shard in parallel and merge their top-``k`` lists exactly.
-
-        Parameters
-        ----------
-        queries : np.ndarray, shape (nq, dim), float
-        k : int
-            Hits per query; rows are padded with label ``-1`` and score ``-inf``.
-        subset : iterable of str, optional
-            Restrict the search to these ids; only the shards holding them are searched.
-        query_ids : sequence of str, optional
-            Stored on the result.
-        allow_partial : bool
-            When a shard fails, answer from the others and list the failure in
-            :attr:`ShardedSearchResult.failed_shards` instead of raising :class:`ShardError`.
-
-        Raises
-        ------
-        ShardError
-            When a shard fails (and ``allow_partial`` is False), or when every shard fails.
-        UnknownIdError
-            When ``subset`` names ids that are not in the index.
-        """
-        k = _check_k(k)
+    # ------------------------------------------------------------------ search (ShardedBase.search)
+    def _checked_queries(self, queries: Any) -> tuple[NDArray[np.float32], int, None]:
         q = as_float32_matrix(queries, name="queries", dim=self.dim)
-        if query_ids is not None and len(query_ids) != q.shape[0]:
-            raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {q.shape[0]} queries.")
-        return self._search_routed(q, q.shape[0], k, subset=subset,
-                                   query_ids=list(query_ids) if query_ids is not None else None,
-                                   allow_partial=allow_partial)
+        return q, q.shape[0], None
 
     # ------------------------------------------------------------------ persistence
     def _write_shared(self, directory: Path) -> dict[str, Any]:

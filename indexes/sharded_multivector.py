@@ -20,19 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from indexes._io import load_array, save_array
-from indexes._sharded_base import ShardedBase, ShardedSearchResult, check_n_shards, write_sharded_manifest
+from indexes._sharded_base import ShardedBase, check_n_shards, write_sharded_manifest
 from indexes._shards import ShardServer
-from indexes.base import _check_k, check_new_ids, register_index
+from indexes.base import check_new_ids, register_index
 from indexes.manifest import MANIFEST_NAME, Manifest
 from indexes.multivector import MultiVectorIndex
-from retrieval.errors import ConfigError, IndexFormatError, ShapeError
+from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.types import MultiVectorEmbeddings
 
 __all__ = ["MultiVectorShardServer", "ShardedMultiVectorIndex"]
@@ -171,40 +170,10 @@ class ShardedMultiVectorIndex(ShardedBase):
         self._add_routed(mv.ids, lambda rows: (mv.select(rows),))
         return self
 
-    # ------------------------------------------------------------------ search
-    def search(
-        self, queries: MultiVectorEmbeddings, k: int = 10, *, subset: Iterable[str] | None = None,
-        query_ids: Sequence[str] | None = None, allow_partial: bool = False,
-    ) -> ShardedSearchResult:
-        """Search every shard in parallel (MaxSim) and merge their top-``k`` lists exactly.
-
-        Parameters
-        ----------
-        queries : MultiVectorEmbeddings
-            Query token vectors, e.g. ``MultiVectorEncoder.encode_queries(texts)``.
-        k : int
-            Hits per query; rows are padded with label ``-1`` and score ``-inf``.
-        subset : iterable of str, optional
-            Restrict the search to these ids; only the shards holding them are searched.
-        query_ids : sequence of str, optional
-            Stored on the result (defaults to ``queries.ids``).
-        allow_partial : bool
-            When a shard fails, answer from the others and list the failure in
-            :attr:`ShardedSearchResult.failed_shards` instead of raising :class:`ShardError`.
-
-        Raises
-        ------
-        ShardError
-            When a shard fails (and ``allow_partial`` is False), or when every shard fails.
-        UnknownIdError
-            When ``subset`` names ids that are not in the index.
-        """
-        k = _check_k(k)
+    # ------------------------------------------------------------------ search (ShardedBase.search)
+    def _checked_queries(self, queries: Any) -> tuple[MultiVectorEmbeddings, int, list[str]]:
         q = self._template.check_queries(queries)
-        qids = list(query_ids) if query_ids is not None else list(q.ids)
-        if len(qids) != len(q):
-            raise ShapeError(f"query_ids must have one id per query; got {len(qids)} for {len(q)} queries.")
-        return self._search_routed(q, len(q), k, subset=subset, query_ids=qids, allow_partial=allow_partial)
+        return q, len(q), list(q.ids)
 
     # ------------------------------------------------------------------ persistence (ShardedBase hooks)
     def _write_shared(self, directory: Path) -> dict[str, Any]:
