@@ -24,6 +24,7 @@ from retrieval.errors import ConfigError, IndexFormatError
 __all__ = [
     "atomic_directory",
     "file_sha256",
+    "file_table",
     "leftover_paths",
     "load_array",
     "read_lines",
@@ -45,6 +46,20 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_table(directory: Path, *, exclude: str = "manifest.json") -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes": size, "sha256": hex}}`` for every plain file directly in ``directory``.
+
+    The ``files`` table of a manifest, which :func:`verify_checksums` checks on load. Sub-
+    directories (the shards of a sharded index) are skipped, as is ``exclude``: the manifest
+    itself, which is written after the table is built.
+    """
+    return {
+        child.name: {"bytes": child.stat().st_size, "sha256": file_sha256(child)}
+        for child in sorted(directory.iterdir())
+        if child.is_file() and child.name != exclude
+    }
 
 
 def _fsync_dir(path: Path) -> None:

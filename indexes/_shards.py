@@ -1,10 +1,11 @@
-"""The pieces :class:`indexes.sharded.ShardedIndex` is made of: routing, shard servers, merging.
+"""The pieces sharded indexes are made of: routing, shard servers, merging.
 
-A shard is an ordinary saved index (``FlatIndex`` or ``FaissIndex``). A :class:`ShardServer`
-holds one shard and answers the calls a ``ShardedIndex`` sends it; the same class runs in
-the caller's process (one thread per shard) or inside a Ray actor, so both paths share
-every line of shard-side code. Handles give the two a common face: ``call(name, *args)``
-returns a :class:`concurrent.futures.Future`.
+A shard is an ordinary saved index (``FlatIndex``, ``FaissIndex`` or ``MultiVectorIndex``).
+A :class:`ShardServer` holds one shard and answers the calls a sharded index sends it; the
+same class runs in the caller's process (one thread per shard) or inside a Ray actor, so
+both paths share every line of shard-side code. Handles give the two a common face:
+``call(name, *args)`` returns a :class:`concurrent.futures.Future`. The coordinating side,
+shared by both sharded index kinds, is :class:`indexes._sharded_base.ShardedBase`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "open_shards",
     "route",
     "shard_dir",
+    "shard_metadata",
     "shard_of",
     "template_from_state",
     "template_state",
@@ -92,7 +94,7 @@ def _faiss() -> Any:
 
 def empty_copy(template: VectorIndex) -> VectorIndex:
     """A new empty index with ``template``'s settings and trained state (shared codebooks)."""
-    if len(template._ids) != 0:
+    if template.ntotal != 0:
         raise ConfigError(
             f"the shard template must be empty; it holds {template.ntotal} rows. Build shards from an "
             "empty (trained or untrained) index and add documents to the ShardedIndex."
@@ -188,6 +190,10 @@ class ShardServer:
         """Stored token / patch vectors of a multi-vector shard."""
         return int(self.index.num_vectors)
 
+    def memory_bytes(self) -> int:
+        """The shard's own ``memory_bytes()`` (payload plus ids), measured where it lives."""
+        return int(self.index.memory_bytes())
+
     def add(self, vectors: NDArray[np.float32], ids: list[str]) -> tuple[int, int]:
         self.index.add(vectors, ids=ids)
         return self.stats()
@@ -267,6 +273,11 @@ def shard_dir(number: int) -> str:
     return f"shard-{number:03d}"
 
 
+def shard_metadata(number: int, n_shards: int, trained_sha256: str | None) -> dict[str, Any]:
+    """What a saved shard records under ``metadata["shard"]`` (checked by :func:`check_shard`)."""
+    return {"number": number, "of": n_shards, "routing": ROUTING, "trained_sha256": trained_sha256}
+
+
 def call_all(
     handles: Sequence[ShardHandle], name: str, args: Sequence[tuple[Any, ...] | None]
 ) -> tuple[list[Any], dict[int, BaseException]]:
@@ -329,7 +340,7 @@ def check_shard(
             "shard was replaced or modified. Restore it or rebuild the sharded index."
         )
     meta = shard.metadata.get("shard", {})
-    expected = {"number": number, "of": n, "routing": ROUTING, "trained_sha256": trained_sha256}
+    expected = shard_metadata(number, n, trained_sha256)
     if meta != expected:
         raise IndexFormatError(
             f"{sub} is not shard {number} of {n} of this index (its metadata.shard is {meta!r}, expected "
@@ -398,3 +409,4 @@ def merge_results(
     out_s[out_l < 0] = -np.inf
     doc_ids = [[i for i in row if i is not None] for row in best_ids.tolist()]
     return SearchResult(doc_ids=doc_ids, scores=out_s, labels=out_l)
+

@@ -1,9 +1,13 @@
 """The :class:`VectorIndex` base class: string ids, deletes, filters, checks, save / load.
 
-Subclasses store vectors and implement four hooks: ``_add_vectors``, ``_search_rows``,
-``_write_payload`` and ``_read_payload``. The base class owns everything users see the
-same way for every index kind: id bookkeeping, input validation, result padding, the
-on-disk manifest and checksums.
+:class:`StoredIndex` is what every index kind that holds its own documents shares (the
+single-vector kinds here and :class:`~indexes.multivector.MultiVectorIndex`): the id
+bookkeeping (:class:`~indexes._ids.IdTable`), the atomic save with manifest and checksums,
+and the verified load. :class:`VectorIndex` adds the single-vector API; its subclasses
+store vectors and implement the hooks ``_add_vectors``, ``_search_rows``,
+``_write_payload``, ``_from_manifest``, ``_read_payload`` and ``memory_bytes``. The base
+classes own everything users see the same way for every index kind: id bookkeeping, input
+validation, result padding, the on-disk manifest and checksums.
 """
 
 from __future__ import annotations
@@ -12,35 +16,35 @@ import importlib
 import logging
 import math
 import os
-import re
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
+from indexes._ids import IdTable, check_new_ids
+from indexes._io import atomic_directory, file_table, verify_checksums
 from indexes._lock import RWLock, reads, writes
-from indexes.manifest import Manifest, read_manifest, write_manifest
-from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError, UnknownIdError
+from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix, check_finite
 
 if TYPE_CHECKING:
     from indexes.multivector import MultiVectorIndex
 
-__all__ = ["Metric", "VectorIndex", "load_index", "register_index"]
+__all__ = ["Metric", "StoredIndex", "VectorIndex", "check_new_ids", "load_index", "register_index"]
 
 logger = logging.getLogger(__name__)
 
 Metric = Literal["ip", "l2"]
 _METRICS = ("ip", "l2")
-_BAD_ID = re.compile(r"[\n\r]")
 _PAD_SCORE = -float(np.finfo(np.float32).max)  # FAISS's score for a missing hit (label -1)
 
 T = TypeVar("T", bound="VectorIndex")
+S = TypeVar("S", bound="StoredIndex")
 
 _REGISTRY: dict[str, Any] = {}  # class name -> class with a ``load(path, verify=, mmap=)`` classmethod
 # Index kinds whose module imports optional packages: imported only when a saved index needs them.
@@ -109,24 +113,6 @@ def format_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         ) from exc
 
 
-def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
-    """Reject ids that are not str, empty, hold a newline, repeat in the batch, or are already ``live``."""
-    for i in new_ids:
-        if not isinstance(i, str):
-            raise ConfigError(f"document ids must be str; got {type(i).__name__} {i!r}. Convert with str().")
-        if _BAD_ID.search(i) or i == "":
-            raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r}.")
-    if len(set(new_ids)) != len(new_ids):
-        seen: set[str] = set()
-        dup = next(i for i in new_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-        raise ConfigError(f"duplicate document id {dup!r} in the batch; ids must be unique.")
-    clash = [i for i in new_ids if i in live]
-    if clash:
-        raise ConfigError(
-            f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
-        )
-
-
 def _plain_scores(scores: NDArray[np.float32]) -> bool:
     """True in the common case of a search: every score finite and above the padding sentinel.
 
@@ -154,7 +140,7 @@ def _plain_scores(scores: NDArray[np.float32]) -> bool:
     return bool(scores.min() > _PAD_SCORE and scores[:, 0].max() < np.inf)
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ConfigError(f"k must be a positive integer; got {k!r} ({type(k).__name__}).")
     if k <= 0:
@@ -162,7 +148,130 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-class VectorIndex(ABC):
+class StoredIndex(ABC):
+    """What every index kind that stores its own documents shares (all kinds but the sharded ones).
+
+    Ids: an :class:`~indexes._ids.IdTable` maps rows to string document ids and back, with
+    tombstones for deleted rows when :attr:`_tombstones` is True. Persistence: :meth:`save`
+    writes the ids, the kind's payload (:meth:`_write_payload`) and the manifest with every
+    file's checksum, last, into a directory that replaces ``path`` atomically; :meth:`load`
+    checks the manifest, the checksums and the ids, then reads the payload back
+    (:meth:`_from_manifest`, :meth:`_read_payload`). Subclasses set ``dim`` and ``metric``.
+    """
+
+    #: True when a deleted document's row stays (marked deleted) instead of being dropped.
+    _tombstones: ClassVar[bool] = True
+    dim: int
+    metric: Metric
+
+    def __init__(self) -> None:
+        self.metadata: dict[str, Any] = {}
+        self._table = IdTable(tombstones=self._tombstones)
+        self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
+
+    # ------------------------------------------------------------------ ids
+    def __len__(self) -> int:
+        """Number of live (not deleted) documents."""
+        return len(self._table)
+
+    @property
+    def ntotal(self) -> int:
+        """Number of stored rows, deleted ones included."""
+        return self._table.ntotal
+
+    @property
+    @reads
+    def doc_ids(self) -> list[str]:
+        """Live document ids in insertion order."""
+        return self._table.live_ids()
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._table
+
+    def _check_new_ids(self, new_ids: list[str]) -> None:
+        self._table.check_new(new_ids)
+
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes the index holds in memory: its payload plus the ids (:meth:`IdTable.memory_bytes`)."""
+
+    # ------------------------------------------------------------------ persistence
+    @reads
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save atomically into directory ``path``; the manifest is written last.
+
+        Refuses to replace an existing directory unless ``overwrite=True``.
+        """
+        target = Path(path)
+        with atomic_directory(target, overwrite=overwrite) as tmp:
+            arrays: dict[str, Any] = {}
+            self._table.write(tmp, arrays)
+            params = self._write_payload(tmp, arrays)
+            manifest = Manifest(
+                index_type=type(self).__name__, dim=self.dim, metric=self.metric, count=self.ntotal,
+                arrays=arrays, files=file_table(tmp), params=params, metadata=self.metadata,
+            )
+            write_manifest(tmp, manifest)
+        logger.info("saved %r to %s", self, target)
+        return target
+
+    @classmethod
+    def load(cls: type[S], path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> S:
+        """Load an index saved by :meth:`save`, checking the manifest, files and shapes.
+
+        ``verify=False`` skips hashing the files (sizes, dtypes and shapes are still checked);
+        ``mmap=True`` memory-maps the large arrays instead of reading them into RAM.
+        """
+        with format_errors(path):
+            return cls._load(Path(path), verify=verify, mmap=mmap)
+
+    @classmethod
+    def _load(cls: type[S], directory: Path, *, verify: bool, mmap: bool) -> S:
+        manifest = open_manifest(directory, cls.__name__, verify=verify)
+        if manifest.metric not in _METRICS:
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: unknown metric {manifest.metric!r}.")
+        index = cls._from_manifest(manifest, directory)
+        index.metadata = manifest.metadata
+        index._table = IdTable.read(directory, manifest, tombstones=cls._tombstones)
+        index._read_payload(directory, manifest, mmap=mmap)
+        return index
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
+    def _write_payload(self, directory: Path, arrays: dict[str, Any]) -> dict[str, Any]:
+        """Write backend files into ``directory``, add array entries, return manifest params."""
+
+    @classmethod
+    @abstractmethod
+    def _from_manifest(cls: type[S], manifest: Manifest, directory: Path) -> S:
+        """Construct an empty index with the settings saved in ``directory``'s manifest."""
+
+    @abstractmethod
+    def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
+        """Read backend files written by :meth:`_write_payload` (the ids are read already)."""
+
+
+def open_manifest(directory: Path, index_type: str, *, verify: bool, other: str | None = None) -> Manifest:
+    """The manifest of the saved ``index_type`` in ``directory``, after checking every file it lists.
+
+    ``other`` ends the message when the directory holds another kind (by default: use
+    :func:`load_index`).
+
+    Raises
+    ------
+    IndexFormatError
+        If the directory holds another kind, or a file is missing, resized or (with
+        ``verify``) fails its sha256.
+    """
+    manifest = read_manifest(directory)
+    if manifest.index_type != index_type:
+        other = other or f"not a {index_type}; use indexes.load_index()"
+        raise IndexFormatError(f"{directory} holds a {manifest.index_type}, {other}.")
+    verify_checksums(directory, manifest.files, hashes=verify)
+    return manifest
+
+
+class VectorIndex(StoredIndex):
     """Base class of single-vector indexes with string document ids.
 
     Parameters
@@ -193,34 +302,11 @@ class VectorIndex(ABC):
                 f"metric must be one of {_METRICS}; got {metric!r}. For cosine, use metric='ip' "
                 "with normalised vectors."
             )
+        super().__init__()
         self.dim = int(dim)
         self.metric: Metric = metric
-        self.metadata: dict[str, Any] = {}
-        self._ids: list[str] = []  # row -> doc id (deleted rows keep their old id)
-        self._row_of: dict[str, int] = {}  # live doc id -> row
-        self._deleted = np.zeros(0, dtype=bool)
-        self._ids_array: NDArray[np.object_] | None = None  # cache for fast label -> id lookup
-        self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
 
-    # ------------------------------------------------------------------ sizes
-    def __len__(self) -> int:
-        """Number of live (not deleted) documents."""
-        return len(self._row_of)
-
-    @property
-    def ntotal(self) -> int:
-        """Number of stored rows, deleted ones included."""
-        return len(self._ids)
-
-    @property
-    @reads
-    def doc_ids(self) -> list[str]:
-        """Live document ids in insertion order."""
-        return [doc_id for row, doc_id in enumerate(self._ids) if not self._deleted[row]]
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._row_of
-
+    # ------------------------------------------------------------------ description
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, metric={self.metric!r}, {self._describe()}count={len(self)})"
 
@@ -252,12 +338,8 @@ class VectorIndex(ABC):
         self._check_new_ids(new_ids)
         if vectors.shape[0] == 0:
             return self
-        start = len(self._ids)
-        self._add_vectors(vectors, start)
-        self._ids.extend(new_ids)
-        self._row_of.update((doc_id, start + i) for i, doc_id in enumerate(new_ids))
-        self._deleted = np.concatenate([self._deleted, np.zeros(len(new_ids), dtype=bool)])
-        self._ids_array = None
+        self._add_vectors(vectors, self._table.ntotal)
+        self._table.append(new_ids)
         return self
 
     @writes
@@ -274,20 +356,11 @@ class VectorIndex(ABC):
         UnknownIdError
             If any id is not live in the index (nothing is deleted then).
         """
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        missing = [i for i in ids if i not in self._row_of]
-        if missing:
-            raise UnknownIdError(
-                f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; "
-                "nothing was deleted. Check `doc_id in index` first."
-            )
-        rows = np.array(sorted({self._row_of[i] for i in ids}), dtype=np.int64)
+        ids, rows = self._table.rows_to_delete(ids)
         if rows.size == 0:
             return 0
         self._delete_rows(rows)
-        for i in set(ids):
-            del self._row_of[i]
-        self._deleted[rows] = True
+        self._table.remove(ids, rows)
         return int(rows.size)
 
     # ------------------------------------------------------------------ search
@@ -321,26 +394,20 @@ class VectorIndex(ABC):
         # The hot path of every search: keep the number of NumPy calls after the backend's
         # search small (see docs/BENCHMARKS.md, "wrapper overhead").
         if type(k) is not int or k <= 0:
-            k = _check_k(k)
+            k = check_k(k)
         q = as_float32_matrix(queries, name="queries", dim=self.dim, finite=False)  # checked below
         nq = q.shape[0]
         if query_ids is not None and len(query_ids) != nq:
             raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {nq} queries.")
+        table = self._table
         allowed: NDArray[np.bool_] | None = None
-        n_allowed = len(self._row_of)
+        n_allowed = len(table.row_of)
         if subset is not None:
-            subset_ids = [subset] if isinstance(subset, str) else list(subset)
-            missing = [i for i in subset_ids if i not in self._row_of]
-            if missing:
-                raise UnknownIdError(
-                    f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}."
-                )
-            allowed = np.zeros(self.ntotal, dtype=bool)
-            allowed[[self._row_of[i] for i in subset_ids]] = True
+            allowed = table.subset_mask(subset)
             n_allowed = int(allowed.sum())
-        elif n_allowed != len(self._ids) and not self._removes_deleted:
+        elif n_allowed != len(table.ids) and not self._removes_deleted:
             # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
-            allowed = ~self._deleted
+            allowed = ~table.deleted
         if k <= n_allowed and nq:
             scores, labels = self._search_rows(q, k, allowed)
         else:
@@ -351,10 +418,7 @@ class VectorIndex(ABC):
                 scores[:, :k_eff], labels[:, :k_eff] = self._search_rows(q, k_eff, allowed)
         if not (nq and _plain_scores(scores)):
             self._check_results(q, scores, labels)
-        table = self._ids_array
-        if table is None:  # rebuilt after an add; results already returned keep the old one
-            table = self._ids_array = np.array(self._ids, dtype=object)
-        return SearchResult(scores=scores, labels=labels, id_table=table,
+        return SearchResult(scores=scores, labels=labels, id_table=table.id_array(),
                             query_ids=list(query_ids) if query_ids is not None else None)
 
     @staticmethod
@@ -371,62 +435,6 @@ class VectorIndex(ABC):
             )
         if not full:
             scores[labels < 0] = -np.inf
-
-    # ------------------------------------------------------------------ persistence
-    @reads
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Save atomically into directory ``path``; the manifest is written last.
-
-        Refuses to replace an existing directory unless ``overwrite=True``.
-        """
-        target = Path(path)
-        with atomic_directory(target, overwrite=overwrite) as tmp:
-            arrays: dict[str, Any] = {"deleted": save_array(tmp, "deleted", self._deleted)}
-            write_lines(tmp / "doc_ids.txt", self._ids)
-            params = self._write_payload(tmp, arrays)
-            files = {
-                child.name: {"bytes": child.stat().st_size, "sha256": file_sha256(child)}
-                for child in sorted(tmp.iterdir())
-            }
-            manifest = Manifest(
-                index_type=type(self).__name__, dim=self.dim, metric=self.metric, count=self.ntotal,
-                arrays=arrays, files=files, params=params, metadata=self.metadata,
-            )
-            write_manifest(tmp, manifest)
-        logger.info("saved %r to %s", self, target)
-        return target
-
-    @classmethod
-    def load(cls: type[T], path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> T:
-        """Load an index saved by :meth:`save`, checking the manifest, files and shapes."""
-        with format_errors(path):
-            return cls._load(Path(path), verify=verify, mmap=mmap)
-
-    @classmethod
-    def _load(cls: type[T], directory: Path, *, verify: bool, mmap: bool) -> T:
-        manifest = read_manifest(directory)
-        if manifest.index_type != cls.__name__:
-            raise IndexFormatError(
-                f"{directory} holds a {manifest.index_type}, not a {cls.__name__}; use indexes.load_index()."
-            )
-        verify_checksums(directory, manifest.files, hashes=verify)
-        if manifest.metric not in _METRICS:
-            raise IndexFormatError(f"{directory / 'manifest.json'}: unknown metric {manifest.metric!r}.")
-        index = cls._from_manifest(manifest)
-        index.metadata = manifest.metadata
-        deleted = load_array(directory, manifest.arrays.get("deleted"), name="deleted")
-        if deleted.dtype != np.bool_ or deleted.shape != (manifest.count,):
-            raise IndexFormatError(
-                f"{directory / 'deleted.npy'} must be bool of shape ({manifest.count},); got {deleted.dtype} {deleted.shape}."
-            )
-        ids = read_lines(directory / "doc_ids.txt", expected=manifest.count)
-        index._ids = ids
-        index._deleted = np.array(deleted, dtype=bool)
-        index._row_of = {doc_id: row for row, doc_id in enumerate(ids) if not deleted[row]}
-        if len(index._row_of) != int((~index._deleted).sum()):
-            raise IndexFormatError(f"{directory / 'doc_ids.txt'} holds duplicate live ids; the file is corrupt.")
-        index._read_payload(directory, manifest, mmap=mmap)
-        return index
 
     # ------------------------------------------------------------------ helpers
     def _split(self, data: Any, ids: Sequence[str] | None) -> tuple[NDArray[np.float32], list[str]]:
@@ -445,9 +453,6 @@ class VectorIndex(ABC):
         if len(new_ids) != vectors.shape[0]:
             raise ShapeError(f"add() needs one id per vector; got {len(new_ids)} ids for {vectors.shape[0]} vectors.")
         return vectors, new_ids
-
-    def _check_new_ids(self, new_ids: list[str]) -> None:
-        check_new_ids(new_ids, self._row_of)
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -468,18 +473,5 @@ class VectorIndex(ABC):
         can tell a full, finite result from one reduction over the scores.
         """
 
-    def _delete_rows(self, rows: NDArray[np.int64]) -> None:  # noqa: B027 - optional hook
+    def _delete_rows(self, rows: NDArray[np.int64]) -> None:
         """Physically remove rows where the backend can; the default keeps tombstones."""
-
-    @abstractmethod
-    def _write_payload(self, directory: Path, arrays: dict[str, Any]) -> dict[str, Any]:
-        """Write backend files into ``directory``, add array entries, return manifest params."""
-
-    @classmethod
-    @abstractmethod
-    def _from_manifest(cls: type[T], manifest: Manifest) -> T:
-        """Construct an empty index with the saved settings."""
-
-    @abstractmethod
-    def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
-        """Read backend files written by :meth:`_write_payload`."""

@@ -199,9 +199,7 @@ class FaissIndex(VectorIndex):
         # JPQTrainer goes out of scope, and later searches read freed memory.
         clone._owner = owner
         clone._check_new_ids(list(ids))
-        clone._ids = list(ids)
-        clone._row_of = {doc_id: row for row, doc_id in enumerate(ids)}
-        clone._deleted = np.zeros(len(ids), dtype=bool)
+        clone._table.append(list(ids))
         return clone
 
     # ------------------------------------------------------------------ parameters
@@ -240,7 +238,9 @@ class FaissIndex(VectorIndex):
             raise ConfigError(f"ef_search must be a positive integer; got {value!r}.")
         self._hnsw.hnsw.efSearch = int(value)
 
-    def _params(self) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
+        """The settings a saved index records in its manifest: ``spec``, plus ``nprobe`` (IVF)
+        and ``ef_search`` (HNSW)."""
         params: dict[str, Any] = {"spec": self.spec}
         if self._ivf is not None:
             params["nprobe"] = self.nprobe
@@ -249,8 +249,17 @@ class FaissIndex(VectorIndex):
         return params
 
     def _describe(self) -> str:
-        extra = "".join(f"{k}={v!r}, " for k, v in self._params().items())
+        extra = "".join(f"{k}={v!r}, " for k, v in self.params().items())
         return extra + ("device='gpu', " if self._on_gpu else "")
+
+    def memory_bytes(self) -> int:
+        """Bytes in memory: the FAISS index as ``faiss.serialize_index`` writes it (the same arrays
+        it keeps in memory: codes, centroids, graph links; a GPU index is measured by its CPU
+        copy) plus the ids as Python holds them (every live ``str``, their list, the id -> row
+        dict, the tombstone mask)."""
+        faiss = _faiss()
+        cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
+        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes()
 
     # ------------------------------------------------------------------ train / add / delete
     @property
@@ -397,9 +406,7 @@ class FaissIndex(VectorIndex):
     def _clone_ids(self) -> FaissIndex:
         clone = self._bare(self.dim, self.metric, self.spec)
         clone.metadata = dict(self.metadata)
-        clone._ids = list(self._ids)
-        clone._row_of = dict(self._row_of)
-        clone._deleted = self._deleted.copy()
+        clone._table = self._table.copy()
         return clone
 
     # ------------------------------------------------------------------ persistence
@@ -407,10 +414,10 @@ class FaissIndex(VectorIndex):
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
         faiss.write_index(cpu_index, str(directory / _INDEX_FILE))
-        return self._params()
+        return self.params()
 
     @classmethod
-    def _from_manifest(cls, manifest: Manifest) -> FaissIndex:
+    def _from_manifest(cls, manifest: Manifest, directory: Path) -> FaissIndex:
         spec = manifest.params.get("spec")
         if not isinstance(spec, str):
             raise IndexFormatError(f"FaissIndex manifest needs params.spec (a string); got {spec!r}.")

@@ -80,6 +80,11 @@ class FlatIndex(VectorIndex):
                     self._pending = []
         return self._vectors
 
+    def memory_bytes(self) -> int:
+        """Bytes in memory: the float32 vectors (deleted rows included) plus the ids as Python
+        holds them (every live ``str``, their list, the id -> row dict, the tombstone mask)."""
+        return int(self.vectors.nbytes) + self._table.memory_bytes()
+
     def _add_vectors(self, vectors: NDArray[np.float32], start: int) -> None:
         self._pending.append(vectors.copy())
 
@@ -121,7 +126,7 @@ class FlatIndex(VectorIndex):
         return {}
 
     @classmethod
-    def _from_manifest(cls, manifest: Manifest) -> FlatIndex:
+    def _from_manifest(cls, manifest: Manifest, directory: Path) -> FlatIndex:
         return cls(manifest.dim, metric=manifest.metric)  # type: ignore[arg-type]
 
     def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:

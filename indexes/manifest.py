@@ -18,7 +18,16 @@ from indexes._io import recover_interrupted_save
 from retrieval._version import __version__
 from retrieval.errors import IndexFormatError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "read_manifest", "write_manifest"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "Manifest",
+    "read_json",
+    "read_manifest",
+    "write_json",
+    "write_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +101,25 @@ class Manifest:
         }
 
 
-def write_manifest(directory: Path, manifest: Manifest) -> None:
-    """Write ``manifest.json`` into ``directory`` (call this last)."""
-    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-    with open(directory / MANIFEST_NAME, "w", encoding="utf-8") as f:
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write a manifest-style JSON file: keys sorted, indented by 2, strict JSON (no NaN), newline-terminated."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    with open(path, "w", encoding="utf-8") as f:
         f.write(text)
         f.write("\n")
+
+
+def read_json(file: Path, *, what: str) -> Any:
+    """Parse the JSON file ``file``; damage raises IndexFormatError saying that ``what`` is corrupt."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{file} is not valid JSON ({exc}); {what} is corrupt.") from exc
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` into ``directory`` (call this last)."""
+    write_json(directory / MANIFEST_NAME, manifest.to_dict())
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -123,10 +145,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"{file} is missing: {directory} is not a complete saved index (an interrupted save "
             "leaves no manifest). Rebuild the index."
         )
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{file} is not valid JSON ({exc}); the manifest is corrupt.") from exc
+    raw = read_json(file, what="the manifest")
     if not isinstance(raw, dict):
         raise IndexFormatError(f"{file} must hold a JSON object; got {type(raw).__name__}.")
     if raw.get("format") != FORMAT_NAME:

@@ -21,10 +21,11 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._io import atomic_directory, file_sha256, load_array, read_lines, save_array, verify_checksums, write_lines
-from indexes._lock import RWLock, reads, writes
-from indexes.base import _check_k, check_new_ids, format_errors, register_index
-from indexes.manifest import Manifest, read_manifest, write_manifest
+from indexes._ids import IDS_FILE
+from indexes._io import atomic_directory, file_table, load_array, read_lines, save_array, write_lines
+from indexes._lock import reads, writes
+from indexes.base import Metric, StoredIndex, check_k, format_errors, open_manifest, register_index
+from indexes.manifest import MANIFEST_NAME, Manifest, write_manifest
 from retrieval._optional import require
 from retrieval.compress.base import Codec
 from retrieval.compress.binary import BinaryQuantizer
@@ -45,7 +46,7 @@ _QUERY_BATCH = 32
 
 
 @register_index
-class MultiVectorIndex:
+class MultiVectorIndex(StoredIndex):
     """Late-interaction index: several compressed vectors per document, ranked by MaxSim.
 
     Parameters
@@ -83,6 +84,8 @@ class MultiVectorIndex:
     -----
     Thread safety: ``search`` / ``rerank`` / ``score`` / ``save`` run concurrently; ``train``,
     ``add`` and ``delete`` are exclusive (a readers-writer lock, see :mod:`indexes._lock`).
+    Ids, ``save`` and ``load`` are those of every index (:class:`~indexes.base.StoredIndex`);
+    a deleted document's codes are dropped at once, so rows always equal live documents.
 
     Examples
     --------
@@ -95,10 +98,15 @@ class MultiVectorIndex:
     [['3']]
     """
 
+    _tombstones = False  # a deleted document's codes are dropped at once
+    #: MaxSim sums inner products; recorded in the manifest like every index's metric.
+    metric: Metric = "ip"
+
     def __init__(
         self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage = "exhaustive",
         n_candidates: int = 256, nprobe: int = 4, token_k: int = 64, seed: int = 0,
     ) -> None:
+        super().__init__()
         keep, codec_spec = split_prune(spec)
         self.codec: Codec = parse_codec(codec_spec, dim, seed=seed)
         self.dim = self.codec.dim
@@ -118,35 +126,20 @@ class MultiVectorIndex:
         self.hamming: BinaryQuantizer | None = None
         if first_stage == "binary":
             self.hamming = self.codec if isinstance(self.codec, BinaryQuantizer) else BinaryQuantizer(dim, seed=seed)
-        self.metadata: dict[str, Any] = {}
         self._codes = np.zeros((0, self.codec.code_size), dtype=np.uint8)
         self._hamming_codes = np.zeros((0, self.hamming.code_size if self.hamming else 0), dtype=np.uint8)
         self._offsets = np.zeros(1, dtype=np.int64)
-        self._ids: list[str] = []
-        self._row_of: dict[str, int] = {}
         self._lists: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # centroid -> doc rows (CSR)
         self._binary_index: Any = None
-        self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
 
     # ------------------------------------------------------------------ description
     @property
     def spec(self) -> str:
         return (f"{self.pruner.spec}," if self.pruner else "") + self.codec.spec
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._row_of
-
     def __repr__(self) -> str:
         return (f"MultiVectorIndex(dim={self.dim}, spec={self.spec!r}, first_stage={self.first_stage!r}, "
                 f"count={len(self)}, vectors={self.num_vectors})")
-
-    @property
-    @reads
-    def doc_ids(self) -> list[str]:
-        return list(self._ids)
 
     @property
     def num_vectors(self) -> int:
@@ -162,12 +155,36 @@ class MultiVectorIndex:
         return self.codec.is_trained and (self.hamming is None or self.hamming.is_trained)
 
     def memory_bytes(self) -> int:
-        """Bytes of the searchable payload: codes, offsets, first-stage codes and the codec."""
-        codec = sum(a.nbytes for a in self.codec.state().values()) if self.codec.is_trained else 0
-        side = 0
-        if self.hamming is not None and self.hamming is not self.codec and self.hamming.is_trained:
-            side = self._hamming_codes.nbytes + sum(a.nbytes for a in self.hamming.state().values())
-        return int(self._codes.nbytes + self._offsets.nbytes + codec + side)
+        """Bytes in memory: the codes, the offsets, the trained codec's arrays, a separate binary
+        first stage's codes and quantizer, plus the ids as Python holds them (every ``str``,
+        their list, the id -> row dict; no tombstones: deleted documents are dropped)."""
+        trained = sum(a.nbytes for a in self.trained_state().values())
+        side = self._hamming_codes.nbytes if self._separate_hamming() else 0
+        return int(self._codes.nbytes + self._offsets.nbytes + trained + side) + self._table.memory_bytes()
+
+    def trained_state(self) -> dict[str, NDArray[Any]]:
+        """The trained arrays: ``codec.<name>`` once the codec is trained, ``hamming.<name>`` for a
+        trained separate binary first stage. Every shard of a sharded index shares them."""
+        state = {f"codec.{k}": v for k, v in self.codec.state().items()} if self.codec.is_trained else {}
+        if self._separate_hamming():
+            assert self.hamming is not None
+            state.update({f"hamming.{k}": v for k, v in self.hamming.state().items()})
+        return state
+
+    def load_trained_state(self, state: dict[str, NDArray[Any]]) -> None:
+        """Install arrays as :meth:`trained_state` returns them (into an index with the same spec)."""
+        codec = {k[len("codec."):]: v for k, v in state.items() if k.startswith("codec.")}
+        if codec:
+            self.codec = codec_from_state(self.codec.spec, self.dim, codec)
+            if self.hamming is not None and isinstance(self.codec, BinaryQuantizer):
+                self.hamming = self.codec
+        side = {k[len("hamming."):]: v for k, v in state.items() if k.startswith("hamming.")}
+        if side and self.hamming is not None and self.hamming is not self.codec:
+            self.hamming.load_state(side)
+
+    def _separate_hamming(self) -> bool:
+        """True when a trained binary first stage keeps codes of its own (the codec is not Binary)."""
+        return self.hamming is not None and self.hamming is not self.codec and self.hamming.is_trained
 
     # ------------------------------------------------------------------ train / add / delete
     @writes
@@ -190,7 +207,7 @@ class MultiVectorIndex:
         index is not trained yet. A document may hold no vector (it then never matches).
         """
         mv = self._prepare(data)
-        check_new_ids(mv.ids, self._row_of)
+        self._check_new_ids(mv.ids)
         if len(mv) == 0:
             return self
         if not self.is_trained:  # float codecs without a Hamming stage need no training
@@ -203,25 +220,17 @@ class MultiVectorIndex:
         if side is not None:
             self._hamming_codes = np.concatenate([self._hamming_codes, side]) if self._hamming_codes.shape[0] else side
         self._offsets = np.concatenate([self._offsets, base + mv.offsets[1:]])
-        start = len(self._ids)
-        self._ids.extend(mv.ids)
-        self._row_of.update((doc_id, start + i) for i, doc_id in enumerate(mv.ids))
+        self._table.append(mv.ids)
         self._lists, self._binary_index = None, None
         return self
 
     @writes
     def delete(self, ids: Iterable[str]) -> int:
         """Remove documents by id (their codes are dropped); all ids are checked first."""
-        ids = [ids] if isinstance(ids, str) else list(ids)
-        missing = [i for i in ids if i not in self._row_of]
-        if missing:
-            raise UnknownIdError(
-                f"cannot delete {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}; nothing was deleted."
-            )
-        rows = np.array(sorted({self._row_of[i] for i in ids}), dtype=np.int64)
+        ids, rows = self._table.rows_to_delete(ids)
         if rows.size == 0:
             return 0
-        keep_docs = np.ones(len(self._ids), dtype=bool)
+        keep_docs = np.ones(len(self), dtype=bool)
         keep_docs[rows] = False
         kept = np.flatnonzero(keep_docs)
         take = _ranges(self._offsets[kept], self._offsets[kept + 1])
@@ -229,8 +238,7 @@ class MultiVectorIndex:
         if self._hamming_codes.shape[0]:
             self._hamming_codes = self._hamming_codes[take]
         self._offsets = offsets_from_lengths(self.lengths[kept])
-        self._ids = [self._ids[r] for r in kept]
-        self._row_of = {doc_id: r for r, doc_id in enumerate(self._ids)}
+        self._table.remove(ids, rows)
         self._lists, self._binary_index = None, None
         return int(rows.size)
 
@@ -253,18 +261,11 @@ class MultiVectorIndex:
         query_ids : sequence of str, optional
             Stored on the result (defaults to ``queries.ids``).
         """
-        k = _check_k(k)
-        q = self._check_queries(queries)
+        k = check_k(k)
+        q = self.check_queries(queries)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
-        allowed = None
-        if subset is not None:
-            subset_ids = [subset] if isinstance(subset, str) else list(subset)
-            missing = [i for i in subset_ids if i not in self._row_of]
-            if missing:
-                raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
-            allowed = np.zeros(len(self), dtype=bool)
-            allowed[[self._row_of[i] for i in subset_ids]] = True
+        allowed = self._table.subset_mask(subset) if subset is not None else None
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         labels = np.full((len(q), k), -1, dtype=np.int64)
         if len(self) and len(q):
@@ -283,115 +284,86 @@ class MultiVectorIndex:
         *, query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
         """MaxSim over the stored codes of each query's candidate ids; the best ``k`` kept."""
-        k = _check_k(k)
-        q = self._check_queries(queries)
+        k = check_k(k)
+        q = self.check_queries(queries)
         if len(candidates) != len(q):
             raise ShapeError(f"need one candidate list per query; got {len(candidates)} for {len(q)} queries.")
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         labels = np.full((len(q), k), -1, dtype=np.int64)
         for qi, cands in enumerate(candidates):
-            missing = [c for c in cands if c not in self._row_of]
+            cands = list(cands)
+            missing = self._table.missing(cands)
             if missing:
                 raise UnknownIdError(f"{len(missing)} candidate id(s) are not in the index, e.g. {missing[:3]}.")
-            rows = np.unique(np.array([self._row_of[c] for c in cands], dtype=np.int64))
+            rows = np.unique(np.array(self._table.rows_of(cands), dtype=np.int64))
             scores[qi], labels[qi] = self._score_rows(q.select([qi]), rows, k)
         return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
 
     @reads
     def score(self, queries: MultiVectorEmbeddings, rows: NDArray[np.int64] | None = None) -> NDArray[np.float32]:
         """Full MaxSim of every query against documents ``rows`` (all when None), shape (nq, len(rows))."""
-        q = self._check_queries(queries)
+        q = self.check_queries(queries)
         if rows is None:
             return maxsim_scores(self._row_scorer(self._codes), self._offsets, q)
         rows = np.asarray(rows, dtype=np.int64)
         take = _ranges(self._offsets[rows], self._offsets[rows + 1])
         return maxsim_scores(self._row_scorer(self._codes[take]), offsets_from_lengths(self.lengths[rows]), q)
 
-    # ------------------------------------------------------------------ persistence
-    @reads
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Save atomically into directory ``path`` (manifest written last)."""
-        target = Path(path)
-        with atomic_directory(target, overwrite=overwrite) as tmp:
-            arrays: dict[str, Any] = {
-                "codes": save_array(tmp, "codes", self._codes),
-                "offsets": save_array(tmp, "offsets", self._offsets),
-            }
-            if self.codec.is_trained:
-                for name, arr in self.codec.state().items():
-                    arrays[f"codec.{name}"] = save_array(tmp, f"codec.{name}", arr)
-            if self.hamming is not None and self.hamming is not self.codec and self.hamming.is_trained:
-                arrays["hamming.codes"] = save_array(tmp, "hamming.codes", self._hamming_codes)
-                for name, arr in self.hamming.state().items():
-                    arrays[f"hamming.{name}"] = save_array(tmp, f"hamming.{name}", arr)
-            write_lines(tmp / "doc_ids.txt", self._ids)
-            files = {c.name: {"bytes": c.stat().st_size, "sha256": file_sha256(c)} for c in sorted(tmp.iterdir())}
-            params = {
-                "spec": self.spec, "first_stage": self.first_stage, "n_candidates": self.n_candidates,
-                "nprobe": self.nprobe, "token_k": self.token_k, "seed": self.seed,
-                "trained": self.codec.is_trained,
-            }
-            write_manifest(tmp, Manifest(index_type="MultiVectorIndex", dim=self.dim, metric="ip", count=len(self),
-                                         arrays=arrays, files=files, params=params, metadata=self.metadata))
-        return target
+    # ------------------------------------------------------------------ persistence (StoredIndex hooks)
+    def _write_payload(self, directory: Path, arrays: dict[str, Any]) -> dict[str, Any]:
+        arrays["codes"] = save_array(directory, "codes", self._codes)
+        arrays["offsets"] = save_array(directory, "offsets", self._offsets)
+        for name, arr in self.trained_state().items():
+            arrays[name] = save_array(directory, name, arr)
+        if self._separate_hamming():
+            arrays["hamming.codes"] = save_array(directory, "hamming.codes", self._hamming_codes)
+        return {
+            "spec": self.spec, "first_stage": self.first_stage, "n_candidates": self.n_candidates,
+            "nprobe": self.nprobe, "token_k": self.token_k, "seed": self.seed, "trained": self.codec.is_trained,
+        }
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, verify: bool = True, mmap: bool = False) -> MultiVectorIndex:
-        """Load an index written by :meth:`save`; ``mmap=True`` memory-maps the codes."""
-        with format_errors(path):
-            return cls._load(Path(path), verify=verify, mmap=mmap)
-
-    @classmethod
-    def _load(cls, directory: Path, *, verify: bool, mmap: bool) -> MultiVectorIndex:
-        manifest = read_manifest(directory)
-        if manifest.index_type != cls.__name__:
-            raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not a MultiVectorIndex; use load_index().")
-        verify_checksums(directory, manifest.files, hashes=verify)
+    def _from_manifest(cls, manifest: Manifest, directory: Path) -> MultiVectorIndex:
         p = manifest.params
         try:
-            index = cls(manifest.dim, spec=p["spec"], first_stage=p["first_stage"], n_candidates=p["n_candidates"],
-                        nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"])
+            return cls(manifest.dim, spec=p["spec"], first_stage=p["first_stage"], n_candidates=p["n_candidates"],
+                       nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"])
         except (KeyError, ConfigError) as exc:
-            raise IndexFormatError(f"{directory / 'manifest.json'}: bad MultiVectorIndex params {p!r} ({exc}).") from exc
-        arrays = manifest.arrays
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: bad MultiVectorIndex params {p!r} ({exc}).") from exc
+
+    def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
+        arrays, p, n = manifest.arrays, manifest.params, manifest.count
         codes = load_array(directory, arrays.get("codes"), name="codes", mmap=mmap)
         offsets = load_array(directory, arrays.get("offsets"), name="offsets")
-        n = manifest.count
-        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != index.codec.code_size:
-            raise IndexFormatError(f"{directory / 'codes.npy'} must be uint8 (T, {index.codec.code_size}); got "
+        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.codec.code_size:
+            raise IndexFormatError(f"{directory / 'codes.npy'} must be uint8 (T, {self.codec.code_size}); got "
                                    f"{codes.dtype} {codes.shape}.")
         if (offsets.dtype != np.int64 or offsets.shape != (n + 1,) or offsets[0] != 0
                 or offsets[-1] != codes.shape[0] or (np.diff(offsets) < 0).any()):
             raise IndexFormatError(f"{directory / 'offsets.npy'} is not a valid (n + 1,) int64 offset array for "
                                    f"{n} documents and {codes.shape[0]} codes.")
-        if p.get("trained"):
-            state = {name[len("codec."):]: load_array(directory, entry, name=name)
-                     for name, entry in arrays.items() if name.startswith("codec.")}
-            index.codec = codec_from_state(index.codec.spec, index.dim, state)
-            if index.hamming is not None and isinstance(index.codec, BinaryQuantizer):
-                index.hamming = index.codec
-        if index.hamming is not None and index.hamming is not index.codec and "hamming.codes" in arrays:
-            state = {name[len("hamming."):]: load_array(directory, entry, name=name)
-                     for name, entry in arrays.items() if name.startswith("hamming.") and name != "hamming.codes"}
-            index.hamming.load_state(state)
-            index._hamming_codes = load_array(directory, arrays["hamming.codes"], name="hamming.codes", mmap=mmap)
-            if index._hamming_codes.shape != (codes.shape[0], index.hamming.code_size):
+        side = "hamming.codes" in arrays
+        names = [name for name in arrays if (name.startswith("codec.") and p.get("trained"))
+                 or (side and name.startswith("hamming.") and name != "hamming.codes")]
+        self.load_trained_state({name: load_array(directory, arrays[name], name=name) for name in names})
+        if self.hamming is not None and self.hamming is not self.codec and side:
+            self._hamming_codes = load_array(directory, arrays["hamming.codes"], name="hamming.codes", mmap=mmap)
+            if self._hamming_codes.shape != (codes.shape[0], self.hamming.code_size):
                 raise IndexFormatError(f"{directory / 'hamming.codes.npy'} does not match codes.npy.")
-        ids = read_lines(directory / "doc_ids.txt", expected=n)
-        if len(set(ids)) != n:
-            raise IndexFormatError(f"{directory / 'doc_ids.txt'} holds duplicate ids; the file is corrupt.")
-        index._codes, index._offsets, index._ids = codes, np.array(offsets), ids
-        index._row_of = {doc_id: r for r, doc_id in enumerate(ids)}
-        index.metadata = manifest.metadata
-        return index
+        self._codes, self._offsets = codes, np.array(offsets)
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, data: Any) -> MultiVectorEmbeddings:
-        mv = self._checked(data, "documents", "MultiVectorEncoder.encode_documents(texts)")
-        return self.pruner(mv) if self.pruner is not None else mv
+    def check_documents(self, data: Any) -> MultiVectorEmbeddings:
+        """``data`` if it can be added here (MultiVectorEmbeddings of width ``dim``, finite), else a clear error."""
+        return self._checked(data, "documents", "MultiVectorEncoder.encode_documents(texts)")
 
-    def _check_queries(self, queries: Any) -> MultiVectorEmbeddings:
+    def check_queries(self, queries: Any) -> MultiVectorEmbeddings:
+        """``queries`` if they can search here (MultiVectorEmbeddings of width ``dim``, finite), else a clear error."""
         return self._checked(queries, "queries", "MultiVectorEncoder.encode_queries(texts)")
+
+    def _prepare(self, data: Any) -> MultiVectorEmbeddings:
+        mv = self.check_documents(data)
+        return self.pruner(mv) if self.pruner is not None else mv
 
     def _checked(self, data: Any, what: str, source: str) -> MultiVectorEmbeddings:
         """``data`` as MultiVectorEmbeddings of this index's width with finite values, or a clear error."""
@@ -405,7 +377,8 @@ class MultiVectorIndex:
         return data
 
     def _result(self, scores: NDArray[np.float32], labels: NDArray[np.int64], query_ids: Sequence[str]) -> SearchResult:
-        doc_ids = [[self._ids[r] for r in row if r >= 0] for row in labels]
+        ids = self._table.ids
+        doc_ids = [[ids[r] for r in row if r >= 0] for row in labels]
         return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels, query_ids=list(query_ids))
 
     def _row_scorer(self, codes: NDArray[np.uint8]) -> Any:
@@ -516,10 +489,9 @@ def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, 
         arrays = {"vectors": save_array(tmp, "vectors", mv.vectors), "offsets": save_array(tmp, "offsets", mv.offsets)}
         if mv.saliency is not None:
             arrays["saliency"] = save_array(tmp, "saliency", mv.saliency)
-        write_lines(tmp / "doc_ids.txt", mv.ids)
-        files = {c.name: {"bytes": c.stat().st_size, "sha256": file_sha256(c)} for c in sorted(tmp.iterdir())}
+        write_lines(tmp / IDS_FILE, mv.ids)
         write_manifest(tmp, Manifest(index_type="MultiVectorEmbeddings", dim=mv.dim, metric="ip", count=len(mv),
-                                     arrays=arrays, files=files))
+                                     arrays=arrays, files=file_table(tmp)))
     return target
 
 
@@ -530,16 +502,13 @@ def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = True, verify: 
 
 
 def _load_embeddings(directory: Path, *, mmap: bool, verify: bool) -> MultiVectorEmbeddings:
-    manifest = read_manifest(directory)
-    if manifest.index_type != "MultiVectorEmbeddings":
-        raise IndexFormatError(f"{directory} holds a {manifest.index_type}, not saved MultiVectorEmbeddings.")
-    verify_checksums(directory, manifest.files, hashes=verify)
+    manifest = open_manifest(directory, "MultiVectorEmbeddings", verify=verify, other="not saved MultiVectorEmbeddings")
     vectors = load_array(directory, manifest.arrays.get("vectors"), name="vectors", mmap=mmap)
     offsets = load_array(directory, manifest.arrays.get("offsets"), name="offsets")
     saliency = None
     if "saliency" in manifest.arrays:
         saliency = load_array(directory, manifest.arrays["saliency"], name="saliency", mmap=mmap)
-    ids = read_lines(directory / "doc_ids.txt", expected=manifest.count)
+    ids = read_lines(directory / IDS_FILE, expected=manifest.count)
     try:
         return MultiVectorEmbeddings(vectors=vectors, offsets=offsets, ids=ids, saliency=saliency)
     except ShapeError as exc:

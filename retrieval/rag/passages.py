@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._io import atomic_directory, file_sha256, verify_checksums
-from indexes.manifest import MANIFEST_NAME
+from indexes._io import atomic_directory, file_table, verify_checksums
+from indexes.manifest import MANIFEST_NAME, read_json, write_json
 from retrieval._version import __version__
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 from retrieval.rag.ingest import Document, Passage, encoder_tokenizer, load_documents, split_documents
@@ -54,7 +54,6 @@ INDEX_DIR = "index"
 PASSAGES_DIR = "passages"
 STORE_FORMAT = "densezip-passages"
 STORE_FORMAT_VERSION = 1
-_MANIFEST = "manifest.json"
 _FILE = "passages.jsonl"
 
 
@@ -154,26 +153,22 @@ class PassageStore:
                     f.write("\n")
             manifest = {
                 "format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION, "library_version": __version__,
-                "count": len(self), "chunking": self.chunking,
-                "files": {_FILE: {"bytes": (tmp / _FILE).stat().st_size, "sha256": file_sha256(tmp / _FILE)}},
+                "count": len(self), "chunking": self.chunking, "files": file_table(tmp),
             }
-            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            write_json(tmp / MANIFEST_NAME, manifest)  # the same layout as an index manifest, written last
         return target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> PassageStore:
         """Read a store written by :meth:`save`, checking its manifest, checksum and every line."""
         directory = Path(path)
-        file = directory / _MANIFEST
+        file = directory / MANIFEST_NAME
         if not file.is_file():
             raise IndexFormatError(
                 f"{file} is missing: {directory} is not a saved passage store. Build the collection with "
                 "`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()."
             )
-        try:
-            manifest = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IndexFormatError(f"{file} is not valid JSON ({exc}); the passage store is corrupt.") from exc
+        manifest = read_json(file, what="the passage store")
         if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
             raise IndexFormatError(f"{file} is not a densezip passage-store manifest (format {STORE_FORMAT!r}).")
         version = manifest.get("format_version")

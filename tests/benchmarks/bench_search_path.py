@@ -66,7 +66,7 @@ def steps(index: FaissIndex, k: int) -> dict[str, Any]:
     """The search path's steps, each followed by the raw FAISS call it would precede or follow."""
     raw = index.faiss_index
     lock = index._lock
-    table = np.array(index._ids, dtype=object)
+    table = np.array(index._table.ids, dtype=object)
 
     def lock_pair(q: np.ndarray) -> Any:
         lock.acquire_read()

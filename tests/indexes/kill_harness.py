@@ -236,7 +236,7 @@ def _verify(path: Path, kind: str, allowed: set[int], schedule: Schedule) -> tup
     else:
         if kind == "flat":
             rows = [live.index(i) for i in probe]
-            stored = np.asarray(index.vectors)[~index._deleted][rows]
+            stored = np.asarray(index.vectors)[~index._table.deleted][rows]
             if not np.array_equal(stored, np.stack([vector_of(i) for i in probe])):
                 return None, "mixed: stored vectors differ from the ids' vectors"
         got = [row[0] for row in index.search(np.stack([vector_of(i) for i in probe]), k=1).doc_ids]

@@ -18,6 +18,7 @@ from retrieval.app.measure import SearchTiming
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
     from indexes.multivector import MultiVectorIndex
+    from indexes.sharded_multivector import ShardedMultiVectorIndex
 
 __all__ = ["extra_us_per_call", "index_memory_bytes", "machine_info", "memory_bandwidth", "paired_ratio", "set_threads",
            "time_interleaved"]
@@ -168,40 +169,15 @@ def set_threads(threads: int) -> int:
     return int(faiss.omp_get_max_threads())
 
 
-def index_memory_bytes(index: VectorIndex | MultiVectorIndex) -> int:
-    """Bytes a loaded index holds in memory: the vectors or codes and structure, plus the ids.
+def index_memory_bytes(index: VectorIndex | MultiVectorIndex | ShardedMultiVectorIndex) -> int:
+    """Bytes a loaded index holds in memory: ``index.memory_bytes()``.
 
-    FAISS indexes are measured by serialising them (``faiss.serialize_index``), which writes
-    the same arrays the index keeps in memory (codes, centroids, graph links); the NumPy
-    :class:`~indexes.FlatIndex` by its float32 matrix, a :class:`~indexes.MultiVectorIndex`
-    by its own ``memory_bytes()`` (codes, offsets, codec, first stage). The string ids are counted as Python
-    holds them: each ``str`` object, the id list, and the id-to-row dict. A sharded index held
-    by local threads is the sum of its shards (each keeps its own copy of the trained state).
+    Every index kind counts its own payload (FAISS indexes as ``faiss.serialize_index`` writes
+    them, the NumPy :class:`~indexes.FlatIndex` by its float32 matrix, a
+    :class:`~indexes.MultiVectorIndex` by its codes, offsets, codec and first stage) plus its
+    string ids as Python holds them; a sharded index sums its shards, wherever they live.
     """
-    import faiss
-
-    from indexes.faiss_index import FaissIndex
-    from indexes.flat import FlatIndex
-    from indexes.multivector import MultiVectorIndex
-
-    handles = getattr(index, "_handles", None)
-    if handles is not None:  # ShardedIndex / ShardedMultiVectorIndex: the sum of their shards
-        servers = [getattr(h, "server", None) for h in handles]
-        if any(s is None for s in servers):
-            raise TypeError("shards held by Ray actors are measured in their own processes: ShardedIndex.memory()")
-        return int(sum(index_memory_bytes(s.index) for s in servers if s is not None))
-    if isinstance(index, FaissIndex):
-        payload = int(faiss.serialize_index(index.faiss_index).nbytes)
-    elif isinstance(index, FlatIndex):
-        payload = int(index.vectors.nbytes)
-    elif isinstance(index, MultiVectorIndex):
-        payload = index.memory_bytes()
-    else:  # pragma: no cover - every VectorIndex kind the harness builds is handled above
-        raise TypeError(f"no memory accounting for {type(index).__name__}")
-    ids = index.doc_ids
-    row_of = getattr(index, "_row_of", {})
-    id_bytes = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids) + sys.getsizeof(row_of)
-    return payload + id_bytes + int(getattr(index, "_deleted", np.zeros(0)).nbytes)
+    return int(index.memory_bytes())
 
 
 def _cpu_model() -> str:

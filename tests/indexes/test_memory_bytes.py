@@ -1,0 +1,90 @@
+"""``memory_bytes()`` of every index kind: the figures the benchmark's probe computed from outside."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from indexes import FaissIndex, FlatIndex, MultiVectorIndex, ShardedIndex, ShardedMultiVectorIndex
+from retrieval.app.bench.probe import index_memory_bytes
+from retrieval.types import MultiVectorEmbeddings
+
+pytest.importorskip("faiss")
+
+
+def _probe_before(index: object) -> int:
+    """The accounting ``retrieval.app.bench.probe.index_memory_bytes`` did before the indexes had
+    ``memory_bytes()``: payload by kind, plus the ids measured through the index's internals."""
+    import faiss
+
+    handles = getattr(index, "_handles", None)
+    if handles is not None:
+        return sum(_probe_before(h.server.index) for h in handles)
+    if isinstance(index, FaissIndex):
+        payload = int(faiss.serialize_index(index.faiss_index).nbytes)
+    elif isinstance(index, FlatIndex):
+        payload = int(index.vectors.nbytes)
+    else:
+        assert isinstance(index, MultiVectorIndex)
+        codec = sum(a.nbytes for a in index.codec.state().values()) if index.codec.is_trained else 0
+        side = 0
+        if index.hamming is not None and index.hamming is not index.codec and index.hamming.is_trained:
+            side = index._hamming_codes.nbytes + sum(a.nbytes for a in index.hamming.state().values())
+        payload = int(index._codes.nbytes + index._offsets.nbytes + codec + side)
+    ids = index.doc_ids  # type: ignore[attr-defined]
+    table = index._table  # type: ignore[attr-defined]
+    id_bytes = sys.getsizeof(ids) + sum(sys.getsizeof(i) for i in ids) + sys.getsizeof(table.row_of)
+    return payload + id_bytes + (int(table.deleted.nbytes) if table.tombstones else 0)
+
+
+def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _docs(n: int, seed: int = 0) -> MultiVectorEmbeddings:
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal((int(rng.integers(1, 6)), 16)) for _ in range(n)]
+    return MultiVectorEmbeddings.from_list(arrays, ids=[f"d{i}" for i in range(n)],
+                                           saliency=[rng.random(len(a)) for a in arrays])
+
+
+def _single(kind: str) -> object:
+    x, ids = _vectors(300), [f"doc-{i}" for i in range(300)]
+    if kind == "flat":
+        return FlatIndex(16).add(x, ids=ids)
+    if kind == "sharded":
+        return ShardedIndex(FlatIndex(16), n_shards=3).add(x, ids=ids)
+    index = FaissIndex(16, spec=kind)
+    index.train(x)
+    return index.add(x, ids=ids)
+
+
+@pytest.mark.parametrize("kind", ["flat", "PQ4x4", "HNSW8", "IVF4,Flat", "sharded"])
+def test_single_vector_kinds_count_as_the_probe_did(kind: str) -> None:
+    index = _single(kind)
+    before = index.memory_bytes()  # type: ignore[attr-defined]
+    assert before == _probe_before(index) == index_memory_bytes(index)  # type: ignore[arg-type]
+    index.delete([f"doc-{i}" for i in range(0, 300, 7)])  # type: ignore[attr-defined]
+    assert index.memory_bytes() == _probe_before(index) < before  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("spec,first_stage", [("FP16", "exhaustive"), ("Prune0.6,KMeans16r2", "centroid"),
+                                              ("KMeans16", "binary")])
+def test_multivector_kinds_count_as_the_probe_did(spec: str, first_stage: str) -> None:
+    docs = _docs(60)
+    index = MultiVectorIndex(16, spec=spec, first_stage=first_stage).add(docs)
+    sharded = ShardedMultiVectorIndex(MultiVectorIndex(16, spec=spec, first_stage=first_stage), n_shards=2).add(docs)
+    for ix in (index, sharded):
+        assert ix.memory_bytes() == _probe_before(ix) == index_memory_bytes(ix)
+        ix.delete(["d3", "d4"])
+        assert ix.memory_bytes() == _probe_before(ix)
+    sharded.close()
+
+
+def test_ids_are_counted() -> None:
+    short = FlatIndex(16).add(_vectors(50), ids=[f"{i}" for i in range(50)])
+    long = FlatIndex(16).add(_vectors(50), ids=[f"{i}-{'x' * 100}" for i in range(50)])
+    assert long.memory_bytes() - short.memory_bytes() >= 50 * 100
