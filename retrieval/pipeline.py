@@ -16,9 +16,13 @@ if TYPE_CHECKING:
     from indexes.base import VectorIndex
     from retrieval.encode.base import Encoder
 
-__all__ = ["Reranker", "Retriever"]
+__all__ = ["DEFAULT_CANDIDATES", "Reranker", "Retriever"]
 
 logger = logging.getLogger(__name__)
+
+#: First-stage depth before a reranker, unless ``candidates`` is given: ``max(DEFAULT_CANDIDATES, k)``.
+#: Shared with :class:`~retrieval.rag.component.RetrievalComponent`, which searches through a Retriever.
+DEFAULT_CANDIDATES = 100
 
 
 @runtime_checkable
@@ -50,7 +54,8 @@ class Retriever:
     reranker : Reranker, optional
         Re-scores the first stage's candidates.
     candidates : int, optional
-        First-stage depth when a reranker is set (default ``max(100, k)``).
+        First-stage depth when a reranker is set (default ``max(DEFAULT_CANDIDATES, k)``,
+        that is ``max(100, k)``).
 
     Examples
     --------
@@ -115,12 +120,29 @@ class Retriever:
         query_ids: Sequence[str] | None = None,
         batch_size: int | None = None,
     ) -> SearchResult:
-        """Top-``k`` documents for each query text (a single string counts as one query)."""
+        """Top-``k`` documents for each query text (a single string counts as one query).
+
+        Parameters
+        ----------
+        queries : str or sequence of str
+            Query texts.
+        k : int
+            Hits per query; rows are padded with ``-1`` / ``-inf`` when fewer documents qualify.
+        subset : iterable of str, optional
+            Only these document ids may be returned.
+        query_ids : sequence of str, optional
+            Ids of the queries, kept in the result.
+        batch_size : int, optional
+            Passed to ``encoder.encode_queries`` when given (encoders without the option,
+            such as MultiVectorEncoder, are then called without it).
+        """
         texts = _as_queries(queries)
-        vectors = self.encoder.encode_queries(texts, batch_size=batch_size)
+        options = {} if batch_size is None else {"batch_size": batch_size}
+        vectors = self.encoder.encode_queries(texts, **options)
         if self.reranker is None:
             return self.index.search(vectors, k, subset=subset, query_ids=query_ids)
-        first = self.index.search(vectors, self.candidates or max(100, k), subset=subset, query_ids=query_ids)
+        depth = self.candidates or max(DEFAULT_CANDIDATES, k)
+        first = self.index.search(vectors, depth, subset=subset, query_ids=query_ids)
         return self.reranker.rerank(texts, first, k)
 
     # ------------------------------------------------------------------ persistence
@@ -142,7 +164,10 @@ class Retriever:
     ) -> Retriever:
         """Open a saved index and re-create the encoder recorded in its manifest.
 
-        Pass ``encoder`` to use another (compatible) encoder instead.
+        The encoder is re-created by :func:`~retrieval.encode.registry.encoder_from_description`
+        from ``metadata["encoder"]``; a model recorded relative to the index (``"../query_encoder"``
+        in a JPQ export) is found beside it. Pass ``encoder`` to use another (compatible) encoder
+        instead, e.g. for an encoder kind the registry does not know.
         """
         from indexes import VectorIndex, load_index
 
@@ -158,16 +183,7 @@ class Retriever:
                 raise ConfigError(
                     f"{path} records no encoder (metadata.encoder is missing); pass encoder=... to Retriever.load()."
                 )
-            if description.get("type") != "DenseEncoder":
-                raise ConfigError(
-                    f"{path} was built with encoder type {description.get('type')!r}, which Retriever.load cannot "
-                    "re-create; pass encoder=... explicitly."
-                )
-            from retrieval.encode.dense import DenseEncoder
+            from retrieval.encode.registry import encoder_from_description
 
-            model = description.get("model")
-            if isinstance(model, str) and model.startswith(("./", "../")):
-                # A model saved beside the index (e.g. a JPQ query encoder) is recorded relative to it.
-                description = {**description, "model": str((Path(path) / model).resolve())}
-            encoder = DenseEncoder.from_description(description, device=device)
+            encoder = encoder_from_description(description, device=device, base_dir=path)
         return cls(encoder, index)

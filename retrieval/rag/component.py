@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.errors import ConfigError, IndexFormatError
+from retrieval.pipeline import Retriever
 from retrieval.rag.ingest import Passage, Tokenizer, encoder_tokenizer, token_counter
 from retrieval.rag.passages import INDEX_DIR, PASSAGES_DIR, PassageStore, check_same_ids
 
@@ -182,38 +183,12 @@ def build_prompt(question: str, context: Context, *, template: str = DEFAULT_PRO
     return template.format(question=question.strip(), context=context.text)
 
 
-def _encoder_from_description(description: Any, index_dir: Path, device: str) -> Any:
-    if not isinstance(description, dict):
-        raise ConfigError(f"{index_dir} records no encoder (metadata.encoder); pass encoder=... to open().")
-    kind = description.get("type")
-    model = description.get("model")
-    if isinstance(model, str) and model.startswith(("./", "../")):
-        # A model saved beside the index (a JPQ query encoder) is recorded relative to it.
-        description = {**description, "model": str((index_dir / model).resolve())}
-    if kind == "DenseEncoder":
-        from retrieval.encode.dense import DenseEncoder
-
-        return DenseEncoder.from_description(description, device=device)
-    if kind == "MultiVectorEncoder":
-        from retrieval.encode.dense import _DEFAULT_NAME
-        from retrieval.encode.multivector import MultiVectorEncoder
-
-        if description.get("projected"):
-            raise ConfigError(f"{index_dir} was built with a projected MultiVectorEncoder; pass encoder=... to open().")
-        name = description.get("model")
-        return MultiVectorEncoder(
-            None if name == _DEFAULT_NAME else name, device=device,
-            query_length=int(description.get("query_length", 32)),
-            document_length=int(description.get("document_length", 256)),
-            keep_special_tokens=bool(description.get("keep_special_tokens", False)),
-            normalize=bool(description.get("normalize", True)),
-        )
-    raise ConfigError(f"{index_dir} was built with encoder type {kind!r}, which cannot be re-created; "
-                      "pass encoder=... to open().")
-
-
 class RetrievalComponent:
     """Retrieval for RAG over a collection: top-k passages with text, id, score and metadata.
+
+    Encoding the question, searching the index and reranking are done by a
+    :class:`~retrieval.pipeline.Retriever` (:attr:`retriever`); the component adds the
+    passages, the filters on passage ids and metadata, and the context for a generator.
 
     Parameters
     ----------
@@ -226,7 +201,8 @@ class RetrievalComponent:
     reranker : Reranker, optional
         Re-scores the first stage's ``candidates`` best passages (e.g. MaxSimReranker).
     candidates : int, optional
-        First-stage depth when a reranker is set (default ``max(50, k)``).
+        First-stage depth when a reranker is set (default ``max(100, k)``, the Retriever's
+        :data:`~retrieval.pipeline.DEFAULT_CANDIDATES`).
     tokenizer : Tokenizer, optional
         Counts context tokens; defaults to the encoder's tokenizer (loaded on first use).
     count_tokens : callable, optional
@@ -252,19 +228,16 @@ class RetrievalComponent:
         tokenizer: Tokenizer | None = None,
         count_tokens: Callable[[str], int] | None = None,
     ) -> None:
+        # Checked here too (the Retriever raises ShapeError): a collection opened with the wrong
+        # encoder has always been a ConfigError for RAG users.
         if encoder.dim != index.dim:
             raise ConfigError(f"encoder {encoder.name!r} returns {encoder.dim}-d vectors but the index holds "
                               f"{index.dim}-d vectors; use the encoder the collection was built with.")
-        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int)
-                                       or candidates < 1):
-            raise ConfigError(f"candidates must be a positive integer; got {candidates!r}.")
         if reranker is not None and not callable(getattr(reranker, "rerank", None)):
             raise ConfigError(f"reranker must have rerank(queries, result, k); got {type(reranker).__name__}.")
-        self.index = index
-        self.encoder = encoder
+        # A MultiVectorIndex has the VectorIndex search signature the Retriever calls.
+        self.retriever = Retriever(encoder, index, reranker=reranker, candidates=candidates)  # type: ignore[arg-type]
         self.store = store
-        self.reranker = reranker
-        self.candidates = candidates
         self._tokenizer = tokenizer
         self._count_tokens = count_tokens
         self._passage_of_id = store.row_of  # passage id -> row in store.passages
@@ -275,6 +248,39 @@ class RetrievalComponent:
 
     def __len__(self) -> int:
         return len(self.store)
+
+    # The search settings live in the Retriever; these views keep the component's attributes.
+    @property
+    def index(self) -> VectorIndex | MultiVectorIndex:
+        """The index searched (one entry per passage)."""
+        return self.retriever.index
+
+    @property
+    def encoder(self) -> Any:
+        """The question encoder."""
+        return self.retriever.encoder
+
+    @encoder.setter
+    def encoder(self, encoder: Any) -> None:
+        self.retriever.encoder = encoder
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """Re-scores the first stage's candidates, if set."""
+        return self.retriever.reranker
+
+    @reranker.setter
+    def reranker(self, reranker: Reranker | None) -> None:
+        self.retriever.reranker = reranker
+
+    @property
+    def candidates(self) -> int | None:
+        """First-stage depth when a reranker is set; ``None`` for ``max(100, k)``."""
+        return self.retriever.candidates
+
+    @candidates.setter
+    def candidates(self, candidates: int | None) -> None:
+        self.retriever.candidates = candidates
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -319,7 +325,12 @@ class RetrievalComponent:
         store = PassageStore.load(root / PASSAGES_DIR, verify=verify)
         check_same_ids(set(index.doc_ids), store, root)
         if encoder is None:
-            encoder = _encoder_from_description(index.metadata.get("encoder"), root / INDEX_DIR, device)
+            from retrieval.encode.registry import encoder_from_description
+
+            description = index.metadata.get("encoder")
+            if not isinstance(description, dict):
+                raise ConfigError(f"{root / INDEX_DIR} records no encoder (metadata.encoder); pass encoder=... to open().")
+            encoder = encoder_from_description(description, device=device, base_dir=root / INDEX_DIR)
         return cls(index, encoder, store, reranker=reranker, candidates=candidates, tokenizer=tokenizer,
                    count_tokens=count_tokens)
 
@@ -371,12 +382,7 @@ class RetrievalComponent:
             if rows.size == 0:
                 return []
             subset = [self.store.passages[r].id for r in rows.tolist()]
-        queries = self.encoder.encode_queries([text])
-        if self.reranker is None:
-            result = self.index.search(queries, k, subset=subset)
-        else:
-            first = self.index.search(queries, self.candidates or max(50, k), subset=subset)
-            result = self.reranker.rerank([text], first, k)
+        result = self.retriever.search([text], k, subset=subset)
         passages, row_of = self.store.passages, self._passage_of_id
         scores = result.scores[0][result.labels[0] >= 0]  # aligned with doc_ids, which omit padding
         return [RetrievedPassage(passages[row_of[doc_id]], float(scores[i]), i + 1)

@@ -354,13 +354,13 @@ def test_fuzz_cli_arguments(argv):
 @given(text=texts)
 def test_fuzz_text_validation(text):
     # The encoders' shared input check: invalid Unicode is refused with a clear error before any model work.
-    from retrieval.encode.dense import _as_text_list
+    from retrieval.encode._checks import as_text_list
     from retrieval.errors import ConfigError
 
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         with pytest.raises(ConfigError, match="not valid Unicode"):
-            _as_text_list(["fine", text], what="encode_documents")
+            as_text_list(["fine", text], what="encode_documents")
     else:
-        assert _as_text_list(["fine", text], what="encode_documents") == ["fine", text]
+        assert as_text_list(["fine", text], what="encode_documents") == ["fine", text]

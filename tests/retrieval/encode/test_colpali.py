@@ -344,6 +344,32 @@ def test_local_directory_and_describe(encoder: ColPaliEncoder, colpali: tuple[An
     assert wrapped["fingerprint"].startswith("params-sha256:") and wrapped["dim"] == DIM
 
 
+def test_describe_from_description_round_trip(colpali: tuple[Any, Any], tmp_path: Path) -> None:
+    from retrieval.encode import encoder_from_description
+
+    model, processor = colpali
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    for saliency in (True, False):
+        original = ColPaliEncoder(tmp_path / "model", device="cpu", saliency=saliency, dtype="float32")
+        description = json.loads(json.dumps(original.describe()))
+        again = encoder_from_description(description, device="cpu", batch_size=1)
+        assert isinstance(again, ColPaliEncoder) and again.describe() == description
+        assert again._saliency is saliency and again._batch_size == 1
+    pages = _pages()[:1]
+    np.testing.assert_allclose(again.encode_documents(pages).vectors, original.encode_documents(pages).vectors)
+
+    with pytest.raises(ConfigError, match="fingerprint"):
+        ColPaliEncoder.from_description({**description, "fingerprint": "dir-sha256:" + "0" * 32})
+    with pytest.raises(ConfigError, match="saliency 'attention-v0'"):
+        ColPaliEncoder.from_description({**description, "saliency": "attention-v0"})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['pooling'\]"):
+        ColPaliEncoder.from_description({**description, "pooling": "mean"})
+    in_memory = ColPaliEncoder.from_model(*colpali).describe()
+    with pytest.raises(ConfigError, match=r"names no loadable model.*from_model"):
+        encoder_from_description(in_memory)
+
+
 # --------------------------------------------------------------------------- tiny ColQwen2
 
 

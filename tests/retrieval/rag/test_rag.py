@@ -188,6 +188,26 @@ def test_reranker_reorders_candidates(tmp_path, fake, tokenizer):
     assert [len(h.text) for h in hits] == sorted(len(h.text) for h in hits)
 
 
+def test_search_goes_through_a_retriever_with_its_default_depth(tmp_path, fake, tokenizer, monkeypatch):
+    from retrieval.pipeline import DEFAULT_CANDIDATES, Retriever
+
+    class Truncate:
+        def rerank(self, queries, result, k):
+            return SearchResult(doc_ids=[row[:k] for row in result.doc_ids], scores=result.scores[:, :k],
+                                labels=result.labels[:, :k])
+
+    rc = RetrievalComponent.open(_build(tmp_path, fake, tokenizer), encoder=fake, reranker=Truncate())
+    assert isinstance(rc.retriever, Retriever) and rc.retriever.index is rc.index and rc.candidates is None
+    depths: list[int] = []
+    search = rc.index.search
+    monkeypatch.setattr(rc.index, "search", lambda q, k, **kw: depths.append(k) or search(q, k, **kw))
+    hits = rc.retrieve("heart", k=3)
+    assert depths == [DEFAULT_CANDIDATES] and len(hits) == 3  # the Retriever's max(100, k)
+    rc.candidates, rc.encoder = 9, fake
+    rc.retrieve("heart", k=3)
+    assert depths[-1] == 9 and rc.retriever.candidates == 9 and rc.retriever.encoder is fake
+
+
 def test_maxsim_reranker_over_a_single_vector_collection(tmp_path, fake, tokenizer):
     from indexes import MultiVectorIndex
     from retrieval.rerank.maxsim import MaxSimReranker
