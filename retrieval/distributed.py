@@ -132,9 +132,9 @@ def encode_documents(
 
     if isinstance(encoder, DenseEncoder):
         # Same cache key as DenseEncoder.encode_documents over the whole corpus.
-        cache_path = encoder._cache_path(items)
+        cache_path = encoder.cache_file(items)
         if cache_path is not None:
-            cached = encoder._load_cached(cache_path, len(items))
+            cached = encoder.load_cached(cache_path, len(items))
             if cached is not None:
                 logger.info("embedding cache hit for %d documents: no encoder actors needed", len(items))
                 return Embeddings(cached, id_list)
@@ -157,7 +157,7 @@ def encode_documents(
             ray.kill(actor)
     vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     if cache_path is not None and isinstance(encoder, DenseEncoder):
-        encoder._store_cached(cache_path, vectors)
+        encoder.store_cached(cache_path, vectors)
     return Embeddings(vectors, id_list)
 
 

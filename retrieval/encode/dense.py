@@ -372,16 +372,16 @@ class DenseEncoder:
         if not items:
             return Embeddings(np.zeros((0, self.dim), dtype=np.float32), [])
 
-        path = self._cache_path(items)
+        path = self.cache_file(items)
         if path is not None:
-            cached = self._load_cached(path, len(items))
+            cached = self.load_cached(path, len(items))
             if cached is not None:
                 logger.info("Embedding cache hit: %d document vectors from %s", len(items), path)
                 return Embeddings(cached, id_list)
             logger.info("Embedding cache miss: encoding %d documents (will store %s)", len(items), path)
         vectors = self._encode(items, side="document", batch_size=batch_size, show_progress=show_progress)
         if path is not None:
-            store_vectors(path, vectors)
+            self.store_cached(path, vectors)
         return Embeddings(vectors, id_list)
 
     # ------------------------------------------------------------------ internals
@@ -464,7 +464,10 @@ class DenseEncoder:
         )
         return as_float32_matrix(out, name=f"{self.name} {side} embeddings", dim=dim)
 
-    def _cache_path(self, items: list[str]) -> Path | None:
+    # ------------------------------------------------------------------ embedding cache
+    # Public so that code encoding elsewhere (retrieval.distributed's Ray actors) shares the cache.
+
+    def cache_file(self, items: list[str]) -> Path | None:
         """The cache file of these documents under this encoder's settings, ``None`` when caching is off."""
         if self._cache_dir is None:
             return None
@@ -476,9 +479,13 @@ class DenseEncoder:
         }
         return cache_path(self._cache_dir, settings, items)
 
-    def _load_cached(self, path: Path, n: int) -> NDArray[np.float32] | None:
+    def load_cached(self, path: Path, n: int) -> NDArray[np.float32] | None:
         """Validated cached vectors, or ``None``; a hit on an encoder that never loaded its model learns ``dim``."""
         vectors = load_vectors(path, n, dim=self._dim, normalize=self._normalize)
         if vectors is not None and self._dim is None:
             self._dim = int(vectors.shape[1])
         return vectors
+
+    def store_cached(self, path: Path, vectors: NDArray[np.float32]) -> None:
+        """Write document vectors to the cache file :meth:`cache_file` named (atomically)."""
+        store_vectors(path, vectors)

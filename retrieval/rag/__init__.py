@@ -8,44 +8,18 @@ as one collection), :mod:`~retrieval.rag.component` (question -> passages -> cit
 :mod:`~retrieval.rag.langchain` and :mod:`~retrieval.rag.llama_index` (extra ``rag``; each
 imports its framework, so import the submodule you need).
 
-The component's public names are re-exported here and loaded on first use.
+The component's public names are re-exported here; importing them loads neither torch nor faiss.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from retrieval.rag.component import (
+    DEFAULT_PROMPT,
+    Context,
+    RetrievalComponent,
+    RetrievedPassage,
+    build_context,
+    build_prompt,
+)
 
-if TYPE_CHECKING:
-    from retrieval.rag.component import (
-        DEFAULT_PROMPT,
-        Context,
-        RetrievalComponent,
-        RetrievedPassage,
-        build_context,
-        build_prompt,
-    )
-
-_LAZY: dict[str, str] = {
-    "Context": "retrieval.rag.component",
-    "DEFAULT_PROMPT": "retrieval.rag.component",
-    "RetrievalComponent": "retrieval.rag.component",
-    "RetrievedPassage": "retrieval.rag.component",
-    "build_context": "retrieval.rag.component",
-    "build_prompt": "retrieval.rag.component",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'retrieval.rag' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = ["DEFAULT_PROMPT", "Context", "RetrievalComponent", "RetrievedPassage", "build_context", "build_prompt"]

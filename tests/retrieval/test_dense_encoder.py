@@ -115,19 +115,19 @@ def test_fingerprint_is_content_based(tmp_path: Path) -> None:
 
 
 def test_cache_key_depends_on_texts_order_and_settings(tmp_path: Path) -> None:
-    # _cache_path needs only the (file-based) fingerprint, not the model.
+    # cache_file needs only the (file-based) fingerprint, not the model.
     base = DenseEncoder(cache_dir=tmp_path)
-    key = base._cache_path(["a", "b"])
+    key = base.cache_file(["a", "b"])
     assert key is not None and key.parent == tmp_path and key.suffix == ".npy"
-    assert base._cache_path(["a", "b"]) == key
-    assert base._cache_path(["b", "a"]) != key
-    assert base._cache_path(["ab"]) != base._cache_path(["a", "b"])
-    assert base._cache_path(["a", "b", ""]) != key
-    assert DenseEncoder(cache_dir=tmp_path, normalize=False)._cache_path(["a", "b"]) != key
-    assert DenseEncoder(cache_dir=tmp_path, max_seq_length=64)._cache_path(["a", "b"]) != key
-    assert DenseEncoder(cache_dir=tmp_path, document_prompt="passage: ")._cache_path(["a", "b"]) != key
+    assert base.cache_file(["a", "b"]) == key
+    assert base.cache_file(["b", "a"]) != key
+    assert base.cache_file(["ab"]) != base.cache_file(["a", "b"])
+    assert base.cache_file(["a", "b", ""]) != key
+    assert DenseEncoder(cache_dir=tmp_path, normalize=False).cache_file(["a", "b"]) != key
+    assert DenseEncoder(cache_dir=tmp_path, max_seq_length=64).cache_file(["a", "b"]) != key
+    assert DenseEncoder(cache_dir=tmp_path, document_prompt="passage: ").cache_file(["a", "b"]) != key
     # Runtime settings do not change the vectors, so they share the cache.
-    assert DenseEncoder(cache_dir=tmp_path, batch_size=8, device="cpu")._cache_path(["a", "b"]) == key
+    assert DenseEncoder(cache_dir=tmp_path, batch_size=8, device="cpu").cache_file(["a", "b"]) == key
     assert base._model is None
 
 
