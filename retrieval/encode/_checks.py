@@ -144,3 +144,46 @@ def check_ids(ids: Sequence[str] | None, n: int, *, what: str, item: str = "text
     if len(id_list) != n:
         raise ShapeError(f"{what} needs one id per {item}; got {len(id_list)} ids for {n} {item}s.")
     return id_list
+
+
+def check_description(description: object, kind: str, keys: frozenset[str] | set[str]) -> dict[str, object]:
+    """Validate what ``<kind>.describe()`` wrote before ``<kind>.from_description`` reads it.
+
+    Parameters
+    ----------
+    description : object
+        The description read back, normally from an index manifest.
+    kind : str
+        The encoder class that must have written it (its ``"type"`` field).
+    keys : set of str
+        Every key that class writes; any other key means a newer densezip wrote it.
+
+    Returns
+    -------
+    dict
+        ``description`` itself, now known to be a dict of the right type.
+
+    Examples
+    --------
+    >>> check_description({"type": "DenseEncoder", "model": "m"}, "DenseEncoder", {"type", "model"})["model"]
+    'm'
+    >>> check_description({"type": "ColPaliEncoder"}, "DenseEncoder", {"type"})
+    Traceback (most recent call last):
+    ...
+    retrieval.errors.ConfigError: cannot build a DenseEncoder from a description of type 'ColPaliEncoder'; expected 'DenseEncoder'. Use the encoder class that wrote it.
+    """
+    if not isinstance(description, dict):
+        raise ConfigError(f"description must be a dict from {kind}.describe(); got {type(description).__name__}.")
+    found = description.get("type")
+    if found != kind:
+        raise ConfigError(
+            f"cannot build a {kind} from a description of type {found!r}; expected {kind!r}. "
+            "Use the encoder class that wrote it."
+        )
+    unknown = sorted(set(description) - set(keys))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {kind} description; expected a subset of {sorted(keys)}. "
+            "Was it written by a newer densezip? Upgrade with pip install -U densezip."
+        )
+    return description

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from retrieval.types import Embeddings
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "LazyModel"]
 
 
 @runtime_checkable
@@ -117,3 +117,31 @@ class Encoder(Protocol):
         changes when the underlying model changes.
         """
         ...
+
+
+class LazyModel:
+    """Mixin for encoders that load their model on first use (DenseEncoder, ColPaliEncoder).
+
+    The class sets ``_dim`` and ``_resolved_device`` in ``_get_model()``; until then, asking
+    for :attr:`dim` loads the model, while :attr:`device` answers ``None``.
+    """
+
+    _dim: int | None
+    _resolved_device: str | None
+
+    def _get_model(self) -> Any:  # pragma: no cover - every encoder using the mixin defines it
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        """Width ``d`` of the vectors the model returns; loads the model unless already known."""
+        if self._dim is None:
+            self._get_model()
+        if self._dim is None:  # pragma: no cover - _get_model always sets it
+            raise RuntimeError(f"{type(self).__name__} failed to determine the embedding dimension.")
+        return self._dim
+
+    @property
+    def device(self) -> str | None:
+        """The concrete device the model runs on, or ``None`` before it is loaded."""
+        return self._resolved_device

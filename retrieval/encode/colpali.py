@@ -53,7 +53,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval._optional import require
-from retrieval.encode._checks import as_text_list, check_ids, positive_int
+from retrieval.encode._checks import as_text_list, check_description, check_ids, positive_int
 from retrieval.encode._colvision import (
     ARCHITECTURES,
     DEFAULT_COLPALI_MODEL,
@@ -64,6 +64,7 @@ from retrieval.encode._device import check_device, resolve_device
 from retrieval.encode._fingerprint import fingerprint_model_dir, fingerprint_transformers_model
 from retrieval.encode._images import as_image_list
 from retrieval.encode._saliency import last_attention_module, received_attention, saliency_hook
+from retrieval.encode.base import LazyModel
 from retrieval.errors import ConfigError, ShapeError
 from retrieval.types import MultiVectorEmbeddings
 
@@ -82,7 +83,7 @@ _SALIENCY_TAG = "last-layer-attention-received-v1"
 _DESCRIBE_KEYS = frozenset({"type", "model", "architecture", "dim", "dtype", "saliency", "fingerprint"})
 
 
-class ColPaliEncoder:
+class ColPaliEncoder(LazyModel):
     """Encode page images into patch vectors (with saliency) and queries into token vectors.
 
     Construction is cheap: the model is loaded (and torch imported) on first use. See the
@@ -220,20 +221,6 @@ class ColPaliEncoder:
         return str(name) or f"<in-memory {type(self._model).__name__}>"
 
     @property
-    def dim(self) -> int:
-        """Width ``d`` of the vectors (the model's ``embedding_dim``); loads the model if needed."""
-        if self._dim is None:
-            self._get_model()
-        if self._dim is None:  # pragma: no cover - _get_model always sets it
-            raise RuntimeError("ColPaliEncoder failed to determine the embedding dimension.")
-        return self._dim
-
-    @property
-    def device(self) -> str | None:
-        """The concrete device the model runs on, or ``None`` before it is loaded."""
-        return self._resolved_device
-
-    @property
     def architecture(self) -> str | None:
         """``"colpali"`` or ``"colqwen2"``, or ``None`` before the model is loaded."""
         return self._architecture
@@ -313,22 +300,7 @@ class ColPaliEncoder:
             model (:meth:`from_model`: nothing on disk to load), a saliency definition this
             version does not compute, or (with ``check_fingerprint``) a changed model.
         """
-        if not isinstance(description, dict):
-            raise ConfigError(
-                f"description must be a dict from ColPaliEncoder.describe(); got {type(description).__name__}."
-            )
-        kind = description.get("type")
-        if kind != "ColPaliEncoder":
-            raise ConfigError(
-                f"cannot build a ColPaliEncoder from a description of type {kind!r}; expected 'ColPaliEncoder'. "
-                "Use the encoder class that wrote it."
-            )
-        unknown = sorted(set(description) - _DESCRIBE_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in ColPaliEncoder description; expected a subset of {sorted(_DESCRIBE_KEYS)}. "
-                "Was it written by a newer densezip? Upgrade with pip install -U densezip."
-            )
+        check_description(description, "ColPaliEncoder", _DESCRIBE_KEYS)
         model = description.get("model")
         if not isinstance(model, str) or not model or model.startswith("<in-memory"):
             raise ConfigError(

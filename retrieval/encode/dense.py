@@ -32,10 +32,11 @@ from numpy.typing import NDArray
 
 from retrieval._optional import require
 from retrieval.encode._cache import cache_path, default_cache_dir, load_vectors, store_vectors
-from retrieval.encode._checks import as_text_list, check_ids, positive_int
+from retrieval.encode._checks import as_text_list, check_description, check_ids, positive_int
 from retrieval.encode._default_model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, default_model_path
 from retrieval.encode._device import check_device, resolve_device
 from retrieval.encode._fingerprint import fingerprint_model_dir, fingerprint_sentence_transformer
+from retrieval.encode.base import LazyModel
 from retrieval.errors import ConfigError
 from retrieval.types import Embeddings, as_float32_matrix
 
@@ -53,7 +54,7 @@ _DESCRIBE_KEYS = frozenset(
 )
 
 
-class DenseEncoder:
+class DenseEncoder(LazyModel):
     """Encode texts into one dense vector each with a sentence-transformers model.
 
     Construction is cheap: the model is loaded (and torch imported) on first use.
@@ -163,20 +164,6 @@ class DenseEncoder:
         return DEFAULT_MODEL_NAME if self._model_arg is None else self._model_arg
 
     @property
-    def dim(self) -> int:
-        """Width ``d`` of the vectors; loads the model unless already known."""
-        if self._dim is None:
-            self._get_model()
-        if self._dim is None:  # pragma: no cover - _get_model always sets it
-            raise RuntimeError("DenseEncoder failed to determine the embedding dimension.")
-        return self._dim
-
-    @property
-    def device(self) -> str | None:
-        """The concrete device the model runs on, or ``None`` before it is loaded."""
-        return self._resolved_device
-
-    @property
     def cache_dir(self) -> Path | None:
         """Directory of the document embedding cache, ``None`` when caching is off."""
         return self._cache_dir
@@ -251,22 +238,7 @@ class DenseEncoder:
             For a description of another encoder type, unknown keys, or (with
             ``check_fingerprint``) a model whose fingerprint differs from the stored one.
         """
-        if not isinstance(description, dict):
-            raise ConfigError(
-                f"description must be a dict from DenseEncoder.describe(); got {type(description).__name__}."
-            )
-        kind = description.get("type")
-        if kind != "DenseEncoder":
-            raise ConfigError(
-                f"cannot build a DenseEncoder from a description of type {kind!r}; expected 'DenseEncoder'. "
-                "Use the encoder class that wrote it."
-            )
-        unknown = sorted(set(description) - _DESCRIBE_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in DenseEncoder description; expected a subset of {sorted(_DESCRIBE_KEYS)}. "
-                "Was it written by a newer densezip? Upgrade with pip install -U densezip."
-            )
+        check_description(description, "DenseEncoder", _DESCRIBE_KEYS)
         if "model" not in description:
             raise ConfigError("DenseEncoder description has no 'model' key; cannot tell which model to load.")
         model = description["model"]

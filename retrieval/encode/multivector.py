@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval._optional import require
-from retrieval.encode._checks import as_text_list, check_ids, positive_int
+from retrieval.encode._checks import as_text_list, check_description, check_ids, positive_int
 from retrieval.encode._default_model import DEFAULT_MODEL, DEFAULT_MODEL_NAME, default_model_path
 from retrieval.encode._device import check_device, resolve_device
 from retrieval.encode._saliency import received_attention
@@ -159,22 +159,7 @@ class MultiVectorEncoder:
             For a description of another encoder type, unknown keys, or a projected encoder
             (its projection is not stored in the description).
         """
-        if not isinstance(description, dict):
-            raise ConfigError(
-                f"description must be a dict from MultiVectorEncoder.describe(); got {type(description).__name__}."
-            )
-        kind = description.get("type")
-        if kind != "MultiVectorEncoder":
-            raise ConfigError(
-                f"cannot build a MultiVectorEncoder from a description of type {kind!r}; expected "
-                "'MultiVectorEncoder'. Use the encoder class that wrote it."
-            )
-        unknown = sorted(set(description) - _DESCRIBE_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) {unknown} in MultiVectorEncoder description; expected a subset of "
-                f"{sorted(_DESCRIBE_KEYS)}. Was it written by a newer densezip? Upgrade with pip install -U densezip."
-            )
+        check_description(description, "MultiVectorEncoder", _DESCRIBE_KEYS)
         if description.get("projected"):
             raise ConfigError(
                 "the MultiVectorEncoder description is of a projected encoder (fit_projection), and the projection "
