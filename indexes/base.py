@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from indexes._ids import IdTable, check_new_ids
 from indexes._io import atomic_directory, file_table, verify_checksums
 from indexes._lock import RWLock, reads, writes
-from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, unlisted_files, write_manifest
 from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix, check_finite
 
@@ -106,6 +106,11 @@ def format_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
     except RetrievalError:
         raise
+    except OSError as exc:  # a name from the manifest the file system refuses (too long, not a file, ...)
+        raise IndexFormatError(
+            f"{path}: a file named by the manifest cannot be read ({type(exc).__name__}: {str(exc)[:200]}). "
+            "Run `densezip check` on it, then rebuild or restore it."
+        ) from exc
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
         raise IndexFormatError(
             f"{path}: the saved index is inconsistent ({type(exc).__name__}: {exc}). "
@@ -268,7 +273,22 @@ def open_manifest(directory: Path, index_type: str, *, verify: bool, other: str 
         other = other or f"not a {index_type}; use indexes.load_index()"
         raise IndexFormatError(f"{directory} holds a {manifest.index_type}, {other}.")
     verify_checksums(directory, manifest.files, hashes=verify)
+    check_file_table(directory, manifest)
     return manifest
+
+
+def check_file_table(directory: Path, manifest: Manifest) -> None:
+    """Refuse a manifest whose ``files`` table does not list every file the load reads.
+
+    A file the load reads must have its size and sha256 checked first; a table that lost an
+    entry (a hand-edited or forged manifest) would otherwise load that file unchecked.
+    """
+    missing = unlisted_files(manifest.to_dict())
+    if missing:
+        raise IndexFormatError(
+            f"{directory / MANIFEST_NAME}: the file table does not list {missing[:3]}, which the load reads; "
+            "the manifest is damaged. Run `densezip check` on it, then rebuild or restore the index."
+        )
 
 
 class VectorIndex(StoredIndex):

@@ -15,6 +15,7 @@ bad-json               the manifest is not valid UTF-8 JSON, or not an object
 wrong-format           the manifest's ``format`` is not densezip's
 future-version         ``format_version`` is newer than this densezip reads
 bad-field              a manifest key is missing or has the wrong type / value
+unlisted-file          a file the load reads is not in the manifest's file table (so it is unchecked)
 unknown-index-type     ``index_type`` is not a registered index kind
 missing-file           a file listed in the manifest is absent
 truncated-file         a file is shorter than recorded (or than its array header says)
@@ -37,7 +38,6 @@ adds ``bad-passages``; ``densezip check`` picks the right one.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,8 +45,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from indexes._io import _valid_array_entry as valid_array_entry
 from indexes._io import file_sha256, leftover_paths
-from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, parse_json, unlisted_files
 
 __all__ = ["CheckReport", "Problem", "check_index", "merge_report"]
 
@@ -175,9 +176,9 @@ def _manifest(directory: Path, report: CheckReport) -> dict[str, Any] | None:
                    "manifest). Rebuild the index.")
         return None
     try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        report.add("error", "bad-json", MANIFEST_NAME, f"not valid JSON ({exc}); the manifest is corrupt.")
+        raw = parse_json(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        report.add("error", "bad-json", MANIFEST_NAME, f"not valid JSON ({str(exc)[:200]}); the manifest is corrupt.")
         return None
     if not isinstance(raw, dict):
         report.add("error", "bad-json", MANIFEST_NAME, f"must hold a JSON object; got {type(raw).__name__}.")
@@ -206,6 +207,8 @@ def _manifest(directory: Path, report: CheckReport) -> dict[str, Any] | None:
             report.add("error", "bad-field", MANIFEST_NAME, f"count must be >= 0; got {count}.")
         else:
             report.count = count
+    if isinstance(raw.get("metric"), str) and raw["metric"] not in ("ip", "l2"):
+        report.add("error", "bad-field", MANIFEST_NAME, f"metric must be 'ip' or 'l2'; got {raw['metric']!r:.80}.")
     if isinstance(dim, int) and not isinstance(dim, bool) and dim <= 0:
         report.add("error", "bad-field", MANIFEST_NAME, f"dim must be > 0; got {dim}.")
     index_type = raw.get("index_type")
@@ -227,7 +230,7 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
             continue
         p = directory / name
         report.files_checked += 1
-        if not p.is_file():
+        if not _is_file(p):
             report.add("error", "missing-file", name, "listed in the manifest but absent.")
             continue
         size, recorded = p.stat().st_size, info.get("bytes")
@@ -237,6 +240,10 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
             continue
         if verify and file_sha256(p) != info.get("sha256"):
             report.add("error", "checksum-mismatch", name, "sha256 differs from the manifest: the file is corrupt.")
+    for name in unlisted_files(raw):
+        report.add("error", "unlisted-file", f"{name:.200}",
+                   "read by the load but not listed in the manifest's file table, so it cannot be checked; "
+                   "the manifest is damaged.")
     listed = set(files) | {MANIFEST_NAME}
     params = raw.get("params")
     if raw.get("index_type") in _SHARDED_TYPES and isinstance(params, dict) and isinstance(params.get("shards"), list):
@@ -246,16 +253,26 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
             report.add("warning", "extra-file", child.name, "not listed in the manifest (ignored by load).")
 
 
+def _is_file(p: Path) -> bool:
+    """``p.is_file()``, False for a name the file system refuses (too long, ...) instead of an OSError."""
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
 def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
     arrays = raw.get("arrays")
     if not isinstance(arrays, dict):
         return
     for name, entry in arrays.items():
-        if not isinstance(entry, dict) or not {"file", "dtype", "shape"} <= entry.keys():
-            report.add("error", "bad-field", MANIFEST_NAME, f"arrays.{name} must have 'file', 'dtype' and 'shape'.")
+        if not valid_array_entry(entry):
+            report.add("error", "bad-field", MANIFEST_NAME,
+                       f"arrays.{name:.100} must have 'file' (a plain file name), 'dtype' (a string) and 'shape' "
+                       "(a list of integers >= 0).")
             continue
         p = directory / str(entry["file"])
-        if not p.is_file():
+        if not _is_file(p):
             if str(entry["file"]) not in (raw.get("files") or {}):
                 report.add("error", "missing-file", str(entry["file"]), f"array {name!r} is absent.")
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +24,11 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "Manifest",
+    "files_read",
+    "parse_json",
     "read_json",
     "read_manifest",
+    "unlisted_files",
     "write_json",
     "write_manifest",
 ]
@@ -109,12 +113,38 @@ def write_json(path: Path, obj: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not strict JSON (densezip never writes NaN or infinities)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} overflows a float (densezip never writes it)")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """Parse JSON as densezip writes it: strict (no NaN / Infinity, no number that overflows a float).
+
+    Raises
+    ------
+    ValueError
+        With the reason, for malformed JSON, NaN / Infinity, an overflowing number, an integer
+        of more digits than Python converts, or nesting deeper than the parser's recursion limit.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nesting too deep (densezip writes at most a few levels)") from None
+
+
 def read_json(file: Path, *, what: str) -> Any:
     """Parse the JSON file ``file``; damage raises IndexFormatError saying that ``what`` is corrupt."""
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{file} is not valid JSON ({exc}); {what} is corrupt.") from exc
+        return parse_json(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise IndexFormatError(f"{file} is not valid JSON ({str(exc)[:200]}); {what} is corrupt.") from exc
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -171,8 +201,49 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             raise IndexFormatError(
                 f"{file}: {key!r} must be {getattr(typ, '__name__', typ)}; got {type(value).__name__} {value!r}."
             )
+    if raw["metric"] not in ("ip", "l2"):
+        raise IndexFormatError(f"{file}: metric must be 'ip' or 'l2'; got {raw['metric']!r:.80}.")
     if raw["dim"] <= 0 or raw["count"] < 0:
         raise IndexFormatError(f"{file}: dim must be > 0 and count >= 0; got dim={raw['dim']}, count={raw['count']}.")
     if raw["library_version"] != __version__:
         logger.info("%s was written by densezip %s; this is %s", file, raw["library_version"], __version__)
     return Manifest(**{k: raw[k] for k in _REQUIRED})
+
+
+#: Files a load reads besides ``arrays``, per index kind (``doc_ids.txt``: the ids of kinds that store rows).
+_KIND_FILES = {
+    "FlatIndex": ("doc_ids.txt",),
+    "FaissIndex": ("doc_ids.txt", "faiss.index"),
+    "MultiVectorIndex": ("doc_ids.txt",),
+    "MultiVectorEmbeddings": ("doc_ids.txt",),
+}
+
+
+def files_read(raw: dict[str, Any]) -> list[str]:
+    """The files in the index directory that loading the manifest ``raw`` (a dict as parsed) reads.
+
+    Each must be listed in ``raw["files"]``, so that its size and sha256 are checked before it
+    is read: a manifest whose file table dropped one is damaged, never a silent load of an
+    unchecked file. Shard directories are not listed here: each is a whole index with its own
+    manifest, whose sha256 the sharded manifest records.
+
+    Examples
+    --------
+    >>> files_read({"index_type": "FaissIndex", "arrays": {"deleted": {"file": "deleted.npy"}}})
+    ['deleted.npy', 'doc_ids.txt', 'faiss.index']
+    """
+    names = set(_KIND_FILES.get(str(raw.get("index_type")), ()))
+    arrays = raw.get("arrays")
+    if isinstance(arrays, dict):
+        names.update(e["file"] for e in arrays.values() if isinstance(e, dict) and isinstance(e.get("file"), str))
+    params = raw.get("params")
+    if raw.get("index_type") == "ShardedIndex" and isinstance(params, dict) and isinstance(params.get("trained_file"), str):
+        names.add(params["trained_file"])
+    return sorted(names)
+
+
+def unlisted_files(raw: dict[str, Any]) -> list[str]:
+    """The files of :func:`files_read` that ``raw["files"]`` does not list (the manifest is damaged if any)."""
+    files = raw.get("files")
+    listed = files if isinstance(files, dict) else {}
+    return [name for name in files_read(raw) if name not in listed]

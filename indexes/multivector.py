@@ -325,6 +325,10 @@ class MultiVectorIndex(StoredIndex):
     @classmethod
     def _from_manifest(cls, manifest: Manifest, directory: Path) -> MultiVectorIndex:
         p = manifest.params
+        seed, trained = p.get("seed"), p.get("trained")
+        if type(seed) is not int or not -(2**63) <= seed < 2**63 or type(trained) is not bool:
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.seed must be a 64-bit integer and "
+                                   f"params.trained a boolean; got {seed!r:.40} and {trained!r:.40}.")
         try:
             return cls(manifest.dim, spec=p["spec"], first_stage=p["first_stage"], n_candidates=p["n_candidates"],
                        nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"])
@@ -350,6 +354,9 @@ class MultiVectorIndex(StoredIndex):
             self._hamming_codes = load_array(directory, arrays["hamming.codes"], name="hamming.codes", mmap=mmap)
             if self._hamming_codes.shape != (codes.shape[0], self.hamming.code_size):
                 raise IndexFormatError(f"{directory / 'hamming.codes.npy'} does not match codes.npy.")
+        if codes.shape[0] and not self.is_trained:
+            raise IndexFormatError(f"{directory / MANIFEST_NAME}: the index holds {codes.shape[0]} codes but no trained "
+                                   "codec (params.trained or the codec arrays are missing); the manifest is damaged.")
         self._codes, self._offsets = codes, np.array(offsets)
 
     # ------------------------------------------------------------------ internals

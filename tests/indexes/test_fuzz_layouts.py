@@ -190,3 +190,158 @@ def test_a_sharded_index_survives_the_cases_above_untouched():
             a.close()
             b.close()
 
+
+
+# ---------------------------------------------------------------------- every manifest field of every kind
+# Values a damaged or forged manifest may hold in any field: type swaps (bools, floats where ints
+# belong, strings, containers), out-of-range numbers (negative, zero, past C int / int64, past
+# float64 once serialised), and very long strings. ``"<missing>"`` deletes the field.
+PATHOLOGICAL = [-1, 0, 1, 2**31, 2**63, 10**30, 1.5, 2.0, 1e300, True, False, None, "", "x" * 5000, "3",
+                [], [1, -1], {}, {"a": {"b": [None]}}, "<missing>"]
+
+
+def _build_kind(kind: str, path: Path) -> Path:
+    from indexes import ShardedMultiVectorIndex
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    mv = MultiVectorEmbeddings.from_list([np.stack([x, -x]) for x in _X], ids=_IDS)
+    if kind.startswith("faiss:"):
+        index = FaissIndex(DIM, spec=kind[6:]).train(_X).add(_X, ids=_IDS)
+        index.delete(["d5"])
+    elif kind.startswith("mv:"):
+        _, spec, first_stage = kind.split(":")
+        if spec == "KMeans300":  # 2-byte centroid ids: enough vectors to fit 300 centroids
+            rng = np.random.default_rng(1)
+            mv = MultiVectorEmbeddings.from_list([rng.standard_normal((8, DIM)) for _ in _IDS], ids=_IDS)
+        index = MultiVectorIndex(DIM, spec=spec, first_stage=first_stage).add(mv)
+    elif kind == "sharded-mv":
+        index = ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="KMeans16"), 2).add(mv)
+    elif kind == "sharded-ivf":
+        index = ShardedIndex(FaissIndex(DIM, spec="IVF2,Flat", nprobe=2), 2).train(_X).add(_X, ids=_IDS)
+    else:
+        index = FlatIndex(DIM).add(_X, ids=_IDS)
+    saved = index.save(path)
+    if hasattr(index, "close"):
+        index.close()
+    return saved
+
+
+FIELD_KINDS = ["flat", "faiss:HNSW8", "faiss:IVF2,PQ4x4", "faiss:PCA4,IVF2,SQ8", "mv:Flat:exhaustive",
+               "mv:KMeans16r2:centroid", "mv:KMeans300:exhaustive", "mv:Binary:binary", "mv:FP16:binary",
+               "sharded-ivf", "sharded-mv"]
+
+
+def _kind_dir(kind: str) -> Path:
+    if kind not in SAVED:
+        SAVED[kind] = _build_kind(kind, _ROOT / kind.replace(":", "_").replace(",", "_"))
+    return SAVED[kind]
+
+
+def _json_paths(obj: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out += _json_paths(value, (*prefix, key))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj[:3]):
+            out += _json_paths(value, (*prefix, i))  # type: ignore[arg-type]
+    return out
+
+
+@st.composite
+def field_mutation(draw: st.DrawFn, raw: dict) -> tuple[str, dict]:
+    """One field of ``raw`` (nested anywhere, list items included) replaced, deleted, or one extra key added."""
+    data = json.loads(json.dumps(raw))
+    path = draw(st.sampled_from(_json_paths(data)))
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    value = draw(st.sampled_from(PATHOLOGICAL) | json_values)
+    if value == "<missing>":
+        del parent[path[-1]]
+    elif isinstance(parent, dict) and draw(st.integers(0, 9)) == 0:
+        parent[f"extra-{path[-1]}"] = value  # an unknown key next to the field: ignored or refused
+    else:
+        parent[path[-1]] = value
+    return f"{'.'.join(map(str, path))} = {value!r:.40}", data
+
+
+def _queries(index: object) -> object:
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    multi = isinstance(index, MultiVectorIndex) or type(index).__name__ == "ShardedMultiVectorIndex"
+    return MultiVectorEmbeddings.from_list([_X[:2], _X[2:3], np.zeros((0, DIM), np.float32)]) if multi else _X[:3]
+
+
+def _check_field_case(directory: Path, text: bytes, what: str, original: object) -> None:
+    """The contract for one mutated manifest: load refuses it with IndexFormatError, or the loaded
+    index searches like the original; ``check_index`` reports, never raises."""
+    from indexes.check import check_index
+    from retrieval.errors import IndexFormatError
+
+    (directory / "manifest.json").write_bytes(text)
+    report = check_index(directory)  # must not raise, whatever the manifest holds
+    assert report.format()
+    try:
+        loaded = load_index(directory)
+    except IndexFormatError as exc:
+        assert str(exc) and "\n" not in str(exc).strip(), what
+        return
+    with contextlib.closing(loaded) if hasattr(loaded, "close") else contextlib.nullcontext():
+        queries = _queries(loaded)
+        got, want = loaded.search(queries, k=5), original.search(queries, k=5)
+        assert got.doc_ids == want.doc_ids, what
+
+
+@pytest.mark.parametrize("kind", FIELD_KINDS)
+@FUZZ
+@given(data=st.data())
+def test_fuzz_every_manifest_field(kind, data):
+    original = load_index(_kind_dir(kind))
+    where = data.draw(st.sampled_from(["manifest.json", *(["shard-001/manifest.json"] if "sharded" in kind else [])]))
+    raw = json.loads((_kind_dir(kind) / where).read_text())
+    what, mutated = data.draw(field_mutation(raw))
+    with copy_of(_kind_dir(kind), _ROOT) as path, contextlib.closing(original) if hasattr(original, "close") \
+            else contextlib.nullcontext():
+        if where != "manifest.json":  # a shard's manifest: the top one then records another sha256
+            (path / where).write_text(json.dumps(mutated))
+            _check_field_case(path, (path / "manifest.json").read_bytes(), f"{where}: {what}", original)
+        else:
+            _check_field_case(path, json.dumps(mutated).encode(), what, original)
+
+
+@pytest.mark.parametrize("text", [
+    b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000,  # nesting past the recursion limit
+    b'{"format": "densezip-index", "dim": ' + b"9" * 5000 + b"}",  # an integer past Python's digit limit
+    b'{"format": "densezip-index", "dim": 1e999}', b'{"format": "densezip-index", "count": NaN}',
+    b'{"format": "densezip-index", "count": -Infinity}',
+], ids=["deep-list", "deep-object", "huge-int", "float-overflow", "nan", "infinity"])
+def test_pathological_json_is_damage(text):
+    from retrieval.errors import IndexFormatError
+
+    with copy_of(_kind_dir("flat"), _ROOT) as path:
+        (path / "manifest.json").write_bytes(text)
+        report = __import__("indexes.check", fromlist=["check_index"]).check_index(path)
+        assert [p.code for p in report.problems] == ["bad-json"]
+        with pytest.raises(IndexFormatError, match="is not valid JSON"):
+            load_index(path)
+
+
+@pytest.mark.parametrize("kind", ["flat", "faiss:HNSW8", "mv:KMeans16r2:centroid", "sharded-ivf"])
+def test_a_file_table_that_drops_a_read_file_is_damage(kind):
+    """Every file the load reads must be in ``files`` (so it is size- and sha256-checked first)."""
+    from indexes.check import check_index
+    from indexes.manifest import files_read
+    from retrieval.errors import IndexFormatError
+
+    raw = json.loads((_kind_dir(kind) / "manifest.json").read_text())
+    for name in files_read(raw):
+        with copy_of(_kind_dir(kind), _ROOT) as path:
+            damaged = json.loads(json.dumps(raw))
+            del damaged["files"][name]
+            (path / "manifest.json").write_text(json.dumps(damaged))
+            assert "unlisted-file" in [p.code for p in check_index(path).problems], name
+            with pytest.raises(IndexFormatError, match="file table does not list"):
+                load_index(path)
