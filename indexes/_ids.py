@@ -24,7 +24,7 @@ from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 if TYPE_CHECKING:
     from indexes.manifest import Manifest
 
-__all__ = ["IDS_FILE", "IdTable", "check_new_ids"]
+__all__ = ["IDS_FILE", "IdTable", "check_new_ids", "check_storable_ids"]
 
 #: The file holding one document id per row, in row order.
 IDS_FILE = "doc_ids.txt"
@@ -32,12 +32,14 @@ _BAD_ID = re.compile(r"[\n\r]")
 
 
 def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
-    """Reject ids that are not str, empty, hold a newline, repeat in the batch, or are already ``live``."""
+    """Reject ids that are not str, empty, hold a newline, cannot be stored as UTF-8 (lone
+    surrogates), repeat in the batch, or are already ``live``."""
     for i in new_ids:
         if not isinstance(i, str):
-            raise ConfigError(f"document ids must be str; got {type(i).__name__} {i!r}. Convert with str().")
+            raise ConfigError(f"document ids must be str; got {type(i).__name__} {i!r:.100}. Convert with str().")
         if _BAD_ID.search(i) or i == "":
-            raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r}.")
+            raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r:.100}.")
+    check_storable_ids(new_ids)
     if len(set(new_ids)) != len(new_ids):
         seen: set[str] = set()
         dup = next(i for i in new_ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
@@ -47,6 +49,32 @@ def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
         raise ConfigError(
             f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
         )
+
+
+def check_storable_ids(ids: list[str], *, what: str = "document id") -> None:
+    """Reject ids that cannot be written as UTF-8 (``doc_ids.txt``): lone surrogates such as ``"\\ud800"``.
+
+    Such a string comes from decoding invalid bytes with ``surrogateescape`` or from a JSON
+    escape like ``"\\ud800"``; it can be held in memory but never saved, so it is refused at
+    ``add()`` time (and by the CLI right after reading a corpus), not at the first ``save()``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first such id (escaped) and its position.
+    """
+    try:
+        "".join(ids).encode("utf-8")
+    except UnicodeEncodeError:
+        for n, i in enumerate(ids):
+            try:
+                i.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(
+                    f"{what} {i!r:.100} (number {n + 1}) is not valid Unicode: it holds the lone surrogate "
+                    f"{i[exc.start]!r} at position {exc.start}, which UTF-8 cannot store. Fix the data (decode "
+                    "the source as UTF-8 with errors='replace'), or drop that document."
+                ) from None
 
 
 class IdTable:

@@ -218,7 +218,8 @@ class ShardedBase:
             vectors (e.g. ``MultiVectorEncoder.encode_queries(texts)``) for a
             ``ShardedMultiVectorIndex``.
         k : int
-            Hits per query; rows are padded with label ``-1`` and score ``-inf``.
+            Hits per query. The result has ``min(k, len(index))`` columns; shorter rows are
+            padded with label ``-1`` and score ``-inf``.
         subset : iterable of str, optional
             Restrict the search to these ids; only the shards holding them are searched.
         query_ids : sequence of str, optional
@@ -234,7 +235,7 @@ class ShardedBase:
         UnknownIdError
             When ``subset`` names ids that are not in the index.
         """
-        k = check_k(k)
+        k = min(check_k(k), len(self))  # at most one column per document, whatever k is
         q, nq, default_ids = self._checked_queries(queries)
         qids = list(query_ids) if query_ids is not None else default_ids
         if qids is not None and len(qids) != nq:

@@ -139,6 +139,8 @@ def _plain_scores(scores: NDArray[np.float32]) -> bool:
     """
     if scores.size <= 64:
         values = scores.ravel().tolist()
+        if not values:  # k = 0 columns (an empty index): search() still checks the queries
+            return False
         # A float64 sum of float32 values cannot overflow: it is finite iff every value is.
         return math.isfinite(sum(values)) and min(values) > _PAD_SCORE
     # Rows are sorted best first, so an overflow to +inf shows in column 0; min() sees NaN.
@@ -400,8 +402,10 @@ class VectorIndex(StoredIndex):
         queries : np.ndarray, shape (nq, dim), float
             Query vectors; NaN / inf rows are rejected.
         k : int
-            Number of hits per query (>= 1). When fewer documents are live (or allowed by
-            ``subset``), the rows are padded with label ``-1`` and score ``-inf``.
+            Number of hits per query (>= 1). The result has ``min(k, len(index))`` columns
+            (so an absurd ``k`` allocates nothing more); rows with fewer hits than that (a
+            ``subset``, an IVF ``nprobe`` that reaches too few lists) are padded with label
+            ``-1`` and score ``-inf``.
         subset : iterable of str, optional
             Restrict the search to these document ids (unknown ids raise UnknownIdError).
         query_ids : sequence of str, optional
@@ -415,11 +419,12 @@ class VectorIndex(StoredIndex):
         # search small (see docs/BENCHMARKS.md, "wrapper overhead").
         if type(k) is not int or k <= 0:
             k = check_k(k)
+        table = self._table
+        k = min(k, len(table.row_of))  # never allocate by an absurd k: a result has at most one column per document
         q = as_float32_matrix(queries, name="queries", dim=self.dim, finite=False)  # checked below
         nq = q.shape[0]
         if query_ids is not None and len(query_ids) != nq:
             raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {nq} queries.")
-        table = self._table
         allowed: NDArray[np.bool_] | None = None
         n_allowed = len(table.row_of)
         if subset is not None:
@@ -428,7 +433,7 @@ class VectorIndex(StoredIndex):
         elif n_allowed != len(table.ids) and not self._removes_deleted:
             # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
             allowed = ~table.deleted
-        if k <= n_allowed and nq:
+        if 0 < k <= n_allowed and nq:
             scores, labels = self._search_rows(q, k, allowed)
         else:
             k_eff = min(k, n_allowed)

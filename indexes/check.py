@@ -157,8 +157,12 @@ def merge_report(report: CheckReport, sub: CheckReport, prefix: str) -> None:
 def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify: bool) -> None:
     params = raw.get("params")
     entries = params.get("shards") if isinstance(params, dict) else None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("dir"), str) for e in entries):
-        report.add("error", "bad-field", MANIFEST_NAME, "params.shards must be a list of {'dir': ...} shard entries.")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("dir"), str) and Path(e["dir"]).name == e["dir"]
+        and e["dir"] not in ("", ".", "..") for e in entries
+    ):
+        report.add("error", "bad-field", MANIFEST_NAME,
+                   "params.shards must be a list of {'dir': NAME} shard entries, each NAME a plain sub-directory name.")
         return
     for entry in entries:
         sub = check_index(directory / entry["dir"], verify=verify, load=False)

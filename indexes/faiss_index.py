@@ -47,6 +47,16 @@ def _reason(exc: RuntimeError) -> str:
     return str(exc).strip().splitlines()[-1]
 
 
+#: FAISS keeps nprobe / efSearch in C ints: larger values overflow in the SWIG layer.
+MAX_SEARCH_PARAM = 2**31 - 1
+
+
+def _check_search_param(name: str, value: Any) -> None:
+    """Refuse an ``nprobe`` / ``ef_search`` that is not an int in [1, 2**31 - 1] with a clear ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_SEARCH_PARAM:
+        raise ConfigError(f"{name} must be an integer from 1 to {MAX_SEARCH_PARAM} (a C int in FAISS); got {value!r:.40}.")
+
+
 def _unwrap(index: Any) -> Any:
     """The innermost index under any IndexPreTransform (OPQ, PCA, ...) wrappers, downcast."""
     faiss = _faiss()
@@ -96,7 +106,9 @@ class FaissIndex(VectorIndex):
     nprobe : int, optional
         IVF lists visited per query (FAISS ``nprobe``); only for specs with an IVF stage.
     ef_search : int, optional
-        HNSW search beam width (FAISS ``efSearch``); only for specs with an HNSW stage.
+        HNSW search beam width (FAISS ``efSearch``); only for specs with an HNSW stage. A
+        search with a larger ``k`` widens the beam to ``k`` for that call, as FAISS users
+        expect, so it returns as many hits as a filtered search does.
 
     Notes
     -----
@@ -219,8 +231,7 @@ class FaissIndex(VectorIndex):
     def nprobe(self, value: int) -> None:
         if self._ivf is None:
             raise ConfigError(f"nprobe applies to IVF indexes; spec {self.spec!r} has no IVF stage.")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"nprobe must be a positive integer; got {value!r}.")
+        _check_search_param("nprobe", value)
         self._ivf.nprobe = int(value)
 
     @property
@@ -234,8 +245,7 @@ class FaissIndex(VectorIndex):
     def ef_search(self, value: int) -> None:
         if self._hnsw is None:
             raise ConfigError(f"ef_search applies to HNSW indexes; spec {self.spec!r} has no HNSW stage.")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"ef_search must be a positive integer; got {value!r}.")
+        _check_search_param("ef_search", value)
         self._hnsw.hnsw.efSearch = int(value)
 
     def params(self) -> dict[str, Any]:
@@ -303,6 +313,11 @@ class FaissIndex(VectorIndex):
     def _search_rows(
         self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        if allowed is None and self._hnsw is not None and k > self._hnsw.hnsw.efSearch and not self._on_gpu:
+            # A beam narrower than k leaves rows short: search as the filtered path does, with
+            # efSearch raised to k for this call only (per-call parameters: nothing shared changes,
+            # so concurrent searches are safe) and its exact fallback for rows still short.
+            allowed = np.ones(int(self._index.ntotal), dtype=bool)
         if allowed is None and not self._on_gpu:
             # FAISS's own Python wrapper would re-validate what VectorIndex.search checked
             # already (C-contiguous float32 of width dim, k >= 1) and allocate the same outputs.
@@ -337,7 +352,7 @@ class FaissIndex(VectorIndex):
         if self._ivf is not None:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=self._ivf.nprobe)
         elif self._hnsw is not None:
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._hnsw.hnsw.efSearch)
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self._hnsw.hnsw.efSearch, k))
         else:
             params = faiss.SearchParameters(sel=selector)
         wrapper = faiss.downcast_index(self._index)

@@ -255,13 +255,15 @@ class MultiVectorIndex(StoredIndex):
         queries : MultiVectorEmbeddings
             Query token vectors, e.g. ``MultiVectorEncoder.encode_queries(texts)``.
         k : int
-            Hits per query; fewer documents (or candidates) pad with ``-1`` / ``-inf``.
+            Hits per query. The result has ``min(k, len(index))`` columns; a row with fewer
+            hits (a ``subset``, few candidates) is padded with ``-1`` / ``-inf``. A query with
+            no vectors matches nothing: its row is all padding, for every first stage.
         subset : iterable of str, optional
             Only these document ids can be returned.
         query_ids : sequence of str, optional
             Stored on the result (defaults to ``queries.ids``).
         """
-        k = check_k(k)
+        k = min(check_k(k), len(self))  # at most one column per document, whatever k is
         q = self.check_queries(queries)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
@@ -276,6 +278,7 @@ class MultiVectorIndex(StoredIndex):
             if not np.isfinite(scores[labels >= 0]).all():
                 raise ShapeError("MaxSim scores overflowed float32 (inf / NaN): the query vectors hold values too "
                                  "large for this index. Normalise them.")
+        _no_match_for_empty(q, scores, labels)
         return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
 
     @reads
@@ -284,7 +287,7 @@ class MultiVectorIndex(StoredIndex):
         *, query_ids: Sequence[str] | None = None,
     ) -> SearchResult:
         """MaxSim over the stored codes of each query's candidate ids; the best ``k`` kept."""
-        k = check_k(k)
+        k = min(check_k(k), len(self))  # at most one column per document, whatever k is
         q = self.check_queries(queries)
         if len(candidates) != len(q):
             raise ShapeError(f"need one candidate list per query; got {len(candidates)} for {len(q)} queries.")
@@ -297,6 +300,7 @@ class MultiVectorIndex(StoredIndex):
                 raise UnknownIdError(f"{len(missing)} candidate id(s) are not in the index, e.g. {missing[:3]}.")
             rows = np.unique(np.array(self._table.rows_of(cands), dtype=np.int64))
             scores[qi], labels[qi] = self._score_rows(q.select([qi]), rows, k)
+        _no_match_for_empty(q, scores, labels)
         return self._result(scores, labels, query_ids if query_ids is not None else q.ids)
 
     @reads
@@ -479,6 +483,17 @@ class MultiVectorIndex(StoredIndex):
         _, hits = self._binary_index.search(self.hamming.encode(q.vectors), min(self.token_k, self.num_vectors))
         hits = hits[hits >= 0]
         return np.unique(np.searchsorted(self._offsets, hits, side="right") - 1)
+
+
+def _no_match_for_empty(q: MultiVectorEmbeddings, scores: NDArray[np.float32], labels: NDArray[np.int64]) -> None:
+    """A query with no vectors matches nothing: its row is all padding, whatever the first stage.
+
+    Exhaustive MaxSim would give every document the empty sum 0, while the candidate first
+    stages find no candidate for it; one rule keeps every first stage (and rerank) alike.
+    """
+    empty = q.lengths == 0
+    if empty.any():
+        scores[empty], labels[empty] = -np.inf, -1
 
 
 # ---------------------------------------------------------------------- raw embeddings on disk

@@ -183,8 +183,10 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> BEIRDataset:
     Returns
     -------
     BEIRDataset
-        Ids are strings (JSON numbers are converted with ``str``); missing titles become
-        ``""``; extra fields such as ``metadata`` are dropped.
+        Ids are strings (JSON numbers are converted with ``str``), with surrounding
+        whitespace dropped in the corpus, the queries and the qrels alike, so they compare
+        equal wherever they appear; missing titles become ``""``; extra fields such as
+        ``metadata`` are dropped.
 
     Raises
     ------
@@ -351,11 +353,23 @@ def _record_id(obj: dict[str, Any], file: Path, lineno: int) -> str:
             f'{file}, line {lineno}: record has no "_id" field; found keys {sorted(obj)}.'
         )
     value = obj["_id"]
-    if isinstance(value, str):
-        return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise DataError(f'{file}, line {lineno}: "_id" must be a string or a number; got {value!r}.')
+        value = str(value)
+    if not isinstance(value, str):
+        raise DataError(f'{file}, line {lineno}: "_id" must be a string or a number; got {value!r:.100}.')
+    # One whitespace rule for every id of a data set: surrounding whitespace is dropped here as
+    # in the qrels columns, so a corpus id " 12" and a qrels id "12" are the same document.
+    stripped = value.strip()
+    try:
+        stripped.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800": no index can store it
+        raise DataError(
+            f'{file}, line {lineno}: "_id" {value!r:.60} holds the lone surrogate {value[exc.start]!r}, which is '
+            "not valid Unicode and cannot be stored in an index. Fix the id in the file."
+        ) from None
+    if not stripped:
+        raise DataError(f'{file}, line {lineno}: "_id" is empty or only whitespace ({value!r:.40}).')
+    return stripped
 
 
 def _text_field(obj: dict[str, Any], key: str, file: Path, lineno: int, *, required: bool) -> str:

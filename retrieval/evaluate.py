@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from retrieval.errors import ConfigError, DataError, MissingDependencyError
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["DEFAULT_METRICS", "evaluate", "evaluate_per_query"]
+__all__ = ["DEFAULT_METRICS", "UnjudgedRunWarning", "evaluate", "evaluate_per_query"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("nDCG@10", "MRR@10", "Recall@100")
 
@@ -118,6 +119,7 @@ def evaluate(
     names = _metric_names(metrics)
     irm = _ir_measures()
     measures = {name: _parse_metric(name, irm) for name in names}
+    _warn_if_unjudged(run, qrels)
     per_query = _per_query_by_measure(
         run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids
     )
@@ -155,6 +157,7 @@ def evaluate_per_query(
     names = _metric_names(metrics)
     irm = _ir_measures()
     measures = {name: _parse_metric(name, irm) for name in names}
+    _warn_if_unjudged(run, qrels)
     per_query = _per_query_by_measure(
         run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids
     )
@@ -165,6 +168,33 @@ def evaluate_per_query(
 
 
 # --------------------------------------------------------------------------- internals
+
+
+class UnjudgedRunWarning(UserWarning):
+    """No document of the run is judged in the qrels: every metric is 0 for a likely wrong reason."""
+
+
+def _warn_if_unjudged(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> None:
+    """Warn when the run retrieves documents but none of them is judged anywhere in ``qrels``.
+
+    Zeros for every metric then say nothing about the retriever: the index and the qrels
+    almost surely belong to different data sets (or their ids differ, e.g. in whitespace).
+    """
+    if not isinstance(run, Mapping) or not isinstance(qrels, Mapping):
+        return  # malformed input: the checks below report it
+    retrieved = {d for docs in run.values() if isinstance(docs, Mapping) for d in docs}
+    if not retrieved:
+        return
+    judged = {d for docs in qrels.values() if isinstance(docs, Mapping) for d in docs}
+    if retrieved.isdisjoint(judged):
+        example = next(iter(retrieved))
+        warnings.warn(
+            f"none of the {len(retrieved)} documents in the run is judged in the qrels (e.g. run document "
+            f"{example!r:.60} is in no judgment): every metric will be 0. The index and the qrels likely "
+            "belong to different data sets, or their ids are written differently.",
+            UnjudgedRunWarning, stacklevel=3,
+        )
+
 
 
 def _ir_measures() -> ModuleType:

@@ -11,8 +11,10 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.app.cli_rag import index_documents, is_beir_input
 
+    _check_out(args.out)
     if not is_beir_input(args.data):  # a folder of .txt/.md files or JSONL: a RAG collection
         if args.shards is not None:
             from retrieval.errors import ConfigError
@@ -253,6 +256,7 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
     from retrieval.evaluate import evaluate
     from training.jpq import JPQTrainer, JPQTrainingArgs, load_jpq
 
+    _check_out(args.out)
     settings = JPQTrainingArgs.from_toml(args.config) if args.config else JPQTrainingArgs()
     overrides = {k: v for k, v in (("m", args.m), ("epochs", args.epochs)) if v is not None}
     settings = replace(settings, **overrides)
@@ -296,14 +300,61 @@ def _faiss_threads() -> int:
 
 
 # ---------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+#: The largest value of a C ``int``: FAISS keeps k, nprobe and efSearch in one.
+C_INT_MAX = 2**31 - 1
+
+
+def _int_in(low: int, high: int) -> Any:
+    """An argparse type: an integer in ``[low, high]``, else a one-line usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip()) if len(text) <= 30 else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r:.40}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its message: "invalid integer value"
+    return parse
+
+
+_positive_int = _int_in(1, C_INT_MAX)
+
+
+def _check_out(path: str) -> None:
+    """Refuse an output directory that cannot or must not be written, before any encoding starts.
+
+    Raises
+    ------
+    ConfigError
+        For the current directory or one of its parents, a path under /proc or /sys, a path
+        under an existing file, or a parent directory this user cannot write to.
+    """
+    from pathlib import Path
+
+    from retrieval.errors import ConfigError
+
+    target = Path(path).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise ConfigError(f"--out {path} is the current directory or one of its parents; the output would replace "
+                          "it. Name a new directory, e.g. --out ./my-index.")
+    if target.parts[1:2] in (("proc",), ("sys",), ("dev",)):
+        raise ConfigError(f"--out {path} is under /{target.parts[1]}, a kernel file system; name a directory on disk.")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {path} is an existing file, not a directory; remove it or name another path.")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path} lies under {parent}, which is a file, not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: cannot create it, {parent} is not writable by this user (permission "
+                          "denied). Choose a directory you can write to.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             p.add_argument("--model", default=None,
                            help="sentence-transformers model name or local path (default: offline all-MiniLM-L6-v2)")
-            p.add_argument("--batch-size", type=_positive_int, default=16,
+            p.add_argument("--batch-size", type=_int_in(1, 65536), default=16,
                            help="texts per forward pass (default 16, the fastest on a 2-core CPU; use 64+ on a GPU)")
             p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
@@ -327,19 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "a plain index; or a folder of .txt/.md files, a .jsonl file or a folder of them: a RAG "
                    "collection (index/ + passages/)")
     p.add_argument("--out", required=True, help="index (or collection) directory to write")
-    p.add_argument("--max-tokens", type=_positive_int, default=None,
+    p.add_argument("--max-tokens", type=_int_in(1, 1_000_000), default=None,
                    help="documents only: passage length in encoder tokens (default: the encoder's window)")
-    p.add_argument("--overlap", type=int, default=32, help="documents only: tokens shared by consecutive passages")
+    p.add_argument("--overlap", type=_int_in(0, 1_000_000), default=32, help="documents only: tokens shared by consecutive passages")
     p.add_argument("--spec", default="Flat", help=f"index to build (default Flat): {SPEC_HELP}")
     p.add_argument("--nprobe", type=_positive_int, default=None, help="IVF lists probed per query")
     p.add_argument("--ef-search", type=_positive_int, default=None, help="HNSW search beam width")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
-    p.add_argument("--shards", type=_positive_int, default=None,
+    p.add_argument("--shards", type=_int_in(1, 4096), default=None,
                    help="build a ShardedIndex of N shards (trained once, shards built in parallel)")
     p.add_argument("--ray", default="local", metavar="ADDRESS",
                    help="with --shards: Ray cluster address, 'local' (default: a Ray started in-process) or "
                         "'off' (local threads, no Ray)")
-    p.add_argument("--encode-workers", type=_positive_int, default=2,
+    p.add_argument("--encode-workers", type=_int_in(1, 1024), default=2,
                    help="with --shards and Ray: encoder actors, each loading the model once (default 2)")
     common(p, model=True)
     p.set_defaults(func=cmd_index)
@@ -373,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="BEIR-format directory or bundled data set name with a train qrels split")
     p.add_argument("--out", required=True, help="output directory (index/ and query_encoder/)")
     p.add_argument("--config", default=None, help="TOML file with a [jpq] table of JPQTrainingArgs")
-    p.add_argument("--m", type=_positive_int, default=None, help="PQ sub-vectors (bytes per document at 8 bits)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training queries")
+    p.add_argument("--m", type=_int_in(1, 4096), default=None, help="PQ sub-vectors (bytes per document at 8 bits)")
+    p.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None, help="passes over the training queries")
     p.add_argument("--train-split", default="train", help="qrels split to train on (default train)")
     p.add_argument("--eval-split", default="test", help="split to evaluate after training ('' to skip)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -411,11 +462,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning  # a warning is one "warning: ..." line, not a source excerpt
     try:
         return int(args.func(args))
     except RetrievalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + re.sub(r"[\r\n]+", " ", str(exc)).strip(), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    print("warning: " + re.sub(r"[\r\n]+", " ", str(message)).strip(), file=sys.stderr)

@@ -23,6 +23,7 @@ def is_beir_input(data: str) -> bool:
 
 def index_documents(args: argparse.Namespace, encoder: Any) -> tuple[dict[str, Any], str]:
     """Split a folder of .txt/.md files or JSONL into passages, encode them and save a collection."""
+    from indexes._ids import check_storable_ids
     from indexes.factory import make_index
     from retrieval.app.measure import directory_bytes
     from retrieval.rag.ingest import load_documents
@@ -30,6 +31,8 @@ def index_documents(args: argparse.Namespace, encoder: Any) -> tuple[dict[str, A
 
     started = time.perf_counter()
     documents = load_documents(args.data)
+    # Refuse ids no index can store (lone surrogates from a JSON escape) now, not after encoding.
+    check_storable_ids([d.id for d in documents], what="document id")
     index: Any = make_index(encoder.dim, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
     path = build_collection(documents, args.out, encoder=encoder, index=index, max_tokens=args.max_tokens,
                             overlap=args.overlap, overwrite=args.overwrite)

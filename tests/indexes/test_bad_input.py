@@ -82,7 +82,7 @@ def test_empty_corpus_is_fine_and_empty_queries_too(x):
     index = FlatIndex(8).add(x[:0], ids=[])
     assert len(index) == 0
     res = index.search(x[:0], k=3)
-    assert res.doc_ids == [] and res.scores.shape == (0, 3)
+    assert res.doc_ids == [] and res.scores.shape == (0, 0)  # min(k, live documents) columns
 
 
 def test_unknown_delete_names_the_ids(x):
@@ -103,3 +103,88 @@ def test_bad_constructor_arguments():
         FaissIndex(64, spec="BFlat")
     with pytest.raises(ShapeError, match="one id per vector"):
         Embeddings(np.zeros((2, 3), dtype=np.float32), ["a"])
+
+
+# ---------------------------------------------------------------------- absurd k, search parameters, ids
+def _ten_doc_indexes() -> list:
+    from indexes import ShardedIndex, ShardedMultiVectorIndex
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    x = np.random.default_rng(5).standard_normal((10, 8)).astype(np.float32)
+    ids = [f"d{i}" for i in range(10)]
+    mv = MultiVectorEmbeddings.from_list([np.stack([v, -v]) for v in x], ids=ids)
+    return [
+        FlatIndex(8).add(x, ids=ids), FaissIndex(8, spec="HNSW8").add(x, ids=ids),
+        FaissIndex(8, spec="IVF1,Flat").train(x).add(x, ids=ids),
+        MultiVectorIndex(8, spec="Flat").add(mv), MultiVectorIndex(8, spec="KMeans4", first_stage="centroid").add(mv),
+        MultiVectorIndex(8, spec="Binary", first_stage="binary").add(mv),
+        ShardedIndex(FlatIndex(8), 3).add(x, ids=ids), ShardedMultiVectorIndex(MultiVectorIndex(8, spec="Flat"), 2).add(mv),
+    ]
+
+
+def test_absurd_k_allocates_by_live_documents():
+    """k = 10**9 on a 10-document index: 10 hits per query, no k-sized array (which would need 8 GB)."""
+    from retrieval.types import MultiVectorEmbeddings
+
+    x = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    for index in _ten_doc_indexes():
+        multi = "MultiVector" in type(index).__name__
+        queries = MultiVectorEmbeddings.from_list([x[:2], x[2:]]) if multi else x[:2]
+        result = index.search(queries, k=10**9)
+        assert result.labels.shape == (2, 10) and result.scores.shape == (2, 10), type(index).__name__
+        assert [len(r) for r in result.doc_ids] == [10, 10], type(index).__name__  # every document reachable here
+        index.delete(["d0", "d1"])
+        assert index.search(queries, k=2**62).labels.shape == (2, 8)  # the live count, deletions included
+        if hasattr(index, "close"):
+            index.close()
+
+
+@pytest.mark.parametrize("name", ["nprobe", "ef_search"])
+@pytest.mark.parametrize("value", [0, -1, 2**31, 10**30, 2.0, True, "4"])
+def test_search_parameters_that_overflow_faiss_are_refused(name, value):
+    index = FaissIndex(8, spec="IVF1,Flat" if name == "nprobe" else "HNSW8")
+    with pytest.raises(ConfigError, match=rf"{name} must be an integer from 1 to 2147483647"):
+        setattr(index, name, value)
+    setattr(index, name, 2**31 - 1)  # the largest C int is fine
+
+
+def test_hnsw_large_k_returns_as_many_hits_as_the_filtered_path():
+    """A beam (efSearch 4) narrower than k is widened to k for that call; the filtered path agrees."""
+    x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    ids = [str(i) for i in range(2000)]
+    index = FaissIndex(16, spec="HNSW4", ef_search=4).add(x, ids=ids)
+    for k in (50, 500, 2000):
+        plain = index.search(x[:5], k=k)
+        filtered = index.search(x[:5], k=k, subset=ids)
+        assert [len(r) for r in plain.doc_ids] == [len(r) for r in filtered.doc_ids] == [k] * 5
+    assert index.ef_search == 4  # per-call parameter: the shared setting is untouched
+
+
+def test_a_multivector_query_without_vectors_matches_nothing_for_every_first_stage():
+    from retrieval.types import MultiVectorEmbeddings
+
+    queries = MultiVectorEmbeddings.from_list([np.zeros((0, 8), np.float32), np.ones((1, 8), np.float32)])
+    for index in _ten_doc_indexes()[3:6] + _ten_doc_indexes()[7:]:
+        result = index.search(queries, k=3)
+        assert result.doc_ids[0] == [] and (result.labels[0] == -1).all() and np.isneginf(result.scores[0]).all()
+        assert len(result.doc_ids[1]) >= 1
+        if hasattr(index, "rerank"):
+            assert index.rerank(queries, [["d1", "d2"], ["d1"]], k=2).doc_ids[0] == []
+        if hasattr(index, "close"):
+            index.close()
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", "\udcff"])
+def test_ids_that_utf8_cannot_store_are_refused_at_add(bad, x):
+    from indexes import ShardedIndex
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    for index in (FlatIndex(8), FaissIndex(8, spec="HNSW8"), ShardedIndex(FlatIndex(8), 2)):
+        with pytest.raises(ConfigError, match=r"not valid Unicode: it holds the lone surrogate"):
+            index.add(x[:2], ids=["ok", bad])
+        assert len(index) == 0
+    mv = MultiVectorEmbeddings.from_list([x[:2], x[2:3]], ids=["ok", bad])
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        MultiVectorIndex(8, spec="Flat").add(mv)

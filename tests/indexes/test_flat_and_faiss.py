@@ -148,14 +148,16 @@ def test_readd_after_delete_and_unknown_delete(data, make):
         index.search(xb[:1], k=1, subset=["doc-9999"])
 
 
-def test_k_larger_than_index_pads(data):
+def test_k_larger_than_index_gives_one_column_per_document(data):
     xb, xq, ids = data
     index = FaissIndex(xb.shape[1]).add(xb[:5], ids=ids[:5])
     res = index.search(xq[:2], k=8)
-    assert res.scores.shape == (2, 8) and [len(r) for r in res.doc_ids] == [5, 5]
-    assert (res.labels[:, 5:] == -1).all()
+    assert res.scores.shape == (2, 5) and [len(r) for r in res.doc_ids] == [5, 5]
+    assert (res.labels >= 0).all()
     assert [len(hits) for hits in res.to_list()] == [5, 5]
     assert [len(run) for run in res.to_trec_dict().values()] == [5, 5]
+    res = index.search(xq[:2], k=8, subset=ids[:3])  # fewer allowed than live: padded up to the live count
+    assert res.scores.shape == (2, 5) and (res.labels[:, 3:] == -1).all() and np.isneginf(res.scores[:, 3:]).all()
 
 
 def test_empty_index_search(data):
