@@ -119,10 +119,10 @@ def evaluate(
     names = _metric_names(metrics)
     irm = _ir_measures()
     measures = {name: _parse_metric(name, irm) for name in names}
-    _warn_if_unjudged(run, qrels)
     per_query = _per_query_by_measure(
         run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids
     )
+    _warn_if_unjudged(run, qrels)  # after the checks above: a malformed run or qrels is an error first
     result: dict[str, float] = {}
     for name, measure in measures.items():
         agg = measure.aggregator()
@@ -157,10 +157,10 @@ def evaluate_per_query(
     names = _metric_names(metrics)
     irm = _ir_measures()
     measures = {name: _parse_metric(name, irm) for name in names}
-    _warn_if_unjudged(run, qrels)
     per_query = _per_query_by_measure(
         run, qrels, list(dict.fromkeys(measures.values())), irm, ignore_identical_ids
     )
+    _warn_if_unjudged(run, qrels)  # after the checks above: a malformed run or qrels is an error first
     return {
         qid: {name: values[measure] for name, measure in measures.items()}
         for qid, values in per_query.items()
@@ -182,10 +182,10 @@ def _warn_if_unjudged(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str
     """
     if not isinstance(run, Mapping) or not isinstance(qrels, Mapping):
         return  # malformed input: the checks below report it
-    retrieved = {d for docs in run.values() if isinstance(docs, Mapping) for d in docs}
+    retrieved = {str(d) for docs in run.values() if isinstance(docs, Mapping) for d in docs}  # ids compare as str
     if not retrieved:
         return
-    judged = {d for docs in qrels.values() if isinstance(docs, Mapping) for d in docs}
+    judged = {str(d) for docs in qrels.values() if isinstance(docs, Mapping) for d in docs}
     if retrieved.isdisjoint(judged):
         example = next(iter(retrieved))
         warnings.warn(

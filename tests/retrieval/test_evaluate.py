@@ -162,3 +162,44 @@ def test_non_finite_scores(bad: object) -> None:
 def test_import_does_not_load_ir_measures() -> None:
     code = "import sys, retrieval.evaluate; sys.exit('ir_measures' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ---------------------------------------------------------------------- a run that matches no judgment
+def test_a_run_with_no_judged_document_warns() -> None:
+    """Zeros because the index and the qrels belong to different data sets: said, not silently printed."""
+    from retrieval.evaluate import UnjudgedRunWarning
+
+    run = {"q1": {"x1": 0.9, "x2": 0.1}, "q2": {"x3": 0.5}}
+    with pytest.warns(UnjudgedRunWarning, match=r"none of the 3 documents in the run is judged"):
+        assert evaluate(run, QRELS) == {"nDCG@10": 0.0, "MRR@10": 0.0, "Recall@100": 0.0}
+    with pytest.warns(UnjudgedRunWarning):
+        evaluate_per_query(run, QRELS, ["MRR@10"])
+
+
+def test_one_judged_document_or_an_empty_run_does_not_warn() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate({"q1": {"x1": 0.9}, "q2": {"d1": 0.1}}, QRELS)  # d1 is judged (for q1): a plausible run
+        evaluate({"q1": {}}, QRELS)  # nothing retrieved: no data set mix-up to report
+
+
+def test_corpus_queries_and_qrels_ids_follow_one_whitespace_rule(tmp_path) -> None:
+    """Surrounding whitespace is dropped from every id, so a corpus id " d1" is the qrels' "d1"."""
+    import json
+
+    from retrieval.beir import load_beir
+
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(json.dumps({"_id": " d1\t", "text": "a"}) + "\n"
+                                       + json.dumps({"_id": "d2", "text": "b"}) + "\n")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1 ", "text": "a"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("q1\t d1 \t1\n")
+    data = load_beir(root, split="test")
+    assert data.doc_ids() == ["d1", "d2"] and data.query_ids() == ["q1"] and data.qrels == {"q1": {"d1": 1}}
+    assert evaluate({"q1": {"d1": 1.0}}, data.qrels, ["MRR@10"]) == {"MRR@10": 1.0}
+    (root / "corpus.jsonl").write_text(json.dumps({"_id": "   ", "text": "a"}) + "\n")
+    with pytest.raises(DataError, match="empty or only whitespace"):
+        load_beir(root, split="test")

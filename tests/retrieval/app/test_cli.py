@@ -89,3 +89,61 @@ def test_index_needs_only_a_corpus(beir_dir, tmp_path, capsys):
     (corpus_only / "corpus.jsonl").write_text((beir_dir / "corpus.jsonl").read_text())
     built = run_json(capsys, "index", str(corpus_only), "--out", str(tmp_path / "ix"), "--spec", "exact")
     assert built["documents"] == len(DOCS)
+
+
+# ---------------------------------------------------------------------- bad arguments: one line, exit 2
+@pytest.mark.parametrize("argv", [
+    ["search", "IDX", "q", "-k", "0"], ["search", "IDX", "q", "-k", "-3"], ["search", "IDX", "q", "-k", str(10**30)],
+    ["search", "IDX", "q", "-k", "2147483648"], ["evaluate", "IDX", "DATA", "-k", "1e3"],
+    ["index", "DATA", "--out", "o", "--ef-search", str(2**63)], ["index", "DATA", "--out", "o", "--nprobe", "-1"],
+    ["index", "DATA", "--out", "o", "--batch-size", str(10**9)], ["index", "DATA", "--out", "o", "--overlap", "-5"],
+    ["index", "DATA", "--out", "o", "--shards", "0"], ["demo", "--ef-search", "9" * 5000],
+    ["train-jpq", "DATA", "--out", "o", "--m", "99999"],
+], ids=lambda a: " ".join(a)[:40])
+def test_absurd_numeric_flags_are_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument" in err and "expected an integer from" in err and "Traceback" not in err
+
+
+def _index_args(beir_dir: Path, out: str) -> list[str]:
+    return ["index", str(beir_dir), "--out", out, "--model", "/nonexistent-model-never-loaded"]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "sys", "cwd", "parent-of-cwd", "existing-file"])
+def test_bad_output_paths_fail_before_encoding(where, beir_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain.txt").write_text("x")
+    out = {"under-a-file": str(tmp_path / "plain.txt" / "ix"), "proc": "/proc/densezip-ix", "sys": "/sys/densezip-ix",
+           "cwd": ".", "parent-of-cwd": "..", "existing-file": str(tmp_path / "plain.txt")}[where]
+    assert main(_index_args(beir_dir, out)) == 2  # the model path is never touched: the check comes first
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1, err
+    assert (tmp_path / "plain.txt").read_text() == "x"
+
+
+def test_unwritable_output_directory_fails_before_encoding(beir_dir, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("running as root: every directory is writable, so mode 0o500 cannot be tested")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert main(_index_args(beir_dir, str(locked / "ix"))) == 2
+        assert "not writable by this user" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_lone_surrogate_corpus_id_is_refused_before_encoding(tmp_path, capsys):
+    root = tmp_path / "beir"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text('{"_id": "ok", "text": "a"}\n{"_id": "bad\\ud800", "text": "b"}\n')
+    (root / "queries.jsonl").write_text('{"_id": "q", "text": "a"}\n')
+    (root / "qrels" / "test.tsv").write_text("q\tok\t1\n")
+    assert main(_index_args(root, str(tmp_path / "ix"))) == 2
+    err = capsys.readouterr().err
+    assert "corpus.jsonl, line 2" in err and "lone surrogate" in err and err.count("\n") == 1
