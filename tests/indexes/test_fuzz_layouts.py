@@ -345,3 +345,69 @@ def test_a_file_table_that_drops_a_read_file_is_damage(kind):
             assert "unlisted-file" in [p.code for p in check_index(path).problems], name
             with pytest.raises(IndexFormatError, match="file table does not list"):
                 load_index(path)
+
+
+def _collection() -> Path:
+    """A RAG collection (index/ + passages/) without an encoder: a FlatIndex over the passages' ids."""
+    if "collection" not in SAVED:
+        root = _ROOT / "collection"
+        passages = _passages()
+        FlatIndex(DIM).add(_X[: len(passages)], ids=[p.id for p in passages]).save(root / "index")
+        PassageStore(passages, chunking={"window": 16, "overlap": 4}).save(root / "passages")
+        SAVED["collection"] = root
+    return SAVED["collection"]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_every_collection_manifest_field(data):
+    """The passages manifest of a RAG collection: refused with IndexFormatError or loaded as the same
+    store; ``check_collection`` reports, never raises."""
+    from retrieval.errors import IndexFormatError
+    from retrieval.rag.passages import check_collection
+
+    raw = json.loads((_collection() / "passages" / "manifest.json").read_text())
+    what, mutated = data.draw(field_mutation(raw))
+    with copy_of(_collection(), _ROOT) as path:
+        (path / "passages" / "manifest.json").write_text(json.dumps(mutated))
+        assert check_collection(path).format()
+        try:
+            store = PassageStore.load(path / "passages")
+        except IndexFormatError as exc:
+            assert str(exc), what
+            return
+        assert [p.to_json() for p in store.passages] == [p.to_json() for p in _passages()], what
+
+
+def _jpq_like_export() -> Path:
+    """The index part of a JPQ export (``index/``: an OPQ + PQ FaissIndex whose metadata records the
+    query encoder relative to it and the training run), without training a model."""
+    if "jpq" not in SAVED:
+        index = FaissIndex(DIM, spec="OPQ2,PQ2x4").train(np.tile(_X, (8, 1))).add(_X, ids=_IDS)
+        index.metadata["encoder"] = {"type": "DenseEncoder", "model": "../query_encoder", "normalize": True,
+                                     "max_seq_length": 32, "query_prompt": None, "document_prompt": None,
+                                     "dim": DIM, "fingerprint": "0" * 16}
+        index.metadata["jpq"] = {"args": {"m": 2, "epochs": 1, "spec": "OPQ2,PQ2x4"}, "steps": 3, "dev": {}}
+        SAVED["jpq"] = index.save(_ROOT / "jpq" / "index")
+        (_ROOT / "jpq" / "jpq.json").write_text(json.dumps(index.metadata["jpq"]))
+    return SAVED["jpq"]
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_every_jpq_export_field(data):
+    """What ``load_jpq`` reads: the index manifest (every field, the encoder description included).
+    The index is refused with IndexFormatError or loads the same; a damaged encoder description is a
+    one-line RetrievalError from the encoder registry (the model itself is never loaded here)."""
+    from retrieval.encode.registry import encoder_from_description
+
+    raw = json.loads((_jpq_like_export() / "manifest.json").read_text())
+    what, mutated = data.draw(field_mutation(raw))
+    original = load_index(_jpq_like_export())
+    with copy_of(_jpq_like_export(), _ROOT) as path:
+        _check_field_case(path, json.dumps(mutated).encode(), what, original)
+        description = mutated.get("metadata", {}).get("encoder") if isinstance(mutated.get("metadata"), dict) else None
+        try:
+            encoder_from_description(description, device="cpu", base_dir=path, check_fingerprint=False)
+        except RetrievalError as exc:
+            assert str(exc), what
