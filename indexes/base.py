@@ -288,7 +288,8 @@ def check_file_table(directory: Path, manifest: Manifest) -> None:
     missing = unlisted_files(manifest.to_dict())
     if missing:
         raise IndexFormatError(
-            f"{directory / MANIFEST_NAME}: the file table does not list {missing[:3]}, which the load reads; "
+            f"{directory / MANIFEST_NAME}: the file table does not list {[n[:80] for n in missing[:3]]}, which the "
+            "load reads; "
             "the manifest is damaged. Run `densezip check` on it, then rebuild or restore the index."
         )
 

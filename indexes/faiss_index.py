@@ -314,11 +314,8 @@ class FaissIndex(VectorIndex):
         self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_] | None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         if allowed is None and self._hnsw is not None and k > self._hnsw.hnsw.efSearch and not self._on_gpu:
-            # A beam narrower than k leaves rows short: search as the filtered path does, with
-            # efSearch raised to k for this call only (per-call parameters: nothing shared changes,
-            # so concurrent searches are safe) and its exact fallback for rows still short.
-            allowed = np.ones(int(self._index.ntotal), dtype=bool)
-        if allowed is None and not self._on_gpu:
+            distances, labels = self._search_wide_hnsw(queries, k)
+        elif allowed is None and not self._on_gpu:
             # FAISS's own Python wrapper would re-validate what VectorIndex.search checked
             # already (C-contiguous float32 of width dim, k >= 1) and allocate the same outputs.
             n = queries.shape[0]
@@ -328,7 +325,7 @@ class FaissIndex(VectorIndex):
             if self.metric == "l2":
                 np.negative(distances, out=distances)
             return distances, labels
-        if allowed is None:
+        elif allowed is None:
             distances, labels = self._index.search(queries, k)
         elif self._takes_selector:
             distances, labels = self._search_with_selector(queries, k, allowed)
@@ -342,6 +339,34 @@ class FaissIndex(VectorIndex):
             distances, labels = self._search_overfetch(queries, k, allowed)
         scores = -distances if self.metric == "l2" else distances
         return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
+
+    def hnsw_search_parameters(self, k: int) -> Any:
+        """The per-call FAISS parameters a search for ``k`` hits uses: ``efSearch`` raised to ``k``.
+
+        A beam narrower than ``k`` leaves rows short, so a search widens it for that call only
+        (``SearchParametersHNSW``: the shared index is not modified, so concurrent searches are
+        safe). Returns None for indexes without an HNSW stage or when the beam is wide enough.
+        """
+        if self._hnsw is None or k <= self._hnsw.hnsw.efSearch:
+            return None
+        faiss = _faiss()
+        params = faiss.SearchParametersHNSW(efSearch=k)
+        wrapper = faiss.downcast_index(self._index)
+        while isinstance(wrapper, faiss.IndexPreTransform):
+            params = faiss.SearchParametersPreTransform(index_params=params)
+            wrapper = faiss.downcast_index(wrapper.index)
+        return params
+
+    def _search_wide_hnsw(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """An unfiltered HNSW search with ``efSearch`` raised to ``k``; rows the graph walk still leaves
+        short are filled by the filtered path's exact scan, so both paths return as many hits."""
+        distances, labels = self._index.search(queries, k, params=self.hnsw_search_parameters(k))
+        short = (labels < 0).any(axis=1)
+        if short.any() and not self._wrapped:
+            storage = _faiss().downcast_index(self._hnsw.storage)
+            allowed = np.ones(int(self._index.ntotal), dtype=bool)
+            distances[short], labels[short] = _search_storage(storage, queries[short], k, allowed, self.metric)
+        return distances, labels
 
     def _search_with_selector(
         self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_]

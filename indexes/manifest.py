@@ -137,6 +137,10 @@ def parse_json(text: str) -> Any:
         return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nesting too deep (densezip writes at most a few levels)") from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's guard against huge int literals
+            raise ValueError("an integer of thousands of digits (densezip never writes one)") from None
+        raise
 
 
 def read_json(file: Path, *, what: str) -> Any:

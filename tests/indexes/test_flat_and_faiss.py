@@ -92,7 +92,7 @@ def test_bad_spec_and_params():
         FaissIndex(32, spec="HNSW16", nprobe=4)
     with pytest.raises(ConfigError, match="ef_search applies to HNSW"):
         FaissIndex(32, spec="Flat", ef_search=4)
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="must be an integer from 1"):
         FaissIndex(32, spec="IVF4,Flat", nprobe=0)
     with pytest.raises(ConfigError, match="training"):
         FaissIndex(32, spec="IVF64,Flat").train(np.ones((10, 32), dtype=np.float32))

@@ -110,7 +110,9 @@ def run_vector_dataset(ds: VectorDataset, config: BenchConfig, *, progress: Prog
                 for name, value in search_params.items():
                     setattr(index, name, value)
                 result = index.search(queries, k)
-                _, raw_labels = raw.search(queries, k)
+                # The raw call gets the per-call parameters FaissIndex uses (efSearch widened to k).
+                raw_search = functools.partial(raw.search, k=k, params=index.hnsw_search_parameters(k))
+                _, raw_labels = raw_search(queries)
                 row: dict[str, Any] = {
                     "dataset": ds.name, "family": family.name, "spec": spec, "build_params": build_params,
                     "search_params": search_params, "build_s": build_s,
@@ -120,7 +122,7 @@ def run_vector_dataset(ds: VectorDataset, config: BenchConfig, *, progress: Prog
                     "scan_bytes_per_query": scanned, "timing": {},
                 }
                 searches: dict[str, Callable[[NDArray[np.float32]], object]] = {
-                    "ours": functools.partial(index.search, k=k), "raw": functools.partial(raw.search, k=k)}
+                    "ours": functools.partial(index.search, k=k), "raw": raw_search}
                 for batch in config.batch_sizes:
                     t = time_interleaved(
                         searches, timing_q, batch_size=batch, repeats=config.repeats, warmup=config.warmup,

@@ -72,7 +72,7 @@ def test_errors_exit_2_with_one_line(beir_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["search", str(tmp_path), "x", "-k", "0"])
     assert info.value.code == 2
-    assert "positive integer" in capsys.readouterr().err
+    assert "expected an integer from 1 to 2147483647, got 0" in capsys.readouterr().err
 
 
 def test_refuses_to_overwrite(beir_dir, tmp_path, capsys):
