@@ -318,7 +318,7 @@ class ShardedBase:
             )
         template = cls._read_template(directory, manifest)
         for s, entry in enumerate(entries):
-            check_shard(directory, s, len(entries), entry, params.get("trained_sha256"), verify=verify)
+            check_shard(directory, s, len(entries), entry, params.get("trained_sha256"), verify=verify, top=manifest)
         if backend == "auto":
             backend = "ray" if ray_is_running() else "threads"
         if backend not in ("threads", "ray"):

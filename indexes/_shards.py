@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from indexes._io import file_sha256
 from indexes.base import VectorIndex, load_index
 from indexes.flat import FlatIndex, topk
-from indexes.manifest import MANIFEST_NAME, read_manifest
+from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest
 from retrieval._optional import require
 from retrieval.errors import ConfigError, IndexFormatError, ShardError
 from retrieval.types import SearchResult
@@ -327,9 +327,11 @@ def collect_searches(
 
 
 def check_shard(
-    directory: Path, number: int, n: int, entry: Any, trained_sha256: str | None, *, verify: bool
+    directory: Path, number: int, n: int, entry: Any, trained_sha256: str | None, *, verify: bool,
+    top: Manifest | None = None,
 ) -> None:
-    """Check that ``directory``'s shard ``number`` (manifest ``entry``) belongs to this sharded index."""
+    """Check that ``directory``'s shard ``number`` (manifest ``entry``) belongs to this sharded index
+    (whose manifest ``top``, when given, must agree with the shard's dimension and metric)."""
     if not isinstance(entry, dict) or not {"dir", "count", "live", "manifest_sha256"} <= entry.keys():
         raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.shards[{number}] is damaged: {entry!r}.")
     sub = directory / str(entry["dir"])
@@ -338,6 +340,11 @@ def check_shard(
         raise IndexFormatError(
             f"{sub / MANIFEST_NAME} differs from the one recorded in {directory / MANIFEST_NAME}; the "
             "shard was replaced or modified. Restore it or rebuild the sharded index."
+        )
+    if top is not None and (shard.dim, shard.metric) != (top.dim, top.metric):
+        raise IndexFormatError(
+            f"{sub / MANIFEST_NAME} records dim={shard.dim}, metric={shard.metric!r}, but {directory / MANIFEST_NAME} "
+            f"records dim={top.dim}, metric={top.metric!r}; the manifests contradict each other."
         )
     meta = shard.metadata.get("shard", {})
     expected = shard_metadata(number, n, trained_sha256)

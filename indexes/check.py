@@ -159,7 +159,8 @@ def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify
     entries = params.get("shards") if isinstance(params, dict) else None
     if not isinstance(entries, list) or not all(
         isinstance(e, dict) and isinstance(e.get("dir"), str) and Path(e["dir"]).name == e["dir"]
-        and e["dir"] not in ("", ".", "..") for e in entries
+        and e["dir"] not in ("", ".", "..") and len(e["dir"].encode("utf-8", "surrogatepass")) <= 255
+        for e in entries
     ):
         report.add("error", "bad-field", MANIFEST_NAME,
                    "params.shards must be a list of {'dir': NAME} shard entries, each NAME a plain sub-directory name.")

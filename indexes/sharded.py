@@ -187,8 +187,9 @@ class ShardedIndex(ShardedBase, VectorIndex):
         template = template_from_state(
             {"type": kind, "dim": manifest.dim, "metric": manifest.metric, "spec": spec, "blob": blob}
         )
-        if template.dim != manifest.dim:
-            raise IndexFormatError(f"{directory / params['trained_file']} has dimension {template.dim}, not {manifest.dim}.")
+        stored_dim = template.faiss_index.d  # type: ignore[attr-defined]
+        if stored_dim != manifest.dim:
+            raise IndexFormatError(f"{directory / params['trained_file']} has dimension {stored_dim}, not {manifest.dim}.")
         return template
 
     # ------------------------------------------------------------------ unused hooks

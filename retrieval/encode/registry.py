@@ -82,10 +82,10 @@ def encoder_from_description(
             f"got {type(description).__name__}."
         )
     kind = description.get("type")
-    if kind not in ENCODER_KINDS:
+    if not isinstance(kind, str) or kind not in ENCODER_KINDS:  # a damaged manifest may hold any JSON here
         recorded = "" if base_dir is None else f" recorded in {os.fspath(base_dir)}"
         raise ConfigError(
-            f"cannot re-create an encoder of type {kind!r}{recorded}: the known types are {sorted(ENCODER_KINDS)}. "
+            f"cannot re-create an encoder of type {kind!r:.80}{recorded}: the known types are {sorted(ENCODER_KINDS)}. "
             "Build the encoder yourself and pass it explicitly (encoder=...)."
         )
     module_name, class_name = ENCODER_KINDS[kind]
