@@ -275,6 +275,10 @@ def _queries(index: object) -> object:
     return MultiVectorEmbeddings.from_list([_X[:2], _X[2:3], np.zeros((0, DIM), np.float32)]) if multi else _X[:3]
 
 
+#: Manifest settings that steer a search, not what the index holds: a valid new value may change the hits.
+SEARCH_TIME = ("n_candidates", "nprobe", "token_k", "first_stage", "ef_search")
+
+
 def _check_field_case(directory: Path, text: bytes, what: str, original: object) -> None:
     """The contract for one mutated manifest: load refuses it with IndexFormatError, or the loaded
     index searches like the original; ``check_index`` reports, never raises."""
@@ -292,7 +296,12 @@ def _check_field_case(directory: Path, text: bytes, what: str, original: object)
     with contextlib.closing(loaded) if hasattr(loaded, "close") else contextlib.nullcontext():
         queries = _queries(loaded)
         got, want = loaded.search(queries, k=5), original.search(queries, k=5)
-        assert got.doc_ids == want.doc_ids, what
+        if any(f"{name} =" in what or f".{name}." in what for name in SEARCH_TIME):
+            # A search-time setting (still valid, or it would have been refused) may change which
+            # candidates are scored, not what a hit is: the hits must still be real documents.
+            assert all(set(row) <= set(original.doc_ids) and len(set(row)) == len(row) for row in got.doc_ids), what
+        else:
+            assert got.doc_ids == want.doc_ids, what
 
 
 @pytest.mark.parametrize("kind", FIELD_KINDS)
