@@ -22,9 +22,12 @@ def test_ids_come_from_the_label_table_on_first_access():
 
 
 def test_padded_rows_are_shorter():
-    result = _index().search(np.array([[1, 0], [0, 1]], dtype=np.float32), k=5)
-    assert result.labels[:, -1].tolist() == [-1, -1] and np.isneginf(result.scores[:, 3:]).all()
-    assert result.doc_ids == [["a", "c", "b"], ["b", "c", "a"]]
+    queries = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    result = _index().search(queries, k=5)  # k above the 3 documents: 3 columns, no padding
+    assert result.labels.shape == (2, 3) and result.doc_ids == [["a", "c", "b"], ["b", "c", "a"]]
+    result = _index().search(queries, k=5, subset=["a", "b"])  # 2 allowed: padded within the 3 columns
+    assert result.labels[:, -1].tolist() == [-1, -1] and np.isneginf(result.scores[:, 2:]).all()
+    assert result.doc_ids == [["a", "b"], ["b", "a"]]
 
 
 def test_a_result_keeps_the_ids_of_its_search_time():
