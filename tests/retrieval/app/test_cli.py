@@ -147,3 +147,16 @@ def test_lone_surrogate_corpus_id_is_refused_before_encoding(tmp_path, capsys):
     assert main(_index_args(root, str(tmp_path / "ix"))) == 2
     err = capsys.readouterr().err
     assert "corpus.jsonl, line 2" in err and "lone surrogate" in err and err.count("\n") == 1
+
+
+def test_warnings_and_errors_print_as_one_line(tmp_path, capsys):
+    """A warning (e.g. evaluate's UnjudgedRunWarning) is one "warning:" line; an error echoing a name
+    with a newline is still one "error:" line."""
+    from retrieval.app.cli import _show_warning
+    from retrieval.evaluate import UnjudgedRunWarning
+
+    _show_warning(UnjudgedRunWarning("none of the 3 documents\nis judged"), UnjudgedRunWarning, "x.py", 1)
+    assert capsys.readouterr().err == "warning: none of the 3 documents is judged\n"
+    assert main(["search", str(tmp_path / "a\nb"), "q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
