@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_table
+from indexes._paths import load_pinned
 from indexes._shards import (
     ROUTING,
     LocalHandle,
@@ -299,8 +300,8 @@ class ShardedBase:
             ``ray.remote`` options for the shard actors, e.g. ``{"num_cpus": 0.5}``.
         """
         with format_errors(path):
-            return cls._load(Path(path), verify=verify, mmap=mmap, backend=backend, workers=workers,
-                             actor_options=actor_options)
+            return load_pinned(path, lambda d: cls._load(d, verify=verify, mmap=mmap, backend=backend,
+                                                         workers=workers, actor_options=actor_options))
 
     @classmethod
     def _load(
