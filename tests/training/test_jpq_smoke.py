@@ -138,7 +138,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     straight.train()
     first = _trainer(tiny, epochs=1, checkpoint_dir=str(tmp_path / "b"), **common)
     first.train()
-    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     resumed = _trainer(tiny, epochs=2, checkpoint_dir=str(tmp_path / "b"), **common)
     history = resumed.train()
     assert history.steps == straight.history.steps
@@ -146,3 +146,21 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     np.testing.assert_allclose(history.losses, straight.history.losses, rtol=1e-4)
     with pytest.raises(ConfigError, match="different settings"):
         _trainer(tiny, epochs=2, n_queries=24, batch_size=8, top_n=12, checkpoint_dir=str(tmp_path / "b")).train()
+
+
+def test_an_old_pickled_checkpoint_is_never_loaded(tiny, tmp_path, caplog):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "checkpoint.pt").write_bytes(pickle.dumps({"epoch": 0, "model": Payload()}))
+    trainer = _trainer(tiny, epochs=1, n_queries=24, batch_size=8, top_n=10, checkpoint_dir=str(tmp_path / "ck"))
+    with caplog.at_level("WARNING", logger="training.jpq"):
+        trainer.train()
+    assert not (tmp_path / "ran").exists()
+    assert "never loaded" in caplog.text
+    assert (tmp_path / "ck" / "checkpoint.safetensors").is_file()
