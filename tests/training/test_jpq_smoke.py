@@ -7,6 +7,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from indexes._io import is_replaceable
 from retrieval.beir import load_beir
 from retrieval.errors import ConfigError
 from training.jpq import JPQTrainer, JPQTrainingArgs, _unpack_codes, load_jpq
@@ -80,8 +81,14 @@ def test_train_save_load_search(tiny, tmp_path, loss):
     # The exported index scores exactly as the trainer's compressed index does.
     direct = trainer.index.search(trainer.encode_queries([data.queries[qid]]), 5)[1][0]
     assert res.doc_ids[0] == [trainer.doc_ids[r] for r in direct]
-    with pytest.raises(ConfigError, match="not empty"):
+    with pytest.raises(ConfigError, match="already exists"):
         trainer.save(out)
+    assert is_replaceable(out)  # an export is densezip's: overwrite=True may replace it, a user folder not
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="nothing in it was touched"):
+        trainer.save(tmp_path / "mine", overwrite=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
     # The encoder and the index are replaced together: a save that fails half-way (here in the
     # index part, after the new encoder was written) leaves the previous export whole.
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
