@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +44,10 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _PROC_FD: bool | None = None  # whether /proc/self/fd/<n> reopens a descriptor (Linux)
 
-#: How many times a load that raced a save replacing the directory is retried.
-LOAD_ATTEMPTS = 8
+#: How many times a load that raced a save replacing the directory is tried in all. Each retry
+#: waits a random moment first (up to 2 ms times the attempt number), so that a reader falls
+#: between the saves of writers that replace the index back to back.
+LOAD_ATTEMPTS = 32
 
 
 def _proc_fd() -> bool:
@@ -187,8 +191,9 @@ def load_pinned(path: str | os.PathLike[str], load: Callable[[Path], T], *, atte
     so every file the loader opens comes from the same directory, whatever saves replace
     ``path`` meanwhile. When the load fails and ``path`` no longer names the directory it
     read (a concurrent ``save(overwrite=True)`` replaced it and deleted the old one under
-    the load), it is retried on the new directory, up to ``attempts`` times; a failure on a
-    directory still in place is real damage and is raised, naming ``path``.
+    the load), it is retried on the new directory, up to ``attempts`` times in all; a failure
+    on a directory still in place is real damage and is raised, naming ``path``. When every
+    attempt raced a save, the IndexFormatError says so (the index is not damaged).
     Elsewhere (no ``/proc``) the loader reads ``path`` itself and only the retry applies.
     """
     real = Path(path)
@@ -201,10 +206,18 @@ def load_pinned(path: str | os.PathLike[str], load: Callable[[Path], T], *, atte
         try:
             return load(pinned)
         except Exception as exc:
-            if attempt + 1 < attempts and _replaced(real, fd):
+            raced = _replaced(real, fd)
+            if raced and attempt + 1 < attempts:
                 logger.debug("the load of %s raced a save that replaced it (%s); retrying", real, type(exc).__name__)
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             _rename_in(exc, pinned, real)
+            if raced:
+                raise IndexFormatError(
+                    f"{real} was replaced by concurrent saves during each of {attempts} load attempts, so no "
+                    f"attempt could finish reading one save (the last failed with {type(exc).__name__}: {exc}). "
+                    "The index is not damaged: load it again when the saves pause."
+                ) from exc
             raise
         finally:
             os.close(fd)

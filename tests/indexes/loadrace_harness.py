@@ -12,8 +12,8 @@ generations), each id with its own vector (:func:`kill_harness.vector_of`). A re
 - ``missing``: a load that found no index at the path after the first save.
 
 Mode ``"update"``: one writer instead loads the index, adds four documents of the next batch
-``u<k>-*`` and saves it (``metadata["gen"] = k``) in a loop; a reader checks that the index of
-batch ``k`` holds exactly the ids of batches ``0 ... k``. Writers count ``failed_saves``.
+``u<k>-*``, deletes batch ``k - WINDOW`` and saves it (``metadata["gen"] = k``) in a loop; a
+reader checks that the index of batch ``k`` holds exactly the ids of batches ``k - WINDOW + 1 ... k``. Writers count ``failed_saves``.
 Used by ``tests/indexes/test_load_race.py`` (seconds) and ``tests/benchmarks/bench_reliability.py
 loadrace`` (thousands of loads).
 """
@@ -37,8 +37,12 @@ def gen_ids(gen: int) -> list[str]:
     return [f"g{gen}-{i}" for i in range(12 + gen % 9)]
 
 
+#: Update mode keeps the last WINDOW batches: each step adds batch k and deletes batch k - WINDOW.
+WINDOW = 25
+
+
 def batch_ids(upto: int) -> list[str]:
-    return [f"u{k}-{i}" for k in range(upto + 1) for i in range(4)]
+    return [f"u{k}-{i}" for k in range(max(0, upto - WINDOW + 1), upto + 1) for i in range(4)]
 
 
 def _add(index: Any, kind: str, ids: list[str]) -> None:
@@ -130,6 +134,8 @@ def _writer(path: str, kind: str, mode: str, who: int, writers: int, stop: Any, 
                 index = load_index(path)
                 k = index.metadata["gen"] + 1
                 _add(index, kind, [f"u{k}-{i}" for i in range(4)])
+                if k >= WINDOW:
+                    index.delete([f"u{k - WINDOW}-{i}" for i in range(4)])
                 index.metadata["gen"] = k
                 index.save(path, overwrite=True)
                 close = getattr(index, "close", None)
