@@ -214,7 +214,11 @@ class StoredIndex(ABC):
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically into directory ``path``; the manifest is written last.
 
-        Refuses to replace an existing directory unless ``overwrite=True``.
+        Refuses to replace an existing directory unless ``overwrite=True``, and even then
+        replaces only an empty directory or one densezip wrote (ConfigError otherwise, with
+        nothing touched). A symlink ``path`` is resolved once and its target replaced. Of
+        two processes creating the same new ``path``, exactly one succeeds. See
+        :func:`indexes._io.atomic_directory`.
         """
         target = Path(path)
         with atomic_directory(target, overwrite=overwrite) as tmp:

@@ -298,7 +298,7 @@ def run_trials(
                     stats.mixed += 1
                 # Start over from a known state. The damaged directory has no manifest, so save()
                 # would (rightly) refuse to replace it: the harness removes what it made itself.
-                shutil.rmtree(path)
+                shutil.rmtree(path, ignore_errors=True)  # a kill may also have left no directory
                 build_state0(kind, path)
                 state = 0
                 continue

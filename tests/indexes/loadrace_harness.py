@@ -96,7 +96,8 @@ def _reader(path: str, kind: str, mode: str, loads: int, started: Any, out: Any)
     log.addHandler(counter)
     log.setLevel(logging.DEBUG)
     stats = {"loads": 0, "mixed": 0, "corrupt": 0, "missing": 0, "retried": 0, "examples": []}
-    started.wait(timeout=60)
+    if not started.wait(timeout=120):
+        raise RuntimeError("no writer saved within 120 s")
     for _ in range(loads):
         if not Path(path).exists():
             stats["missing"] += 1
@@ -120,7 +121,9 @@ def _reader(path: str, kind: str, mode: str, loads: int, started: Any, out: Any)
     out.put(("reader", stats))
 
 
-def _writer(path: str, kind: str, mode: str, who: int, writers: int, stop: Any, out: Any) -> None:  # pragma: no cover
+def _writer(  # pragma: no cover - runs in a child
+    path: str, kind: str, mode: str, who: int, writers: int, started: Any, stop: Any, out: Any
+) -> None:
     from indexes import load_index
 
     stats = {"saves": 0, "failed_saves": 0, "examples": []}
@@ -142,6 +145,7 @@ def _writer(path: str, kind: str, mode: str, who: int, writers: int, stop: Any, 
                 if close is not None:
                     close()
             stats["saves"] += 1
+            started.set()  # readers start once a writer is saving, so that loads and saves overlap
         except Exception as exc:  # a save that fails is counted, never hidden
             stats["failed_saves"] += 1
             stats["examples"].append(f"{type(exc).__name__}: {exc}"[:300])
@@ -172,7 +176,9 @@ class RaceStats:
 def run_race(root: Path, kind: str, *, mode: str = "overwrite", loads_per_reader: int = 100,
              writers: int = 2, readers: int = 2) -> RaceStats:
     """Run one race under ``root`` and return the counts (see the module docstring)."""
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a child forked from a process whose OpenMP pool FAISS has used hangs in
+    # its first parallel region (GNU libgomp does not survive fork), as after other tests.
+    ctx = mp.get_context("spawn")
     path = root / f"{kind}-{mode}"
     if mode == "update":
         writers = 1
@@ -180,14 +186,14 @@ def run_race(root: Path, kind: str, *, mode: str = "overwrite", loads_per_reader
     else:
         build(kind, gen_ids(0), 0).save(path)
     started, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(str(path), kind, mode, w + (mode == "overwrite"), writers, stop, out))
+    procs = [ctx.Process(target=_writer,
+                         args=(str(path), kind, mode, w + (mode == "overwrite"), writers, started, stop, out))
              for w in range(writers)]
     procs += [ctx.Process(target=_reader, args=(str(path), kind, mode, loads_per_reader, started, out))
               for _ in range(readers)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    started.set()
     stats = RaceStats(kind, mode, writers, readers)
     results = [out.get(timeout=600) for _ in range(readers)]
     stop.set()
