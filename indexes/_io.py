@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -19,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from indexes._paths import check_name, member, open_member, stable_path
 from retrieval.errors import ConfigError, IndexFormatError
 
 __all__ = [
     "atomic_directory",
     "file_sha256",
     "file_table",
+    "is_replaceable",
     "leftover_paths",
     "load_array",
     "read_lines",
@@ -39,12 +42,23 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
-def file_sha256(path: Path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+def file_sha256(path: Path, *, limit: int | None = None) -> str:
+    """Return the hex sha256 of a regular file, read in 1 MiB chunks.
+
+    The file is opened without blocking and must be a regular file (a FIFO or device is
+    refused with IndexFormatError); with ``limit`` at most ``limit + 1`` bytes are read, so a
+    file that grew past its recorded size cannot keep the reader busy.
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
+    left = limit + 1 if limit is not None else None
+    with open_member(path) as f:
+        while left is None or left > 0:
+            block = f.read(_CHUNK if left is None else min(_CHUNK, left))
+            if not block:
+                break
             h.update(block)
+            if left is not None:
+                left -= len(block)
     return h.hexdigest()
 
 
@@ -81,7 +95,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_RENAME_EXCHANGE = 2
 _libc: Any = None
 
 
@@ -91,6 +106,11 @@ def _exchange(a: Path, b: Path) -> bool:
     Returns False where the platform or file system cannot (the caller then falls back to
     two renames and :func:`recover_interrupted_save`).
     """
+    return _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> bool:
+    """``renameat2(a, b, flags)``: True when done, False when unsupported here; OSError otherwise."""
     global _libc
     if not sys.platform.startswith("linux"):
         return False
@@ -101,13 +121,30 @@ def _exchange(a: Path, b: Path) -> bool:
     except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 or a libc without it
         return False
     at_fdcwd = -100
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flags)
     if rc == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # pragma: no cover - e.g. some network file systems
         return False
-    raise OSError(err, f"renameat2({a}, {b}, RENAME_EXCHANGE) failed: {os.strerror(err)}")
+    raise OSError(err, f"renameat2({a}, {b}, flags={flags}) failed: {os.strerror(err)}", str(b))
+
+
+def _publish_new(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target`` only if ``target`` does not exist, in one atomic step.
+
+    Linux: ``renameat2(RENAME_NOREPLACE)``. Elsewhere ``os.mkdir(target)`` is the atomic
+    claim (exactly one of two racing processes creates it) and ``tmp`` is then renamed onto
+    the empty directory the claim made. Raises FileExistsError when ``target`` exists.
+    """
+    if _renameat2(tmp, target, _RENAME_NOREPLACE):
+        return
+    os.mkdir(target)  # pragma: no cover - the claim; FileExistsError for the loser
+    try:  # pragma: no cover
+        os.replace(tmp, target)  # POSIX renames a directory onto an empty one atomically
+    except OSError:  # pragma: no cover - platforms that cannot: release the claim, then rename
+        os.rmdir(target)
+        os.rename(tmp, target)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,13 +216,98 @@ def _remove_stale(target: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+#: Manifest formats of directories densezip wrote (an index, a passage store) and so may replace.
+_OWN_FORMATS = ("densezip-index", "densezip-passages")
+#: Entries of a RAG collection / JPQ export (no top manifest): ``index/`` plus these.
+_LAYOUT_PARTS = frozenset({"index", "passages", "query_encoder", "jpq.json"})
+_MANIFEST_LIMIT = 64 << 20  # bytes read of a manifest when deciding whether a directory is densezip's
+
+
+def _densezip_manifest(directory: Path) -> bool:
+    """True when ``directory/manifest.json`` is a regular file whose ``format`` is densezip's."""
+    try:
+        file = member(directory, "manifest.json")
+        with open_member(file) as f:
+            data = f.read(_MANIFEST_LIMIT + 1)
+        if len(data) > _MANIFEST_LIMIT:
+            return False
+        raw = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, IndexFormatError):
+        return False
+    return isinstance(raw, dict) and raw.get("format") in _OWN_FORMATS
+
+
+def is_replaceable(path: str | os.PathLike[str]) -> bool:
+    """True when ``save(path, overwrite=True)`` may replace the directory ``path``.
+
+    That is an empty directory, or one densezip wrote: its ``manifest.json`` says format
+    ``densezip-index`` / ``densezip-passages``, or it is a RAG collection / JPQ export
+    (``index/`` whose manifest is densezip's, plus only ``passages/`` (densezip's too),
+    ``query_encoder/`` and ``jpq.json``). A directory with a damaged manifest is not replaced.
+    """
+    directory = Path(path)
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    entries = set(os.listdir(directory))
+    if not entries:
+        return True
+    if "manifest.json" in entries:
+        return _densezip_manifest(directory)
+    if "index" not in entries or not entries <= _LAYOUT_PARTS:
+        return False
+    return _densezip_manifest(directory / "index") and (
+        "passages" not in entries or _densezip_manifest(directory / "passages"))
+
+
+def _refuse_foreign(target: Path, shown: Path) -> None:
+    if not is_replaceable(target):
+        raise ConfigError(
+            f"{shown} exists and is not a densezip index, collection or JPQ export (no manifest.json saying "
+            "format 'densezip-index'), nor an empty directory; refusing to replace it, and nothing in it was "
+            "touched. Choose another output path, or move that directory away yourself."
+        )
+
+
+def _exists_error(target: Path, *, raced: bool = False) -> ConfigError:
+    when = " (another process created it while this save was being written; this save was discarded)" if raced else ""
+    return ConfigError(
+        f"{target} already exists{when}. Pass overwrite=True (CLI: --overwrite) to replace it, "
+        "or choose another directory."
+    )
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not os.listdir(path)
+
+
+def _resolve_link(target: Path, overwrite: bool) -> Path:
+    """The path a save replaces: a symlink's target (resolved once) when overwriting, else ``target``."""
+    if overwrite and target.is_symlink():
+        resolved = Path(os.path.realpath(target))
+        logger.info("%s is a symbolic link; replacing the directory it points to, %s", target, resolved)
+        return resolved
+    return target
+
+
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike[str], *, overwrite: bool, replace_empty: bool = False
+) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``path`` when the block succeeds.
 
     The caller writes every file into the yielded directory, the manifest last. On
     success the files are fsynced and the directory takes the place of ``path``; if the
     block raises, the temporary directory is removed and ``path`` is untouched.
+
+    What may be replaced: with ``overwrite=True`` only a directory densezip wrote (see
+    :func:`is_replaceable`) or an empty one; anything else raises ConfigError and is left
+    untouched, checked before the block runs and again just before the swap. Without
+    ``overwrite`` an existing ``path`` is an error (``replace_empty=True``: except an empty
+    directory). Creating a new ``path`` is one atomic step (Linux ``renameat2(RENAME_NOREPLACE)``,
+    elsewhere ``mkdir`` as the claim), so of two processes creating the same path exactly one
+    succeeds and the other gets the "already exists" error. A symlink ``path`` with
+    ``overwrite=True`` is resolved once and the directory it points to is replaced (the link
+    stays a link); the temporary and the old directory live beside that directory.
 
     Crash safety: at every instant ``path`` is either the complete old directory or the
     complete new one. On Linux an existing directory is replaced by one atomic
@@ -194,15 +316,16 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterat
     :func:`recover_interrupted_save` (called by every load) renames back. Leftovers of
     killed saves are removed by the next save of the same path.
     """
-    target = Path(path)
+    shown = Path(path)
+    target = _resolve_link(shown, overwrite)
     recover_interrupted_save(target)
-    if target.exists() and not overwrite:
-        raise ConfigError(
-            f"{target} already exists. Pass overwrite=True (CLI: --overwrite) to replace it, "
-            "or choose another directory."
-        )
+    exists = os.path.lexists(target)
+    if exists and not overwrite and not (replace_empty and _empty_dir(target)):
+        raise _exists_error(shown)
     if target.exists() and not target.is_dir():
-        raise ConfigError(f"{target} exists and is not a directory; refusing to replace it.")
+        raise ConfigError(f"{shown} exists and is not a directory; refusing to replace it, and nothing was touched.")
+    if exists and overwrite:
+        _refuse_foreign(target, shown)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
@@ -216,24 +339,39 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool) -> Iterat
             else:
                 _fsync_file(child)
         _fsync_dir(tmp)
-        if target.exists():
-            if _exchange(tmp, target):
-                _fsync_dir(parent)
-                shutil.rmtree(tmp, ignore_errors=True)  # now holds the old index
-                return
-            backup = parent / f".{target.name}.old-{os.getpid()}"
-            if backup.exists():
-                shutil.rmtree(backup)
-            os.replace(target, backup)
-            os.replace(tmp, target)
-            _fsync_dir(parent)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-            _fsync_dir(parent)
+        _publish(tmp, target, shown, overwrite=overwrite, replace_empty=replace_empty)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, target: Path, shown: Path, *, overwrite: bool, replace_empty: bool) -> None:
+    """Move the finished ``tmp`` to ``target``: create it atomically, or swap out a replaceable directory."""
+    parent = target.parent
+    if not os.path.lexists(target):
+        try:
+            _publish_new(tmp, target)
+            _fsync_dir(parent)
+            return
+        except FileExistsError:
+            if not overwrite:
+                raise _exists_error(shown, raced=True) from None
+            # another process created it meanwhile: replace it like any existing index
+    if overwrite:
+        _refuse_foreign(target, shown)
+    elif not (replace_empty and _empty_dir(target)):
+        raise _exists_error(shown, raced=True)
+    if _exchange(tmp, target):
+        _fsync_dir(parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # now holds the old index
+        return
+    backup = parent / f".{target.name}.old-{os.getpid()}"  # pragma: no cover - platforms without the exchange
+    if backup.exists():  # pragma: no cover
+        shutil.rmtree(backup)
+    os.replace(target, backup)  # pragma: no cover
+    os.replace(tmp, target)  # pragma: no cover
+    _fsync_dir(parent)  # pragma: no cover
+    shutil.rmtree(backup, ignore_errors=True)  # pragma: no cover
 
 
 def save_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
@@ -271,13 +409,14 @@ def load_array(directory: Path, entry: Any, *, name: str, mmap: bool = False) ->
             f"'dtype' (a string) and 'shape' (a list of integers >= 0); got {entry!r:.200}. The manifest is "
             "damaged; rebuild or restore the index."
         )
-    path = directory / str(entry["file"])
-    if not path.is_file():
-        raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
+    path = member(directory, entry["file"], what=f"arrays.{name}.file")
     try:
-        with _NPY_LOAD_LOCK:
-            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except MemoryError:
+        with open_member(path) as f, _NPY_LOAD_LOCK:
+            if mmap:  # a memory map needs a path: the one naming the file just checked and opened
+                array = np.load(stable_path(f, path), mmap_mode="r", allow_pickle=False)
+            else:
+                array = np.load(f, allow_pickle=False)
+    except (MemoryError, IndexFormatError):
         raise
     except Exception as exc:  # a damaged header fails in many ways (ValueError, SyntaxError, TokenError, ...)
         raise IndexFormatError(
@@ -302,10 +441,10 @@ def write_lines(path: Path, lines: list[str]) -> None:
 
 def read_lines(path: Path, *, expected: int) -> list[str]:
     """Read a file written by :func:`write_lines` and check the line count."""
-    if not path.is_file():
-        raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
+    path = member(path.parent, path.name)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_member(path) as f:
+            text = f.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise IndexFormatError(f"{path} is not valid UTF-8 ({exc}); the file is corrupt.") from exc
     lines = text.split("\n")
@@ -325,21 +464,20 @@ def verify_checksums(directory: Path, files: dict[str, Any], *, hashes: bool = T
     Sizes are always checked (cheap); ``hashes=False`` skips reading the files.
     """
     for name, info in files.items():
-        if not isinstance(info, dict) or Path(name).name != name:
+        check_name(directory, name, what="files")
+        if not isinstance(info, dict):
             raise IndexFormatError(
                 f"{directory / 'manifest.json'}: files.{name} must be a plain file name mapped to "
-                f"{{'bytes', 'sha256'}}; got {info!r}. The manifest is damaged."
+                f"{{'bytes', 'sha256'}}; got {info!r:.200}. The manifest is damaged."
             )
-        path = directory / name
-        if not path.is_file():
-            raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
+        path = member(directory, name)
         size = path.stat().st_size
         if size != info.get("bytes"):
             raise IndexFormatError(
                 f"{path} has {size} bytes, but the manifest recorded {info.get('bytes')}. "
                 "The file is truncated or was modified; rebuild or restore the index."
             )
-        if hashes and file_sha256(path) != info.get("sha256"):
+        if hashes and file_sha256(path, limit=size) != info.get("sha256"):
             raise IndexFormatError(
                 f"{path} fails its sha256 check; the file is corrupt. Rebuild or restore the index."
             )

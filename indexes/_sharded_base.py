@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_table
+from indexes._paths import load_pinned
 from indexes._shards import (
     ROUTING,
     LocalHandle,
@@ -300,8 +301,8 @@ class ShardedBase:
             ``ray.remote`` options for the shard actors, e.g. ``{"num_cpus": 0.5}``.
         """
         with format_errors(path):
-            return cls._load(Path(path), verify=verify, mmap=mmap, backend=backend, workers=workers,
-                             actor_options=actor_options)
+            return load_pinned(path, lambda d: cls._load(d, verify=verify, mmap=mmap, backend=backend,
+                                                         workers=workers, actor_options=actor_options))
 
     @classmethod
     def _load(
@@ -324,20 +325,30 @@ class ShardedBase:
         if backend not in ("threads", "ray"):
             raise ConfigError(f"backend must be 'auto', 'threads' or 'ray'; got {backend!r}.")
         index = cls(template, len(entries), workers=workers)  # type: ignore[call-arg]
+        try:  # a failed load (e.g. one that raced a save and is retried) stops the threads it started
+            index._open_saved(directory, entries, backend, verify=verify, mmap=mmap, actor_options=actor_options)
+        except BaseException:
+            index.close()
+            raise
         index.metadata = manifest.metadata
+        return index
+
+    def _open_saved(
+        self, directory: Path, entries: list[Any], backend: str, *, verify: bool, mmap: bool,
+        actor_options: dict[str, Any] | None,
+    ) -> None:
         shard_dirs = [directory / e["dir"] for e in entries]
-        index._handles, index._actors = open_shards(
-            cls.server, shard_dirs, backend, index._pool(), verify=verify, mmap=mmap, actor_options=actor_options
+        self._handles, self._actors = open_shards(
+            self.server, shard_dirs, backend, self._pool(), verify=verify, mmap=mmap, actor_options=actor_options
         )
-        index.backend = backend
-        index._stats = index._on_every_shard("stats")
-        for s, (entry, stats) in enumerate(zip(entries, index._stats, strict=True)):
+        self.backend = backend  # type: ignore[assignment]
+        self._stats = self._on_every_shard("stats")
+        for s, (entry, stats) in enumerate(zip(entries, self._stats, strict=True)):
             if stats != (entry["count"], entry["live"]):
                 raise IndexFormatError(
                     f"{shard_dirs[s]} holds {stats[0]} rows / {stats[1]} live documents, but {directory / MANIFEST_NAME} "
                     f"lists {entry['count']} / {entry['live']}. The shard does not belong to this index."
                 )
-        return index
 
     def close(self) -> None:
         """Stop the shard actors (Ray) or the search threads; the index is unusable afterwards."""

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import file_sha256
+from indexes._paths import member_dir
 from indexes.base import VectorIndex, load_index
 from indexes.flat import FlatIndex, topk
 from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -334,7 +335,7 @@ def check_shard(
     (whose manifest ``top``, when given, must agree with the shard's dimension and metric)."""
     if not isinstance(entry, dict) or not {"dir", "count", "live", "manifest_sha256"} <= entry.keys():
         raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.shards[{number}] is damaged: {entry!r}.")
-    sub = directory / str(entry["dir"])
+    sub = member_dir(directory, entry["dir"], what=f"params.shards[{number}].dir")
     shard = read_manifest(sub)
     if verify and file_sha256(sub / MANIFEST_NAME) != entry["manifest_sha256"]:
         raise IndexFormatError(

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from indexes._ids import IdTable, check_new_ids
 from indexes._io import atomic_directory, file_table, verify_checksums
 from indexes._lock import RWLock, reads, writes
+from indexes._paths import load_pinned
 from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, unlisted_files, write_manifest
 from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix, check_finite
@@ -80,7 +81,21 @@ def load_index(
         still checked.
     mmap : bool
         Memory-map plain arrays (``FlatIndex`` vectors) instead of reading them into RAM.
+
+    Notes
+    -----
+    A load reads one save: the directory is opened once and every file is read from it
+    (:func:`indexes._paths.load_pinned`), so a concurrent ``save(path, overwrite=True)`` in
+    another process cannot pair the ids of one save with the vectors of another; a load that
+    raced such a save is retried instead of reporting the index as damaged. Every file name
+    the manifest holds must be a regular file inside the directory (no ``..``, absolute
+    paths, symlinks leading out, FIFOs or devices), else IndexFormatError.
     """
+    with format_errors(path):
+        return load_pinned(path, lambda d: _dispatch(d, verify=verify, mmap=mmap))
+
+
+def _dispatch(path: Path, *, verify: bool, mmap: bool) -> VectorIndex | MultiVectorIndex:
     manifest = read_manifest(path)
     if manifest.index_type not in _REGISTRY and manifest.index_type in _LAZY_MODULES:
         importlib.import_module(_LAZY_MODULES[manifest.index_type])
@@ -90,8 +105,7 @@ def load_index(
             f"{Path(path) / 'manifest.json'}: unknown index_type {manifest.index_type!r}; this densezip "
             f"knows {sorted(_REGISTRY)}. Upgrade densezip or check the directory."
         )
-    with format_errors(path):
-        return cls.load(path, verify=verify, mmap=mmap)  # type: ignore[no-any-return]
+    return cls.load(path, verify=verify, mmap=mmap)  # type: ignore[no-any-return]
 
 
 @contextmanager
@@ -207,7 +221,11 @@ class StoredIndex(ABC):
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically into directory ``path``; the manifest is written last.
 
-        Refuses to replace an existing directory unless ``overwrite=True``.
+        Refuses to replace an existing directory unless ``overwrite=True``, and even then
+        replaces only an empty directory or one densezip wrote (ConfigError otherwise, with
+        nothing touched). A symlink ``path`` is resolved once and its target replaced. Of
+        two processes creating the same new ``path``, exactly one succeeds. See
+        :func:`indexes._io.atomic_directory`.
         """
         target = Path(path)
         with atomic_directory(target, overwrite=overwrite) as tmp:
@@ -230,7 +248,7 @@ class StoredIndex(ABC):
         ``mmap=True`` memory-maps the large arrays instead of reading them into RAM.
         """
         with format_errors(path):
-            return cls._load(Path(path), verify=verify, mmap=mmap)
+            return load_pinned(path, lambda d: cls._load(d, verify=verify, mmap=mmap))
 
     @classmethod
     def _load(cls: type[S], directory: Path, *, verify: bool, mmap: bool) -> S:

@@ -18,6 +18,9 @@ bad-field              a manifest key is missing or has the wrong type / value
 unlisted-file          a file the load reads is not in the manifest's file table (so it is unchecked)
 unknown-index-type     ``index_type`` is not a registered index kind
 missing-file           a file listed in the manifest is absent
+unsafe-file            a name in the manifest is not a plain file name inside the directory (``..``,
+                       an absolute path), or the entry is a symlink leading outside it, a FIFO, a
+                       device or another non-regular file: it is refused without being opened
 truncated-file         a file is shorter than recorded (or than its array header says)
 size-mismatch          a file is longer than recorded
 checksum-mismatch      a file's sha256 differs from the manifest
@@ -47,7 +50,9 @@ import numpy as np
 
 from indexes._io import _valid_array_entry as valid_array_entry
 from indexes._io import file_sha256, leftover_paths
-from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, parse_json, unlisted_files
+from indexes._paths import check_name, member, member_dir, open_member
+from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_json, unlisted_files
+from retrieval.errors import IndexFormatError
 
 __all__ = ["CheckReport", "Problem", "check_index", "merge_report"]
 
@@ -154,6 +159,26 @@ def merge_report(report: CheckReport, sub: CheckReport, prefix: str) -> None:
         report.add(p.severity, p.code, f"{prefix}/{p.file}", p.message)
 
 
+def _safe(
+    directory: Path, name: Any, report: CheckReport, *, what: str, missing: str | None, want_dir: bool = False
+) -> Path | None:
+    """``directory / name`` when it is safe to open (see :func:`indexes._paths.member`), else None.
+
+    An unsafe name or entry is reported as ``unsafe-file`` without being opened; a missing
+    entry as ``missing-file`` with the message ``missing`` (not at all when it is None).
+    """
+    try:
+        check_name(directory, name, what=what)
+        if not os.path.lexists(directory / name):
+            if missing is not None:
+                report.add("error", "missing-file", name, missing)
+            return None
+        return (member_dir if want_dir else member)(directory, name, what=what)
+    except IndexFormatError as exc:
+        report.add("error", "unsafe-file", repr(name)[:80] if not isinstance(name, str) else name[:80], str(exc))
+        return None
+
+
 def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify: bool) -> None:
     params = raw.get("params")
     entries = params.get("shards") if isinstance(params, dict) else None
@@ -165,8 +190,13 @@ def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify
         report.add("error", "bad-field", MANIFEST_NAME,
                    "params.shards must be a list of {'dir': NAME} shard entries, each NAME a plain sub-directory name.")
         return
-    for entry in entries:
-        sub = check_index(directory / entry["dir"], verify=verify, load=False)
+    for n, entry in enumerate(entries):
+        problems = len(report.problems)
+        path = _safe(directory, entry["dir"], report, what=f"params.shards[{n}].dir", want_dir=True, missing=None)
+        if path is None and len(report.problems) > problems:
+            continue  # unsafe: reported, never opened
+        path = path or directory / entry["dir"]  # a missing shard: the recursive check reports missing-directory
+        sub = check_index(path, verify=verify, load=False)
         merge_report(report, sub, entry["dir"])
         if sub.count is not None and entry.get("count") != sub.count:
             report.add("error", "id-count", f"{entry['dir']}/{MANIFEST_NAME}",
@@ -175,15 +205,17 @@ def _shards(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify
 
 def _manifest(directory: Path, report: CheckReport) -> dict[str, Any] | None:
     file = directory / MANIFEST_NAME
-    if not file.is_file():
+    if not os.path.lexists(file):
         report.add("error", "missing-manifest", MANIFEST_NAME,
                    "absent: the directory is not a complete saved index (an interrupted first save leaves no "
                    "manifest). Rebuild the index.")
         return None
+    if _safe(directory, MANIFEST_NAME, report, what="the manifest", missing=None) is None:
+        return None
     try:
-        raw = parse_json(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        report.add("error", "bad-json", MANIFEST_NAME, f"not valid JSON ({str(exc)[:200]}); the manifest is corrupt.")
+        raw = read_json(file, what="the manifest")
+    except IndexFormatError as exc:
+        report.add("error", "bad-json", MANIFEST_NAME, str(exc))
         return None
     if not isinstance(raw, dict):
         report.add("error", "bad-json", MANIFEST_NAME, f"must hold a JSON object; got {type(raw).__name__}.")
@@ -230,20 +262,19 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
     if not isinstance(files, dict):
         return
     for name, info in files.items():
-        if Path(name).name != name or not isinstance(info, dict):
-            report.add("error", "bad-field", MANIFEST_NAME, f"files.{name} is not a plain file name -> {{bytes, sha256}}.")
+        if not isinstance(info, dict):
+            report.add("error", "bad-field", MANIFEST_NAME, f"files.{name[:80]} is not a plain file name -> {{bytes, sha256}}.")
             continue
-        p = directory / name
         report.files_checked += 1
-        if not _is_file(p):
-            report.add("error", "missing-file", name, "listed in the manifest but absent.")
+        p = _safe(directory, name, report, what="files", missing="listed in the manifest but absent.")
+        if p is None:
             continue
         size, recorded = p.stat().st_size, info.get("bytes")
         if isinstance(recorded, int) and size != recorded:
             code = "truncated-file" if size < recorded else "size-mismatch"
             report.add("error", code, name, f"has {size} bytes; the manifest recorded {recorded}.")
             continue
-        if verify and file_sha256(p) != info.get("sha256"):
+        if verify and file_sha256(p, limit=size) != info.get("sha256"):
             report.add("error", "checksum-mismatch", name, "sha256 differs from the manifest: the file is corrupt.")
     for name in unlisted_files(raw):
         report.add("error", "unlisted-file", f"{name:.200}",
@@ -258,14 +289,6 @@ def _files(directory: Path, raw: dict[str, Any], report: CheckReport, *, verify:
             report.add("warning", "extra-file", child.name, "not listed in the manifest (ignored by load).")
 
 
-def _is_file(p: Path) -> bool:
-    """``p.is_file()``, False for a name the file system refuses (too long, ...) instead of an OSError."""
-    try:
-        return p.is_file()
-    except OSError:
-        return False
-
-
 def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
     arrays = raw.get("arrays")
     if not isinstance(arrays, dict):
@@ -276,13 +299,13 @@ def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
                        f"arrays.{name:.100} must have 'file' (a plain file name), 'dtype' (a string) and 'shape' "
                        "(a list of integers >= 0).")
             continue
-        p = directory / str(entry["file"])
-        if not _is_file(p):
-            if str(entry["file"]) not in (raw.get("files") or {}):
-                report.add("error", "missing-file", str(entry["file"]), f"array {name!r} is absent.")
+        listed = entry["file"] in (raw.get("files") or {})  # then _files reported it already
+        p = _safe(directory, entry["file"], report, what=f"arrays.{name}.file",
+                  missing=None if listed else f"array {name!r} is absent.")
+        if p is None:
             continue
         try:
-            with open(p, "rb") as f:
+            with open_member(p) as f:
                 major, _ = np.lib.format.read_magic(f)
                 read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                 shape, _fortran, dtype = read_header(f)
@@ -303,11 +326,14 @@ def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
 
 
 def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
-    p = directory / "doc_ids.txt"
-    if report.count is None or not p.is_file():
+    if report.count is None or not os.path.lexists(directory / "doc_ids.txt"):
+        return
+    p = _safe(directory, "doc_ids.txt", report, what="the ids file", missing=None)
+    if p is None:
         return
     try:
-        lines = p.read_text(encoding="utf-8").split("\n")
+        with open_member(p) as f:
+            lines = f.read().decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
         report.add("error", "id-count", p.name, f"not valid UTF-8 ({exc}).")
         return
@@ -318,9 +344,10 @@ def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
         return
     live = lines
     deleted = directory / "deleted.npy"
-    if deleted.is_file():
+    if os.path.lexists(deleted):
         try:
-            mask = np.load(deleted, allow_pickle=False)
+            with open_member(member(directory, "deleted.npy")) as f:
+                mask = np.load(f, allow_pickle=False)
             if mask.shape == (len(lines),) and mask.dtype == np.bool_:
                 live = [doc_id for doc_id, gone in zip(lines, mask.tolist(), strict=True) if not gone]
         except Exception:  # reported by _arrays

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._lock import reads, writes
+from indexes._paths import member, open_member, stable_path
 from indexes.base import Metric, VectorIndex, register_index
 from indexes.manifest import Manifest
 from retrieval._native_log import native_stderr_to_log
@@ -465,11 +466,10 @@ class FaissIndex(VectorIndex):
 
     def _read_payload(self, directory: Path, manifest: Manifest, *, mmap: bool) -> None:
         faiss = _faiss()
-        path = directory / _INDEX_FILE
-        if not path.is_file():
-            raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.")
+        path = member(directory, _INDEX_FILE)  # a regular file inside the directory, never a FIFO / device
         try:
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+            with open_member(path) as f:
+                index = faiss.read_index(str(stable_path(f, path)), faiss.IO_FLAG_MMAP if mmap else 0)
         except RuntimeError as exc:
             raise IndexFormatError(f"{path} cannot be read by faiss ({_reason(exc)}).") from exc
         if index.d != manifest.dim:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from indexes._io import recover_interrupted_save
+from indexes._paths import member, open_member
 from retrieval._version import __version__
 from retrieval.errors import IndexFormatError
 
@@ -143,10 +144,23 @@ def parse_json(text: str) -> Any:
         raise
 
 
+#: The largest manifest read (bytes); a manifest is a few kB, even for thousands of shards.
+MANIFEST_LIMIT = 64 << 20
+
+
 def read_json(file: Path, *, what: str) -> Any:
-    """Parse the JSON file ``file``; damage raises IndexFormatError saying that ``what`` is corrupt."""
+    """Parse the JSON file ``file``; damage raises IndexFormatError saying that ``what`` is corrupt.
+
+    ``file`` must be a regular file inside its directory (see :func:`indexes._paths.member`)
+    of at most :data:`MANIFEST_LIMIT` bytes.
+    """
+    path = member(file.parent, file.name)
+    with open_member(path) as f:
+        data = f.read(MANIFEST_LIMIT + 1)
+    if len(data) > MANIFEST_LIMIT:
+        raise IndexFormatError(f"{file} is larger than {MANIFEST_LIMIT >> 20} MiB; {what} is damaged or not densezip's.")
     try:
-        return parse_json(file.read_text(encoding="utf-8"))
+        return parse_json(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise IndexFormatError(f"{file} is not valid JSON ({str(exc)[:200]}); {what} is corrupt.") from exc
 
@@ -174,7 +188,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             "Build one with `densezip index` or VectorIndex.save()."
         )
     file = directory / MANIFEST_NAME
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise IndexFormatError(
             f"{file} is missing: {directory} is not a complete saved index (an interrupted save "
             "leaves no manifest). Rebuild the index."

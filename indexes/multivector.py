@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from indexes._ids import IDS_FILE
 from indexes._io import atomic_directory, file_table, load_array, read_lines, save_array, write_lines
 from indexes._lock import reads, writes
+from indexes._paths import load_pinned
 from indexes.base import Metric, StoredIndex, check_k, format_errors, open_manifest, register_index
 from indexes.manifest import MANIFEST_NAME, Manifest, write_manifest
 from retrieval._optional import require
@@ -520,7 +521,7 @@ def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, 
 def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = True) -> MultiVectorEmbeddings:
     """Load embeddings written by :func:`save_embeddings`; ``mmap=True`` maps the vectors read-only."""
     with format_errors(path):
-        return _load_embeddings(Path(path), mmap=mmap, verify=verify)
+        return load_pinned(path, lambda d: _load_embeddings(d, mmap=mmap, verify=verify))
 
 
 def _load_embeddings(directory: Path, *, mmap: bool, verify: bool) -> MultiVectorEmbeddings:

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import file_sha256, load_array, save_array
+from indexes._paths import member, open_member
 from indexes._sharded_base import (
     Backend,
     ShardedBase,
@@ -183,7 +184,9 @@ class ShardedIndex(ShardedBase, VectorIndex):
         for name, entry in manifest.arrays.items():
             load_array(directory, entry, name=name)  # checks the shared codebooks' dtype and shape
         spec = params.get("shard_params", {}).get("spec")
-        blob = np.fromfile(directory / params["trained_file"], dtype=np.uint8)
+        trained = member(directory, params["trained_file"], what="params.trained_file")
+        with open_member(trained) as f:
+            blob = np.fromfile(f, dtype=np.uint8)
         template = template_from_state(
             {"type": kind, "dim": manifest.dim, "metric": manifest.metric, "spec": spec, "blob": blob}
         )

@@ -45,6 +45,7 @@ from retrieval._native_log import native_stderr_to_log
 from retrieval._optional import require
 from retrieval.errors import ConfigError, DataError, ShapeError
 from retrieval.types import as_float32_matrix
+from training._checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
 
 __all__ = ["JPQTrainer", "JPQTrainingArgs", "load_jpq"]
 
@@ -99,7 +100,7 @@ class JPQTrainingArgs:
     eval_every : int
         Evaluate on the dev queries every this many steps (0: only at the end of each epoch).
     checkpoint_dir : str, optional
-        Write ``checkpoint.pt`` there after every epoch (atomically); a later ``train()`` with
+        Write ``checkpoint.safetensors`` (tensors + JSON, no pickle) there after every epoch (atomically); a later ``train()`` with
         the same directory resumes after the last completed epoch.
     seed : int
         Seeds Python, NumPy, torch and FAISS k-means.
@@ -454,23 +455,26 @@ class JPQTrainer:
             "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
             "history": asdict(self.history),
         }
-        tmp = directory / f".checkpoint.pt.tmp-{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, directory / "checkpoint.pt")
+        write_checkpoint(directory, state)
         logger.info("checkpoint after epoch %d written to %s", epoch + 1, directory)
 
     def _resume(self, optimizer: Any, schedule: Any) -> int:
-        """Load ``checkpoint_dir/checkpoint.pt`` if present; return the first epoch still to run."""
+        """Load ``checkpoint_dir/checkpoint.safetensors`` if present; return the first epoch still to run.
+
+        The checkpoint is tensors + JSON (:mod:`training._checkpoint`), never a pickle: a
+        ``checkpoint.pt`` (the pickled format of older densezip versions) is not read.
+        """
         if self.args.checkpoint_dir is None:
             return 0
-        path = Path(self.args.checkpoint_dir) / "checkpoint.pt"
-        if not path.is_file():
+        directory = Path(self.args.checkpoint_dir)
+        path = directory / CHECKPOINT_FILE
+        if not os.path.lexists(path):
+            if (directory / "checkpoint.pt").exists():
+                logger.warning("%s holds a checkpoint.pt from an older densezip: a pickle, which is never loaded "
+                               "(it could run code); training starts over.", directory)
             return 0
         torch = self._torch
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # torch raises many types for a damaged file
-            raise ConfigError(f"cannot read the JPQ checkpoint {path} ({exc}); delete it to start over.") from exc
+        state = read_checkpoint(path)
         saved = {k: v for k, v in state["args"].items() if k not in ("epochs", "checkpoint_dir", "eval_every")}
         current = {k: v for k, v in asdict(self.args).items() if k in saved}
         if saved != current:
@@ -520,17 +524,17 @@ class JPQTrainer:
 
         The two are written into a temporary sibling that replaces ``path`` in one atomic step
         (:func:`indexes._io.atomic_directory`), so a killed save leaves the old pair or the new
-        pair, never a new encoder beside an old index.
+        pair, never a new encoder beside an old index. An existing ``path`` must be an empty
+        directory, or (with ``overwrite=True``) a JPQ export or other densezip directory;
+        anything else is refused untouched (ConfigError).
         """
         from indexes._io import atomic_directory
         from indexes.faiss_index import FaissIndex
         from retrieval.encode.dense import DenseEncoder
 
         out = Path(path)
-        if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(f"{out} already exists and is not empty; pass overwrite=True to replace it.")
         self._sync_centroids()
-        with atomic_directory(out, overwrite=True) as tmp:  # an existing directory is empty or may be replaced
+        with atomic_directory(out, overwrite=overwrite, replace_empty=True) as tmp:
             encoder_dir = tmp / QUERY_ENCODER_DIR
             self.model.save(str(encoder_dir))
             encoder = DenseEncoder(encoder_dir, device="cpu", max_seq_length=self.args.max_query_length,

@@ -64,7 +64,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.app.cli_rag import index_documents, is_beir_input
 
-    _check_out(args.out)
+    _check_out(args.out, overwrite=args.overwrite)
     if not is_beir_input(args.data):  # a folder of .txt/.md files or JSONL: a RAG collection
         if args.shards is not None:
             from retrieval.errors import ConfigError
@@ -256,7 +256,7 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
     from retrieval.evaluate import evaluate
     from training.jpq import JPQTrainer, JPQTrainingArgs, load_jpq
 
-    _check_out(args.out)
+    _check_out(args.out, overwrite=args.overwrite)
     settings = JPQTrainingArgs.from_toml(args.config) if args.config else JPQTrainingArgs()
     overrides = {k: v for k, v in (("m", args.m), ("epochs", args.epochs)) if v is not None}
     settings = replace(settings, **overrides)
@@ -325,14 +325,16 @@ def _int_in(low: int, high: int) -> Any:
 _positive_int = _int_in(1, C_INT_MAX)
 
 
-def _check_out(path: str) -> None:
+def _check_out(path: str, *, overwrite: bool) -> None:
     """Refuse an output directory that cannot or must not be written, before any encoding starts.
 
     Raises
     ------
     ConfigError
         For the current directory or one of its parents, a path under /proc or /sys, a path
-        under an existing file, or a parent directory this user cannot write to.
+        under an existing file, a parent directory this user cannot write to, an existing
+        non-empty directory without ``--overwrite``, or with ``--overwrite`` one that densezip
+        did not write (``save`` would refuse it too, but only after minutes of encoding).
     """
     from pathlib import Path
 
@@ -347,6 +349,14 @@ def _check_out(path: str) -> None:
         raise ConfigError(f"--out {path} is under /{target.parts[1]}, a kernel file system; name a directory on disk.")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--out {path} is an existing file, not a directory; remove it or name another path.")
+    if target.is_dir() and any(target.iterdir()):
+        from indexes._io import is_replaceable
+
+        if not overwrite:
+            raise ConfigError(f"--out {path} already exists; pass --overwrite to replace it, or name a new directory.")
+        if not is_replaceable(target):
+            raise ConfigError(f"--out {path} exists and is not a densezip index, collection or JPQ export; "
+                              "--overwrite replaces only those, so nothing in it was touched. Name a new directory.")
     parent = target.parent
     while not parent.exists():
         parent = parent.parent

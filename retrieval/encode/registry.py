@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import ConfigError
+from retrieval.errors import ConfigError, IndexFormatError
 
 __all__ = ["ENCODER_KINDS", "encoder_from_description"]
 
@@ -52,7 +52,8 @@ def encoder_from_description(
     base_dir : str or os.PathLike, optional
         The directory the description was read from (an index directory). A ``model``
         written relative to it (``"./..."`` or ``"../..."``, e.g. the query encoder a JPQ
-        export saves beside its index) is resolved against it.
+        export saves beside its index) is resolved against it, and must stay inside the
+        directory holding the index (the export or collection), symlinks resolved.
     **options
         Further runtime settings accepted by the kind's ``from_description`` (for example
         ``batch_size``, or ``cache_dir`` and ``check_fingerprint`` for a DenseEncoder).
@@ -64,6 +65,8 @@ def encoder_from_description(
 
     Raises
     ------
+    IndexFormatError
+        If a relative ``model`` leads outside the directory holding the index.
     ConfigError
         If ``description`` is not a dict, its ``type`` is not a known kind (the message
         lists the known kinds), an option does not apply to that kind, or the kind's
@@ -99,5 +102,22 @@ def encoder_from_description(
         )
     model = description.get("model")
     if base_dir is not None and isinstance(model, str) and model.startswith(("./", "../")):
-        description = {**description, "model": str((Path(base_dir) / model).resolve())}
+        description = {**description, "model": _stored_model(Path(base_dir), model)}
     return cls.from_description(description, device=device, **options)
+
+
+def _stored_model(base_dir: Path, model: str) -> str:
+    """The absolute path of a model recorded relative to the index directory ``base_dir``.
+
+    A JPQ export records ``"../query_encoder"``: the model lives beside the index, inside the
+    export. A relative path that leads anywhere else (``"../../somewhere"``, or through a
+    symlink out of the export) is refused: an index directory names only its own files.
+    """
+    root = base_dir.resolve().parent
+    resolved = (base_dir / model).resolve()
+    if os.path.commonpath([root, resolved]) != str(root) or resolved == root:
+        raise IndexFormatError(
+            f"{base_dir / 'manifest.json'}: metadata.encoder.model {model[:80]!r} leads outside {root}, the directory "
+            "holding the index; refusing to load a model from there. Pass encoder=... explicitly, or fix the index."
+        )
+    return str(resolved)

@@ -26,7 +26,7 @@ import numpy as np
 from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.pipeline import Retriever
 from retrieval.rag.ingest import Passage, Tokenizer, encoder_tokenizer, token_counter
-from retrieval.rag.passages import INDEX_DIR, PASSAGES_DIR, PassageStore, check_same_ids
+from retrieval.rag.passages import INDEX_DIR, PassageStore, load_collection
 
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
@@ -310,7 +310,6 @@ class RetrievalComponent:
             If the directory, its index or its passage store is missing, corrupt (checksums,
             shapes, counts) or the two do not hold the same ids.
         """
-        from indexes.base import load_index
 
         root = Path(path)
         if not root.is_dir():
@@ -321,9 +320,7 @@ class RetrievalComponent:
                     "save it as index/ beside a passage store (retrieval.rag.passages.attach_passages)."
                     if (root / "manifest.json").is_file() else "")
             raise IndexFormatError(f"{root} has no {INDEX_DIR}/ directory, so it is not a collection.{hint}")
-        index = load_index(root / INDEX_DIR, verify=verify, mmap=mmap)
-        store = PassageStore.load(root / PASSAGES_DIR, verify=verify)
-        check_same_ids(set(index.doc_ids), store, root)
+        index, store = load_collection(root, verify=verify, mmap=mmap)
         if encoder is None:
             from retrieval.encode.registry import encoder_from_description
 

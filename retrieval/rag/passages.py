@@ -17,6 +17,7 @@ checks this when it opens a collection.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._io import atomic_directory, file_table, verify_checksums
+from indexes._paths import load_pinned, member, open_member
 from indexes.manifest import MANIFEST_NAME, read_json, write_json
 from retrieval._version import __version__
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
@@ -46,6 +48,7 @@ __all__ = [
     "build_collection",
     "check_collection",
     "is_collection",
+    "load_collection",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,10 +163,17 @@ class PassageStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> PassageStore:
-        """Read a store written by :meth:`save`, checking its manifest, checksum and every line."""
-        directory = Path(path)
+        """Read a store written by :meth:`save`, checking its manifest, checksum and every line.
+
+        The directory is read as one save (:func:`indexes._paths.load_pinned`), and only
+        regular files inside it are read.
+        """
+        return load_pinned(path, lambda d: cls._load(d, verify=verify))
+
+    @classmethod
+    def _load(cls, directory: Path, *, verify: bool) -> PassageStore:
         file = directory / MANIFEST_NAME
-        if not file.is_file():
+        if not os.path.lexists(file):
             raise IndexFormatError(
                 f"{file} is missing: {directory} is not a saved passage store. Build the collection with "
                 "`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()."
@@ -185,7 +195,7 @@ class PassageStore:
             raise IndexFormatError(f"{file}: 'chunking' must be an object; got {chunking!r:.80}. The manifest is damaged.")
         verify_checksums(directory, files, hashes=verify)
         passages: list[Passage] = []
-        with open(directory / _FILE, encoding="utf-8") as f:
+        with open_member(member(directory, _FILE)) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 passages.append(_passage_from_line(line, directory / _FILE, lineno))
         if len(passages) != count:
@@ -337,6 +347,24 @@ def attach_passages(
     store = PassageStore(passages, chunking=chunking)
     check_same_ids(set(index.doc_ids), store, root)
     return store.save(root / PASSAGES_DIR, overwrite=overwrite)
+
+
+def load_collection(root: Path, *, verify: bool = True, mmap: bool = False) -> tuple[Any, PassageStore]:
+    """``(index, passage store)`` of the collection ``root``, both from the same save of it.
+
+    The collection directory is opened once and both parts are read from it
+    (:func:`indexes._paths.load_pinned`), so a concurrent ``build_collection(...,
+    overwrite=True)`` cannot pair the index of one build with the passages of another.
+    """
+    from indexes.base import load_index
+
+    def both(directory: Path) -> tuple[Any, PassageStore]:
+        index = load_index(directory / INDEX_DIR, verify=verify, mmap=mmap)
+        store = PassageStore.load(directory / PASSAGES_DIR, verify=verify)
+        check_same_ids(set(index.doc_ids), store, directory)
+        return index, store
+
+    return load_pinned(root, both)
 
 
 def check_same_ids(index_ids: set[str], store: PassageStore, root: Path) -> None:

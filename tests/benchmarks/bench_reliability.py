@@ -6,6 +6,7 @@ Run (each under the CPU lock; 2-core CPU, no GPU):
     .venv/bin/python tests/benchmarks/bench_reliability.py stress --seconds 60 --readers 4
     .venv/bin/python tests/benchmarks/bench_reliability.py build  --n 1000000 --dim 384 --spec IVF1024,PQ48x8
     OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_reliability.py lock [--code-root /work/main]
+    .venv/bin/python tests/benchmarks/bench_reliability.py loadrace --loads 1000 --trials 500
 
 ``crash``: for every index kind, ``--trials`` SIGKILLs at random points of a child that loads
 the index, adds / deletes and saves in a loop (both the atomic-exchange save and the two-rename
@@ -13,6 +14,13 @@ fallback); counts unloadable and mixed directories (see tests/indexes/kill_harne
 
 ``stress``: per index kind, ``--readers`` threads search while one thread adds, deletes and
 saves, for ``--seconds``; counts errors and wrong results (tests/indexes/stress_harness.py).
+
+``loadrace``: per exact index kind, 2 writer processes ``save(overwrite=True)`` distinguishable
+generations while 2 reader processes ``load_index(verify=True)`` ``--loads`` times each; then one
+process loads + adds + saves while 2 readers load; counts mixed generations, spurious corruption
+reports and missing paths (tests/indexes/loadrace_harness.py). Then ``--trials`` create races:
+2 processes save the same new path with ``overwrite=False``; exactly one must win, the other
+must get "already exists" (tests/indexes/test_overwrite_safety.py).
 
 ``build``: in this (fresh) process, generates ``--n`` structured vectors batch by batch
 (``--batch`` rows; a mixture of 1,000 Gaussian clusters, unit-normalised), builds the index with
@@ -86,6 +94,24 @@ def cmd_stress(args: argparse.Namespace) -> dict[str, Any]:
               f"queries={stats.queries} adds={stats.adds} deletes={stats.deletes} saves={stats.saves} "
               f"errors={stats.errors} wrong={stats.wrong} {stats.problems[:1]}", flush=True)
     return {"stress": rows}
+
+
+def cmd_loadrace(args: argparse.Namespace) -> dict[str, Any]:
+    import loadrace_harness
+    from test_overwrite_safety import run_create_race
+
+    rows = []
+    runs = [(kind, "overwrite") for kind in args.kinds or loadrace_harness.KINDS] + [("flat", "update"), ("sharded", "update")]
+    for kind, mode in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            stats = loadrace_harness.run_race(Path(tmp), kind, mode=mode, loads_per_reader=args.loads)
+        row = stats.to_dict()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        create = run_create_race(Path(tmp), args.trials)
+    print(json.dumps({"create_race": create}), flush=True)
+    return {"loadrace": rows, "create_race": create}
 
 
 def _centers(dim: int, seed: int) -> np.ndarray:
@@ -183,12 +209,13 @@ def cmd_lock(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["crash", "stress", "build", "lock"])
+    parser.add_argument("what", choices=["crash", "stress", "build", "lock", "loadrace"])
     parser.add_argument("--code-root", default=None, help="lock: import `indexes` from this checkout instead")
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--kinds", nargs="+", default=None, help="crash / stress: index kinds of kill_harness.KINDS (default all)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--readers", type=int, default=4)
+    parser.add_argument("--loads", type=int, default=1000, help="loadrace: loads per reader process")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--spec", default="IVF1024,PQ48x8")
@@ -203,7 +230,7 @@ def main() -> None:
     if args.code_root:
         sys.path.insert(0, args.code_root)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    commands = {"crash": cmd_crash, "stress": cmd_stress, "build": cmd_build, "lock": cmd_lock}
+    commands = {"crash": cmd_crash, "stress": cmd_stress, "build": cmd_build, "lock": cmd_lock, "loadrace": cmd_loadrace}
     result = commands[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -296,7 +296,10 @@ def run_trials(
                     stats.unloadable += 1
                 else:
                     stats.mixed += 1
-                build_state0(kind, path)  # start over from a known state
+                # Start over from a known state. The damaged directory has no manifest, so save()
+                # would (rightly) refuse to replace it: the harness removes what it made itself.
+                shutil.rmtree(path, ignore_errors=True)  # a kill may also have left no directory
+                build_state0(kind, path)
                 state = 0
                 continue
             assert found is not None

@@ -7,6 +7,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from indexes._io import is_replaceable
 from retrieval.beir import load_beir
 from retrieval.errors import ConfigError
 from training.jpq import JPQTrainer, JPQTrainingArgs, _unpack_codes, load_jpq
@@ -80,8 +81,14 @@ def test_train_save_load_search(tiny, tmp_path, loss):
     # The exported index scores exactly as the trainer's compressed index does.
     direct = trainer.index.search(trainer.encode_queries([data.queries[qid]]), 5)[1][0]
     assert res.doc_ids[0] == [trainer.doc_ids[r] for r in direct]
-    with pytest.raises(ConfigError, match="not empty"):
+    with pytest.raises(ConfigError, match="already exists"):
         trainer.save(out)
+    assert is_replaceable(out)  # an export is densezip's: overwrite=True may replace it, a user folder not
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="nothing in it was touched"):
+        trainer.save(tmp_path / "mine", overwrite=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
     # The encoder and the index are replaced together: a save that fails half-way (here in the
     # index part, after the new encoder was written) leaves the previous export whole.
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
@@ -138,7 +145,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     straight.train()
     first = _trainer(tiny, epochs=1, checkpoint_dir=str(tmp_path / "b"), **common)
     first.train()
-    assert (tmp_path / "b" / "checkpoint.pt").is_file()
+    assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
     resumed = _trainer(tiny, epochs=2, checkpoint_dir=str(tmp_path / "b"), **common)
     history = resumed.train()
     assert history.steps == straight.history.steps
@@ -146,3 +153,21 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     np.testing.assert_allclose(history.losses, straight.history.losses, rtol=1e-4)
     with pytest.raises(ConfigError, match="different settings"):
         _trainer(tiny, epochs=2, n_queries=24, batch_size=8, top_n=12, checkpoint_dir=str(tmp_path / "b")).train()
+
+
+def test_an_old_pickled_checkpoint_is_never_loaded(tiny, tmp_path, caplog):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "checkpoint.pt").write_bytes(pickle.dumps({"epoch": 0, "model": Payload()}))
+    trainer = _trainer(tiny, epochs=1, n_queries=24, batch_size=8, top_n=10, checkpoint_dir=str(tmp_path / "ck"))
+    with caplog.at_level("WARNING", logger="training.jpq"):
+        trainer.train()
+    assert not (tmp_path / "ran").exists()
+    assert "never loaded" in caplog.text
+    assert (tmp_path / "ck" / "checkpoint.safetensors").is_file()

@@ -83,6 +83,17 @@ def test_refuses_to_overwrite(beir_dir, tmp_path, capsys):
     run_json(capsys, "index", str(beir_dir), "--out", str(out), "--spec", "Flat", "--overwrite")
 
 
+def test_overwrite_never_replaces_a_folder_that_is_not_an_index(beir_dir, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert main(["index", str(beir_dir), "--out", str(folder), "--spec", "exact", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and str(folder) in err and "nothing in it was touched" in err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"] and (folder / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary left beside it
+
+
 def test_index_needs_only_a_corpus(beir_dir, tmp_path, capsys):
     corpus_only = tmp_path / "corpus-only"
     corpus_only.mkdir()
@@ -122,6 +133,19 @@ def test_bad_output_paths_fail_before_encoding(where, beir_dir, tmp_path, monkey
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and err.count("\n") == 1, err
     assert (tmp_path / "plain.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_existing_user_folder_fails_before_encoding(overwrite, beir_dir, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    argv = _index_args(beir_dir, str(folder)) + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2  # the model path is never touched: the check comes first
+    err = capsys.readouterr().err
+    expected = "is not a densezip index" if overwrite else "already exists; pass --overwrite"
+    assert err.startswith("error: --out") and expected in err and err.count("\n") == 1, err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
 
 
 def test_unwritable_output_directory_fails_before_encoding(beir_dir, tmp_path, capsys):

@@ -6,6 +6,8 @@ The ColPali round trip lives in test_colpali.py, beside the tiny random model it
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from retrieval.encode import DEFAULT_MODEL, DenseEncoder, encoder_from_description
 from retrieval.encode.multivector import MultiVectorEncoder
 from retrieval.encode.registry import ENCODER_KINDS
-from retrieval.errors import ConfigError
+from retrieval.errors import ConfigError, IndexFormatError
 
 
 def _through_json(description: dict[str, Any]) -> dict[str, Any]:
@@ -44,10 +46,19 @@ def test_dense_round_trip() -> None:
         encoder_from_description(description, query_length=8)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def test_model_saved_beside_the_index_is_found_relative_to_it(minilm_encoder: DenseEncoder, tmp_path: Path) -> None:
     # A JPQ export records its query encoder as "../query_encoder", relative to the index directory.
     model_dir = Path(minilm_encoder._model_path())
-    (tmp_path / "query_encoder").symlink_to(model_dir, target_is_directory=True)
+    # A copy, not a symlink: a model recorded relative to the index must lie inside the export
+    # after resolving symlinks. Hard links where the file system allows keep it cheap.
+    shutil.copytree(model_dir, tmp_path / "query_encoder", copy_function=_link_or_copy)
     (tmp_path / "index").mkdir()
     description = {**minilm_encoder.describe(), "model": "../query_encoder"}
     encoder = encoder_from_description(description, device="cpu", base_dir=tmp_path / "index", cache_dir=False)
@@ -88,3 +99,14 @@ def test_unknown_kind_names_the_known_kinds(tmp_path: Path) -> None:
         encoder_from_description({"model": "x"})
     with pytest.raises(ConfigError, match="must be a dict"):
         encoder_from_description("DenseEncoder")
+
+
+@pytest.mark.parametrize("model", ["../../elsewhere", "./../../x", "../escape-link/model"])
+def test_a_relative_model_leading_out_of_the_export_is_refused(tmp_path: Path, model: str) -> None:
+    export = tmp_path / "export"
+    (export / "index").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (export / "escape-link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    description = {"type": "DenseEncoder", "model": model, "dim": 384}
+    with pytest.raises(IndexFormatError, match="leads outside"):
+        encoder_from_description(description, device="cpu", base_dir=export / "index")
