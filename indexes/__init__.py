@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from indexes.base import VectorIndex, load_index, register_index
+from indexes.base import Index, VectorIndex, load_index, register_index
 from indexes.factory import make_index
 from indexes.flat import FlatIndex
 from indexes.manifest import FORMAT_VERSION, Manifest, read_manifest
@@ -29,6 +29,7 @@ __all__ = [
     "FORMAT_VERSION",
     "FaissIndex",
     "FlatIndex",
+    "Index",
     "Manifest",
     "MultiVectorIndex",
     "ShardedIndex",

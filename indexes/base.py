@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,7 +36,7 @@ from retrieval.types import Embeddings, SearchResult, as_float32_matrix, check_f
 if TYPE_CHECKING:
     from indexes.multivector import MultiVectorIndex
 
-__all__ = ["Metric", "StoredIndex", "VectorIndex", "check_new_ids", "load_index", "register_index"]
+__all__ = ["Index", "Metric", "StoredIndex", "VectorIndex", "check_new_ids", "load_index", "register_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,57 @@ def check_k(k: Any) -> int:
     if k <= 0:
         raise ConfigError(f"k must be a positive integer; got {k}. Use k >= 1.")
     return int(k)
+
+
+@runtime_checkable
+class Index(Protocol):
+    """What every index kind offers, whatever its vectors and wherever its shards live.
+
+    :class:`VectorIndex` (FlatIndex, FaissIndex), :class:`~indexes.MultiVectorIndex`,
+    :class:`~indexes.ShardedIndex` and :class:`~indexes.ShardedMultiVectorIndex` all satisfy
+    it: code that only searches, deletes, sizes or saves an index (the pipeline, the RAG
+    component, the benchmark) can type against it. What the queries are differs by kind: a
+    ``(nq, dim)`` float matrix for single-vector indexes, ``MultiVectorEmbeddings`` for
+    multi-vector ones. ``add`` and ``train`` are left out for the same reason.
+    """
+
+    dim: int
+
+    @property
+    def ntotal(self) -> int:
+        """Stored rows, deleted ones included where the kind keeps tombstones."""
+        ...
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Live document ids."""
+        ...
+
+    def __len__(self) -> int:
+        """Live documents."""
+        ...
+
+    def __contains__(self, doc_id: object) -> bool:
+        """True when ``doc_id`` is a live document."""
+        ...
+
+    def search(
+        self, queries: Any, k: int, *, subset: Iterable[str] | None = None, query_ids: Sequence[str] | None = None
+    ) -> SearchResult:
+        """The ``k`` best documents of each query (see the kind's own docstring for ``queries``)."""
+        ...
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove documents; returns how many were removed."""
+        ...
+
+    def memory_bytes(self) -> int:
+        """In-memory size, ids and bookkeeping included."""
+        ...
+
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Save atomically into directory ``path``."""
+        ...
 
 
 class StoredIndex(ABC):

@@ -79,3 +79,14 @@ def test_bad_specs_and_options_fail_with_a_clear_config_error(spec, kwargs, mess
 
 def test_is_exported():
     assert "make_index" in indexes.__all__ and indexes.make_index is make_index
+
+
+def test_every_index_kind_satisfies_the_index_protocol() -> None:
+    from indexes import FaissIndex, FlatIndex, Index, MultiVectorIndex, ShardedIndex, ShardedMultiVectorIndex
+
+    kinds = [FlatIndex(4), FaissIndex(4, spec="Flat"), MultiVectorIndex(4, spec="Flat"),
+             ShardedIndex(FlatIndex(4), n_shards=2), ShardedMultiVectorIndex(MultiVectorIndex(4, spec="Flat"), n_shards=2)]
+    for index in kinds:
+        assert isinstance(index, Index), type(index).__name__
+        assert len(index) == 0 and index.memory_bytes() >= 0 and index.dim == 4
+    assert not isinstance(object(), Index)
