@@ -383,13 +383,17 @@ class IdTable:
             return rows
         tail_row = self._pending[1]  # read before the store: a merge replaces the store first
         store, deleted = self._store, self.deleted
-        strs = [i if type(i) is str else "" for i in ids]
+        other = [n for n, i in enumerate(ids) if not isinstance(i, str)]
+        strs = ids
+        if other:
+            for n in other:
+                hash(ids[n])  # an unhashable id raises TypeError, as the dict lookup did
+            strs = [i if isinstance(i, str) else "" for i in ids]
         if tail_row:
             rows[:] = [tail_row.get(i, -1) for i in strs]
         if store.rows:
             self._find_merged(store, deleted, strs, rows)
-        if any(type(i) is not str for i in ids):
-            rows[[type(i) is not str for i in ids]] = -1
+        rows[other] = -1
         return rows
 
     def _find_merged(self, store: _Store, deleted: NDArray[np.bool_], ids: list[str], rows: NDArray[np.int64]) -> None:

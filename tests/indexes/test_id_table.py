@@ -92,6 +92,13 @@ def test_errors_and_non_str_lookups_are_as_before() -> None:
     assert 3 not in table and None not in table
     with pytest.raises(TypeError):
         [1] in table  # noqa: B015 - unhashable, as with the dict
+    with pytest.raises(TypeError):
+        table.rows_to_delete([["a"]])  # type: ignore[list-item]
+
+    class Sub(str):
+        pass
+
+    assert Sub("b") in table and table.rows_of([Sub("c")]) == [2]
     assert len(table) == 3 and table.ntotal == 3
 
 
