@@ -183,6 +183,19 @@ class _Store(NamedTuple):
         perm = np.argsort(hashes, kind="stable")
         return cls(buf, offsets, hashes[perm], perm.astype(np.uint32) if len(perm) < 2**32 else perm)
 
+    def extend(self, ids: list[str]) -> _Store:
+        """A new store with ``ids`` appended: only they are hashed, and merged into the sorted
+        hashes in O(rows) (no re-sort)."""
+        buf, offsets = _encode(ids)
+        hashes = _fnv1a(buf, offsets)
+        order = np.argsort(hashes, kind="stable")
+        pos = np.searchsorted(self.hashes, hashes[order], side="right")
+        total = self.rows + len(ids)
+        dtype = np.uint32 if total < 2**32 else np.int64
+        perm = np.insert(self.perm.astype(dtype, copy=False), pos, (order + self.rows).astype(dtype))
+        return _Store(self.buf + buf, np.concatenate([self.offsets, offsets[1:] + self.offsets[-1]]),
+                      np.insert(self.hashes, pos, hashes[order]), perm)
+
     @property
     def rows(self) -> int:
         return len(self.offsets) - 1
@@ -327,10 +340,7 @@ class IdTable:
         with self._merge_lock:
             tail = self._pending[0] + new_ids if new_ids else self._pending[0]
             if tail:
-                store = self._store
-                buf, offsets = _encode(tail)
-                self._store = _Store.build(store.buf + buf,
-                                           np.concatenate([store.offsets, offsets[1:] + store.offsets[-1]]))
+                self._store = self._store.extend(tail)
                 self._pending = ([], {})
             return self._store
 

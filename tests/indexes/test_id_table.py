@@ -148,3 +148,15 @@ def test_fnv1a_matches_the_reference_and_ignores_the_order_of_lengths() -> None:
     offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
     assert _fnv1a(b"".join(words), offsets).tolist() == [reference(w) for w in words]
     assert [ids_module._fnv1a_one(w) for w in words] == [reference(w) for w in words]
+
+
+def test_merging_appended_ids_keeps_the_hashes_sorted() -> None:
+    table = IdTable(tombstones=True)
+    rng = np.random.default_rng(3)
+    for start in range(0, 3000, 300):
+        table.append([f"x{i}" for i in rng.permutation(np.arange(start, start + 300))])
+        store = table._merged()
+        assert (store.hashes[1:] >= store.hashes[:-1]).all() and store.perm.dtype == np.uint32
+        assert sorted(store.perm.tolist()) == list(range(store.rows))
+        assert (_fnv1a(store.buf, store.offsets)[store.perm] == store.hashes).all()
+    assert table.rows_of(["x5", "x2999"]) == [table.ids.index("x5"), table.ids.index("x2999")]
