@@ -490,17 +490,17 @@ class VectorIndex(StoredIndex):
         if type(k) is not int or k <= 0:
             k = check_k(k)
         table = self._table
-        k = min(k, len(table.row_of))  # never allocate by an absurd k: a result has at most one column per document
+        k = min(k, len(table))  # never allocate by an absurd k: a result has at most one column per document
         q = as_float32_matrix(queries, name="queries", dim=self.dim, finite=False)  # checked below
         nq = q.shape[0]
         if query_ids is not None and len(query_ids) != nq:
             raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {nq} queries.")
         allowed: NDArray[np.bool_] | None = None
-        n_allowed = len(table.row_of)
+        n_allowed = len(table)
         if subset is not None:
             allowed = table.subset_mask(subset)
             n_allowed = int(allowed.sum())
-        elif n_allowed != len(table.ids) and not self._removes_deleted:
+        elif n_allowed != table.ntotal and not self._removes_deleted:
             # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
             allowed = ~table.deleted
         if 0 < k <= n_allowed and nq:

@@ -389,8 +389,8 @@ class MultiVectorIndex(StoredIndex):
         return data
 
     def _result(self, scores: NDArray[np.float32], labels: NDArray[np.int64], query_ids: Sequence[str]) -> SearchResult:
-        ids = self._table.ids
-        doc_ids = [[ids[r] for r in row if r >= 0] for row in labels]
+        view = self._table.id_array()
+        doc_ids = [view[row[row >= 0]].tolist() for row in labels]
         return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels, query_ids=list(query_ids))
 
     def _row_scorer(self, codes: NDArray[np.uint8]) -> Any:

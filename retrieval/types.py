@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from retrieval.errors import ShapeError
 
-__all__ = ["Embeddings", "Hit", "MultiVectorEmbeddings", "SearchResult", "as_float32_matrix", "check_finite"]
+__all__ = ["Embeddings", "Hit", "LabelTable", "MultiVectorEmbeddings", "SearchResult", "as_float32_matrix", "check_finite"]
 
 
 _SMALL = 1 << 16  # elements (256 KB of float32): below this a boolean finiteness mask is cheap
@@ -122,6 +122,13 @@ class Hit:
     score: float
 
 
+class LabelTable(Protocol):
+    """A label -> document id table: indexing it with an int64 array of labels (all >= 0)
+    returns an object array of ``str`` of the same shape (``np.ndarray`` of ``str`` objects does)."""
+
+    def __getitem__(self, labels: NDArray[np.int64], /) -> NDArray[np.object_]: ...
+
+
 class SearchResult:
     """Top-k results for a batch of queries.
 
@@ -129,7 +136,8 @@ class SearchResult:
     ----------
     doc_ids : list of list of str, shape (nq, <=k)
         Document ids per query, best first. A query with fewer than k hits has a shorter list.
-        Indexes hand over their label-to-id table instead of a list (``id_table``): the
+        Indexes hand over their label-to-id table instead of a list (``id_table``: an object
+        array, or any :class:`LabelTable` such as the index's compact id store): the
         Python lists are then built on first access and kept, so a caller that only reads
         ``labels`` and ``scores`` never pays for them.
     scores : np.ndarray, shape (nq, k), dtype float32
@@ -157,7 +165,7 @@ class SearchResult:
         labels: NDArray[np.int64] | None = None,
         query_ids: list[str] | None = None,
         *,
-        id_table: NDArray[np.object_] | None = None,
+        id_table: LabelTable | None = None,
     ) -> None:
         if scores is None or labels is None:
             raise TypeError("SearchResult needs scores and labels.")

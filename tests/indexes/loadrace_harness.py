@@ -67,7 +67,7 @@ def check(index: Any, kind: str, mode: str) -> str | None:
     if sorted(live) != sorted(expected):
         return f"ids of generation {gen} expected ({len(expected)}), got {len(live)} ids e.g. {live[:2]}"
     if kind == "flat":
-        stored = np.asarray(index.vectors)[[index._table.row_of[i] for i in live]]
+        stored = np.asarray(index.vectors)[index._table.rows_of(live)]
         if not np.array_equal(stored, np.stack([vector_of(i) for i in live])):
             return "stored vectors are not the ids' vectors"
     probe = live[:: max(1, len(live) // 32)]  # every id of a generation; a sample of a grown index

@@ -1,0 +1,162 @@
+"""The compact id store (``indexes._ids.IdTable``) against a plain list + dict model: lookups,
+hash collisions, deleted twins, the side table of appended ids, snapshots, and reading back."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+import indexes._ids as ids_module
+from indexes._ids import IdTable, _fnv1a, _read_id_lines
+from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
+
+
+class _Model:
+    """The old bookkeeping: a list of ids and a dict of the live ones."""
+
+    def __init__(self, tombstones: bool) -> None:
+        self.tombstones, self.ids, self.row_of = tombstones, [], {}
+
+    def append(self, new: list[str]) -> None:
+        self.row_of.update((d, len(self.ids) + i) for i, d in enumerate(new))
+        self.ids.extend(new)
+
+    def remove(self, gone: list[str]) -> None:
+        if self.tombstones:
+            for d in gone:
+                del self.row_of[d]
+            return
+        self.ids = [d for d in self.ids if d not in set(gone)]
+        self.row_of = {d: r for r, d in enumerate(self.ids)}
+
+    def live(self) -> list[str]:
+        return [d for r, d in enumerate(self.ids) if self.row_of.get(d) == r]
+
+
+def _same(table: IdTable, model: _Model, probes: list[str]) -> None:
+    assert len(table) == len(model.row_of) and table.ntotal == len(model.ids)
+    assert table.ids == model.ids and table.live_ids() == model.live()
+    assert table.missing(probes) == [p for p in probes if p not in model.row_of]
+    live = [p for p in probes if p in model.row_of]
+    assert table.rows_of(live) == [model.row_of[p] for p in live]
+    assert all((p in table) == (p in model.row_of) for p in probes)
+
+
+@pytest.mark.parametrize("tombstones", [True, False])
+@pytest.mark.parametrize("collide", [False, True])
+def test_random_operations_match_the_list_and_dict_model(tombstones: bool, collide: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if collide:  # every id hashes to one of 3 values: every lookup must compare bytes
+        real, real_one = _fnv1a, ids_module._fnv1a_one
+        monkeypatch.setattr(ids_module, "_fnv1a", lambda buf, off: real(buf, off) % np.uint64(3))
+        monkeypatch.setattr(ids_module, "_fnv1a_one", lambda data: real_one(data) % 3)
+    monkeypatch.setattr(ids_module, "_MERGE_MIN", 7)  # merge often
+    rng = random.Random(5)
+    table, model = IdTable(tombstones=tombstones), _Model(tombstones)
+    pool = [f"d{i}" for i in range(60)] + ["é", "ü-1", "文書", "d1\u00e9", "x" * 40]
+    for _ in range(150):
+        live = list(model.row_of)
+        if live and rng.random() < 0.35:
+            gone = rng.sample(live, rng.randint(1, min(4, len(live))))
+            got, rows = table.rows_to_delete(gone + gone[:1])  # a repeated id deletes once
+            assert rows.tolist() == sorted({model.row_of[d] for d in gone})
+            table.remove(got, rows)
+            model.remove(gone)
+        else:
+            new = [d for d in rng.sample(pool, rng.randint(1, 5)) if d not in model.row_of]
+            table.check_new(new)
+            assert table.append(new) == len(model.ids)
+            model.append(new)
+        if rng.random() < 0.2:
+            table.id_array()  # merges the side table
+        _same(table, model, [*rng.sample(pool, 10), "", "nope"])
+
+
+def test_errors_and_non_str_lookups_are_as_before() -> None:
+    table = IdTable(tombstones=True)
+    table.append(["a", "b", "c"])
+    with pytest.raises(ConfigError, match=r"1 id\(s\) are already in the index, e.g. \['b'\]"):
+        table.check_new(["z", "b"])
+    with pytest.raises(ConfigError, match="duplicate document id 'z'"):
+        table.check_new(["z", "z"])
+    with pytest.raises(UnknownIdError, match=r"cannot delete 2 id\(s\) .* e.g. \['x', 7\]; nothing was deleted"):
+        table.rows_to_delete(["a", "x", 7])  # type: ignore[list-item]
+    with pytest.raises(UnknownIdError, match=r"subset holds 1 id\(s\) .* e.g. \['q'\]"):
+        table.subset_mask(["a", "q"])
+    assert table.subset_mask("b").tolist() == [False, True, False]
+    assert 3 not in table and None not in table
+    with pytest.raises(TypeError):
+        [1] in table  # noqa: B015 - unhashable, as with the dict
+    with pytest.raises(TypeError):
+        table.rows_to_delete([["a"]])  # type: ignore[list-item]
+
+    class Sub(str):
+        pass
+
+    assert Sub("b") in table and table.rows_of([Sub("c")]) == [2]
+    assert len(table) == 3 and table.ntotal == 3
+
+
+def test_a_view_handed_out_is_a_snapshot() -> None:
+    table = IdTable(tombstones=False)
+    table.append(["a", "bé", "c"])
+    view = table.id_array()
+    table.remove(["a"], np.array([0]))
+    table.append(["d"])
+    assert view[np.array([[0, 2], [1, 1]])].tolist() == [["a", "c"], ["bé", "bé"]]
+    assert table.id_array()[np.array([0, 2])].tolist() == ["bé", "d"]
+
+
+def test_memory_counts_the_arrays_and_a_copy_is_independent() -> None:
+    table = IdTable(tombstones=True)
+    table.append([f"doc-{i:06d}" for i in range(1000)])
+    assert table.memory_bytes() == 1000 * (10 + 8 + 8 + 4 + 1) + 8
+    clone = table.copy()
+    clone.remove(["doc-000001"], np.array([1]))
+    clone.append(["new"])
+    assert "doc-000001" in table and "new" not in table and table.ntotal == 1000
+    assert "doc-000001" not in clone and "new" in clone
+    for other in (copy.deepcopy(clone), pickle.loads(pickle.dumps(clone))):
+        assert other.ids == clone.ids and other.live_ids() == clone.live_ids() and other.id_array()
+
+
+@pytest.mark.parametrize("raw,expected", [(b"", []), (b"a\n", ["a"]), (b"a\nb", ["a", "b"]), (b"\n", [""]),
+                                          (b"a\n\n", ["a", ""]), ("é\n文\n".encode(), ["é", "文"])])
+def test_reading_lines_as_buffer_and_offsets(tmp_path, raw: bytes, expected: list[str]) -> None:
+    (tmp_path / "ids.txt").write_bytes(raw)
+    buf, offsets = _read_id_lines(tmp_path / "ids.txt", expected=len(expected))
+    assert [buf[a:b].decode() for a, b in pairwise(offsets.tolist())] == expected
+    with pytest.raises(IndexFormatError, match=f"holds {len(expected)} ids, but the manifest says"):
+        _read_id_lines(tmp_path / "ids.txt", expected=len(expected) + 1)
+    (tmp_path / "bad.txt").write_bytes(raw + b"\xff")
+    with pytest.raises(IndexFormatError, match="is not valid UTF-8"):
+        _read_id_lines(tmp_path / "bad.txt", expected=len(expected) + 1)
+
+
+def test_fnv1a_matches_the_reference_and_ignores_the_order_of_lengths() -> None:
+    def reference(b: bytes) -> int:
+        h = 0xCBF29CE484222325
+        for byte in b:
+            h = ((h ^ byte) * 0x100000001B3) % 2**64
+        return h
+    words = [b"", b"a", b"doc-123456", "é文".encode(), b"z" * 300, b"ab"]
+    offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+    assert _fnv1a(b"".join(words), offsets).tolist() == [reference(w) for w in words]
+    assert [ids_module._fnv1a_one(w) for w in words] == [reference(w) for w in words]
+
+
+def test_merging_appended_ids_keeps_the_hashes_sorted() -> None:
+    table = IdTable(tombstones=True)
+    rng = np.random.default_rng(3)
+    for start in range(0, 3000, 300):
+        table.append([f"x{i}" for i in rng.permutation(np.arange(start, start + 300))])
+        store = table._merged()
+        assert (store.hashes[1:] >= store.hashes[:-1]).all() and store.perm.dtype == np.uint32
+        assert sorted(store.perm.tolist()) == list(range(store.rows))
+        assert (_fnv1a(store.buf, store.offsets)[store.perm] == store.hashes).all()
+    assert table.rows_of(["x5", "x2999"]) == [table.ids.index("x5"), table.ids.index("x2999")]
