@@ -75,20 +75,8 @@ def dataset_path(name: str) -> Path:
         If the name is known but its directory is missing, i.e. the installation does
         not carry the package data.
     """
-    if not isinstance(name, str) or name not in _BUNDLED:
-        listing = "\n".join(f"  {key}: {desc}" for key, desc in sorted(_BUNDLED.items()))
-        raise ConfigError(
-            f"unknown bundled data set {name!r}; available:\n{listing}\n"
-            "To use another BEIR data set, pass its directory path to load_beir()."
-        )
-    path = _ROOT / name
-    if not path.is_dir():
-        raise DataError(
-            f"bundled data set {name!r} should be at {path}, but that directory is missing. "
-            "The package was installed without its data files; reinstall densezip from a "
-            "wheel or source tree that includes retrieval/datasets/."
-        )
-    return path
+    return _bundled_path(name, _BUNDLED, "data set",
+                         "To use another BEIR data set, pass its directory path to load_beir().")
 
 
 def available_vector_sets() -> list[str]:
@@ -111,13 +99,18 @@ def vector_set_path(name: str) -> Path:
     DataError
         If its directory is missing (an installation without the package data).
     """
-    if not isinstance(name, str) or name not in _VECTOR_SETS:
-        listing = "\n".join(f"  {key}: {desc}" for key, desc in sorted(_VECTOR_SETS.items()))
-        raise ConfigError(f"unknown bundled vector set {name!r}; available:\n{listing}")
+    return _bundled_path(name, _VECTOR_SETS, "vector set", None)
+
+
+def _bundled_path(name: str, table: dict[str, str], kind: str, hint: str | None) -> Path:
+    """The directory of bundled ``kind`` ``name`` from ``table``; ConfigError / DataError otherwise."""
+    if not isinstance(name, str) or name not in table:
+        listing = "\n".join(f"  {key}: {desc}" for key, desc in sorted(table.items()))
+        raise ConfigError(f"unknown bundled {kind} {name!r}; available:\n{listing}" + (f"\n{hint}" if hint else ""))
     path = _ROOT / name
     if not path.is_dir():
         raise DataError(
-            f"bundled vector set {name!r} should be at {path}, but that directory is missing. "
+            f"bundled {kind} {name!r} should be at {path}, but that directory is missing. "
             "The package was installed without its data files; reinstall densezip from a "
             "wheel or source tree that includes retrieval/datasets/."
         )
