@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 
 from indexes import FaissIndex, FlatIndex, MultiVectorIndex, ShardedIndex, ShardedMultiVectorIndex
-from retrieval.app.bench.probe import index_memory_bytes
 from retrieval.types import MultiVectorEmbeddings
 
 pytest.importorskip("faiss")
 
 
 def _probe_before(index: object) -> int:
-    """The accounting ``retrieval.app.bench.probe.index_memory_bytes`` did before the indexes had
+    """The accounting ``retrieval.app.bench.probe.index_memory_bytes`` (since removed) did before the indexes had
     ``memory_bytes()``: payload by kind, plus the ids measured through the index's internals."""
     import faiss
 
@@ -71,7 +70,7 @@ def _single(kind: str) -> object:
 def test_single_vector_kinds_count_as_the_probe_did(kind: str) -> None:
     index = _single(kind)
     before = index.memory_bytes()  # type: ignore[attr-defined]
-    assert before == _probe_before(index) == index_memory_bytes(index)  # type: ignore[arg-type]
+    assert before == _probe_before(index)  # type: ignore[arg-type]
     index.delete([f"doc-{i}" for i in range(0, 300, 7)])  # type: ignore[attr-defined]
     # A tombstoned row keeps its id (and, but for IVF, its vector): the figure never grows.
     assert index.memory_bytes() == _probe_before(index) <= before  # type: ignore[attr-defined]
@@ -84,7 +83,7 @@ def test_multivector_kinds_count_as_the_probe_did(spec: str, first_stage: str) -
     index = MultiVectorIndex(16, spec=spec, first_stage=first_stage).add(docs)
     sharded = ShardedMultiVectorIndex(MultiVectorIndex(16, spec=spec, first_stage=first_stage), n_shards=2).add(docs)
     for ix in (index, sharded):
-        assert ix.memory_bytes() == _probe_before(ix) == index_memory_bytes(ix)
+        assert ix.memory_bytes() == _probe_before(ix)
         ix.delete(["d3", "d4"])
         assert ix.memory_bytes() == _probe_before(ix)
     sharded.close()

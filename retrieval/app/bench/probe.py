@@ -9,18 +9,13 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from retrieval.app.measure import SearchTiming
 
-if TYPE_CHECKING:
-    from indexes.base import VectorIndex
-    from indexes.multivector import MultiVectorIndex
-    from indexes.sharded_multivector import ShardedMultiVectorIndex
-
-__all__ = ["extra_us_per_call", "index_memory_bytes", "machine_info", "memory_bandwidth", "paired_ratio", "set_threads",
+__all__ = ["extra_us_per_call", "machine_info", "memory_bandwidth", "paired_ratio", "set_threads",
            "time_interleaved"]
 
 _VERSIONED = ("densezip", "numpy", "faiss-cpu", "faiss-gpu", "torch", "sentence-transformers", "transformers",
@@ -167,17 +162,6 @@ def set_threads(threads: int) -> int:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return int(faiss.omp_get_max_threads())
-
-
-def index_memory_bytes(index: VectorIndex | MultiVectorIndex | ShardedMultiVectorIndex) -> int:
-    """Bytes a loaded index holds in memory: ``index.memory_bytes()``.
-
-    Every index kind counts its own payload (FAISS indexes as ``faiss.serialize_index`` writes
-    them, the NumPy :class:`~indexes.FlatIndex` by its float32 matrix, a
-    :class:`~indexes.MultiVectorIndex` by its codes, offsets, codec and first stage) plus its
-    string ids as Python holds them; a sharded index sums its shards, wherever they live.
-    """
-    return int(index.memory_bytes())
 
 
 def _cpu_model() -> str:

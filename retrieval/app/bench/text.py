@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.app.bench.config import BenchConfig, TextDataset, TextIndexConfig
-from retrieval.app.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
+from retrieval.app.bench.probe import extra_us_per_call, paired_ratio, time_interleaved
 from retrieval.app.bench.vector_sets import scan_bytes
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
 
     Quality: ``nDCG@10``, ``MRR@10``, ``Recall@100`` from :func:`retrieval.evaluate` on the
     ``split`` qrels, retrieving 100 documents per query. Size: bytes per document held in
-    memory (:func:`~retrieval.app.bench.probe.index_memory_bytes`) and on disk (every file of
+    memory (the index's own ``memory_bytes()``) and on disk (every file of
     the saved index directory). Speed: ``k`` hits per query at every configured batch size;
     FAISS kinds are timed interleaved with the raw FAISS object they wrap.
     """
@@ -173,7 +173,7 @@ def run_text_dataset(ds: TextDataset, config: BenchConfig, *, encoder_factory: E
             "spec": extra.get("spec", cfg.spec or "exact"),
             "search_params": {p: getattr(cfg, p) for p in ("nprobe", "ef_search") if getattr(cfg, p) is not None},
             **metrics, "build_s": build_s,
-            "memory_bytes_per_doc": index_memory_bytes(index) / len(index),
+            "memory_bytes_per_doc": index.memory_bytes() / len(index),
             "disk_bytes_per_doc": saved_bytes(index) / len(index),
             "timing": {},
         }

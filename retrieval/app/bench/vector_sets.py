@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from retrieval.app.bench.config import BenchConfig, VectorDataset
 from retrieval.app.bench.fvecs import read_fvecs, read_ivecs
-from retrieval.app.bench.probe import extra_us_per_call, index_memory_bytes, paired_ratio, time_interleaved
+from retrieval.app.bench.probe import extra_us_per_call, paired_ratio, time_interleaved
 from retrieval.errors import DataError
 
 __all__ = ["recall_at", "run_vector_dataset", "scan_bytes"]
@@ -103,7 +103,7 @@ def run_vector_dataset(ds: VectorDataset, config: BenchConfig, *, progress: Prog
             index = FaissIndex(base.shape[1], spec=spec, metric=ds.metric).train(base).add(base, ids=ids)
             build_s = time.perf_counter() - t0
             raw = index.faiss_index
-            memory = index_memory_bytes(index)
+            memory = index.memory_bytes()
             disk = saved_bytes(index)
             scanned = scan_bytes(raw)
             for search_params in family.search_points():
