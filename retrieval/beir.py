@@ -33,7 +33,7 @@ from retrieval.errors import ConfigError, DataError
 
 V = TypeVar("V")
 
-__all__ = ["BEIRDataset", "corpus_texts", "load_beir", "load_corpus"]
+__all__ = ["BEIRDataset", "corpus_texts", "has_qrels", "load_beir", "load_corpus"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -208,16 +208,7 @@ def load_beir(path: str | os.PathLike[str], split: str = "test") -> BEIRDataset:
     (5183, 300)
     """
     root = _resolve_root(path)
-    if (
-        not isinstance(split, str)
-        or not split
-        or split != Path(split).name
-        or split.startswith(".")
-    ):
-        raise ConfigError(
-            f"split must be a plain name such as 'test' or 'train' (the qrels/<split>.tsv "
-            f"stem); got {split!r}."
-        )
+    _check_split(split)
     corpus_file = _find_file(root, "corpus")
     queries_file = _find_file(root, "queries")
     qrels_file = _find_qrels(root, split)
@@ -242,6 +233,21 @@ def load_corpus(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     return _read_corpus(_find_file(_resolve_root(path), "corpus"))
 
 
+def has_qrels(path: str | os.PathLike[str], split: str) -> bool:
+    """Whether the BEIR directory (or bundled data set) ``path`` has judgments ``qrels/<split>.tsv``
+    and a queries file, i.e. whether ``load_beir(path, split)`` can find everything it reads.
+
+    Examples
+    --------
+    >>> has_qrels("scifact", "train"), has_qrels("scifact", "dev")
+    (True, False)
+    """
+    root = _resolve_root(path)
+    _check_split(split)
+    queries = any((root / f"queries.jsonl{ext}").is_file() for ext in ("", ".gz"))
+    return queries and (root / "qrels" / f"{split}.tsv").is_file()
+
+
 def corpus_texts(corpus: dict[str, dict[str, str]], sep: str = " ") -> list[str]:
     """Texts to encode, in corpus order: ``title + sep + text`` (just ``text`` without a title)."""
     return [
@@ -251,6 +257,14 @@ def corpus_texts(corpus: dict[str, dict[str, str]], sep: str = " ") -> list[str]
 
 
 # --------------------------------------------------------------------------- locating files
+
+
+def _check_split(split: object) -> None:
+    if not isinstance(split, str) or not split or split != Path(split).name or split.startswith("."):
+        raise ConfigError(
+            f"split must be a plain name such as 'test' or 'train' (the qrels/<split>.tsv "
+            f"stem); got {split!r}."
+        )
 
 
 def _resolve_root(path: str | os.PathLike[str]) -> Path:

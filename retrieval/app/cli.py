@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrieval._version import __version__
 from retrieval.app._platform import keep_freed_memory
-from retrieval.errors import RetrievalError
+from retrieval.errors import ConfigError, RetrievalError
 
 if TYPE_CHECKING:
     from indexes.base import VectorIndex
@@ -67,8 +67,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     _check_out(args.out, overwrite=args.overwrite)
     if not is_beir_input(args.data):  # a folder of .txt/.md files or JSONL: a RAG collection
         if args.shards is not None:
-            from retrieval.errors import ConfigError
-
             raise ConfigError(
                 f"--shards applies to BEIR-format corpora; {args.data} is a folder of text / JSONL documents, which "
                 "builds a RAG collection (one index). Drop --shards, or convert the documents to a BEIR corpus.jsonl."
@@ -252,32 +250,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train_jpq(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from retrieval.beir import load_beir
+    from retrieval.beir import corpus_texts, has_qrels, load_beir, load_corpus
     from retrieval.evaluate import evaluate
     from training.jpq import JPQTrainer, JPQTrainingArgs, load_jpq
+    from training.queries import pseudo_queries, read_queries
 
     _check_out(args.out, overwrite=args.overwrite)
     settings = JPQTrainingArgs.from_toml(args.config) if args.config else JPQTrainingArgs()
-    overrides = {k: v for k, v in (("m", args.m), ("epochs", args.epochs)) if v is not None}
+    overrides = {k: v for k, v in (("m", args.m), ("epochs", args.epochs), ("nbits", args.nbits)) if v is not None}
+    judged = has_qrels(args.data, args.train_split)
+    teacher = args.teacher
+    if teacher == "auto":  # judgments: plain JPQ unless the config asks for a teacher; none: distil
+        teacher = settings.teacher if judged else "exact"
+    if teacher == "none" and not judged:
+        raise ConfigError(f"{args.data} has no judged '{args.train_split}' split (qrels/{args.train_split}.tsv and "
+                          "queries.jsonl); train without judgments with --teacher exact.")
+    overrides["teacher"] = teacher
+    if args.fast_scan and (overrides.get("nbits", settings.nbits) != 4):
+        raise ConfigError("--fast-scan serves 4-bit codes; add --nbits 4 (and twice the --m for the same bytes).")
     settings = replace(settings, **overrides)
     started = time.perf_counter()
-    train = load_beir(args.data, split=args.train_split)
+    if judged:
+        train = load_beir(args.data, split=args.train_split)
+        ids, texts, queries, qrels = train.doc_ids(), train.doc_texts(), dict(train.queries), train.qrels
+    else:
+        corpus = load_corpus(args.data)
+        ids, texts, queries, qrels = list(corpus), corpus_texts(corpus), {}, {}
+    if teacher == "exact":
+        if args.queries:
+            queries.update({f"file:{q}": t for q, t in read_queries(args.queries).items()})
+        n_pseudo = args.pseudo_queries if args.pseudo_queries is not None else (0 if args.queries else 8192)
+        if n_pseudo:
+            queries.update(pseudo_queries(texts, n_pseudo, seed=settings.seed))
+    elif args.queries or args.pseudo_queries:
+        raise ConfigError("--queries / --pseudo-queries feed the distillation teacher; add --teacher exact.")
     encoder = _encoder(args)
-    docs = encoder.encode_documents(train.doc_texts(), ids=train.doc_ids())
-    trainer = JPQTrainer(settings, doc_ids=docs.ids, doc_vectors=docs.vectors, queries=train.queries,
-                         qrels=train.qrels, model=args.model, device="cpu" if args.device == "auto" else args.device)
+    docs = encoder.encode_documents(texts, ids=ids)
+    trainer = JPQTrainer(settings, doc_ids=docs.ids, doc_vectors=docs.vectors, queries=queries,
+                         qrels=qrels, model=args.model, device="cpu" if args.device == "auto" else args.device)
     history = trainer.train(show_progress=not args.json)
-    path = trainer.save(args.out, overwrite=args.overwrite)
-    payload: dict[str, Any] = {"out": str(path), "spec": settings.spec, "steps": history.steps,
-                               "train_s": history.seconds, "total_s": time.perf_counter() - started,
-                               "dev": history.dev}
-    text = f"trained {settings.spec} for {history.steps} steps in {history.seconds:.0f}s; saved to {path}"
-    if args.eval_split:
+    path = trainer.save(args.out, overwrite=args.overwrite, fast_scan=args.fast_scan, ivf_lists=args.ivf_lists)
+    spec = load_jpq(path, device="cpu").index.spec
+    payload: dict[str, Any] = {"out": str(path), "spec": spec, "teacher": teacher, "queries": len(queries),
+                               "steps": history.steps, "train_s": history.seconds,
+                               "total_s": time.perf_counter() - started, "dev": history.dev,
+                               "selected": history.selected}
+    text = f"trained {spec} ({'distilled from exact search' if teacher == 'exact' else 'judged queries'}, " \
+           f"{len(queries)} training queries) for {history.steps} steps in {history.seconds:.0f}s; saved to {path}"
+    if history.selected:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in history.selected.items() if k not in ("by", "step"))
+        text += f"\nkept the state after step {history.selected['step']} (best by {history.selected['by']}): {shown}"
+    if args.eval_split and has_qrels(args.data, args.eval_split):
         test = load_beir(args.data, split=args.eval_split)
         retriever = load_jpq(path, device="cpu")
         result = retriever.search(test.query_texts(), 100, query_ids=test.query_ids())
         payload["metrics"] = evaluate(result.to_trec_dict(), test.qrels)
         text += "\n" + f"{args.eval_split}: " + "  ".join(f"{k} {v:.4f}" for k, v in payload["metrics"].items())
+    elif args.eval_split:
+        text += f"\nno judged '{args.eval_split}' split: quality against judgments not measured"
     _emit(args, payload, text)
     return 0
 
@@ -430,12 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("train-jpq", help="train a JPQ index (query encoder + PQ centroids) on a BEIR train split")
-    p.add_argument("data", help="BEIR-format directory or bundled data set name with a train qrels split")
+    p = sub.add_parser("train-jpq", help="train a JPQ index (query encoder + PQ centroids), with or without judgments")
+    p.add_argument("data", help="BEIR-format directory or bundled data set name; judgments (qrels/train.tsv) are "
+                   "optional: without them JPQ distils from exact search")
     p.add_argument("--out", required=True, help="output directory (index/ and query_encoder/)")
     p.add_argument("--config", default=None, help="TOML file with a [jpq] table of JPQTrainingArgs")
     p.add_argument("--m", type=_int_in(1, 4096), default=None, help="PQ sub-vectors (bytes per document at 8 bits)")
     p.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None, help="passes over the training queries")
+    p.add_argument("--nbits", type=_int_in(1, 16), default=None, help="bits per code (default 8; 4 for --fast-scan)")
+    p.add_argument("--teacher", choices=("auto", "none", "exact"), default="auto",
+                   help="exact: distil from exact search over the float vectors (no judgments needed); none: judged "
+                   "queries only; auto (default): exact when the data has no judgments, else the config's choice")
+    p.add_argument("--queries", default=None, metavar="FILE",
+                   help="unjudged training queries for the teacher: text (one per line) or JSONL with \"text\"")
+    p.add_argument("--pseudo-queries", type=_int_in(0, 10_000_000), default=None, metavar="N",
+                   help="pseudo-queries cut from the corpus for the teacher (default 8192 without --queries, else 0)")
+    p.add_argument("--fast-scan", action="store_true", help="export the 4-bit codes as a FAISS fast-scan index")
+    p.add_argument("--ivf-lists", type=_int_in(1, 1 << 24), default=None, metavar="N",
+                   help="export with an inverted file of N lists in front of the same codes")
     p.add_argument("--train-split", default="train", help="qrels split to train on (default train)")
     p.add_argument("--eval-split", default="test", help="split to evaluate after training ('' to skip)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

@@ -113,7 +113,7 @@ def test_ablation_switches_and_bad_args(tiny):
     with pytest.raises(ConfigError, match="at least 256"):
         _trainer(tiny, opq=True)
     data, docs = tiny
-    with pytest.raises(ConfigError, match="device='cpu' only"):
+    with pytest.raises(ConfigError, match="sees no CUDA device"):
         JPQTrainer(JPQTrainingArgs(), doc_ids=docs.ids, doc_vectors=docs.vectors, queries=data.queries,
                    qrels=data.qrels, device="cuda")
 

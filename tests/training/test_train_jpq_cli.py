@@ -56,3 +56,50 @@ def test_toml_errors(tmp_path):
 
     shipped = Path(training.__file__).parent / "configs" / "jpq_scifact.toml"
     assert JPQTrainingArgs.from_toml(shipped).m == 24
+
+
+def _write_corpus_only(root, data) -> None:
+    root.mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for doc_id, doc in data.corpus.items():
+            f.write(json.dumps({"_id": doc_id, **doc}) + "\n")
+
+
+def test_train_jpq_without_judgments(tmp_path, capsys):
+    """A corpus-only directory: the teacher is picked, pseudo-queries and a query file train it."""
+    data = load_beir("scifact", split="train").subset(100, seed=2)
+    _write_corpus_only(tmp_path / "corpus", data)
+    queries = tmp_path / "log.txt"
+    queries.write_text("vitamin d and bone health\nsmoking and lung cancer\n")
+    config = tmp_path / "jpq.toml"
+    config.write_text("[jpq]\nopq = false\nepochs = 1\nbatch_size = 16\nteacher_dev = 8\ntrain_encoder = false\n"
+                      "distill_top_n = 10\ndistill_negatives = 10\n")
+    out = tmp_path / "run"
+    assert main(["train-jpq", str(tmp_path / "corpus"), "--out", str(out), "--config", str(config), "--m", "8",
+                 "--nbits", "4", "--pseudo-queries", "40", "--queries", str(queries), "--fast-scan", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["teacher"] == "exact" and report["queries"] == 42 and report["spec"] == "PQ8x4fs"
+    assert report["selected"]["by"] == "teacher" and "metrics" not in report
+    assert main(["search", str(out / "index"), "vitamin D", "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"][0]["hits"]) == 3
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--teacher", "none"], "has no judged 'train' split"),
+    (["--nbits", "8", "--fast-scan"], "--fast-scan serves 4-bit codes"),
+    (["--teacher", "exact", "--queries", "MISSING"], "does not exist"),
+    (["--teacher", "exact", "--queries", "EMPTY"], "holds no queries"),
+    (["--teacher", "exact", "--queries", "DUP"], "repeated quer"),
+    (["--m", "7"], "must divide"),
+])
+def test_train_jpq_bad_input(tmp_path, capsys, extra, match):
+    data = load_beir("scifact", split="train").subset(60, seed=2)
+    _write_corpus_only(tmp_path / "corpus", data)
+    (tmp_path / "EMPTY").write_text("\n")
+    (tmp_path / "DUP").write_text("a b c\nd e f\na b c\n")
+    extra = [str(tmp_path / e) if e in ("MISSING", "EMPTY", "DUP") else e for e in extra]
+    code = main(["train-jpq", str(tmp_path / "corpus"), "--out", str(tmp_path / "run"), "--nbits", "4",
+                 "--pseudo-queries", "20", *extra])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
