@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import indexes._ids as ids_module
-from indexes._ids import IdTable, _fnv1a, _read_id_lines
+import indexes._idstore as store_module
+from indexes._ids import IdTable, _read_id_lines
+from indexes._idstore import fnv1a
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 
 
@@ -52,9 +54,9 @@ def _same(table: IdTable, model: _Model, probes: list[str]) -> None:
 def test_random_operations_match_the_list_and_dict_model(tombstones: bool, collide: bool,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     if collide:  # every id hashes to one of 3 values: every lookup must compare bytes
-        real, real_one = _fnv1a, ids_module._fnv1a_one
-        monkeypatch.setattr(ids_module, "_fnv1a", lambda buf, off: real(buf, off) % np.uint64(3))
-        monkeypatch.setattr(ids_module, "_fnv1a_one", lambda data: real_one(data) % 3)
+        real, real_one = fnv1a, store_module.fnv1a_one
+        monkeypatch.setattr(store_module, "fnv1a", lambda buf, off: real(buf, off) % np.uint64(3))
+        monkeypatch.setattr(store_module, "fnv1a_one", lambda data: real_one(data) % 3)
     monkeypatch.setattr(ids_module, "_MERGE_MIN", 7)  # merge often
     rng = random.Random(5)
     table, model = IdTable(tombstones=tombstones), _Model(tombstones)
@@ -115,7 +117,7 @@ def test_a_view_handed_out_is_a_snapshot() -> None:
 def test_memory_counts_the_arrays_and_a_copy_is_independent() -> None:
     table = IdTable(tombstones=True)
     table.append([f"doc-{i:06d}" for i in range(1000)])
-    assert table.memory_bytes() == 1000 * (10 + 8 + 8 + 4 + 1) + 8
+    assert table.memory_bytes() == 1000 * (10 + 4 + 8 + 4 + 1) + 4  # uint32 offsets and permutation
     clone = table.copy()
     clone.remove(["doc-000001"], np.array([1]))
     clone.append(["new"])
@@ -130,7 +132,7 @@ def test_memory_counts_the_arrays_and_a_copy_is_independent() -> None:
 def test_reading_lines_as_buffer_and_offsets(tmp_path, raw: bytes, expected: list[str]) -> None:
     (tmp_path / "ids.txt").write_bytes(raw)
     buf, offsets = _read_id_lines(tmp_path / "ids.txt", expected=len(expected))
-    assert [buf[a:b].decode() for a, b in pairwise(offsets.tolist())] == expected
+    assert [buf[a:b].tobytes().decode() for a, b in pairwise(offsets.tolist())] == expected
     with pytest.raises(IndexFormatError, match=f"holds {len(expected)} ids, but the manifest says"):
         _read_id_lines(tmp_path / "ids.txt", expected=len(expected) + 1)
     (tmp_path / "bad.txt").write_bytes(raw + b"\xff")
@@ -146,8 +148,8 @@ def test_fnv1a_matches_the_reference_and_ignores_the_order_of_lengths() -> None:
         return h
     words = [b"", b"a", b"doc-123456", "é文".encode(), b"z" * 300, b"ab"]
     offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
-    assert _fnv1a(b"".join(words), offsets).tolist() == [reference(w) for w in words]
-    assert [ids_module._fnv1a_one(w) for w in words] == [reference(w) for w in words]
+    assert fnv1a(b"".join(words), offsets).tolist() == [reference(w) for w in words]
+    assert [store_module.fnv1a_one(w) for w in words] == [reference(w) for w in words]
 
 
 def test_merging_appended_ids_keeps_the_hashes_sorted() -> None:
@@ -158,5 +160,5 @@ def test_merging_appended_ids_keeps_the_hashes_sorted() -> None:
         store = table._merged()
         assert (store.hashes[1:] >= store.hashes[:-1]).all() and store.perm.dtype == np.uint32
         assert sorted(store.perm.tolist()) == list(range(store.rows))
-        assert (_fnv1a(store.buf, store.offsets)[store.perm] == store.hashes).all()
+        assert (fnv1a(store.buf, store.offsets)[store.perm] == store.hashes).all()
     assert table.rows_of(["x5", "x2999"]) == [table.ids.index("x5"), table.ids.index("x2999")]
