@@ -38,7 +38,7 @@ from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 if TYPE_CHECKING:
     from indexes.manifest import Manifest
 
-__all__ = ["IDS_FILE", "IdTable", "as_ids", "check_new_ids", "check_storable_ids"]
+__all__ = ["IDS_FILE", "IdTable", "as_ids", "check_new_ids", "check_storable_ids", "is_int", "one_or_many"]
 
 #: The file of format version 1 holding one document id per row, in row order.
 IDS_FILE = "doc_ids.txt"
@@ -53,7 +53,7 @@ IdKind = Literal["str", "int"]
 Ids = list[str] | NDArray[np.int64]
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -79,9 +79,9 @@ def as_ids(ids: Any) -> Ids:
         ids = ids.tolist()
     else:
         ids = list(ids)
-    if not ids or not _is_int(ids[0]):
+    if not ids or not is_int(ids[0]):
         return ids
-    bad = next((n for n, i in enumerate(ids) if not _is_int(i)), -1)
+    bad = next((n for n, i in enumerate(ids) if not is_int(i)), -1)
     if bad >= 0:
         raise ConfigError(f"document ids must be all int or all str; got int {ids[0]!r} and "
                           f"{type(ids[bad]).__name__} {ids[bad]!r:.100} in one batch. Convert them to one type.")
@@ -318,7 +318,7 @@ class IdTable:
         UnknownIdError
             Naming the ids that are not in the index; the caller deletes nothing then.
         """
-        ids = _one_or_many(ids)
+        ids = one_or_many(ids)
         rows = self._find(ids)
         if (rows < 0).any():
             missing = [i for i, r in zip(ids, rows.tolist(), strict=True) if r < 0]
@@ -394,7 +394,7 @@ class IdTable:
         UnknownIdError
             If ``subset`` names an id that is not live.
         """
-        subset_ids = _one_or_many(subset)
+        subset_ids = one_or_many(subset)
         rows = self._find(subset_ids)
         if (rows < 0).any():
             missing = [i for i, r in zip(_as_list(subset_ids), rows.tolist(), strict=True) if r < 0]
@@ -462,7 +462,7 @@ _POSITIONS = (np.uint32, np.int64)
 
 
 def _is_int64(value: object) -> bool:
-    return _is_int(value) and _I64.min <= value <= _I64.max  # type: ignore[operator]
+    return is_int(value) and _I64.min <= value <= _I64.max  # type: ignore[operator]
 
 
 def _is_str(value: object) -> bool:
@@ -473,9 +473,9 @@ def _as_list(ids: Ids) -> list[Any]:
     return ids.tolist() if isinstance(ids, np.ndarray) else ids  # type: ignore[no-any-return]
 
 
-def _one_or_many(ids: Any) -> list[Any]:
+def one_or_many(ids: Any) -> list[Any]:
     """A ``delete`` / ``subset`` argument as a list: one str or int id, or an iterable of them."""
-    if isinstance(ids, str) or _is_int(ids):
+    if isinstance(ids, str) or is_int(ids):
         return [ids]
     return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
 
