@@ -360,7 +360,9 @@ class IdTable:
         if isinstance(ids, np.ndarray):
             valid, query = np.full(len(ids), self.kind == "int"), ids
         else:
-            valid = np.fromiter(map(_is_int64 if self.kind == "int" else _is_str, ids), dtype=bool, count=len(ids))
+            test = _is_int64 if self.kind == "int" else _is_str
+            valid = np.fromiter(map(test, ids), dtype=bool, count=len(ids)) if not all(map(test, ids)) else \
+                np.ones(len(ids), dtype=bool)
             if not valid.all():
                 for n in np.flatnonzero(~valid).tolist():
                     hash(ids[n])  # an unhashable id raises TypeError, as the dict lookup did
@@ -431,8 +433,10 @@ class IdTable:
             table.deleted = _checked(directory, entries, "deleted", n, (np.bool_,))
         if INT_ARRAYS[0] in entries:
             table.kind = "int"
-            table._store = IntStore(_checked(directory, entries, "id_keys", n, (np.int64,)),
-                                    _checked(directory, entries, "id_perm", n, _POSITIONS))
+            keys = _checked(directory, entries, "id_keys", n, (np.int64,))
+            table._store = (IntStore(keys, keys, None) if "id_perm" not in entries else
+                            IntStore(keys, _checked(directory, entries, "id_sorted", n, (np.int64,)),
+                                     _checked(directory, entries, "id_perm", n, _POSITIONS)))
         elif STR_ARRAYS[0] in entries:
             table.kind = "str"
             buf = _checked(directory, entries, "id_bytes", None, (np.uint8,))
@@ -490,7 +494,7 @@ def _checked(directory: Path, entries: dict[str, Any], name: str, length: int | 
             f"{directory / str(entries[name]['file'])} must be 1-d {want}"
             f"{f' of length {length}' if length is not None else ''}; got {array.dtype} {array.shape}."
         )
-    return array
+    return array.view(np.ndarray)  # still the map, without np.memmap's per-call overhead
 
 
 def _read_id_lines(path: Path, *, expected: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:

@@ -12,9 +12,10 @@ a load memory-maps as they are (nothing is decoded, hashed or sorted when an ind
     never returns a wrong row. Files: ``id_bytes.npy``, ``id_offsets.npy``, ``id_hashes.npy``,
     ``id_perm.npy``.
 :class:`IntStore`
-    Integer ids (``np.int64``, FAISS's ``IndexIDMap`` use case): the ids in row order and the
-    permutation that sorts them; a lookup is ``np.searchsorted(keys, q, sorter=perm)``.
-    Files: ``id_keys.npy``, ``id_perm.npy``.
+    Integer ids (``np.int64``, FAISS's ``IndexIDMap`` use case): the ids in row order, and
+    unless they ascend with the rows (8 bytes per row then) the ids sorted with the
+    permutation back to rows; a lookup is ``np.searchsorted`` on the sorted ids.
+    Files: ``id_keys.npy``, and unless the ids ascend with the rows ``id_sorted.npy``, ``id_perm.npy``.
 
 In both, equal keys sort by row (stable sorts, insertions after their equals), so the rows
 of a deleted id and of the id added again later sit side by side: :meth:`find` walks such a
@@ -38,7 +39,7 @@ _U32 = 2**32
 
 #: Array names (``<name>.npy``) of each layout, as :meth:`StrStore.arrays` / :meth:`IntStore.arrays` return them.
 STR_ARRAYS = ("id_bytes", "id_offsets", "id_hashes", "id_perm")
-INT_ARRAYS = ("id_keys", "id_perm")
+INT_ARRAYS = ("id_keys", "id_sorted", "id_perm")  # the last two only when the ids are not ascending
 
 Mask = NDArray[np.bool_] | None  # the tombstone mask, or None for a kind that drops deleted rows
 
@@ -214,8 +215,16 @@ class StrStore(NamedTuple):
         if not self.rows:
             return False
         target = doc_id.encode("utf-8", "surrogatepass")
-        pos = int(self.hashes.searchsorted(np.uint64(fnv1a_one(target))))
-        return pos < self.rows and self._walk(dead, target, pos) >= 0
+        h = fnv1a_one(target)
+        hashes = self.hashes
+        pos = int(hashes.searchsorted(np.uint64(h)))
+        if pos >= self.rows or int(hashes[pos]) != h:
+            return False
+        row = int(self.perm[pos])  # the usual case: the first row of that hash is the id, live
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        if end - start == len(target) and (dead is None or not dead[row]) and self.buf[start:end].tobytes() == target:
+            return True
+        return self._walk(dead, target, pos) >= 0
 
     def _walk(self, dead: Mask, target: bytes, pos: int) -> int:
         buf, offsets = self.buf, self.offsets
@@ -262,22 +271,33 @@ class StrStore(NamedTuple):
 
 
 class IntStore(NamedTuple):
-    """Integer ids: the ids in row order and the permutation that sorts them."""
+    """Integer ids: the ids in row order, the same ids sorted, and the permutation from sorted
+    position to row. While the rows hold ascending ids (``np.arange``-like keys, the common
+    case) the sorted ids are the ids themselves and there is no permutation (``perm is None``):
+    8 bytes per row, as FAISS's ``IndexIDMap``; otherwise 20."""
 
     keys: NDArray[np.int64]
-    perm: NDArray[Any]
+    sorted: NDArray[np.int64]
+    perm: NDArray[Any] | None
 
     @classmethod
     def build(cls, keys: NDArray[np.int64]) -> IntStore:
-        return cls(keys, np.argsort(keys, kind="stable").astype(_index_dtype(len(keys)), copy=False))
+        if not len(keys) or (keys[1:] > keys[:-1]).all():
+            return cls(keys, keys, None)
+        perm = np.argsort(keys, kind="stable")
+        return cls(keys, keys[perm], perm.astype(_index_dtype(len(keys)), copy=False))
 
     def extend(self, ids: NDArray[np.int64]) -> IntStore:
         """A new store with ``ids`` appended, merged into the sorted order in O(rows)."""
+        keys = np.concatenate([self.keys, ids])
+        if self.perm is None and (not self.rows or ids[0] > self.keys[-1]) and (ids[1:] > ids[:-1]).all():
+            return IntStore(keys, keys, None)  # still ascending
         order = np.argsort(ids, kind="stable")
-        pos = np.searchsorted(self.keys, ids[order], side="right", sorter=self.perm)
-        dtype = _index_dtype(self.rows + len(ids))
-        perm = np.insert(self.perm.astype(dtype, copy=False), pos, (order + self.rows).astype(dtype))
-        return IntStore(np.concatenate([self.keys, ids]), perm)
+        pos = np.searchsorted(self.sorted, ids[order], side="right")
+        dtype = _index_dtype(len(keys))
+        old = np.arange(self.rows, dtype=dtype) if self.perm is None else self.perm.astype(dtype, copy=False)
+        perm = np.insert(old, pos, (order + self.rows).astype(dtype))
+        return IntStore(keys, np.insert(self.sorted, pos, ids[order]), perm)
 
     def keep(self, keep: NDArray[np.bool_]) -> IntStore:
         return IntStore.build(self.keys[keep])
@@ -287,7 +307,9 @@ class IntStore(NamedTuple):
         return len(self.keys)
 
     def nbytes(self) -> int:
-        return int(self.keys.nbytes + self.perm.nbytes)
+        if self.perm is None:
+            return int(self.keys.nbytes)
+        return int(self.keys.nbytes + self.sorted.nbytes + self.perm.nbytes)
 
     def ids(self) -> list[int]:
         return self.keys.tolist()  # type: ignore[no-any-return]
@@ -296,30 +318,51 @@ class IntStore(NamedTuple):
         return IntView(self.keys)
 
     def arrays(self) -> dict[str, NDArray[Any]]:
-        return dict(zip(INT_ARRAYS, self, strict=True))
+        if self.perm is None:
+            return {"id_keys": self.keys}
+        return {"id_keys": self.keys, "id_sorted": self.sorted, "id_perm": self.perm}
+
+    def _row(self, pos: Any) -> Any:
+        return pos if self.perm is None else self.perm[pos]
 
     def contains(self, doc_id: int, dead: Mask) -> bool:
-        rows = np.full(1, -1, dtype=np.int64)
-        self.find(np.array([doc_id], dtype=np.int64), dead, rows)
-        return bool(rows[0] >= 0)
+        if not self.rows:
+            return False
+        pos = int(self.sorted.searchsorted(np.int64(doc_id)))
+        if pos >= self.rows or int(self.sorted[pos]) != doc_id:
+            return False
+        row = pos if self.perm is None else int(self.perm[pos])
+        if dead is None or not dead[row]:
+            return True
+        return _walk_run(self.sorted.__getitem__, self._perm_or_range(), dead, pos, lambda r: True) >= 0
+
+    def _perm_or_range(self) -> Any:
+        return range(self.rows) if self.perm is None else self.perm
 
     def find(self, ids: NDArray[np.int64], dead: Mask, rows: NDArray[np.int64]) -> None:
         """Set ``rows[i]`` to the live row of ``ids[i]`` where it is stored here (others keep their value)."""
         if not self.rows:
             return
-        keys, perm = self.keys, self.perm
-        pos = np.minimum(np.searchsorted(keys, ids, side="left", sorter=perm), self.rows - 1)
-        cand = perm[pos].astype(np.int64)
-        same = keys[cand] == ids
+        pos = np.minimum(np.searchsorted(self.sorted, ids, side="left"), self.rows - 1)
+        cand = np.asarray(self._row(pos), dtype=np.int64)
+        same = self.sorted[pos] == ids
         ok = same if dead is None else same & ~dead[cand]
         rows[ok] = cand[ok]
         for q in np.flatnonzero(same & ~ok).tolist():  # a deleted row first: walk to a live twin
             if rows[q] < 0:
-                rows[q] = _walk_run(lambda p: keys[perm[p]], perm, dead, int(pos[q]), lambda row: True)
+                rows[q] = _walk_run(self.sorted.__getitem__, self._perm_or_range(), dead, int(pos[q]), lambda r: True)
 
     def duplicate_live(self, dead: Mask) -> bool:
-        ordered = self.keys[self.perm] if dead is None else self.keys[self.perm][~dead[self.perm]]
+        order = np.arange(self.rows) if self.perm is None else self.perm
+        ordered = self.sorted if dead is None else self.sorted[~dead[order]]
         return bool((ordered[1:] == ordered[:-1]).any())
+
+
+def _perm_problems(perm: NDArray[Any], n: int) -> list[str]:
+    perm = perm.astype(np.int64)
+    if n and (perm.min() < 0 or perm.max() >= n or (np.bincount(perm, minlength=n) != 1).any()):
+        return ["id_perm is not a permutation of the rows"]
+    return []
 
 
 def store_problems(store: StrStore | IntStore, *, full: bool) -> list[str]:
@@ -338,18 +381,19 @@ def store_problems(store: StrStore | IntStore, *, full: bool) -> list[str]:
             return [f"the offsets must run from 0 to the buffer's length {len(store.buf)}"]
         if store.hashes.shape != (n,) or store.perm.shape != (n,):
             return [f"id_hashes and id_perm must have one entry per row ({n})"]
-    elif store.perm.shape != (n,):
-        return [f"id_perm must have one entry per row ({n})"]
+    elif store.perm is not None and (store.perm.shape != (n,) or store.sorted.shape != (n,)):
+        return [f"id_sorted and id_perm must have one entry per row ({n})"]
     if not full:
         return problems
-    perm = store.perm.astype(np.int64)
-    if n and (perm.min() < 0 or perm.max() >= n or (np.bincount(perm, minlength=n) != 1).any()):
-        return ["id_perm is not a permutation of the rows"]
     if isinstance(store, IntStore):
-        ordered = store.keys[perm]
-        if (ordered[1:] < ordered[:-1]).any():
-            problems.append("id_keys is not sorted along id_perm")
-        return problems
+        if store.perm is None:
+            return ["id_keys do not ascend (and there is no id_perm)"] if (store.keys[1:] <= store.keys[:-1]).any() else []
+        return _perm_problems(store.perm, n) or (
+            ["id_sorted is not id_keys sorted along id_perm"]
+            if (store.sorted[1:] < store.sorted[:-1]).any() or (store.keys[store.perm] != store.sorted).any() else [])
+    perm = store.perm.astype(np.int64)
+    if _perm_problems(perm, n):
+        return _perm_problems(perm, n)
     if (np.diff(store.offsets.astype(np.int64)) < 0).any():
         return ["the offsets decrease"]
     if (store.hashes[1:] < store.hashes[:-1]).any():

@@ -374,9 +374,10 @@ def _id_arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> Non
                        f"for its {n} rows.")
         return
     loaded = {}
-    for name in (*names, "deleted"):
+    optional = ("deleted", "id_sorted", "id_perm") if names == INT_ARRAYS else ("deleted",)
+    for name in dict.fromkeys((*names, "deleted")):
         entry = arrays.get(name)
-        if name == "deleted" and entry is None:
+        if name in optional and entry is None:
             continue
         if not valid_array_entry(entry):
             report.add("error", "bad-ids", MANIFEST_NAME, f"arrays.{name} is missing or malformed.")
@@ -397,7 +398,8 @@ def _id_arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> Non
             report.add("error", "id-count", arrays[name]["file"], f"has shape {array.shape}; expected ({want},).")
             return
     dead = loaded.pop("deleted", None)
-    store = (IntStore(loaded["id_keys"], loaded["id_perm"]) if names == INT_ARRAYS
+    store = (IntStore(loaded["id_keys"], loaded.get("id_sorted", loaded["id_keys"]), loaded.get("id_perm"))
+             if names == INT_ARRAYS
              else StrStore(*(loaded[k] for k in STR_ARRAYS)))
     try:
         problems = store_problems(store, full=True)
@@ -405,7 +407,7 @@ def _id_arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> Non
     except (TypeError, ValueError, IndexError) as exc:  # wrong dtypes: _arrays compared them with the manifest
         problems, duplicate = [f"the arrays cannot be read as ids ({type(exc).__name__}: {exc})"], False
     for text in problems:
-        report.add("error", "bad-ids", arrays[names[-1]]["file"], f"{text}.")
+        report.add("error", "bad-ids", arrays[names[0]]["file"], f"{text}.")
     if duplicate:
         report.add("error", "duplicate-ids", arrays[names[0]]["file"], "a live id repeats.")
 

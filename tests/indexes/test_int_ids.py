@@ -109,17 +109,37 @@ def test_embeddings_keep_int_arrays_and_lists_stay_str() -> None:
     assert FlatIndex(3).add(x, ids=[7, 8]).doc_ids == [7, 8]  # a list of int is int ids too
 
 
-def test_damaged_int_arrays_are_refused(tmp_path: Path) -> None:
-    path = FlatIndex(DIM).add(_docs()[0], ids=IDS).save(tmp_path / "ix")
-    perm = np.load(path / "id_perm.npy")
-    np.save(path / "id_perm.npy", perm[::-1].copy())  # keys no longer sorted along it
+def _resave(path: Path, name: str, array: np.ndarray) -> None:
+    np.save(path / f"{name}.npy", array)
+    raw = json.loads((path / "manifest.json").read_text())
+    raw["files"][f"{name}.npy"] = {"bytes": (path / f"{name}.npy").stat().st_size,
+                                   "sha256": file_sha256(path / f"{name}.npy")}
+    (path / "manifest.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_damaged_int_arrays_are_refused(ascending: bool, tmp_path: Path) -> None:
+    ids = IDS if ascending else np.random.default_rng(0).permutation(IDS)
+    path = FlatIndex(DIM).add(_docs()[0], ids=ids).save(tmp_path / "ix")
+    assert (path / "id_perm.npy").exists() != ascending  # ascending ids: 8 bytes per row, no permutation
+    name = "id_keys" if ascending else "id_perm"
+    array = np.load(path / f"{name}.npy")
+    np.save(path / f"{name}.npy", array[::-1].copy())
     with pytest.raises(IndexFormatError, match="sha256"):
         load_index(path)
-    raw = json.loads((path / "manifest.json").read_text())
-    raw["files"]["id_perm.npy"] = {"bytes": (path / "id_perm.npy").stat().st_size,
-                                   "sha256": file_sha256(path / "id_perm.npy")}
-    (path / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(IndexFormatError, match="id_keys is not sorted along id_perm"):
+    _resave(path, name, array[::-1].copy())
+    with pytest.raises(IndexFormatError, match="do not ascend" if ascending else "id_sorted is not id_keys sorted"):
         load_index(path)
     assert "bad-ids" in {p.code for p in check_index(path).problems}
     load_index(path, verify=False)  # O(1) checks only: opens (lookups may then miss)
+
+
+def test_int_ids_cost_8_bytes_a_row_while_they_ascend() -> None:
+    index = FlatIndex(DIM)
+    x = _docs()[0]
+    index.add(x[:60], ids=np.arange(60))
+    index.add(x[60:], ids=np.arange(100, 160))
+    assert index.memory_bytes() - x.nbytes == N * (8 + 1)
+    index.add(x[:1], ids=[70])  # out of order: the sorted copy and the permutation appear
+    assert index.memory_bytes() - x.nbytes - 4 * DIM == (N + 1) * (8 + 8 + 4 + 1)
+    assert index.search(x[:1], k=1).doc_ids == [[0]] and 70 in index and 159 in index and 60 not in index
