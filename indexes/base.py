@@ -1,4 +1,4 @@
-"""The :class:`VectorIndex` base class: string ids, deletes, filters, checks, save / load.
+"""The :class:`VectorIndex` base class: document ids (str or int), deletes, filters, checks, save / load.
 
 :class:`StoredIndex` is what every index kind that holds its own documents shares (the
 single-vector kinds here and :class:`~indexes.multivector.MultiVectorIndex`): the id
@@ -81,6 +81,8 @@ def load_index(
         still checked.
     mmap : bool
         Memory-map plain arrays (``FlatIndex`` vectors) instead of reading them into RAM.
+        The id arrays are memory-mapped in any case (opening an index does not decode,
+        hash or sort its ids; see :mod:`indexes._ids`).
 
     Notes
     -----
@@ -223,7 +225,7 @@ class Index(Protocol):
 class StoredIndex(ABC):
     """What every index kind that stores its own documents shares (all kinds but the sharded ones).
 
-    Ids: an :class:`~indexes._ids.IdTable` maps rows to string document ids and back, with
+    Ids: an :class:`~indexes._ids.IdTable` maps rows to document ids (str or int) and back, with
     tombstones for deleted rows when :attr:`_tombstones` is True. Persistence: :meth:`save`
     writes the ids, the kind's payload (:meth:`_write_payload`) and the manifest with every
     file's checksum, last, into a directory that replaces ``path`` atomically; :meth:`load`
@@ -366,7 +368,7 @@ def check_file_table(directory: Path, manifest: Manifest) -> None:
 
 
 class VectorIndex(StoredIndex):
-    """Base class of single-vector indexes with string document ids.
+    """Base class of single-vector indexes with document ids (str, or int: see :meth:`add`).
 
     Parameters
     ----------
