@@ -1,33 +1,36 @@
 """The id bookkeeping every index kind that stores its own documents shares: :class:`IdTable`.
 
-An index keeps its vectors or codes in rows; the table maps rows to string document ids and
-back, checks new ids, turns ``delete`` and ``subset`` arguments into rows, and saves the ids
-as ``doc_ids.txt`` (plus ``deleted.npy``, the tombstone mask, for kinds that keep deleted
-rows). Everything that touches the ids goes through this class, so the id store can change
-in one place.
+An index keeps its vectors or codes in rows; the table maps rows to document ids and back,
+checks new ids, turns ``delete`` and ``subset`` arguments into rows, and saves the ids.
+Everything that touches the ids goes through this class, so the id store can change in one
+place.
 
-Layout in memory (no Python object per document): every row's id as UTF-8 in one ``bytes``
-buffer with an int64 offsets array (Arrow's string layout), and for the row lookup the
-64-bit FNV-1a hashes of those ids, sorted, with the permutation back to rows; a lookup
-hashes the query ids in NumPy, finds them with ``np.searchsorted`` and compares the actual
-bytes, so a hash collision never returns a wrong row. Ids appended since the last merge
-wait in a small Python side table (a list and a dict) and are merged into the arrays once
-the side table outgrows a share of them, so a long run of small ``add`` calls costs
-amortised O(1) per id.
+Ids are either all ``str`` or all integers (``np.int64``, as FAISS's ``IndexIDMap`` keeps
+them): the first ``add`` decides, and mixing the two in one index is a ConfigError. Their
+layouts (:mod:`indexes._idstore`) hold no Python object per document. Ids appended since
+the last merge wait in a small Python side table (a list and a dict) and are merged into the
+arrays once the side table outgrows a share of them, so a long run of small ``add`` calls
+costs amortised O(1) per id.
+
+On disk (format version 2) the ids are the store's arrays as ``.npy`` files (``id_bytes``,
+``id_offsets``, ``id_hashes``, ``id_perm``; or ``id_keys``, ``id_perm``) plus ``deleted.npy``
+(the tombstone mask) for kinds that keep deleted rows; a load memory-maps them, so opening
+an index neither decodes nor hashes nor sorts its ids. Version 1 saved ``doc_ids.txt``, one
+id per line; such an index still loads (the ids are read and hashed then).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Container, Iterable
-from itertools import pairwise
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore, store_problems
 from indexes._io import load_array, save_array
 from indexes._paths import member, open_member
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
@@ -35,30 +38,83 @@ from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 if TYPE_CHECKING:
     from indexes.manifest import Manifest
 
-__all__ = ["IDS_FILE", "IdTable", "IdView", "check_new_ids", "check_storable_ids"]
+__all__ = ["IDS_FILE", "IdTable", "as_ids", "check_new_ids", "check_storable_ids", "is_int", "one_or_many"]
 
-#: The file holding one document id per row, in row order.
+#: The file of format version 1 holding one document id per row, in row order.
 IDS_FILE = "doc_ids.txt"
 _BAD_ID = re.compile(r"[\n\r]")
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-_FNV_OFFSET_INT, _FNV_PRIME_INT, _MASK64 = int(_FNV_OFFSET), int(_FNV_PRIME), (1 << 64) - 1
 #: The side table of appended ids is merged into the arrays once it holds more than this many
 #: ids and more than 1/_MERGE_SHARE of the merged rows.
 _MERGE_MIN, _MERGE_SHARE = 4096, 8
+_I64 = np.iinfo(np.int64)
+
+IdKind = Literal["str", "int"]
+#: A batch of ids as the table takes them: a list of str, or a 1-d int64 array.
+Ids = list[str] | NDArray[np.int64]
 
 
-def check_new_ids(new_ids: list[str], live: Container[str]) -> None:
-    """Reject ids that are not str, empty, hold a newline, cannot be stored as UTF-8 (lone
-    surrogates), repeat in the batch, or are already ``live``."""
-    _check_batch(new_ids)
-    _refuse_clash([i for i in new_ids if i in live])
+def is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_batch(new_ids: list[str]) -> None:
+def as_ids(ids: Any) -> Ids:
+    """``ids`` as the table takes them: a 1-d int64 array for integer ids, else a list.
+
+    Integer ids are a NumPy integer array or a sequence whose first item is an int; every
+    item must then be an int that fits in int64.
+
+    Raises
+    ------
+    ConfigError
+        For a NumPy array of another shape or an unsigned value above int64, a mix of int
+        and other ids, or an int outside int64.
+    """
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind in "iu":
+            if ids.ndim != 1:
+                raise ConfigError(f"integer ids must be a 1-d array; got shape {ids.shape}.")
+            if ids.dtype.kind == "u" and ids.size and int(ids.max()) > _I64.max:
+                raise ConfigError(f"integer ids must fit in int64; got {int(ids.max())}.")
+            return ids.astype(np.int64, copy=False)
+        ids = ids.tolist()
+    else:
+        ids = list(ids)
+    if not ids or not is_int(ids[0]):
+        return ids
+    bad = next((n for n, i in enumerate(ids) if not is_int(i)), -1)
+    if bad >= 0:
+        raise ConfigError(f"document ids must be all int or all str; got int {ids[0]!r} and "
+                          f"{type(ids[bad]).__name__} {ids[bad]!r:.100} in one batch. Convert them to one type.")
+    lo, hi = min(ids), max(ids)
+    if lo < _I64.min or hi > _I64.max:
+        raise ConfigError(f"integer ids must fit in int64; got {lo if lo < _I64.min else hi}.")
+    return np.array(ids, dtype=np.int64)
+
+
+def _kind_of(ids: Ids) -> IdKind:
+    return "int" if isinstance(ids, np.ndarray) else "str"
+
+
+def check_new_ids(new_ids: Any, live: Any) -> Ids:
+    """Reject new ids that are not all str or all int, are empty, hold a newline, cannot be
+    stored as UTF-8 (lone surrogates), repeat in the batch, or are already in ``live``;
+    returns them as :func:`as_ids` gives them."""
+    ids = as_ids(new_ids)
+    _check_batch(ids)
+    _refuse_clash([i for i in (ids.tolist() if isinstance(ids, np.ndarray) else ids) if i in live])
+    return ids
+
+
+def _check_batch(new_ids: Ids) -> None:
+    if isinstance(new_ids, np.ndarray):
+        uniq, counts = np.unique(new_ids, return_counts=True)
+        if uniq.size != new_ids.size:
+            raise ConfigError(f"duplicate document id {int(uniq[counts > 1][0])} in the batch; ids must be unique.")
+        return
     for i in new_ids:
         if not isinstance(i, str):
-            raise ConfigError(f"document ids must be str; got {type(i).__name__} {i!r:.100}. Convert with str().")
+            raise ConfigError(f"document ids must be str (or all int); got {type(i).__name__} {i!r:.100} among str "
+                              "ids. Convert with str().")
         if _BAD_ID.search(i) or i == "":
             raise ConfigError(f"document ids must be non-empty and contain no newline; got {i!r:.100}.")
     check_storable_ids(new_ids)
@@ -101,112 +157,6 @@ def check_storable_ids(ids: list[str], *, what: str = "document id") -> None:
                 ) from None
 
 
-# ---------------------------------------------------------------------- array helpers
-def _encode(ids: list[str]) -> tuple[bytes, NDArray[np.int64]]:
-    """``ids`` as one UTF-8 buffer and offsets (``surrogatepass``: such an id never matches a stored one)."""
-    joined = "".join(ids)
-    if joined.isascii():
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        buf = joined.encode("ascii")
-    else:
-        parts = [i.encode("utf-8", "surrogatepass") for i in ids]
-        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-        buf = b"".join(parts)
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return buf, offsets
-
-
-def _fnv1a(buf: bytes, offsets: NDArray[np.int64]) -> NDArray[np.uint64]:
-    """64-bit FNV-1a of every string ``buf[offsets[i]:offsets[i + 1]]``, in NumPy.
-
-    The strings are walked longest first, so column ``j`` touches only the strings longer
-    than ``j``: the cost is O(total bytes), however uneven the lengths.
-    """
-    data = np.frombuffer(buf, dtype=np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    order = np.argsort(-lengths, kind="stable")
-    starts, neg = starts[order], -lengths[order]
-    h = np.full(len(order), _FNV_OFFSET, dtype=np.uint64)
-    for j in range(int(-neg[0]) if len(neg) else 0):
-        m = int(np.searchsorted(neg, -j, side="left"))  # strings longer than j
-        h[:m] ^= data[starts[:m] + j]
-        h[:m] *= _FNV_PRIME
-    out = np.empty_like(h)
-    out[order] = h
-    return out
-
-
-def _fnv1a_one(data: bytes) -> int:
-    """:func:`_fnv1a` of one string, in Python (faster than NumPy for a single id)."""
-    h = _FNV_OFFSET_INT
-    for byte in data:
-        h = ((h ^ byte) * _FNV_PRIME_INT) & _MASK64
-    return h
-
-
-def _decode_rows(buf: bytes, offsets: NDArray[np.int64], rows: NDArray[np.int64]) -> list[str]:
-    starts, ends = offsets[rows].tolist(), offsets[rows + 1].tolist()
-    return [buf[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
-
-
-class IdView:
-    """A read-only label -> id table for :class:`~retrieval.types.SearchResult`: the buffer and
-    offsets of one moment (the table never changes them in place, so a result is a snapshot)."""
-
-    __slots__ = ("_buf", "_offsets")
-
-    def __init__(self, buf: bytes, offsets: NDArray[np.int64]) -> None:
-        self._buf, self._offsets = buf, offsets
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def __getitem__(self, labels: NDArray[np.int64]) -> NDArray[np.object_]:
-        labels = np.asarray(labels, dtype=np.int64)
-        out = np.empty(labels.shape, dtype=object)
-        out.reshape(-1)[:] = _decode_rows(self._buf, self._offsets, labels.reshape(-1))
-        return out
-
-
-class _Store(NamedTuple):
-    """The merged rows: ids buffer and offsets, sorted hashes and the permutation back to rows."""
-
-    buf: bytes
-    offsets: NDArray[np.int64]
-    hashes: NDArray[np.uint64]
-    perm: NDArray[np.unsignedinteger[Any]]
-
-    @classmethod
-    def build(cls, buf: bytes, offsets: NDArray[np.int64]) -> _Store:
-        hashes = _fnv1a(buf, offsets)
-        perm = np.argsort(hashes, kind="stable")
-        return cls(buf, offsets, hashes[perm], perm.astype(np.uint32) if len(perm) < 2**32 else perm)
-
-    def extend(self, ids: list[str]) -> _Store:
-        """A new store with ``ids`` appended: only they are hashed, and merged into the sorted
-        hashes in O(rows) (no re-sort)."""
-        buf, offsets = _encode(ids)
-        hashes = _fnv1a(buf, offsets)
-        order = np.argsort(hashes, kind="stable")
-        pos = np.searchsorted(self.hashes, hashes[order], side="right")
-        total = self.rows + len(ids)
-        dtype = np.uint32 if total < 2**32 else np.int64
-        perm = np.insert(self.perm.astype(dtype, copy=False), pos, (order + self.rows).astype(dtype))
-        return _Store(self.buf + buf, np.concatenate([self.offsets, offsets[1:] + self.offsets[-1]]),
-                      np.insert(self.hashes, pos, hashes[order]), perm)
-
-    @property
-    def rows(self) -> int:
-        return len(self.offsets) - 1
-
-    def nbytes(self) -> int:
-        return len(self.buf) + self.offsets.nbytes + self.hashes.nbytes + self.perm.nbytes
-
-
-_EMPTY = _Store.build(b"", np.zeros(1, dtype=np.int64))
-
-
 class IdTable:
     """Row <-> document id bookkeeping of one index.
 
@@ -221,6 +171,8 @@ class IdTable:
     ----------
     deleted : np.ndarray of bool, shape (rows,)
         The tombstone mask; empty (and saved nowhere) without tombstones.
+    kind : "str", "int" or None
+        The type of the ids, fixed by the first ``append``; None while nothing was added.
 
     Notes
     -----
@@ -230,13 +182,14 @@ class IdTable:
     reader sees every id in one of them.
     """
 
-    __slots__ = ("_live", "_merge_lock", "_ntotal", "_pending", "_store", "deleted", "tombstones")
+    __slots__ = ("_live", "_merge_lock", "_ntotal", "_pending", "_store", "deleted", "kind", "tombstones")
 
     def __init__(self, *, tombstones: bool) -> None:
         self.tombstones = tombstones
-        self._store = _EMPTY
+        self.kind: IdKind | None = None
+        self._store: StrStore | IntStore = _EMPTY_STR
         # Appended ids not merged yet (rows _store.rows ...) and the live ones among them -> row.
-        self._pending: tuple[list[str], dict[str, int]] = ([], {})
+        self._pending: tuple[list[Any], dict[Any, int]] = ([], {})
         self._live = self._ntotal = 0
         self._merge_lock = threading.Lock()
         self.deleted: NDArray[np.bool_] = np.zeros(0, dtype=bool)
@@ -260,91 +213,104 @@ class IdTable:
         """Stored rows, deleted ones included."""
         return self._ntotal
 
+    def _dead(self) -> NDArray[np.bool_] | None:
+        return self.deleted if self.tombstones else None
+
     def __contains__(self, doc_id: object) -> bool:
-        if not isinstance(doc_id, str):
+        if not (isinstance(doc_id, str) if self.kind != "int" else _is_int64(doc_id)):
             hash(doc_id)  # an unhashable key raises TypeError, as a dict lookup did
             return False
         tail_row = self._pending[1]  # read before the store: a merge replaces the store first
         if doc_id in tail_row:
             return True
-        store = self._store
-        if not store.rows:
-            return False
-        pos = int(store.hashes.searchsorted(np.uint64(_fnv1a_one(doc_id.encode("utf-8", "surrogatepass")))))
-        return pos < store.rows and self._walk(store, self.deleted, doc_id, pos) >= 0
+        return self._store.contains(doc_id, self._dead())  # type: ignore[arg-type]
 
     @property
-    def ids(self) -> list[str]:
+    def ids(self) -> list[Any]:
         """A new list of every row's id in row order (a deleted row keeps its id)."""
-        store = self._merged()
-        buf, bounds = store.buf, store.offsets.tolist()
-        if buf.isascii():
-            text = buf.decode("ascii")
-            return [text[a:b] for a, b in pairwise(bounds)]
-        return [buf[a:b].decode("utf-8") for a, b in pairwise(bounds)]
+        return self._merged().ids()
 
-    def live_ids(self) -> list[str]:
+    def live_ids(self) -> list[Any]:
         """A new list of the live ids in row order."""
-        ids = self.ids
-        if not self.tombstones or self._live == len(ids):
-            return ids
-        deleted = self.deleted
-        return [doc_id for row, doc_id in enumerate(ids) if not deleted[row]]
+        if not self.tombstones or self._live == self._ntotal:
+            return self.ids
+        store, live = self._merged(), np.flatnonzero(~self.deleted)
+        if isinstance(store, IntStore):
+            return store.keys[live].tolist()  # type: ignore[no-any-return]
+        return store.view()[live].tolist()  # type: ignore[no-any-return]
 
-    def id_array(self) -> IdView:
-        """A label -> id table (:class:`IdView`) for a search result.
+    def id_array(self) -> Any:
+        """A label -> id table for a search result (``view[labels]``: an array of the ids).
 
         A view handed out earlier is never modified: results already returned keep it.
         """
-        store = self._merged()
-        return IdView(store.buf, store.offsets)
+        return self._merged().view()
 
     def copy(self) -> IdTable:
         clone = IdTable(tombstones=self.tombstones)
         tail, tail_row = self._pending
-        clone._store, clone._pending = self._store, (list(tail), dict(tail_row))
-        clone._live, clone._ntotal, clone.deleted = self._live, self._ntotal, self.deleted.copy()
+        clone._store, clone._pending, clone.kind = self._store, (list(tail), dict(tail_row)), self.kind
+        clone._live, clone._ntotal, clone.deleted = self._live, self._ntotal, np.array(self.deleted)
         return clone
 
     def memory_bytes(self) -> int:
-        """Bytes held for the ids, after merging the side table: the UTF-8 buffer, the
-        offsets, the sorted hashes and their permutation, and the tombstone mask (kinds with
-        tombstones)."""
+        """Bytes held for the ids, after merging the side table: the store's arrays (string
+        ids: UTF-8 buffer, offsets, sorted hashes, permutation; integer ids: the ids and their
+        sorting permutation) and the tombstone mask (kinds with tombstones). Arrays a load
+        memory-mapped count in full, though the OS reads only the pages lookups touch."""
         return self._merged().nbytes() + int(self.deleted.nbytes)
 
     # ------------------------------------------------------------------ changes
-    def check_new(self, new_ids: list[str]) -> None:
-        """:func:`check_new_ids` against the live ids of this table (one batched lookup)."""
-        _check_batch(new_ids)
+    def check_new(self, new_ids: Any) -> Ids:
+        """:func:`check_new_ids` against the live ids of this table (one batched lookup), and
+        their type against the table's; returns the ids as :func:`as_ids` gives them."""
+        ids = as_ids(new_ids)
+        kind = _kind_of(ids)
+        if self.kind is not None and kind != self.kind and len(ids):
+            raise ConfigError(
+                f"this index holds {self.kind} document ids; got {kind} ids. One index holds one type of id: "
+                f"convert them ({'str(i)' if self.kind == 'str' else 'int(i)'}), or use another index."
+            )
+        _check_batch(ids)
         if self._live:
-            found = self._find(new_ids)
-            _refuse_clash([i for i, r in zip(new_ids, found.tolist(), strict=True) if r >= 0])
+            found = self._find(ids)
+            _refuse_clash([i for i, r in zip(_as_list(ids), found.tolist(), strict=True) if r >= 0])
+        return ids
 
-    def append(self, new_ids: list[str]) -> int:
+    def append(self, new_ids: Any) -> int:
         """Give ``new_ids`` (already checked) the next rows; returns the first of them."""
+        ids = as_ids(new_ids)
         start = self._ntotal
+        if not len(ids):
+            return start
+        if self.kind is None:
+            self.kind = _kind_of(ids)
+            self._store = _EMPTY_STR if self.kind == "str" else _EMPTY_INT
+        values = _as_list(ids)
         tail, tail_row = self._pending  # changed in place: a writer runs alone (indexes/_lock.py)
-        if len(tail) + len(new_ids) > max(_MERGE_MIN, self._store.rows // _MERGE_SHARE):
-            self._merged(new_ids)
+        if len(tail) + len(values) > max(_MERGE_MIN, self._store.rows // _MERGE_SHARE):
+            self._merged(values)
         else:
-            tail.extend(new_ids)
-            tail_row.update((doc_id, start + i) for i, doc_id in enumerate(new_ids))
-        self._ntotal += len(new_ids)
-        self._live += len(new_ids)
+            tail.extend(values)
+            tail_row.update((doc_id, start + i) for i, doc_id in enumerate(values))
+        self._ntotal += len(values)
+        self._live += len(values)
         if self.tombstones:
-            self.deleted = np.concatenate([self.deleted, np.zeros(len(new_ids), dtype=bool)])
+            self.deleted = np.concatenate([self.deleted, np.zeros(len(values), dtype=bool)])
         return start
 
-    def _merged(self, new_ids: list[str] | None = None) -> _Store:
+    def _merged(self, new_ids: list[Any] | None = None) -> StrStore | IntStore:
         """Move the side table (and ``new_ids`` after it) into the arrays; returns the arrays."""
         with self._merge_lock:
             tail = self._pending[0] + new_ids if new_ids else self._pending[0]
             if tail:
-                self._store = self._store.extend(tail)
+                store = self._store
+                self._store = (store.extend(np.array(tail, dtype=np.int64)) if isinstance(store, IntStore)
+                               else store.extend(tail))
                 self._pending = ([], {})
             return self._store
 
-    def rows_to_delete(self, ids: Iterable[str]) -> tuple[list[str], NDArray[np.int64]]:
+    def rows_to_delete(self, ids: Any) -> tuple[list[Any], NDArray[np.int64]]:
         """``(ids as a list, their sorted unique rows)``; raises if any id is not live.
 
         Raises
@@ -352,7 +318,7 @@ class IdTable:
         UnknownIdError
             Naming the ids that are not in the index; the caller deletes nothing then.
         """
-        ids = [ids] if isinstance(ids, str) else list(ids)
+        ids = one_or_many(ids)
         rows = self._find(ids)
         if (rows < 0).any():
             missing = [i for i, r in zip(ids, rows.tolist(), strict=True) if r < 0]
@@ -362,7 +328,7 @@ class IdTable:
             )
         return ids, np.unique(rows)
 
-    def remove(self, ids: list[str], rows: NDArray[np.int64]) -> None:
+    def remove(self, ids: list[Any], rows: NDArray[np.int64]) -> None:
         """Forget the live ``ids`` at ``rows`` (from :meth:`rows_to_delete`).
 
         With tombstones the rows stay, marked deleted; without, they are dropped and the rows
@@ -373,88 +339,56 @@ class IdTable:
             tail_row = self._pending[1]
             for i in set(ids):
                 tail_row.pop(i, None)
+            if not self.deleted.flags.writeable:  # memory-mapped by a load: copy before the first change
+                self.deleted = np.array(self.deleted)
             self.deleted[rows] = True
             return
         store = self._merged()
         keep = np.ones(store.rows, dtype=bool)
         keep[rows] = False
-        lengths = np.diff(store.offsets)
-        data = np.frombuffer(store.buf, dtype=np.uint8)[np.repeat(keep, lengths)]
-        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-        np.cumsum(lengths[keep], out=offsets[1:])
-        self._store = _Store.build(data.tobytes(), offsets)
+        self._store = store.keep(keep)
         self._ntotal = self._store.rows
 
     # ------------------------------------------------------------------ lookups
-    def _find(self, ids: list[str]) -> NDArray[np.int64]:
-        """The live row of each of ``ids``, or -1 (for an id that is not a live str)."""
+    def _find(self, ids: list[Any] | NDArray[np.int64]) -> NDArray[np.int64]:
+        """The live row of each of ``ids``, or -1 (for an id that is not a live id of this table's type)."""
         rows = np.full(len(ids), -1, dtype=np.int64)
-        if not ids:
+        if not len(ids):
             return rows
         tail_row = self._pending[1]  # read before the store: a merge replaces the store first
-        store, deleted = self._store, self.deleted
-        other = [n for n, i in enumerate(ids) if not isinstance(i, str)]
-        strs = ids
-        if other:
-            for n in other:
-                hash(ids[n])  # an unhashable id raises TypeError, as the dict lookup did
-            strs = [i if isinstance(i, str) else "" for i in ids]
+        store, dead = self._store, self._dead()
+        if isinstance(ids, np.ndarray):
+            valid, query = np.full(len(ids), self.kind == "int"), ids
+        else:
+            test = _is_int64 if self.kind == "int" else _is_str
+            valid = np.fromiter(map(test, ids), dtype=bool, count=len(ids)) if not all(map(test, ids)) else \
+                np.ones(len(ids), dtype=bool)
+            if not valid.all():
+                for n in np.flatnonzero(~valid).tolist():
+                    hash(ids[n])  # an unhashable id raises TypeError, as the dict lookup did
+            if self.kind == "int":
+                query = np.array([i if ok else 0 for i, ok in zip(ids, valid.tolist(), strict=True)], dtype=np.int64)
+            else:
+                query = ids if valid.all() else [i if ok else "" for i, ok in zip(ids, valid.tolist(), strict=True)]
+        if not valid.any():
+            return rows
         if tail_row:
-            rows[:] = [tail_row.get(i, -1) for i in strs]
+            rows[:] = [tail_row.get(i, -1) for i in _as_list(query)]
         if store.rows:
-            self._find_merged(store, deleted, strs, rows)
-        rows[other] = -1
+            store.find(query, dead, rows)  # type: ignore[arg-type]
+        rows[~valid] = -1
         return rows
 
-    def _find_merged(self, store: _Store, deleted: NDArray[np.bool_], ids: list[str], rows: NDArray[np.int64]) -> None:
-        """Set ``rows`` for the ids found among the merged rows (the others keep their value)."""
-        qbuf, qoff = _encode(ids)
-        qhash = _fnv1a(qbuf, qoff)
-        sorted_h, offsets = store.hashes, store.offsets
-        pos = np.minimum(np.searchsorted(sorted_h, qhash, side="left"), store.rows - 1)
-        cand = store.perm[pos].astype(np.int64)
-        qlen = np.diff(qoff)
-        same_hash = sorted_h[pos] == qhash
-        ok = same_hash & (offsets[cand + 1] - offsets[cand] == qlen)
-        if self.tombstones:
-            ok &= ~deleted[cand]
-        which = np.flatnonzero(ok)
-        if which.size:  # compare the bytes of every candidate in one pass
-            lens = qlen[which]
-            total = int(lens.sum())
-            qpos = np.repeat(qoff[which], lens) + (np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens))
-            shift = np.repeat(offsets[cand[which]] - qoff[which], lens)
-            data, qdata = np.frombuffer(store.buf, dtype=np.uint8), np.frombuffer(qbuf, dtype=np.uint8)
-            differ = np.bincount(np.repeat(np.arange(which.size), lens), weights=data[qpos + shift] != qdata[qpos],
-                                 minlength=which.size)
-            ok[which[differ > 0]] = False
-        rows[ok] = cand[ok]
-        # The hash matched but the row did not: a deleted twin or a collision; walk the run of equal hashes.
-        for q in np.flatnonzero(same_hash & ~ok).tolist():
-            if rows[q] < 0:
-                rows[q] = self._walk(store, deleted, ids[q], int(pos[q]))
-
-    def _walk(self, store: _Store, deleted: NDArray[np.bool_], doc_id: str, pos: int) -> int:
-        """The live row of ``doc_id`` among the run of equal hashes starting at ``pos``, or -1."""
-        sorted_h, buf, offsets = store.hashes, store.buf, store.offsets
-        target, h = doc_id.encode("utf-8", "surrogatepass"), sorted_h[pos]
-        while pos < store.rows and sorted_h[pos] == h:
-            row = int(store.perm[pos])
-            if not (self.tombstones and deleted[row]) and buf[offsets[row]:offsets[row + 1]] == target:
-                return row
-            pos += 1
-        return -1
-
-    def rows_of(self, ids: list[str]) -> list[int]:
+    def rows_of(self, ids: list[Any]) -> list[int]:
         """Rows of live ``ids`` (the caller has checked them with :meth:`missing`)."""
-        return self._find(ids).tolist()
+        return self._find(ids).tolist()  # type: ignore[no-any-return]
 
-    def missing(self, ids: Iterable[str]) -> list[str]:
+    def missing(self, ids: Iterable[Any]) -> list[Any]:
         """The ids of ``ids`` that are not live, in order."""
         ids = list(ids)
         return [i for i, r in zip(ids, self._find(ids).tolist(), strict=True) if r < 0]
 
-    def subset_mask(self, subset: Iterable[str]) -> NDArray[np.bool_]:
+    def subset_mask(self, subset: Any) -> NDArray[np.bool_]:
         """A mask over the rows that is True at the rows of ``subset`` (a ``search`` argument).
 
         Raises
@@ -462,10 +396,10 @@ class IdTable:
         UnknownIdError
             If ``subset`` names an id that is not live.
         """
-        subset_ids = [subset] if isinstance(subset, str) else list(subset)
+        subset_ids = one_or_many(subset)
         rows = self._find(subset_ids)
         if (rows < 0).any():
-            missing = [i for i, r in zip(subset_ids, rows.tolist(), strict=True) if r < 0]
+            missing = [i for i, r in zip(_as_list(subset_ids), rows.tolist(), strict=True) if r < 0]
             raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")
         allowed = np.zeros(self._ntotal, dtype=bool)
         allowed[rows] = True
@@ -473,49 +407,97 @@ class IdTable:
 
     # ------------------------------------------------------------------ persistence
     def write(self, directory: Path, arrays: dict[str, Any]) -> None:
-        """Write ``doc_ids.txt`` and, with tombstones, ``deleted.npy`` (its entry goes into ``arrays``)."""
+        """Write the store's arrays and, with tombstones, ``deleted.npy``; their entries go into ``arrays``.
+
+        A table that never held an id writes no id array (its kind is chosen by the next add).
+        """
         if self.tombstones:
             arrays["deleted"] = save_array(directory, "deleted", self.deleted)
-        store = self._merged()
-        n = store.rows
-        out = np.full(len(store.buf) + n, 10, dtype=np.uint8)  # every id followed by "\n"
-        text = np.ones(len(out), dtype=bool)
-        text[store.offsets[1:] + np.arange(n)] = False
-        out[text] = np.frombuffer(store.buf, dtype=np.uint8)
-        (directory / IDS_FILE).write_bytes(out.tobytes())
+        if self.kind is None:
+            return
+        for name, array in self._merged().arrays().items():
+            arrays[name] = save_array(directory, name, array)
 
     @classmethod
-    def read(cls, directory: Path, manifest: Manifest, *, tombstones: bool) -> IdTable:
-        """Read what :meth:`write` wrote for ``manifest.count`` rows, checking the mask and the ids."""
+    def read(cls, directory: Path, manifest: Manifest, *, tombstones: bool, verify: bool = False) -> IdTable:
+        """Read what :meth:`write` wrote for ``manifest.count`` rows, memory-mapped.
+
+        Always checked: every array's dtype and shape against the manifest, the offsets'
+        ends. With ``verify`` (the load hashed every file already) also the structure (see
+        :func:`indexes._idstore.store_problems`) and that no live id repeats. An index of
+        format version 1 (``doc_ids.txt``) is read from its lines.
+        """
         table = cls(tombstones=tombstones)
-        n = manifest.count
+        n, entries = manifest.count, manifest.arrays
         if tombstones:
-            deleted = load_array(directory, manifest.arrays.get("deleted"), name="deleted")
-            if deleted.dtype != np.bool_ or deleted.shape != (n,):
-                raise IndexFormatError(
-                    f"{directory / 'deleted.npy'} must be bool of shape ({n},); got {deleted.dtype} {deleted.shape}."
-                )
-            table.deleted = np.array(deleted, dtype=bool)
-        table._store = _Store.build(*_read_id_lines(directory / IDS_FILE, expected=n))
-        table._ntotal, table._live = n, n - int(table.deleted.sum())
-        if table._has_duplicate_live():
-            raise IndexFormatError(f"{directory / IDS_FILE} holds duplicate {'live ' if tombstones else ''}ids; "
-                                   "the file is corrupt.")
+            table.deleted = _checked(directory, entries, "deleted", n, (np.bool_,))
+        if INT_ARRAYS[0] in entries:
+            table.kind = "int"
+            keys = _checked(directory, entries, "id_keys", n, (np.int64,))
+            table._store = (IntStore(keys, keys, None) if "id_perm" not in entries else
+                            IntStore(keys, _checked(directory, entries, "id_sorted", n, (np.int64,)),
+                                     _checked(directory, entries, "id_perm", n, _POSITIONS)))
+        elif STR_ARRAYS[0] in entries:
+            table.kind = "str"
+            buf = _checked(directory, entries, "id_bytes", None, (np.uint8,))
+            table._store = StrStore(buf, _checked(directory, entries, "id_offsets", n + 1, _POSITIONS),
+                                    _checked(directory, entries, "id_hashes", n, (np.uint64,)),
+                                    _checked(directory, entries, "id_perm", n, _POSITIONS))
+        elif manifest.format_version < 2 and n:
+            table.kind = "str"
+            table._store = StrStore.build(*_read_id_lines(directory / IDS_FILE, expected=n))
+        elif n:
+            raise IndexFormatError(f"{directory / 'manifest.json'} lists no id arrays ({STR_ARRAYS[0]} or "
+                                   f"{INT_ARRAYS[0]}) for its {n} rows; the manifest is damaged.")
+        legacy = table.kind == "str" and STR_ARRAYS[0] not in entries  # built from the lines just now
+        problems = store_problems(table._store, full=verify) if table.kind and not legacy else []
+        if not problems and (verify or legacy) and table._store.duplicate_live(table._dead()):
+            problems = [f"it holds duplicate {'live ' if tombstones else ''}ids"]
+        if problems:
+            raise IndexFormatError(f"{directory}: the saved ids are damaged: {problems[0]}. "
+                                   "Run `densezip check` on it, then rebuild or restore the index.")
+        table._ntotal, table._live = n, n - int(np.count_nonzero(table.deleted))
         return table
 
-    def _has_duplicate_live(self) -> bool:
-        store = self._store
-        same = np.flatnonzero(store.hashes[1:] == store.hashes[:-1])
-        if not same.size:
-            return False
-        rows = np.unique(store.perm[np.concatenate([same, same + 1])].astype(np.int64))
-        if self.tombstones:
-            rows = rows[~self.deleted[rows]]
-        ids = _decode_rows(store.buf, store.offsets, rows)
-        return len(set(ids)) != len(ids)
+
+_EMPTY_STR = StrStore.build(np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64))
+_EMPTY_INT = IntStore.build(np.zeros(0, dtype=np.int64))
+_POSITIONS = (np.uint32, np.int64)
 
 
-def _read_id_lines(path: Path, *, expected: int) -> tuple[bytes, NDArray[np.int64]]:
+def _is_int64(value: object) -> bool:
+    return is_int(value) and _I64.min <= value <= _I64.max  # type: ignore[operator]
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _as_list(ids: Ids) -> list[Any]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else ids  # type: ignore[no-any-return]
+
+
+def one_or_many(ids: Any) -> list[Any]:
+    """A ``delete`` / ``subset`` argument as a list: one str or int id, or an iterable of them."""
+    if isinstance(ids, str) or is_int(ids):
+        return [ids]
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+
+
+def _checked(directory: Path, entries: dict[str, Any], name: str, length: int | None,
+             dtypes: tuple[type, ...]) -> NDArray[Any]:
+    """The array ``name`` of the manifest, memory-mapped, after checking it is 1-d of ``dtypes`` and ``length``."""
+    array = load_array(directory, entries.get(name), name=name, mmap=True)
+    if array.ndim != 1 or array.dtype.type not in dtypes or (length is not None and len(array) != length):
+        want = "/".join(np.dtype(d).name for d in dtypes)
+        raise IndexFormatError(
+            f"{directory / str(entries[name]['file'])} must be 1-d {want}"
+            f"{f' of length {length}' if length is not None else ''}; got {array.dtype} {array.shape}."
+        )
+    return array.view(np.ndarray)  # still the map, without np.memmap's per-call overhead
+
+
+def _read_id_lines(path: Path, *, expected: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     """The lines of ``path`` (as :func:`indexes._io.read_lines` reads them) as one buffer and offsets."""
     path = member(path.parent, path.name)
     with open_member(path) as f:
@@ -534,4 +516,4 @@ def _read_id_lines(path: Path, *, expected: int) -> tuple[bytes, NDArray[np.int6
         )
     offsets = np.zeros(len(ends) + 1, dtype=np.int64)
     offsets[1:] = ends - np.arange(len(ends))  # each id ends where its newline was, less the newlines before it
-    return np.delete(data, newlines).tobytes(), offsets
+    return np.delete(data, newlines), offsets

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._ids import is_int, one_or_many
 from indexes._io import atomic_directory, file_table
 from indexes._paths import load_pinned
 from indexes._shards import (
@@ -153,7 +154,7 @@ class ShardedBase:
         return [i for part in self._on_every_shard("doc_ids") for i in part]
 
     def __contains__(self, doc_id: object) -> bool:
-        if not isinstance(doc_id, str):
+        if not isinstance(doc_id, str) and not is_int(doc_id):
             return False
         return not self._handles[shard_of(doc_id, self.n_shards)].call("missing", [doc_id]).result()
 
@@ -174,10 +175,17 @@ class ShardedBase:
         self._template.train(data)
         self._handles = self._new_handles()
 
-    def _add_routed(self, ids: list[str], payload: Callable[[NDArray[np.int64]], Any]) -> None:
-        """Send ``payload(positions)`` to each shard owning some of ``ids`` after checking none is present."""
+    def _add_routed(self, ids: Any, payload: Callable[[NDArray[np.int64]], Any]) -> None:
+        """Send ``payload(positions)`` to each shard owning some of ``ids`` (a list of str or an int64
+        array, checked by :func:`~indexes._ids.check_new_ids`) after checking none is present and
+        that they are of the type of the ids already here."""
+        kind = "int" if isinstance(ids, np.ndarray) else "str"
+        held = {k for k in self._on_every_shard("id_kind") if k is not None}
+        if len(ids) and held and held != {kind}:
+            raise ConfigError(f"this index holds {held.pop()} document ids; got {kind} ids. One index holds one "
+                              "type of id: convert them, or use another index.")
         parts = route(ids, self.n_shards)
-        id_parts = [[ids[i] for i in part] for part in parts]
+        id_parts = [ids[part].tolist() if isinstance(ids, np.ndarray) else [ids[i] for i in part] for part in parts]
         absent = gather(self._handles, "missing", _args_for(id_parts))
         absent_sets = [set(a) if a is not None else set() for a in absent]
         clash = [i for s, p in enumerate(id_parts) for i in p if i not in absent_sets[s]]
@@ -194,7 +202,7 @@ class ShardedBase:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; all ids are checked on their shards before anything is removed."""
-        ids = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
+        ids = list(dict.fromkeys(one_or_many(ids)))
         id_parts = [[ids[i] for i in part] for part in route(ids, self.n_shards)] if ids else []
         missing = [i for m in gather(self._handles, "missing", _args_for(id_parts)) if m for i in m]
         if missing:
@@ -243,7 +251,7 @@ class ShardedBase:
             raise ShapeError(f"query_ids must have one id per query; got {len(qids)} for {nq} queries.")
         n_shards = self.n_shards
         if subset is not None:
-            subset_ids = [subset] if isinstance(subset, str) else list(dict.fromkeys(subset))
+            subset_ids = list(dict.fromkeys(one_or_many(subset)))
             args = _args_for([[subset_ids[i] for i in p] for p in route(subset_ids, n_shards)], q, k)
         else:
             args = [(q, k, None) if live else None for _, live in self._stats]

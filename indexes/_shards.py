@@ -58,8 +58,29 @@ __all__ = [
 ROUTING = "blake2b64-mod"
 
 
-def shard_of(doc_id: str, n_shards: int) -> int:
-    """The shard that holds ``doc_id``: the first 8 bytes of its BLAKE2b hash modulo ``n_shards``.
+_MASK64 = (1 << 64) - 1
+_SPLITMIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser of the int64 ``x`` (as its two's complement): spreads strided ids evenly."""
+    z = (x + _SPLITMIX[0]) & _MASK64
+    z = ((z ^ (z >> 30)) * _SPLITMIX[1]) & _MASK64
+    z = ((z ^ (z >> 27)) * _SPLITMIX[2]) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _mix64_array(x: NDArray[np.int64]) -> NDArray[np.uint64]:
+    """:func:`_mix64` of every item, in NumPy (uint64 arithmetic wraps as the masks do)."""
+    z = x.astype(np.int64).view(np.uint64) + np.uint64(_SPLITMIX[0])
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_SPLITMIX[1])
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_SPLITMIX[2])
+    return z ^ (z >> np.uint64(31))  # type: ignore[no-any-return]
+
+
+def shard_of(doc_id: str | int, n_shards: int) -> int:
+    """The shard that holds ``doc_id``: the first 8 bytes of its BLAKE2b hash modulo ``n_shards``
+    (integer ids: SplitMix64 of the id, modulo ``n_shards``).
 
     Hash routing needs no id -> shard directory: ``delete``, ``in`` and ``subset`` go straight
     to one shard, and any process (a Ray worker building a shard, a client) computes the same
@@ -70,19 +91,26 @@ def shard_of(doc_id: str, n_shards: int) -> int:
     >>> shard_of("doc-1", 4), shard_of("doc-1", 4) == shard_of("doc-1", 4)
     (2, True)
     """
+    if not isinstance(doc_id, str):
+        return _mix64(int(doc_id) & _MASK64) % n_shards
     digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") % n_shards
 
 
-def route(ids: Sequence[str], n_shards: int) -> list[NDArray[np.int64]]:
+def route(ids: Sequence[str | int] | NDArray[np.int64], n_shards: int) -> list[NDArray[np.int64]]:
     """Positions of ``ids`` that belong to each shard, in input order.
 
     Examples
     --------
     >>> [part.tolist() for part in route(["doc-1", "doc-2", "doc-3"], 2)]
     [[0, 2], [1]]
+    >>> [part.tolist() for part in route(np.array([5, 6, 7]), 2)] == [part.tolist() for part in route([5, 6, 7], 2)]
+    True
     """
-    owner = np.fromiter((shard_of(i, n_shards) for i in ids), dtype=np.int64, count=len(ids))
+    if isinstance(ids, np.ndarray):
+        owner = (_mix64_array(ids) % np.uint64(n_shards)).astype(np.int64)
+    else:
+        owner = np.fromiter((shard_of(i, n_shards) for i in ids), dtype=np.int64, count=len(ids))
     order = np.argsort(owner, kind="stable")
     bounds = np.searchsorted(owner[order], np.arange(n_shards + 1))
     return [order[bounds[s] : bounds[s + 1]].astype(np.int64) for s in range(n_shards)]
@@ -183,6 +211,10 @@ class ShardServer:
     def missing(self, ids: list[str]) -> list[str]:
         """The ids that are not live in this shard."""
         return [i for i in ids if i not in self.index]
+
+    def id_kind(self) -> str | None:
+        """``"str"`` or ``"int"``: the type of this shard's ids (None before its first add)."""
+        return self.index._table.kind  # type: ignore[no-any-return]
 
     def doc_ids(self) -> list[str]:
         return self.index.doc_ids

@@ -1,4 +1,4 @@
-"""The :class:`VectorIndex` base class: string ids, deletes, filters, checks, save / load.
+"""The :class:`VectorIndex` base class: document ids (str or int), deletes, filters, checks, save / load.
 
 :class:`StoredIndex` is what every index kind that holds its own documents shares (the
 single-vector kinds here and :class:`~indexes.multivector.MultiVectorIndex`): the id
@@ -81,6 +81,8 @@ def load_index(
         still checked.
     mmap : bool
         Memory-map plain arrays (``FlatIndex`` vectors) instead of reading them into RAM.
+        The id arrays are memory-mapped in any case (opening an index does not decode,
+        hash or sort its ids; see :mod:`indexes._ids`).
 
     Notes
     -----
@@ -223,7 +225,7 @@ class Index(Protocol):
 class StoredIndex(ABC):
     """What every index kind that stores its own documents shares (all kinds but the sharded ones).
 
-    Ids: an :class:`~indexes._ids.IdTable` maps rows to string document ids and back, with
+    Ids: an :class:`~indexes._ids.IdTable` maps rows to document ids (str or int) and back, with
     tombstones for deleted rows when :attr:`_tombstones` is True. Persistence: :meth:`save`
     writes the ids, the kind's payload (:meth:`_write_payload`) and the manifest with every
     file's checksum, last, into a directory that replaces ``path`` atomically; :meth:`load`
@@ -260,8 +262,10 @@ class StoredIndex(ABC):
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._table
 
-    def _check_new_ids(self, new_ids: list[str]) -> None:
-        self._table.check_new(new_ids)
+    def _check_new_ids(self, new_ids: Any) -> Any:
+        """Check new ids (all str or all int, of the index's type; see :meth:`IdTable.check_new`);
+        returns them as the id table takes them."""
+        return self._table.check_new(new_ids)
 
     @abstractmethod
     def memory_bytes(self) -> int:
@@ -308,7 +312,7 @@ class StoredIndex(ABC):
             raise IndexFormatError(f"{directory / MANIFEST_NAME}: unknown metric {manifest.metric!r}.")
         index = cls._from_manifest(manifest, directory)
         index.metadata = manifest.metadata
-        index._table = IdTable.read(directory, manifest, tombstones=cls._tombstones)
+        index._table = IdTable.read(directory, manifest, tombstones=cls._tombstones, verify=verify)
         index._read_payload(directory, manifest, mmap=mmap)
         return index
 
@@ -364,7 +368,7 @@ def check_file_table(directory: Path, manifest: Manifest) -> None:
 
 
 class VectorIndex(StoredIndex):
-    """Base class of single-vector indexes with string document ids.
+    """Base class of single-vector indexes with document ids (str, or int: see :meth:`add`).
 
     Parameters
     ----------
@@ -416,18 +420,21 @@ class VectorIndex(StoredIndex):
         return self
 
     @writes
-    def add(self: T, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | None = None) -> T:
+    def add(self: T, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | NDArray[np.integer] | None = None) -> T:
         """Add vectors with their document ids; returns ``self`` for chaining.
 
         Parameters
         ----------
         data : Embeddings or np.ndarray, shape (n, dim)
             Vectors; with an array, ``ids`` is required.
-        ids : sequence of str, length n
-            Unique document ids (no newlines), not already live in the index.
+        ids : sequence of str, or of int (e.g. an int64 array), length n
+            Unique document ids (str: non-empty, no newlines), not already live in the index.
+            Integer ids are kept as one int64 array (no string table, like FAISS's
+            ``IndexIDMap``) and come back as ``int`` in ``SearchResult.doc_ids``. The first
+            ``add`` fixes the type: one index never mixes str and int ids (ConfigError).
         """
         vectors, new_ids = self._split(data, ids)
-        self._check_new_ids(new_ids)
+        new_ids = self._check_new_ids(new_ids)
         if vectors.shape[0] == 0:
             return self
         self._add_vectors(vectors, self._table.ntotal)
@@ -532,7 +539,7 @@ class VectorIndex(StoredIndex):
             scores[labels < 0] = -np.inf
 
     # ------------------------------------------------------------------ helpers
-    def _split(self, data: Any, ids: Sequence[str] | None) -> tuple[NDArray[np.float32], list[str]]:
+    def _split(self, data: Any, ids: Any) -> tuple[NDArray[np.float32], Any]:
         if isinstance(data, Embeddings):
             if ids is not None:
                 raise ConfigError("pass ids either inside Embeddings or as `ids`, not both.")
@@ -542,7 +549,7 @@ class VectorIndex(StoredIndex):
                 raise ConfigError("add(vectors) needs `ids`: one string document id per row (or pass Embeddings).")
             if isinstance(ids, str):
                 raise ConfigError("ids must be a sequence of strings, not a single string.")
-            new_ids = list(ids)
+            new_ids = ids if isinstance(ids, np.ndarray) and ids.ndim == 1 else list(ids)
             vectors = data
         vectors = as_float32_matrix(vectors, name="vectors", dim=self.dim)
         if len(new_ids) != vectors.shape[0]:

@@ -27,8 +27,11 @@ checksum-mismatch      a file's sha256 differs from the manifest
 extra-file             a file in the directory is not listed in the manifest (warning)
 bad-array              an array file has no readable ``.npy`` header
 array-mismatch         an array's dtype / shape disagrees with the manifest
-id-count               ``doc_ids.txt`` holds a different number of ids than ``count``
-duplicate-ids          ``doc_ids.txt`` repeats a live id
+id-count               the ids (``id_*.npy``; format 1: ``doc_ids.txt``) are not one per row of ``count``
+duplicate-ids          the ids repeat a live id
+bad-ids                the id arrays are inconsistent: offsets out of order or not ending at the buffer's
+                       end, a permutation that is not one, hashes / keys not sorted, hashes that are not
+                       those of the ids, ids that are not UTF-8; or a format-2 index lists no id arrays
 load-failed            every check above passed, but loading the index still failed
 bad-passages           a RAG collection's passage store is missing, corrupt or disagrees with its index
 =====================  ======================================================================
@@ -48,9 +51,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore, store_problems
 from indexes._io import _valid_array_entry as valid_array_entry
 from indexes._io import file_sha256, leftover_paths
-from indexes._paths import check_name, member, member_dir, open_member
+from indexes._paths import check_name, member, member_dir, open_member, stable_path
 from indexes.manifest import _REQUIRED, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_json, unlisted_files
 from retrieval.errors import IndexFormatError
 
@@ -145,6 +149,7 @@ def check_index(path: str | os.PathLike[str], *, verify: bool = True, load: bool
     _files(directory, raw, report, verify=verify)
     _arrays(directory, raw, report)
     _ids(directory, raw, report)
+    _id_arrays(directory, raw, report)
     if report.index_type in _SHARDED_TYPES:
         _shards(directory, raw, report, verify=verify)
     if load and report.healthy:
@@ -354,6 +359,57 @@ def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
             pass
     if len(set(live)) != len(live):
         report.add("error", "duplicate-ids", p.name, f"{len(live) - len(set(live))} live id(s) repeat.")
+
+
+def _id_arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
+    """Check the id arrays of a format-2 index in full (:func:`indexes._idstore.store_problems`)."""
+    arrays, n = raw.get("arrays"), report.count
+    if not isinstance(arrays, dict) or n is None:
+        return
+    names = INT_ARRAYS if INT_ARRAYS[0] in arrays else STR_ARRAYS if STR_ARRAYS[0] in arrays else None
+    if names is None:
+        if n and raw.get("format_version") != 1 and report.index_type in ("FlatIndex", "FaissIndex",
+                                                                          "MultiVectorIndex"):
+            report.add("error", "bad-ids", MANIFEST_NAME, f"lists no id arrays ({STR_ARRAYS[0]} / {INT_ARRAYS[0]}) "
+                       f"for its {n} rows.")
+        return
+    loaded = {}
+    optional = ("deleted", "id_sorted", "id_perm") if names == INT_ARRAYS else ("deleted",)
+    for name in dict.fromkeys((*names, "deleted")):
+        entry = arrays.get(name)
+        if name in optional and entry is None:
+            continue
+        if not valid_array_entry(entry):
+            report.add("error", "bad-ids", MANIFEST_NAME, f"arrays.{name} is missing or malformed.")
+            return
+        if any(p.file == entry["file"] for p in report.problems):
+            return  # its damage is reported already
+        p = _safe(directory, entry["file"], report, what=f"arrays.{name}.file", missing=None)
+        try:
+            assert p is not None
+            with open_member(p) as f:
+                loaded[name] = np.load(stable_path(f, p), mmap_mode="r", allow_pickle=False)
+        except Exception:  # reported by _files / _arrays
+            return
+    lengths = {"id_offsets": n + 1, "id_bytes": None}
+    for name, array in loaded.items():
+        want = lengths.get(name, n)
+        if array.ndim != 1 or (want is not None and len(array) != want):
+            report.add("error", "id-count", arrays[name]["file"], f"has shape {array.shape}; expected ({want},).")
+            return
+    dead = loaded.pop("deleted", None)
+    store = (IntStore(loaded["id_keys"], loaded.get("id_sorted", loaded["id_keys"]), loaded.get("id_perm"))
+             if names == INT_ARRAYS
+             else StrStore(*(loaded[k] for k in STR_ARRAYS)))
+    try:
+        problems = store_problems(store, full=True)
+        duplicate = not problems and store.duplicate_live(dead if dead is not None and dead.dtype == np.bool_ else None)
+    except (TypeError, ValueError, IndexError) as exc:  # wrong dtypes: _arrays compared them with the manifest
+        problems, duplicate = [f"the arrays cannot be read as ids ({type(exc).__name__}: {exc})"], False
+    for text in problems:
+        report.add("error", "bad-ids", arrays[names[0]]["file"], f"{text}.")
+    if duplicate:
+        report.add("error", "duplicate-ids", arrays[names[0]]["file"], "a live id repeats.")
 
 
 def _load(directory: Path, report: CheckReport) -> None:

@@ -37,10 +37,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "densezip-index"
-FORMAT_VERSION = 1
+#: 2: the ids are arrays (``id_*.npy``, see :mod:`indexes._ids`) instead of ``doc_ids.txt``.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+#: Versions this densezip reads as they are, without a migration: version 1 differs from 2 only
+#: in how the ids are stored, and :meth:`indexes._ids.IdTable.read` reads both.
+READABLE_VERSIONS = (1, 2)
 
-# format_version N -> function upgrading a manifest dict from N to N + 1.
+# format_version N -> function upgrading a manifest dict from N to N + 1 (for a version outside
+# READABLE_VERSIONS that a migration can bring into it).
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -209,7 +214,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"{file} uses index format version {version}, but this densezip {__version__} reads "
             f"versions up to {FORMAT_VERSION}. Upgrade with:  pip install -U densezip"
         )
-    while raw["format_version"] < FORMAT_VERSION:  # pragma: no cover - no migrations yet
+    while raw["format_version"] not in READABLE_VERSIONS:  # pragma: no cover - no migrations yet
         raw = MIGRATIONS[raw["format_version"]](raw)
     for key, typ in _REQUIRED.items():
         if key not in raw:
@@ -228,13 +233,13 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     return Manifest(**{k: raw[k] for k in _REQUIRED})
 
 
-#: Files a load reads besides ``arrays``, per index kind (``doc_ids.txt``: the ids of kinds that store rows).
+#: Files a load reads besides ``arrays``, per index kind.
 _KIND_FILES = {
-    "FlatIndex": ("doc_ids.txt",),
-    "FaissIndex": ("doc_ids.txt", "faiss.index"),
-    "MultiVectorIndex": ("doc_ids.txt",),
+    "FaissIndex": ("faiss.index",),
     "MultiVectorEmbeddings": ("doc_ids.txt",),
 }
+#: Kinds whose format version 1 kept their ids in ``doc_ids.txt`` (version 2: arrays).
+_LEGACY_ID_KINDS = ("FlatIndex", "FaissIndex", "MultiVectorIndex")
 
 
 def files_read(raw: dict[str, Any]) -> list[str]:
@@ -247,10 +252,14 @@ def files_read(raw: dict[str, Any]) -> list[str]:
 
     Examples
     --------
-    >>> files_read({"index_type": "FaissIndex", "arrays": {"deleted": {"file": "deleted.npy"}}})
+    >>> files_read({"index_type": "FaissIndex", "format_version": 2, "arrays": {"id_keys": {"file": "id_keys.npy"}}})
+    ['faiss.index', 'id_keys.npy']
+    >>> files_read({"index_type": "FaissIndex", "format_version": 1, "arrays": {"deleted": {"file": "deleted.npy"}}})
     ['deleted.npy', 'doc_ids.txt', 'faiss.index']
     """
     names = set(_KIND_FILES.get(str(raw.get("index_type")), ()))
+    if raw.get("index_type") in _LEGACY_ID_KINDS and raw.get("format_version") == 1:
+        names.add("doc_ids.txt")
     arrays = raw.get("arrays")
     if isinstance(arrays, dict):
         names.update(e["file"] for e in arrays.values() if isinstance(e, dict) and isinstance(e.get("file"), str))

@@ -115,12 +115,13 @@ class ShardedIndex(ShardedBase, VectorIndex):
         ----------
         data : Embeddings or np.ndarray, shape (n, dim)
             Vectors; with an array, ``ids`` is required.
-        ids : sequence of str, length n
-            Unique document ids, not already in the index.
+        ids : sequence of str, or of int (an int64 array), length n
+            Unique document ids, not already in the index (see :meth:`VectorIndex.add`).
         """
-        vectors, new_ids = self._split(data, ids)
-        check_new_ids(new_ids, ())
-        self._add_routed(new_ids, lambda rows: (vectors[rows], [new_ids[i] for i in rows]))
+        vectors, given = self._split(data, ids)
+        new_ids = check_new_ids(given, ())
+        self._add_routed(new_ids, lambda rows: (vectors[rows], new_ids[rows] if isinstance(new_ids, np.ndarray)
+                                                else [new_ids[i] for i in rows]))
         return self
 
     # ------------------------------------------------------------------ search (ShardedBase.search)

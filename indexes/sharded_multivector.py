@@ -161,13 +161,13 @@ class ShardedMultiVectorIndex(ShardedBase):
         All ids are checked (unique, not yet in any shard) before any shard changes.
         """
         mv = self._template.check_documents(data)
-        check_new_ids(mv.ids, ())
+        new_ids = check_new_ids(mv.ids, ())
         if len(mv) == 0:
             return self
         if not self.is_trained:
             logger.info("training %s on the %d documents being added", self.spec, len(mv))
             self.train(mv)
-        self._add_routed(mv.ids, lambda rows: (mv.select(rows),))
+        self._add_routed(new_ids, lambda rows: (mv.select(rows),))
         return self
 
     # ------------------------------------------------------------------ search (ShardedBase.search)

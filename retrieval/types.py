@@ -83,14 +83,34 @@ def check_finite(x: NDArray[np.floating], *, name: str) -> None:
         )
 
 
+def as_id_list(ids: Any) -> Any:
+    """Document ids as the embedding types keep them: a 1-d NumPy integer array as int64 (integer
+    ids), anything else as a list of ``str``.
+
+    >>> as_id_list([1, "b"]), as_id_list(np.array([3, 4], dtype=np.int32)).dtype
+    (['1', 'b'], dtype('int64'))
+    """
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and ids.ndim == 1:
+        if ids.dtype.kind == "u" and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
+            raise ShapeError(f"integer ids must fit in int64; got {int(ids.max())}.")
+        return ids.astype(np.int64, copy=False)
+    return [str(i) for i in ids]
+
+
+def _take(ids: Any, rows: Any) -> Any:
+    return ids[np.asarray(rows, dtype=np.int64)] if isinstance(ids, np.ndarray) else [ids[r] for r in rows]
+
+
 @dataclass(frozen=True)
 class Embeddings:
-    """Dense vectors with their string ids.
+    """Dense vectors with their ids.
 
     Attributes
     ----------
     vectors : np.ndarray, shape (n, d), dtype float32
-    ids : list of str, length n
+    ids : list of str, or int64 array, length n
+        Any sequence is stored as a list of ``str`` (``str(i)`` of each item); a NumPy integer
+        array stays an int64 array: integer document ids (see ``VectorIndex.add``).
     """
 
     vectors: NDArray[np.float32]
@@ -99,7 +119,7 @@ class Embeddings:
     def __post_init__(self) -> None:
         vectors = as_float32_matrix(self.vectors, name="vectors")
         object.__setattr__(self, "vectors", vectors)
-        ids = [str(i) for i in self.ids]
+        ids = as_id_list(self.ids)
         if len(ids) != vectors.shape[0]:
             raise ShapeError(
                 f"Embeddings needs one id per vector; got {len(ids)} ids for {vectors.shape[0]} vectors."
@@ -118,15 +138,16 @@ class Embeddings:
 class Hit:
     """One retrieved document."""
 
-    doc_id: str
+    doc_id: str | int
     score: float
 
 
 class LabelTable(Protocol):
     """A label -> document id table: indexing it with an int64 array of labels (all >= 0)
-    returns an object array of ``str`` of the same shape (``np.ndarray`` of ``str`` objects does)."""
+    returns an array of the ids of the same shape: ``str`` objects (``np.ndarray`` of ``str``
+    objects does), or int64 for an index with integer ids."""
 
-    def __getitem__(self, labels: NDArray[np.int64], /) -> NDArray[np.object_]: ...
+    def __getitem__(self, labels: NDArray[np.int64], /) -> NDArray[Any]: ...
 
 
 class SearchResult:
@@ -134,8 +155,9 @@ class SearchResult:
 
     Attributes
     ----------
-    doc_ids : list of list of str, shape (nq, <=k)
+    doc_ids : list of list of str (or int), shape (nq, <=k)
         Document ids per query, best first. A query with fewer than k hits has a shorter list.
+        An index with integer ids gives ``int``.
         Indexes hand over their label-to-id table instead of a list (``id_table``: an object
         array, or any :class:`LabelTable` such as the index's compact id store): the
         Python lists are then built on first access and kept, so a caller that only reads
@@ -244,7 +266,8 @@ class MultiVectorEmbeddings:
         All token / patch vectors, document after document.
     offsets : np.ndarray, shape (n + 1,), dtype int64
         ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == T``. A document may hold no vector.
-    ids : list of str, length n
+    ids : list of str, or int64 array, length n
+        As for :class:`Embeddings`: a NumPy integer array stays int64 (integer document ids).
     saliency : np.ndarray, shape (T,), dtype float32, optional
         One importance score per vector (for example the attention it receives); used by
         attention-guided pruning.
@@ -277,7 +300,7 @@ class MultiVectorEmbeddings:
         if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
             raise ShapeError(f"offsets must be a 1-D integer array (n + 1,); got {offsets.dtype} shape {offsets.shape}.")
         offsets = offsets.astype(np.int64, copy=False)
-        ids = [str(i) for i in self.ids]
+        ids = as_id_list(self.ids)
         if offsets.shape[0] != len(ids) + 1:
             raise ShapeError(f"offsets must have n + 1 = {len(ids) + 1} entries for {len(ids)} ids; got {offsets.shape[0]}.")
         if offsets[0] != 0 or offsets[-1] != vectors.shape[0] or (np.diff(offsets) < 0).any():
@@ -320,7 +343,7 @@ class MultiVectorEmbeddings:
             if len(saliency) != len(arrays):
                 raise ShapeError(f"from_list needs one saliency array per text; got {len(saliency)} for {len(arrays)}.")
             sal = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in saliency]) if mats else np.zeros(0, np.float32)
-        return cls(vectors=vectors, offsets=offsets, ids=list(ids), saliency=sal)
+        return cls(vectors=vectors, offsets=offsets, ids=ids if isinstance(ids, np.ndarray) else list(ids), saliency=sal)
 
     @property
     def dim(self) -> int:
@@ -351,7 +374,7 @@ class MultiVectorEmbeddings:
         starts, ends = self.offsets[rows], self.offsets[rows + 1]
         take = _ranges(starts, ends)
         return MultiVectorEmbeddings(
-            vectors=self.vectors[take], offsets=offsets_from_lengths(ends - starts), ids=[self.ids[r] for r in rows],
+            vectors=self.vectors[take], offsets=offsets_from_lengths(ends - starts), ids=_take(self.ids, rows),
             saliency=None if self.saliency is None else self.saliency[take],
         )
 

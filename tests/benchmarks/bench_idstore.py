@@ -1,24 +1,31 @@
-"""The id store before and after the compact layout (issue 18), measured in one run.
+"""The id store before and after issue 18, measured in one run: docs/BENCHMARKS.md section 7.
 
-Run (2-core CPU, no GPU; ~1-2 minutes at 1M):
+Run (2-core CPU, no GPU; a few minutes at 1M per spec):
 
-    .venv/bin/python tests/benchmarks/bench_idstore.py --n 1000000 --spec PQ16x8 [--json out.json]
+    .venv/bin/python tests/benchmarks/bench_idstore.py --n 1000000 --spec PQ16x8 --spec IVF1024,PQ48x8 [--json out.json]
 
-Builds a FaissIndex over ``--n`` random 64-d float32 vectors (``--spec``, trained on 20,000 of
-them) with ids ``doc-000000`` ..., saves it once, then for each id store opens it in a fresh
-process and reports: ``memory_bytes()`` per document minus the codes (the FAISS structure's
-own bytes), RSS after ``load`` minus RSS before it, the load time, 10,000 id lookups (one
-batched ``rows_of`` and a loop of ``in``), and a search of 64 queries restricted to a random 1%
-of the ids (``subset=``), with and without reading ``doc_ids``.
+For each ``--spec`` it builds a FaissIndex over ``--n`` random 96-d float32 vectors (trained on
+``--train`` of them; ``--bounded`` streams them through :func:`indexes.build.build_from_batches`)
+with ids ``doc-0000000`` ..., saves it once (format 2), derives two copies of the same codes
+(format 1: ``doc_ids.txt``; integer ids ``0 .. n-1``), then opens each variant in a fresh
+process and reports: ``memory_bytes()`` per document, of which codes and ids; RSS after
+``load`` minus RSS before and the peak RSS of the load (VmHWM, reset just before, minus RSS before); the
+load time without and with sha256 verification; 10,000 id lookups (one batched ``rows_of``
+and a loop of ``in``); a search of ``--queries`` queries restricted to a random 1% of the ids
+(``subset=``) and reading its ``doc_ids``; RSS after all that.
 
-"old" is the list + dict + object-array ``IdTable`` of commit 64266e7 (read with ``git show``
-and swapped in for ``indexes.base.IdTable`` in that process); "new" is ``indexes._ids.IdTable``.
+Variants: ``list+dict`` is the ``IdTable`` of commit 64266e7 (a list of str, a dict, an
+object array) reading format 1; ``compact`` is that of commit 3727e62 (the compact arrays of
+issue 18's first half, built from ``doc_ids.txt`` at every load); ``mmap`` is this code on
+format 2 (arrays memory-mapped); ``int`` is this code with integer ids. The old tables are
+read with ``git show`` and swapped in for ``indexes.base.IdTable`` in their process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,45 +35,73 @@ from pathlib import Path
 
 import numpy as np
 
-OLD_COMMIT = "64266e7"
+OLD = {"list+dict": "64266e7", "compact": "3727e62"}
 ROOT = Path(__file__).resolve().parents[2]
+DIM = 96  # a multiple of 16 and 48 (PQ16, PQ48)
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _old_table() -> type:
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:indexes/_ids.py"], cwd=ROOT, check=True,
+def _reset_peak() -> None:
+    """Start the peak RSS (VmHWM) afresh from the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _old_table(commit: str) -> type:
+    source = subprocess.run(["git", "show", f"{commit}:indexes/_ids.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    module = types.ModuleType("old_ids")
-    sys.modules["old_ids"] = module
-    exec(compile(source, "old_ids.py", "exec"), module.__dict__)  # our own file at a pinned commit
-    return module.IdTable
+    module = types.ModuleType(f"ids_{commit}")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"ids_{commit}.py", "exec"), module.__dict__)  # our own file at a pinned commit
+    old = module.IdTable
+
+    class Table(old):  # type: ignore[misc, valid-type]
+        @classmethod
+        def read(cls, directory, manifest, *, tombstones, verify=False):  # type: ignore[no-untyped-def]
+            return old.read.__func__(cls, directory, manifest, tombstones=tombstones)
+
+    return Table
 
 
-def probe(path: str, variant: str, n: int) -> dict[str, float]:
+def _name(i: int) -> str:
+    return f"doc-{i:07d}"
+
+
+def probe(path: str, variant: str, n: int, nq: int) -> dict[str, float | str]:
     """Measure one id store on the saved index (runs in a fresh process)."""
     import indexes.base
     from indexes import FaissIndex
 
-    if variant == "old":
-        indexes.base.IdTable = _old_table()  # type: ignore[attr-defined]
     rng = np.random.default_rng(1)
-    queries = rng.standard_normal((64, 64)).astype(np.float32)
-    lookup = [f"doc-{i:06d}" for i in rng.choice(n, 10_000, replace=False)]
-    subset = [f"doc-{i:06d}" for i in rng.choice(n, n // 100, replace=False)]
+    queries = rng.standard_normal((nq, DIM)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: the first load imports and initialises lazily
+        warm = FaissIndex(DIM, spec="Flat").add(queries, ids=[_name(i) for i in range(nq)])
+        FaissIndex.load(warm.save(Path(tmp) / "warm"), verify=True)
+        del warm
+    if variant in OLD:
+        indexes.base.IdTable = _old_table(OLD[variant])  # type: ignore[attr-defined, misc]
+    pick, subset_rows = rng.choice(n, 10_000, replace=False), rng.choice(n, n // 100, replace=False)
+    key = (lambda i: int(i)) if variant == "int" else _name
+    lookup, subset = [key(i) for i in pick], [key(i) for i in subset_rows]
+    _reset_peak()
     before = _rss()
     t = time.perf_counter()
-    index = FaissIndex.load(path)
+    index = FaissIndex.load(path, verify=False)
     load_s = time.perf_counter() - t
-    rss = _rss() - before
+    rss, peak = _rss() - before, _rss("VmHWM") - before
+    t = time.perf_counter()
+    FaissIndex.load(path, verify=True)
+    verified_s = time.perf_counter() - t
     codes = index.faiss_index.sa_code_size() * n
     table = index._table
+    total, ids_bytes = index.memory_bytes(), table.memory_bytes()
     t = time.perf_counter()
     rows = table.rows_of(lookup)
     batch_s = time.perf_counter() - t
@@ -74,7 +109,7 @@ def probe(path: str, variant: str, n: int) -> dict[str, float]:
     found = sum(i in index for i in lookup)
     loop_s = time.perf_counter() - t
     assert found == len(lookup) and len(rows) == len(lookup)
-    index.search(queries, 10, subset=subset)  # warm-up
+    index.search(queries[:2], 10, subset=subset)  # warm-up
     t = time.perf_counter()
     result = index.search(queries, 10, subset=subset)
     subset_s = time.perf_counter() - t
@@ -82,52 +117,89 @@ def probe(path: str, variant: str, n: int) -> dict[str, float]:
     hits = result.doc_ids
     ids_s = time.perf_counter() - t
     assert set(hits[0]) <= set(subset)
-    return {"variant": variant, "bytes_per_doc": index.memory_bytes() / n, "codes_per_doc": codes / n,
-            "ids_bytes_per_doc": table.memory_bytes() / n, "rss_per_doc": rss / n, "load_s": load_s,
-            "lookup_batch_ms": batch_s * 1e3, "lookup_loop_ms": loop_s * 1e3, "subset_search_ms": subset_s * 1e3,
-            "doc_ids_ms": ids_s * 1e3}
+    return {"variant": variant, "bytes_per_doc": total / n, "codes_per_doc": codes / n,
+            "ids_bytes_per_doc": ids_bytes / n, "rss_after_load_per_doc": rss / n, "peak_load_per_doc": peak / n,
+            "load_s": load_s, "load_verified_s": verified_s, "lookup_batch_ms": batch_s * 1e3,
+            "lookup_loop_ms": loop_s * 1e3, "subset_search_ms_per_query": subset_s * 1e3 / nq,
+            "doc_ids_ms": ids_s * 1e3, "rss_at_end_per_doc": (_rss() - before) / n}
 
 
-def build(path: Path, n: int, spec: str) -> None:
+def build(path: Path, n: int, spec: str, train: int, bounded: bool) -> None:
     from indexes import FaissIndex
+    from indexes.build import build_from_batches
 
     rng = np.random.default_rng(0)
-    index = FaissIndex(64, spec=spec)
-    index.train(rng.standard_normal((20_000, 64)).astype(np.float32))
-    for start in range(0, n, 100_000):
-        stop = min(n, start + 100_000)
-        index.add(rng.standard_normal((stop - start, 64)).astype(np.float32),
-                  ids=[f"doc-{i:06d}" for i in range(start, stop)])
+    step = 100_000
+    batches = ((np.arange(s, min(n, s + step)), rng.standard_normal((min(n, s + step) - s, DIM)).astype(np.float32))
+               for s in range(0, n, step))
+    if bounded:
+        index = build_from_batches((([_name(i) for i in rows], x) for rows, x in batches), dim=DIM, spec=spec,
+                                   train_size=train)
+    else:
+        index = FaissIndex(DIM, spec=spec)
+        index.train(np.random.default_rng(9).standard_normal((train, DIM)).astype(np.float32))
+        for rows, x in batches:
+            index.add(x, ids=[_name(i) for i in rows])
     index.save(path)
+
+
+def _rewrite_ids(src: Path, dst: Path, *, integer: bool) -> None:
+    """A copy of the saved index ``src`` with the same codes: format 1 (``doc_ids.txt``) or integer ids."""
+    from indexes._io import file_table
+    from indexes._io import save_array as save
+
+    shutil.copytree(src, dst)
+    raw = json.loads((dst / "manifest.json").read_text())
+    for name in [k for k in raw["arrays"] if k.startswith("id_")]:
+        (dst / raw["arrays"].pop(name)["file"]).unlink()
+    n = raw["count"]
+    if integer:
+        raw["arrays"]["id_keys"] = save(dst, "id_keys", np.arange(n, dtype=np.int64))  # ascending: no permutation
+    else:
+        (dst / "doc_ids.txt").write_text("".join(f"{_name(i)}\n" for i in range(n)))
+        raw["format_version"] = 1
+    raw["files"] = file_table(dst)
+    (dst / "manifest.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--spec", default="PQ16x8")
+    parser.add_argument("--spec", action="append", help="FAISS factory string (repeatable; default PQ16x8)")
+    parser.add_argument("--train", type=int, default=50_000)
+    parser.add_argument("--queries", type=int, default=16)
+    parser.add_argument("--bounded", action="store_true", help="build through indexes.build.build_from_batches")
+    parser.add_argument("--variants", default="list+dict,compact,mmap,int")
     parser.add_argument("--json")
     parser.add_argument("--probe", nargs=2, metavar=("PATH", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        print(json.dumps(probe(args.probe[0], args.probe[1], args.n)))
+        print(json.dumps(probe(args.probe[0], args.probe[1], args.n, args.queries)))
         return
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        build(Path(tmp) / "index", args.n, args.spec)
-        print(f"built {args.spec} over {args.n:,} docs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        for variant in ("old", "new"):
-            out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--probe", str(Path(tmp) / "index"),
-                                  variant], check=True, capture_output=True, text=True, cwd=ROOT).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-    keys = list(rows[0])[1:]
-    print(f"{args.spec}, n = {args.n:,}, ids 'doc-000000'\n")
-    print("| measure | " + " | ".join(r["variant"] for r in rows) + " |")
-    print("|---|" + "---:|" * len(rows))
-    for key in keys:
-        print(f"| {key} | " + " | ".join(f"{r[key]:.3g}" for r in rows) + " |")
+    report = []
+    for spec in args.spec or ["PQ16x8"]:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            build(Path(tmp) / "mmap", args.n, spec, args.train, args.bounded)
+            print(f"built {spec} over {args.n:,} docs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            _rewrite_ids(Path(tmp) / "mmap", Path(tmp) / "format1", integer=False)
+            _rewrite_ids(Path(tmp) / "mmap", Path(tmp) / "int", integer=True)
+            for variant in args.variants.split(","):
+                where = Path(tmp) / ("format1" if variant in OLD else variant)
+                out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--queries", str(args.queries),
+                                      "--probe", str(where), variant], check=True, capture_output=True, text=True,
+                                     cwd=ROOT).stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                print(f"  {variant}: done", file=sys.stderr)
+        report.append({"spec": spec, "rows": rows})
+        print(f"\n{spec}, n = {args.n:,}, ids 'doc-0000000' (int: 0 .. n-1)\n")
+        print("| measure | " + " | ".join(str(r["variant"]) for r in rows) + " |")
+        print("|---|" + "---:|" * len(rows))
+        for key in list(rows[0])[1:]:
+            print(f"| {key} | " + " | ".join(f"{r[key]:.3g}" for r in rows) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"n": args.n, "spec": args.spec, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"n": args.n, "report": report}, indent=1))
 
 
 if __name__ == "__main__":

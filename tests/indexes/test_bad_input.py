@@ -61,8 +61,10 @@ def test_duplicate_and_bad_ids(make, x):
         index.add(x[:1], ids=["2"])
     with pytest.raises(ConfigError, match="newline"):
         index.add(x[:1], ids=["a\nb"])
-    with pytest.raises(ConfigError, match="must be str"):
+    with pytest.raises(ConfigError, match="holds str document ids; got int ids"):
         index.add(x[:1], ids=[5])
+    with pytest.raises(ConfigError, match="must be str"):
+        index.add(x[:2], ids=["x", 5])
     with pytest.raises(ShapeError, match="one id per vector"):
         index.add(x[:2], ids=["x"])
     with pytest.raises(ConfigError, match="needs `ids`"):

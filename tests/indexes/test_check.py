@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from indexes import FaissIndex, FlatIndex
+from indexes._idstore import StrStore, encode
 from indexes._io import file_sha256
 from indexes.check import check_index
 from retrieval.app.cli import main
@@ -54,17 +55,51 @@ def _reshape(path: Path) -> None:
     _rehash(path, "vectors.npy")
 
 
+def _save_array(path: Path, name: str, array: np.ndarray) -> None:
+    """Replace the array ``name`` and make the manifest agree (entry and file table)."""
+    np.save(path / f"{name}.npy", array)
+    raw = _manifest(path)
+    raw["arrays"][name] = {"file": f"{name}.npy", "dtype": str(array.dtype), "shape": list(array.shape)}
+    _write_manifest(path, raw)
+    _rehash(path, f"{name}.npy")
+
+
+def _rewrite_ids(path: Path, ids: list[str]) -> None:
+    """Save consistent id arrays for ``ids`` (sorted hashes and all), so only the count or duplicate check can tell."""
+    store = StrStore.build(*encode(ids))
+    for name, array in store.arrays().items():
+        _save_array(path, name, np.asarray(array))
+
+
+def _ids(path: Path) -> list[str]:
+    return FlatIndex.load(path)._table.ids
+
+
 def _drop_id(path: Path) -> None:
-    lines = (path / "doc_ids.txt").read_text().splitlines()
-    (path / "doc_ids.txt").write_text("\n".join(lines[:-1]) + "\n")
-    _rehash(path, "doc_ids.txt")
+    _rewrite_ids(path, _ids(path)[:-1])
 
 
 def _dup_id(path: Path) -> None:
-    lines = (path / "doc_ids.txt").read_text().splitlines()
-    lines[5] = lines[6]
-    (path / "doc_ids.txt").write_text("\n".join(lines) + "\n")
-    _rehash(path, "doc_ids.txt")
+    ids = _ids(path)
+    ids[5] = ids[6]
+    _rewrite_ids(path, ids)
+
+
+def _unsort_hashes(path: Path) -> None:
+    hashes = np.load(path / "id_hashes.npy")
+    _save_array(path, "id_hashes", hashes[::-1].copy())
+
+
+def _break_perm(path: Path) -> None:
+    perm = np.load(path / "id_perm.npy")
+    perm[0] = perm[1]
+    _save_array(path, "id_perm", perm)
+
+
+def _short_offsets(path: Path) -> None:
+    offsets = np.load(path / "id_offsets.npy")
+    offsets[-1] -= 1
+    _save_array(path, "id_offsets", offsets)
 
 
 def _set(key: str, value: object) -> Callable[[Path], None]:
@@ -92,11 +127,16 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "unknown-type": (_set("index_type", "QuantumIndex"), "unknown-index-type"),
     "missing-file": (lambda p: (p / "vectors.npy").unlink(), "missing-file"),
     "truncated-file": (lambda p: _truncate(p / "vectors.npy"), "truncated-file"),
-    "longer-file": (lambda p: (p / "doc_ids.txt").write_text((p / "doc_ids.txt").read_text() + "x\n"), "size-mismatch"),
+    "longer-file": (lambda p: (p / "id_bytes.npy").write_bytes((p / "id_bytes.npy").read_bytes() + b"x"), "size-mismatch"),
     "bit-flip": (lambda p: _flip(p / "vectors.npy"), "checksum-mismatch"),
     "wrong-shape": (_reshape, "array-mismatch"),
     "id-count": (_drop_id, "id-count"),
     "duplicate-id": (_dup_id, "duplicate-ids"),
+    "unsorted-hashes": (_unsort_hashes, "bad-ids"),
+    "not-a-permutation": (_break_perm, "bad-ids"),
+    "offsets-past-the-end": (_short_offsets, "bad-ids"),
+    "no-id-arrays": (lambda p: _write_manifest(p, {**_manifest(p), "arrays": {
+        k: v for k, v in _manifest(p)["arrays"].items() if not k.startswith("id_")}}), "bad-ids"),
 }
 
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import indexes._ids as ids_module
-from indexes._ids import IdTable, _fnv1a, _read_id_lines
+import indexes._idstore as store_module
+from indexes._ids import IdTable, _read_id_lines
+from indexes._idstore import fnv1a
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 
 
@@ -48,17 +50,20 @@ def _same(table: IdTable, model: _Model, probes: list[str]) -> None:
 
 
 @pytest.mark.parametrize("tombstones", [True, False])
-@pytest.mark.parametrize("collide", [False, True])
-def test_random_operations_match_the_list_and_dict_model(tombstones: bool, collide: bool,
+@pytest.mark.parametrize("collide", [False, True, "int"])
+def test_random_operations_match_the_list_and_dict_model(tombstones: bool, collide: bool | str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    if collide:  # every id hashes to one of 3 values: every lookup must compare bytes
-        real, real_one = _fnv1a, ids_module._fnv1a_one
-        monkeypatch.setattr(ids_module, "_fnv1a", lambda buf, off: real(buf, off) % np.uint64(3))
-        monkeypatch.setattr(ids_module, "_fnv1a_one", lambda data: real_one(data) % 3)
+    if collide is True:  # every id hashes to one of 3 values: every lookup must compare bytes
+        real, real_one = fnv1a, store_module.fnv1a_one
+        monkeypatch.setattr(store_module, "fnv1a", lambda buf, off: real(buf, off) % np.uint64(3))
+        monkeypatch.setattr(store_module, "fnv1a_one", lambda data: real_one(data) % 3)
     monkeypatch.setattr(ids_module, "_MERGE_MIN", 7)  # merge often
     rng = random.Random(5)
     table, model = IdTable(tombstones=tombstones), _Model(tombstones)
-    pool = [f"d{i}" for i in range(60)] + ["é", "ü-1", "文書", "d1\u00e9", "x" * 40]
+    pool: list = [f"d{i}" for i in range(60)] + ["é", "ü-1", "文書", "d1\u00e9", "x" * 40]
+    probes: list = ["", "nope"]
+    if collide == "int":  # integer ids: the same model, int64 extremes included
+        pool, probes = [*range(-30, 30), 2**63 - 1, -(2**63), 10**12], [2**63, -(2**63) - 1, "d1", 1.5]
     for _ in range(150):
         live = list(model.row_of)
         if live and rng.random() < 0.35:
@@ -69,12 +74,13 @@ def test_random_operations_match_the_list_and_dict_model(tombstones: bool, colli
             model.remove(gone)
         else:
             new = [d for d in rng.sample(pool, rng.randint(1, 5)) if d not in model.row_of]
-            table.check_new(new)
-            assert table.append(new) == len(model.ids)
+            batch = np.array(new, dtype=np.int64) if collide == "int" and rng.random() < 0.5 else new
+            table.check_new(batch)
+            assert table.append(batch) == len(model.ids)
             model.append(new)
         if rng.random() < 0.2:
             table.id_array()  # merges the side table
-        _same(table, model, [*rng.sample(pool, 10), "", "nope"])
+        _same(table, model, [*rng.sample(pool, 10), *probes])
 
 
 def test_errors_and_non_str_lookups_are_as_before() -> None:
@@ -115,7 +121,7 @@ def test_a_view_handed_out_is_a_snapshot() -> None:
 def test_memory_counts_the_arrays_and_a_copy_is_independent() -> None:
     table = IdTable(tombstones=True)
     table.append([f"doc-{i:06d}" for i in range(1000)])
-    assert table.memory_bytes() == 1000 * (10 + 8 + 8 + 4 + 1) + 8
+    assert table.memory_bytes() == 1000 * (10 + 4 + 8 + 4 + 1) + 4  # uint32 offsets and permutation
     clone = table.copy()
     clone.remove(["doc-000001"], np.array([1]))
     clone.append(["new"])
@@ -130,7 +136,7 @@ def test_memory_counts_the_arrays_and_a_copy_is_independent() -> None:
 def test_reading_lines_as_buffer_and_offsets(tmp_path, raw: bytes, expected: list[str]) -> None:
     (tmp_path / "ids.txt").write_bytes(raw)
     buf, offsets = _read_id_lines(tmp_path / "ids.txt", expected=len(expected))
-    assert [buf[a:b].decode() for a, b in pairwise(offsets.tolist())] == expected
+    assert [buf[a:b].tobytes().decode() for a, b in pairwise(offsets.tolist())] == expected
     with pytest.raises(IndexFormatError, match=f"holds {len(expected)} ids, but the manifest says"):
         _read_id_lines(tmp_path / "ids.txt", expected=len(expected) + 1)
     (tmp_path / "bad.txt").write_bytes(raw + b"\xff")
@@ -146,8 +152,8 @@ def test_fnv1a_matches_the_reference_and_ignores_the_order_of_lengths() -> None:
         return h
     words = [b"", b"a", b"doc-123456", "é文".encode(), b"z" * 300, b"ab"]
     offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
-    assert _fnv1a(b"".join(words), offsets).tolist() == [reference(w) for w in words]
-    assert [ids_module._fnv1a_one(w) for w in words] == [reference(w) for w in words]
+    assert fnv1a(b"".join(words), offsets).tolist() == [reference(w) for w in words]
+    assert [store_module.fnv1a_one(w) for w in words] == [reference(w) for w in words]
 
 
 def test_merging_appended_ids_keeps_the_hashes_sorted() -> None:
@@ -158,5 +164,36 @@ def test_merging_appended_ids_keeps_the_hashes_sorted() -> None:
         store = table._merged()
         assert (store.hashes[1:] >= store.hashes[:-1]).all() and store.perm.dtype == np.uint32
         assert sorted(store.perm.tolist()) == list(range(store.rows))
-        assert (_fnv1a(store.buf, store.offsets)[store.perm] == store.hashes).all()
+        assert (fnv1a(store.buf, store.offsets)[store.perm] == store.hashes).all()
     assert table.rows_of(["x5", "x2999"]) == [table.ids.index("x5"), table.ids.index("x2999")]
+
+
+def test_int_ids_errors_and_views() -> None:
+    table = IdTable(tombstones=True)
+    table.append(np.array([30, 10, 20]))
+    assert table.kind == "int" and table.ids == [30, 10, 20] and table.rows_of([20, 30]) == [2, 0]
+    assert table.id_array()[np.array([[2, 0]])].tolist() == [[20, 30]]
+    with pytest.raises(ConfigError, match="holds int document ids; got str ids"):
+        table.check_new(["a"])
+    with pytest.raises(ConfigError, match="duplicate document id 5"):
+        table.check_new(np.array([5, 5]))
+    with pytest.raises(ConfigError, match=r"already in the index, e.g. \[10\]"):
+        table.check_new([10, 11])
+    with pytest.raises(ConfigError, match="all int or all str"):
+        table.check_new([11, "12"])
+    with pytest.raises(ConfigError, match="fit in int64"):
+        table.check_new([2**64])
+    with pytest.raises(ConfigError, match="fit in int64"):
+        table.check_new(np.array([2**63], dtype=np.uint64))
+    with pytest.raises(ConfigError, match="1-d"):
+        table.check_new(np.zeros((2, 2), dtype=np.int64))
+    assert "10" not in table and True not in table and 10.0 not in table and np.int32(10) in table
+    assert table.subset_mask(np.int64(10)).tolist() == [False, True, False]
+    got, rows = table.rows_to_delete(np.array([10]))
+    table.remove(got, rows)
+    assert table.live_ids() == [30, 20] and 10 not in table
+    strs = IdTable(tombstones=False)
+    strs.append(["a"])
+    with pytest.raises(ConfigError, match="holds str document ids; got int ids"):
+        strs.check_new(np.array([1]))
+    assert 1 not in strs and strs.missing([1, "a"]) == [1]

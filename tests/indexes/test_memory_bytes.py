@@ -35,12 +35,12 @@ def _probe_before(index: object) -> int:
 
 def _id_store_bytes(table: object) -> int:
     """The compact id store counted from its definition: every row's id (deleted rows keep
-    theirs) as UTF-8, int64 offsets (rows + 1), a uint64 hash and a uint32 row per row, and
+    theirs) as UTF-8, uint32 offsets (rows + 1), a uint64 hash and a uint32 row per row, and
     the tombstone mask (one byte per row, kinds with tombstones)."""
     rows = table.ids  # type: ignore[attr-defined]
     n = len(rows)
     utf8 = sum(len(i.encode("utf-8")) for i in rows)
-    return utf8 + 8 * (n + 1) + 8 * n + 4 * n + (n if table.tombstones else 0)  # type: ignore[attr-defined]
+    return utf8 + 4 * (n + 1) + 8 * n + 4 * n + (n if table.tombstones else 0)  # type: ignore[attr-defined]
 
 
 def _vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -95,11 +95,16 @@ def test_ids_are_counted() -> None:
     assert long.memory_bytes() - short.memory_bytes() == 50 * 101
 
 
-def test_ids_cost_their_bytes_plus_at_most_21_per_row() -> None:
-    """The compact store: 10-byte ids at 10,000 rows cost 10 B of text + 20 B of offsets, hash
-    and row (+ 1 B of tombstone) per row, also after appends in many small batches."""
+def test_ids_cost_their_bytes_plus_at_most_17_per_row() -> None:
+    """The compact store: 10-byte ids at 10,000 rows cost 10 B of text + 16 B of offsets (uint32),
+    hash and row (+ 1 B of tombstone) per row, also after appends in many small batches; integer
+    ids cost 8 B of id (+ 1 B of tombstone) while they ascend with the rows."""
     index = FlatIndex(16)
     x = _vectors(10_000)
     for start in range(0, 10_000, 100):
         index.add(x[start:start + 100], ids=[f"doc-{i:06d}" for i in range(start, start + 100)])
-    assert index.memory_bytes() - x.nbytes == 10_000 * (10 + 20 + 1) + 8
+    assert index.memory_bytes() - x.nbytes == 10_000 * (10 + 16 + 1) + 4
+    ints = FlatIndex(16)
+    for start in range(0, 10_000, 100):
+        ints.add(x[start:start + 100], ids=np.arange(start, start + 100) * 7)
+    assert ints.memory_bytes() - x.nbytes == 10_000 * (8 + 1)
