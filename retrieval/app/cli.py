@@ -252,6 +252,7 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
 
     from retrieval.beir import corpus_texts, has_qrels, load_beir, load_corpus
     from retrieval.evaluate import evaluate
+    from training._args import LABEL_FREE_DEFAULTS
     from training.jpq import JPQTrainer, JPQTrainingArgs, load_jpq
     from training.queries import pseudo_queries, read_queries
 
@@ -266,6 +267,8 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.data} has no judged '{args.train_split}' split (qrels/{args.train_split}.tsv and "
                           "queries.jsonl); train without judgments with --teacher exact.")
     overrides["teacher"] = teacher
+    if teacher == "exact" and not judged and not args.config:
+        overrides = {**LABEL_FREE_DEFAULTS, **overrides}
     if args.fast_scan and (overrides.get("nbits", settings.nbits) != 4):
         raise ConfigError("--fast-scan serves 4-bit codes; add --nbits 4 (and twice the --m for the same bytes).")
     settings = replace(settings, **overrides)

@@ -103,3 +103,12 @@ def test_train_jpq_bad_input(tmp_path, capsys, extra, match):
     assert code != 0
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_shipped_label_free_config_matches_the_cli_defaults():
+    import training
+    from training._args import LABEL_FREE_DEFAULTS
+
+    shipped = JPQTrainingArgs.from_toml(Path(training.__file__).parent / "configs" / "jpq_label_free.toml")
+    assert shipped.m == 16
+    assert {k: getattr(shipped, k) for k in LABEL_FREE_DEFAULTS} == LABEL_FREE_DEFAULTS
