@@ -98,7 +98,8 @@ class JPQTrainer:
     doc_vectors : np.ndarray, shape (n, d), float32
         Document embeddings from the frozen document encoder (normalised for inner product).
     queries : mapping of str to str
-        Training query texts by id.
+        Training query texts by id. With a teacher every one of them trains (judged or not),
+        so pass training queries only: not the test queries a BEIR ``queries.jsonl`` also holds.
     qrels : mapping of str to mapping of str to int, optional
         Training judgments ``{query_id: {doc_id: grade}}``; grade > 0 is relevant. May be
         None or empty with ``teacher="exact"``: every query is then trained by distillation.

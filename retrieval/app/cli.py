@@ -275,7 +275,10 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if judged:
         train = load_beir(args.data, split=args.train_split)
-        ids, texts, queries, qrels = train.doc_ids(), train.doc_texts(), dict(train.queries), train.qrels
+        # Judged train queries only: a BEIR queries.jsonl also holds the test queries, which must
+        # not reach training, not even as unjudged queries for the teacher.
+        queries = {q: t for q, t in train.queries.items() if q in train.qrels}
+        ids, texts, qrels = train.doc_ids(), train.doc_texts(), train.qrels
     else:
         corpus = load_corpus(args.data)
         ids, texts, queries, qrels = list(corpus), corpus_texts(corpus), {}, {}

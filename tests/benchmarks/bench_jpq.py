@@ -81,7 +81,9 @@ def main() -> None:
     qrels: dict[str, dict[str, int]] = {}
     if judged:
         train = rt.load_beir(args.data, split="train")
-        queries, qrels = dict(train.queries), train.qrels
+        # Only the judged train queries: queries.jsonl also holds the test claims, which must not
+        # reach training even as unjudged distillation queries.
+        queries, qrels = {q: t for q, t in train.queries.items() if q in train.qrels}, train.qrels
     if teacher == "exact" and args.pseudo_queries:
         queries.update(pseudo_queries(test.doc_texts(), args.pseudo_queries, seed=0))
     overrides = _parse_set(args.set)
