@@ -91,6 +91,7 @@ def test_train_jpq_without_judgments(tmp_path, capsys):
     (["--teacher", "exact", "--queries", "EMPTY"], "holds no queries"),
     (["--teacher", "exact", "--queries", "DUP"], "repeated quer"),
     (["--m", "7"], "must divide"),
+    (["--nbits", "8"], "60 documents cannot train 256 centroids per sub-quantizer"),
 ])
 def test_train_jpq_bad_input(tmp_path, capsys, extra, match):
     data = load_beir("scifact", split="train").subset(60, seed=2)
@@ -112,3 +113,28 @@ def test_shipped_label_free_config_matches_the_cli_defaults():
     shipped = JPQTrainingArgs.from_toml(Path(training.__file__).parent / "configs" / "jpq_label_free.toml")
     assert shipped.m == 16
     assert {k: getattr(shipped, k) for k in LABEL_FREE_DEFAULTS} == LABEL_FREE_DEFAULTS
+
+
+def test_teacher_with_judgments_trains_on_judged_train_queries_only(tmp_path, monkeypatch):
+    """queries.jsonl holds every query, test ones too: only the judged train queries may train."""
+    train = load_beir("scifact", split="train").subset(100, seed=2)
+    judged = dict(list(train.qrels.items())[:6])
+    held = dict(list(train.qrels.items())[6:12])
+    splits = type(train)(name="t", corpus=train.corpus, queries=train.queries, qrels=judged, split="train")
+    test = type(train)(name="t", corpus=train.corpus, queries=train.queries, qrels=held, split="test")
+    _write_beir(tmp_path / "data", splits, test)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(settings, **kwargs):
+        seen.update(kwargs["queries"])
+        raise Stop
+
+    monkeypatch.setattr("training.jpq.JPQTrainer", capture)
+    with pytest.raises(Stop):
+        main(["train-jpq", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--teacher", "exact",
+              "--pseudo-queries", "5"])
+    assert {q for q in seen if not q.startswith("pseudo-")} == set(judged)
+    assert not set(seen) & set(held) and len(seen) == len(judged) + 5
