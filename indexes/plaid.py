@@ -1,0 +1,243 @@
+"""PLAID-style search over ``KMeans<K>r<b>`` codes: the default first stage of a k-means
+:class:`~indexes.multivector.MultiVectorIndex`.
+
+One query batch goes through three stages, each vectorised over every candidate (the loops
+are Numba kernels in :mod:`indexes._plaid_kernels`):
+
+1. **Probe.** One matmul gives every query vector's score against every centroid,
+   ``S = centroids @ Q.T`` (K x T_q, shared by the batch). Each query vector's ``nprobe`` best
+   centroids select inverted lists (centroid -> the documents holding it); their union, minus
+   documents outside a ``subset``, is the query's candidate set.
+2. **Centroid interaction.** Each candidate's approximate MaxSim is read from ``S`` alone, over
+   the distinct centroids its vectors use. With ``centroid_score_threshold = t``, centroids whose
+   best score over the query's vectors is below ``t`` are skipped (PLAID's centroid pruning).
+   The best ``ndocs`` candidates per query go on.
+3. **Exact MaxSim.** Their residual codes are decoded (once per batch for documents that
+   several queries keep) and scored exactly; the top ``k`` are returned.
+
+With ``nprobe = K``, no threshold and ``ndocs`` at least the number of documents, the result
+equals exhaustive MaxSim over the decoded codes.
+
+The engine's arrays are derived from the stored codes (centroid id of each vector) in one
+O(T + K) pass, so nothing beyond the codes is saved: a loaded or edited index rebuilds them
+on its next search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from retrieval.compress.kmeans import PatchKMeans
+from retrieval.errors import ConfigError
+from retrieval.scores import top_k
+from retrieval.types import _ranges
+
+__all__ = ["PlaidEngine", "PlaidParams"]
+
+
+@dataclass(frozen=True)
+class PlaidParams:
+    """Search settings of the PLAID engine (per index, overridable per ``search`` call).
+
+    Parameters
+    ----------
+    nprobe : int
+        Centroids probed per query vector in stage 1.
+    centroid_score_threshold : float or None
+        Stage 2 skips centroids whose best score over the query's vectors is below it;
+        ``None`` keeps every centroid (exact centroid-only MaxSim).
+    ndocs : int
+        Candidates per query decoded and scored exactly in stage 3 (at least ``k`` is used).
+    """
+
+    nprobe: int = 2
+    centroid_score_threshold: float | None = 0.4
+    ndocs: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "ndocs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name} must be a positive int; got {value!r}.")
+        t = self.centroid_score_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)):
+            raise ConfigError(f"centroid_score_threshold must be a finite number or None; got {t!r}.")
+
+    def updated(self, params: PlaidParams | Mapping[str, Any] | None) -> PlaidParams:
+        """These settings with ``params`` (a PlaidParams, or a dict of some of its fields) applied."""
+        if params is None:
+            return self
+        if isinstance(params, PlaidParams):
+            return params
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"params must be a dict or PlaidParams; got {type(params).__name__}.")
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(f"unknown search params {unknown}; the PLAID engine accepts {sorted(known)}.")
+        return replace(self, **params)
+
+
+class PlaidEngine:
+    """Inverted lists and per-document centroid ids over one index's codes, and the 3-stage search.
+
+    Parameters
+    ----------
+    codec : PatchKMeans
+        The trained k-means codec the codes were made with.
+    codes : array, shape (T, code_size), uint8
+        Every stored vector's code (may be memory-mapped).
+    offsets : array, shape (n + 1,), int64
+        Document i owns ``codes[offsets[i]:offsets[i + 1]]``.
+
+    Attributes
+    ----------
+    doc_offsets, doc_cents : CSR over documents of their distinct centroid ids (uint16).
+    list_offsets, list_docs : CSR over centroids of the documents holding them (int32, ascending).
+    """
+
+    def __init__(self, codec: PatchKMeans, codes: NDArray[np.uint8], offsets: NDArray[np.int64]) -> None:
+        from indexes import _plaid_kernels as kernels
+
+        if not codec.is_trained or codec.centroids is None:
+            raise ConfigError("the PLAID engine needs a trained KMeans codec.")
+        self._k = kernels
+        self.codec = codec
+        self.codes = np.asarray(codes)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.n_docs = self.offsets.shape[0] - 1
+        self.centroids = np.ascontiguousarray(codec.centroids, dtype=np.float32)
+        self.table = (codec._byte_table() if codec.residual_bits
+                      else np.zeros((0, 256, 1), np.float32))  # pylint: disable=protected-access
+        cids = codec.ids(self.codes).astype(np.uint16) if self.codes.shape[0] else np.zeros(0, np.uint16)
+        self.doc_offsets, self.doc_cents, self.list_offsets, self.list_docs = kernels.build_lists(
+            cids, self.offsets, codec.k)
+        self.lengths = np.diff(self.offsets)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the derived arrays (the codes themselves are counted by the index)."""
+        return int(self.doc_offsets.nbytes + self.doc_cents.nbytes + self.list_offsets.nbytes
+                   + self.list_docs.nbytes + self.lengths.nbytes)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], k: int, params: PlaidParams,
+        allowed: NDArray[np.bool_] | None = None, timings: dict[str, float] | None = None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Top-``k`` (scores, rows) of each query of a CSR batch; ``-inf`` / ``-1`` pad missing hits.
+
+        ``allowed`` (n,) bool restricts the documents in every stage; when it admits at most
+        ``ndocs`` documents, stages 1-2 are skipped and those documents are scored exactly.
+        ``timings``, when given, receives the seconds spent in each stage.
+        """
+        clock = _Clock(timings)
+        qv = np.ascontiguousarray(qv, dtype=np.float32)
+        q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
+        nq = q_offsets.shape[0] - 1
+        ndocs = max(params.ndocs, k)
+        if allowed is not None and int(np.count_nonzero(allowed)) <= ndocs:
+            docs = np.flatnonzero(allowed & (self.lengths > 0)).astype(np.int32)
+            sel_offsets = np.arange(nq + 1, dtype=np.int64) * docs.size
+            sel_docs = np.tile(docs, nq)
+            clock.lap("stage1_candidates")
+        else:
+            st = self.centroids @ qv.T  # (K, T_q): stage 1's matmul, reused by stage 2
+            clock.lap("stage1_matmul")
+            probed = self._k.probe(st, min(params.nprobe, self.codec.k))
+            mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
+            cand_offsets, cand_docs = self._k.doc_candidates(probed, q_offsets, self.list_offsets, self.list_docs,
+                                                             mask, self.n_docs)
+            clock.lap("stage1_candidates")
+            keep = self._kept_centroids(st, q_offsets, params.centroid_score_threshold)
+            approx = self._k.centroid_interaction(st, q_offsets, cand_offsets, cand_docs, self.doc_offsets,
+                                                  self.doc_cents, keep)
+            clock.lap("stage2_interaction")
+            sel_offsets, sel_docs = self._k.select_top(cand_offsets, cand_docs, approx, ndocs)
+            clock.lap("stage2_select")
+        return self._exact(qv, q_offsets, sel_offsets, sel_docs, k, clock)
+
+    def centroid_scores(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], docs: NDArray[np.int32],
+                        threshold: float | None) -> NDArray[np.float32]:
+        """Stage 2's approximate MaxSim of every query against every document of ``docs`` (nq, len(docs))."""
+        qv = np.ascontiguousarray(qv, dtype=np.float32)
+        q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
+        nq = q_offsets.shape[0] - 1
+        docs = np.ascontiguousarray(docs, dtype=np.int32)
+        st = self.centroids @ qv.T
+        keep = self._kept_centroids(st, q_offsets, threshold)
+        approx = self._k.centroid_interaction(st, q_offsets, np.arange(nq + 1, dtype=np.int64) * docs.size,
+                                              np.tile(docs, nq), self.doc_offsets, self.doc_cents, keep)
+        return np.asarray(approx, dtype=np.float32).reshape(nq, docs.size)
+
+    def candidates(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], nprobe: int,
+                   allowed: NDArray[np.bool_] | None = None) -> list[NDArray[np.int32]]:
+        """Stage 1's candidate documents of each query (ascending rows)."""
+        st = self.centroids @ np.ascontiguousarray(qv, dtype=np.float32).T
+        probed = self._k.probe(st, min(nprobe, self.codec.k))
+        mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
+        offs, docs = self._k.doc_candidates(probed, np.ascontiguousarray(q_offsets, dtype=np.int64),
+                                            self.list_offsets, self.list_docs, mask, self.n_docs)
+        return [docs[offs[q] : offs[q + 1]] for q in range(offs.shape[0] - 1)]
+
+    # ------------------------------------------------------------------ internals
+    def _kept_centroids(self, st: NDArray[np.float32], q_offsets: NDArray[np.int64],
+                        threshold: float | None) -> NDArray[np.bool_]:
+        """(nq, K) True where a centroid takes part in query q's centroid interaction."""
+        nq = q_offsets.shape[0] - 1
+        if threshold is None:
+            return np.ones((nq, self.codec.k), dtype=np.bool_)
+        keep = np.zeros((nq, self.codec.k), dtype=np.bool_)
+        live = np.flatnonzero(np.diff(q_offsets) > 0)
+        if live.size:  # empty queries own no column, so the live queries' segments tile st's columns
+            best = np.maximum.reduceat(st, q_offsets[live], axis=1)  # (K, live)
+            keep[live] = (best >= threshold).T
+        return keep
+
+    def _exact(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], sel_offsets: NDArray[np.int64],
+               sel_docs: NDArray[np.int32], k: int, clock: _Clock) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Stage 3: decode the selected documents (each once per batch) and rank them by exact MaxSim."""
+        nq = q_offsets.shape[0] - 1
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        labels = np.full((nq, k), -1, dtype=np.int64)
+        union = np.unique(sel_docs).astype(np.int32)
+        vectors, vec_offsets = self._k.decode_docs(self.codes, self.offsets, union, self.centroids, self.table,
+                                                   self.codec.id_bytes)
+        clock.lap("stage3_decode")
+        for q in range(nq):  # one BLAS product per query over its ndocs documents' vectors
+            docs = sel_docs[sel_offsets[q] : sel_offsets[q + 1]]
+            q0, q1 = q_offsets[q], q_offsets[q + 1]
+            if docs.size == 0 or q1 == q0:
+                continue
+            if docs.size == union.size:  # every selected document (one query, or identical selections)
+                block, lengths = vectors, np.diff(vec_offsets)
+            else:
+                pos = np.searchsorted(union, docs)
+                block = vectors[_ranges(vec_offsets[pos], vec_offsets[pos + 1])]
+                lengths = vec_offsets[pos + 1] - vec_offsets[pos]
+            sims = block @ qv[q0:q1].T  # (vectors of the selected documents, query vectors)
+            starts = np.cumsum(lengths) - lengths  # candidates always hold vectors: no empty segment
+            exact = np.maximum.reduceat(sims, starts, axis=0).sum(axis=1, dtype=np.float32)
+            s, local = top_k(exact[None, :], k)
+            scores[q], labels[q] = s[0], np.where(local[0] >= 0, docs[np.maximum(local[0], 0)], -1)
+        clock.lap("stage3_maxsim")
+        return scores, labels
+
+
+class _Clock:
+    """Adds the seconds since the previous lap to ``timings[name]`` (does nothing without a dict)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+            self.last = now
