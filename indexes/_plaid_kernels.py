@@ -198,8 +198,9 @@ def decode_docs(
 
     ``codes`` (T, code_size) uint8, ``offsets`` the documents' vector ranges, ``centroids``
     (k, d), ``table`` (residual_bytes, 256, dims per byte) float32 (residual_bytes 0 when the
-    codes hold no residual). Returns the decoded (sum of lengths, d) float32 vectors, documents
-    back to back, and their offsets. Documents run in parallel.
+    codes hold no residual; dimensions past d in the last byte are padding and skipped).
+    Returns the decoded (sum of lengths, d) float32 vectors, documents back to back, and
+    their offsets. Documents run in parallel.
     """
     m = docs.shape[0]
     dim = centroids.shape[1]
@@ -208,19 +209,22 @@ def decode_docs(
         out_offsets[i + 1] = out_offsets[i] + offsets[docs[i] + 1] - offsets[docs[i]]
     out = np.empty((out_offsets[m], dim), np.float32)
     n_bytes, per_byte = table.shape[0], table.shape[2]
+    full = min(n_bytes, dim // per_byte)  # bytes whose dimensions are all real
     for i in numba.prange(m):
         w = out_offsets[i]
         for t in range(offsets[docs[i]], offsets[docs[i] + 1]):
             c = np.int64(codes[t, 0])
             if id_bytes == 2:
                 c += np.int64(codes[t, 1]) << 8
-            row = out[w]
-            row[:] = centroids[c]
-            for b in range(n_bytes):
-                values = table[b, codes[t, id_bytes + b]]
-                base = b * per_byte
+            for j in range(dim):
+                out[w, j] = centroids[c, j]
+            for b in range(full):
+                v = codes[t, id_bytes + b]
                 for j in range(per_byte):
-                    if base + j < dim:
-                        row[base + j] += values[j]
+                    out[w, b * per_byte + j] += table[b, v, j]
+            for b in range(full, n_bytes):
+                v = codes[t, id_bytes + b]
+                for j in range(min(per_byte, dim - b * per_byte)):
+                    out[w, b * per_byte + j] += table[b, v, j]
             w += 1
     return out, out_offsets

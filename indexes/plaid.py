@@ -1,22 +1,24 @@
 """PLAID-style search over ``KMeans<K>r<b>`` codes: the default first stage of a k-means
 :class:`~indexes.multivector.MultiVectorIndex`.
 
-One query batch goes through three stages, each vectorised over every candidate (the loops
+One query batch goes through these stages, each vectorised over every candidate (the loops
 are Numba kernels in :mod:`indexes._plaid_kernels`):
 
 1. **Probe.** One matmul gives every query vector's score against every centroid,
    ``S = centroids @ Q.T`` (K x T_q, shared by the batch). Each query vector's ``nprobe`` best
    centroids select inverted lists (centroid -> the documents holding it); their union, minus
    documents outside a ``subset``, is the query's candidate set.
-2. **Centroid interaction.** Each candidate's approximate MaxSim is read from ``S`` alone, over
-   the distinct centroids its vectors use. With ``centroid_score_threshold = t``, centroids whose
-   best score over the query's vectors is below ``t`` are skipped (PLAID's centroid pruning).
-   The best ``ndocs`` candidates per query go on.
-3. **Exact MaxSim.** Their residual codes are decoded (once per batch for documents that
+2. **Centroid interaction with pruning.** Each candidate's approximate MaxSim is read from
+   ``S`` alone, over the distinct centroids its vectors use. With
+   ``centroid_score_threshold = t``, centroids whose best score over the query's vectors is
+   below ``t`` are skipped (PLAID's centroid pruning). The best ``ndocs`` candidates go on.
+3. **Centroid interaction without pruning** over those (only when pruning is on): the best
+   ``max(k, ndocs // 4)`` go on. Without pruning, stage 2 keeps that many directly.
+4. **Exact MaxSim.** Their residual codes are decoded (once per batch for documents that
    several queries keep) and scored exactly; the top ``k`` are returned.
 
-With ``nprobe = K``, no threshold and ``ndocs`` at least the number of documents, the result
-equals exhaustive MaxSim over the decoded codes.
+With ``nprobe = K``, no threshold and ``ndocs // 4`` at least the number of documents, the
+result equals exhaustive MaxSim over the decoded codes.
 
 The engine's arrays are derived from the stored codes (centroid id of each vector) in one
 O(T + K) pass, so nothing beyond the codes is saved: a loaded or edited index rebuilds them
@@ -26,7 +28,8 @@ on its next search.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -53,7 +56,8 @@ class PlaidParams:
         Stage 2 skips centroids whose best score over the query's vectors is below it;
         ``None`` keeps every centroid (exact centroid-only MaxSim).
     ndocs : int
-        Candidates per query decoded and scored exactly in stage 3 (at least ``k`` is used).
+        Candidates per query kept by the pruned centroid interaction; ``max(k, ndocs // 4)``
+        of them are decoded and scored exactly (PLAID's ratio).
     """
 
     nprobe: int = 2
@@ -68,6 +72,11 @@ class PlaidParams:
         t = self.centroid_score_threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)):
             raise ConfigError(f"centroid_score_threshold must be a finite number or None; got {t!r}.")
+
+    def budget(self, k: int) -> tuple[int, int]:
+        """(documents kept by the pruned centroid interaction, documents scored exactly) for top-``k``."""
+        ndocs = max(self.ndocs, k)
+        return ndocs, max(k, ndocs // 4)
 
     def updated(self, params: PlaidParams | Mapping[str, Any] | None) -> PlaidParams:
         """These settings with ``params`` (a PlaidParams, or a dict of some of its fields) applied."""
@@ -132,34 +141,46 @@ class PlaidEngine:
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top-``k`` (scores, rows) of each query of a CSR batch; ``-inf`` / ``-1`` pad missing hits.
 
-        ``allowed`` (n,) bool restricts the documents in every stage; when it admits at most
-        ``ndocs`` documents, stages 1-2 are skipped and those documents are scored exactly.
+        ``allowed`` (n,) bool restricts the documents in every stage; when it admits no more
+        documents than are scored exactly (``max(k, ndocs // 4)``), stages 1-3 are skipped and
+        those documents are scored exactly.
         ``timings``, when given, receives the seconds spent in each stage.
         """
         clock = _Clock(timings)
         qv = np.ascontiguousarray(qv, dtype=np.float32)
         q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
         nq = q_offsets.shape[0] - 1
-        ndocs = max(params.ndocs, k)
-        if allowed is not None and int(np.count_nonzero(allowed)) <= ndocs:
+        ndocs, n_exact = params.budget(k)
+        if allowed is not None and int(np.count_nonzero(allowed)) <= n_exact:
             docs = np.flatnonzero(allowed & (self.lengths > 0)).astype(np.int32)
-            sel_offsets = np.arange(nq + 1, dtype=np.int64) * docs.size
-            sel_docs = np.tile(docs, nq)
-            clock.lap("stage1_candidates")
-        else:
-            st = self.centroids @ qv.T  # (K, T_q): stage 1's matmul, reused by stage 2
-            clock.lap("stage1_matmul")
+            return self._exact(qv, q_offsets, np.arange(nq + 1, dtype=np.int64) * docs.size, np.tile(docs, nq), k,
+                               clock)
+        st = self.centroids @ qv.T  # (K, T_q): stage 1's matmul, reused by stage 2
+        clock.lap("stage1_matmul")
+        with _threads(st.size >= _PARALLEL_WORK):
             probed = self._k.probe(st, min(params.nprobe, self.codec.k))
-            mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
+        mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
+        with _threads(nq > 1):
             cand_offsets, cand_docs = self._k.doc_candidates(probed, q_offsets, self.list_offsets, self.list_docs,
                                                              mask, self.n_docs)
-            clock.lap("stage1_candidates")
-            keep = self._kept_centroids(st, q_offsets, params.centroid_score_threshold)
+        clock.lap("stage1_candidates")
+        keep = self._kept_centroids(st, q_offsets, params.centroid_score_threshold)
+        with _threads(cand_docs.size >= _PARALLEL_DOCS):
             approx = self._k.centroid_interaction(st, q_offsets, cand_offsets, cand_docs, self.doc_offsets,
                                                   self.doc_cents, keep)
-            clock.lap("stage2_interaction")
-            sel_offsets, sel_docs = self._k.select_top(cand_offsets, cand_docs, approx, ndocs)
-            clock.lap("stage2_select")
+        pruned = params.centroid_score_threshold is not None
+        with _threads(nq > 1):
+            sel_offsets, sel_docs = self._k.select_top(cand_offsets, cand_docs, approx, ndocs if pruned else n_exact)
+        clock.lap("stage2_pruned")
+        if pruned and n_exact < ndocs:
+            # PLAID's third stage: the survivors again, now with every centroid; the best n_exact go on.
+            keep = np.ones((nq, self.codec.k), dtype=np.bool_)
+            with _threads(sel_docs.size >= _PARALLEL_DOCS):
+                approx = self._k.centroid_interaction(st, q_offsets, sel_offsets, sel_docs, self.doc_offsets,
+                                                      self.doc_cents, keep)
+            with _threads(nq > 1):
+                sel_offsets, sel_docs = self._k.select_top(sel_offsets, sel_docs, approx, n_exact)
+            clock.lap("stage3_full_interaction")
         return self._exact(qv, q_offsets, sel_offsets, sel_docs, k, clock)
 
     def centroid_scores(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], docs: NDArray[np.int32],
@@ -201,14 +222,15 @@ class PlaidEngine:
 
     def _exact(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], sel_offsets: NDArray[np.int64],
                sel_docs: NDArray[np.int32], k: int, clock: _Clock) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Stage 3: decode the selected documents (each once per batch) and rank them by exact MaxSim."""
+        """Stage 4: decode the selected documents (each once per batch) and rank them by exact MaxSim."""
         nq = q_offsets.shape[0] - 1
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = np.full((nq, k), -1, dtype=np.int64)
         union = np.unique(sel_docs).astype(np.int32)
-        vectors, vec_offsets = self._k.decode_docs(self.codes, self.offsets, union, self.centroids, self.table,
-                                                   self.codec.id_bytes)
-        clock.lap("stage3_decode")
+        with _threads(union.size >= 256):
+            vectors, vec_offsets = self._k.decode_docs(self.codes, self.offsets, union, self.centroids, self.table,
+                                                       self.codec.id_bytes)
+        clock.lap("stage4_decode")
         for q in range(nq):  # one BLAS product per query over its ndocs documents' vectors
             docs = sel_docs[sel_offsets[q] : sel_offsets[q + 1]]
             q0, q1 = q_offsets[q], q_offsets[q + 1]
@@ -225,8 +247,30 @@ class PlaidEngine:
             exact = np.maximum.reduceat(sims, starts, axis=0).sum(axis=1, dtype=np.float32)
             s, local = top_k(exact[None, :], k)
             scores[q], labels[q] = s[0], np.where(local[0] >= 0, docs[np.maximum(local[0], 0)], -1)
-        clock.lap("stage3_maxsim")
+        clock.lap("stage4_maxsim")
         return scores, labels
+
+
+# Below these sizes a kernel runs on the calling thread alone: waking the pool costs more than it
+# saves, and far more on a machine whose cores are shared (a parallel region waits for its slowest thread).
+_PARALLEL_WORK = 1 << 20  # centroid scores scanned by the probe
+_PARALLEL_DOCS = 2048  # (query, document) pairs in a centroid interaction
+
+
+@contextmanager
+def _threads(parallel: bool) -> Iterator[None]:
+    """Run the enclosed Numba kernels on one thread unless ``parallel`` (Numba's setting is per thread)."""
+    if parallel:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 class _Clock:
