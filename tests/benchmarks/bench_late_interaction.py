@@ -1,6 +1,7 @@
 """Late interaction at 1M synthetic token vectors: the PLAID engine against the older first stages.
 
-Run:  .venv/bin/python tests/benchmarks/bench_late_interaction.py [--spec KMeans4096r4] [--json out.json]
+Run:  .venv/bin/python tests/benchmarks/bench_late_interaction.py [--spec KMeans4096r4 ...] [--threads 2]
+      [--sweep] [--json out.json]
 
 Data (seeded, cached under $DENSEZIP_CACHE/bench or ~/.cache/densezip/bench): 10,000 documents
 x 100 token vectors x 128-d from a Gaussian mixture with topics. 32,768 "word" directions;
@@ -9,7 +10,7 @@ x 100 token vectors x 128-d from a Gaussian mixture with topics. 32,768 "word" d
 A query is 32 tokens of one document, each perturbed again (noise norm ~0.5) and normalised.
 Ground truth: exact float32 MaxSim over the uncompressed vectors (top 10).
 
-Measured, at 2 threads (BLAS, FAISS, Numba), interleaved engine by engine in one run:
+Measured at ``--threads`` threads (BLAS, FAISS, Numba; default 2), engine after engine in one run:
 recall@10 against exact float MaxSim over all queries (batch 32), p50 / p95 latency at
 batch 1, queries per second at batch 32; the old default (``first_stage="exhaustive"``: every
 code decoded) and the centroid lists (``"centroid"``) next to the PLAID engine, a sweep of
@@ -20,9 +21,12 @@ one batch-1 search next to each stage's arithmetic floor.
 from __future__ import annotations
 
 import os
+import sys
 
+# BLAS reads its thread count when NumPy loads: take --threads from the command line first.
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "2"
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
+    os.environ[_var] = _THREADS
 
 import argparse  # noqa: E402
 import itertools  # noqa: E402
@@ -139,37 +143,39 @@ def _searcher(index: Any, first_stage: str, params: dict[str, Any] | None = None
 
 
 def _floors(index: Any, params: Any, queries: Any, n: int) -> dict[str, Any]:
-    """Per-stage seconds of batch-1 searches (mean) and the work each stage does, with its floor."""
+    """Per-stage milliseconds of batch-1 searches (mean), the work of each stage, and its floor:
+    the work at this machine's measured matmul rate (flop) or memory copy rate (bytes)."""
     engine = index.plaid_engine()
     totals: dict[str, float] = {}
-    cands, sel_vectors = [], []
+    cands = []
     for i in range(n):
         one = queries.select([i])
         engine.search(one.vectors, one.offsets, 10, params, timings=totals)
-        c = engine.candidates(one.vectors, one.offsets, params.nprobe)[0]
-        cands.append(c.size)
-        sel_vectors.append(min(c.size, params.ndocs) * DOC_LEN)
+        cands.append(engine.candidates(one.vectors, one.offsets, params.nprobe)[0].size)
     per_stage = {name: 1000 * s / n for name, s in totals.items()}
-    a = np.random.default_rng(0).standard_normal((4096, 4096), dtype=np.float32)
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
     t0 = time.perf_counter()
     _ = a @ a
-    gflops = 2 * 4096**3 / (time.perf_counter() - t0) / 1e9
+    gflops = 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
     big = np.ones(1 << 27, np.uint8)
     t0 = time.perf_counter()
     big.copy()
     gbps = 2 * big.nbytes / (time.perf_counter() - t0) / 1e9
     k, cents = engine.codec.k, engine.doc_cents.size / max(engine.n_docs, 1)
-    n_cands, n_sel = float(np.mean(cands)), float(np.mean(sel_vectors))
-    work = {
+    n_cands = float(np.mean(cands))
+    ndocs, n_exact = params.budget(10)
+    exact_vectors = min(n_cands, n_exact) * DOC_LEN
+    work = {  # (amount, unit): what each stage must at least touch or compute
         "stage1_matmul": (2 * Q_LEN * k * DIM, "flop"),
         "stage1_candidates": (4 * Q_LEN * params.nprobe * engine.list_docs.size / k + engine.n_docs, "byte"),
-        "stage2_interaction": (n_cands * cents * (2 + 4 * Q_LEN), "byte"),
-        "stage3_decode": (n_sel * (engine.codes.shape[1] + 4 * DIM), "byte"),
-        "stage3_maxsim": (2 * n_sel * DIM * Q_LEN, "flop"),
+        "stage2_pruned": (n_cands * cents * 2, "byte"),  # every candidate's centroid ids, once
+        "stage3_full_interaction": (min(n_cands, ndocs) * cents * (2 + 4 * Q_LEN), "byte"),
+        "stage4_decode": (exact_vectors * (engine.codes.shape[1] + 4 * DIM), "byte"),
+        "stage4_maxsim": (2 * exact_vectors * DIM * Q_LEN, "flop"),
     }
-    floor = {name: 1000 * (w / (gflops * 1e9) if unit == "flop" else w / (gbps * 1e9)) for name, (w, unit) in work.items()}
-    return {"ms": per_stage, "floor_ms": floor, "work": {n: w for n, (w, _) in work.items()}, "gflops": gflops,
-            "gbps": gbps, "candidates": n_cands, "distinct_centroids_per_doc": cents}
+    floor = {name: 1000 * w / (gflops if unit == "flop" else gbps) / 1e9 for name, (w, unit) in work.items()}
+    return {"ms": per_stage, "floor_ms": floor, "work": {name: w for name, (w, _) in work.items()},
+            "gflops": gflops, "gbps": gbps, "candidates": n_cands, "distinct_centroids_per_doc": cents}
 
 
 def main() -> None:
@@ -179,6 +185,8 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=30)
     parser.add_argument("--skip-exhaustive", action="store_true", help="do not time the old exhaustive default")
     parser.add_argument("--build-only", action="store_true", help="generate, build and cache, then stop")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true", help="also sweep nprobe x threshold x ndocs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -187,8 +195,8 @@ def main() -> None:
 
     from indexes.plaid import PlaidParams
 
-    faiss.omp_set_num_threads(2)
-    numba.set_num_threads(2)
+    faiss.omp_set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
     cache = _cache_dir()
     t0 = time.perf_counter()
     docs, queries, _ = synthetic(n_queries=args.queries)
@@ -218,17 +226,18 @@ def main() -> None:
         n_lat = args.latency_queries
         default = PlaidParams()
         grid = [{"nprobe": p, "centroid_score_threshold": t, "ndocs": nd}
-                for p, t, nd in itertools.product((1, 2, 4), (None, 0.4, 0.5, 0.6), (64, 128, 256, 512))]
-        for params in [vars(default) | {}, *grid]:
+                for p, t, nd in itertools.product((1, 2, 4), (None, 0.3, 0.4, 0.5), (64, 128, 256, 512, 1024))]
+        for params in [dict(vars(default)), *(grid if args.sweep else [])]:
             res = _measure(_searcher(index, "plaid", params), queries, truth, n_lat=n_lat, n_qps=64)
-            record({"spec": spec, "engine": f"plaid {params}", **params, **res})
+            record({"spec": spec, "engine": f"plaid {params}", "threads": args.threads, **params, **res})
         for nprobe, n_cand in ((1, 128), (2, 256)):
             index.n_candidates, index.nprobe = n_cand, nprobe
             res = _measure(_searcher(index, "centroid"), queries, truth, n_lat=min(n_lat, 10), n_qps=32)
-            record({"spec": spec, "engine": f"centroid lists nprobe={nprobe} n_candidates={n_cand}", **res})
+            record({"spec": spec, "engine": f"centroid lists nprobe={nprobe} n_candidates={n_cand}",
+                    "threads": args.threads, **res})
         if not args.skip_exhaustive:
             res = _measure(_searcher(index, "exhaustive"), queries, truth, n_lat=3, n_qps=0)
-            record({"spec": spec, "engine": "exhaustive (old default)", **res})
+            record({"spec": spec, "engine": "exhaustive (old default)", "threads": args.threads, **res})
         breakdown = _floors(index, default, queries, n_lat)
         rows.append({"spec": spec, "engine": "breakdown", **breakdown})
         print(json.dumps(breakdown, indent=1), flush=True)
