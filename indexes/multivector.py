@@ -80,7 +80,7 @@ class MultiVectorIndex(StoredIndex):
     n_candidates : int
         Documents re-scored after centroid-only scoring (``"centroid"``).
     nprobe : int, optional
-        Centroids probed per query vector (``"plaid"``, default 2; ``"centroid"``, default 4).
+        Centroids probed per query vector (``"plaid"``, default 1; ``"centroid"``, default 4).
     ndocs : int
         Documents decoded and scored exactly per query (``"plaid"``).
     centroid_score_threshold : float or None

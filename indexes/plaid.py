@@ -60,8 +60,9 @@ class PlaidParams:
         of them are decoded and scored exactly (PLAID's ratio).
     """
 
-    nprobe: int = 2
-    centroid_score_threshold: float | None = 0.4
+    # Picked by the sweep in docs/BENCHMARKS.md section 4 (1M synthetic token vectors, k=10).
+    nprobe: int = 1
+    centroid_score_threshold: float | None = 0.3
     ndocs: int = 256
 
     def __post_init__(self) -> None:
