@@ -123,8 +123,7 @@ class PlaidEngine:
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.n_docs = self.offsets.shape[0] - 1
         self.centroids = np.ascontiguousarray(codec.centroids, dtype=np.float32)
-        self.table = (codec._byte_table() if codec.residual_bits
-                      else np.zeros((0, 256, 1), np.float32))  # pylint: disable=protected-access
+        self.table = codec.byte_table() if codec.residual_bits else np.zeros((0, 256, 1), np.float32)
         cids = codec.ids(self.codes).astype(np.uint16) if self.codes.shape[0] else np.zeros(0, np.uint16)
         self.doc_offsets, self.doc_cents, self.list_offsets, self.list_docs = kernels.build_lists(
             cids, self.offsets, codec.k)
