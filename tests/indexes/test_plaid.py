@@ -287,3 +287,30 @@ def test_residual_free_codes_and_sharded_plaid(data) -> None:
         _same_hits(sharded.search(queries, k=5), single.add(docs).search(queries, k=5))
     finally:
         sharded.close()
+
+
+def test_concurrent_searches_agree_with_serial_ones(data) -> None:
+    """Numba's parallel kernels called from several threads at once (the index's readers lock
+    lets searches overlap): every thread sees the serial answer."""
+    import threading
+
+    _, queries, index = data
+    want = index.search(queries, k=5).labels.tolist()  # a batch: its kernels run on the thread pool
+    one = index.search(queries.select([0]), k=5).labels.tolist()
+    failures: list[str] = []
+
+    def reader(seed: int) -> None:
+        try:
+            for i in range(15):
+                got = index.search(queries, k=5) if (i + seed) % 2 else index.search(queries.select([0]), k=5)
+                if got.labels.tolist() != (want if (i + seed) % 2 else one):
+                    failures.append(f"thread {seed} pass {i}")
+        except Exception as exc:  # any error in a thread fails the test
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
