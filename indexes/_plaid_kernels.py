@@ -90,6 +90,26 @@ def probe(st: Any, nprobe: int) -> Any:  # pragma: no cover - compiled
     return out
 
 
+@_jit
+def _mark_lists(marks: Any, probed: Any, t0: int, t1: int, list_offsets: Any, list_docs: Any, allowed: Any,
+                out: Any) -> int:  # pragma: no cover - compiled
+    """Mark the documents of the lists probed by query vectors ``t0:t1``; write each new one to
+    ``out`` when it is not empty; return how many there were. ``marks`` must be all zero."""
+    filtered = allowed.shape[0] > 0
+    count = 0
+    for t in range(t0, t1):
+        for p in range(probed.shape[1]):
+            c = probed[t, p]
+            for j in range(list_offsets[c], list_offsets[c + 1]):
+                d = list_docs[j]
+                if marks[d] == 0 and (not filtered or allowed[d]):
+                    marks[d] = 1
+                    if out.shape[0]:
+                        out[count] = d
+                    count += 1
+    return count
+
+
 @_pjit
 def doc_candidates(
     probed: Any, q_offsets: Any, list_offsets: Any, list_docs: Any, allowed: Any, n_docs: int,
@@ -98,33 +118,23 @@ def doc_candidates(
 
     ``probed`` (Tq, nprobe) centroid ids of the queries' vectors (query q owns rows
     ``q_offsets[q]:q_offsets[q + 1]``); ``allowed`` is a (n_docs,) bool mask or an empty array
-    for "every document". Each query's candidates come out ascending, without duplicates.
+    for "every document". Each query's candidates come out ascending, without duplicates. Two
+    passes (count, then fill), each with a scratch mask of ``n_docs`` bytes per running query,
+    so memory stays ``threads x n_docs`` bytes plus the candidates, whatever the batch size.
     """
     nq = q_offsets.shape[0] - 1
-    marks = np.zeros((nq, n_docs), np.uint8)
     counts = np.zeros(nq + 1, np.int64)
-    filtered = allowed.shape[0] > 0
+    none = np.empty(0, np.int32)
     for q in numba.prange(nq):
-        row = marks[q]
-        count = 0
-        for t in range(q_offsets[q], q_offsets[q + 1]):
-            for p in range(probed.shape[1]):
-                c = probed[t, p]
-                for j in range(list_offsets[c], list_offsets[c + 1]):
-                    d = list_docs[j]
-                    if row[d] == 0 and (not filtered or allowed[d]):
-                        row[d] = 1
-                        count += 1
-        counts[q + 1] = count
+        counts[q + 1] = _mark_lists(np.zeros(n_docs, np.uint8), probed, q_offsets[q], q_offsets[q + 1], list_offsets,
+                                    list_docs, allowed, none)
     cand_offsets = np.cumsum(counts)
     cand_docs = np.empty(cand_offsets[nq], np.int32)
     for q in numba.prange(nq):
-        row = marks[q]
-        w = cand_offsets[q]
-        for d in range(n_docs):
-            if row[d]:
-                cand_docs[w] = d
-                w += 1
+        a, b = cand_offsets[q], cand_offsets[q + 1]
+        _mark_lists(np.zeros(n_docs, np.uint8), probed, q_offsets[q], q_offsets[q + 1], list_offsets, list_docs,
+                    allowed, cand_docs[a:b])
+        cand_docs[a:b] = np.sort(cand_docs[a:b])
     return cand_offsets, cand_docs
 
 
