@@ -73,7 +73,8 @@ def make_index(
         product, and accept ``"ip"`` only.
     nprobe : int, optional
         IVF lists probed per query (FAISS ``IVF`` specs), or centroids probed per query
-        vector (multi-vector ``first_stage="centroid"``). Default: the index's own.
+        vector (multi-vector ``first_stage="plaid"``, the default for ``KMeans`` codecs, or
+        ``"centroid"``). Default: the index's own.
     ef_search : int, optional
         HNSW search beam width (FAISS ``HNSW`` specs).
     multivector : bool

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from indexes._lock import reads, writes
 from indexes._paths import load_pinned
 from indexes.base import Metric, StoredIndex, check_k, format_errors, open_manifest, register_index
 from indexes.manifest import MANIFEST_NAME, Manifest, write_manifest
+from indexes.plaid import PlaidEngine, PlaidParams
 from retrieval._optional import require
 from retrieval.compress.base import Codec
 from retrieval.compress.binary import BinaryQuantizer
@@ -41,8 +42,8 @@ __all__ = ["FirstStage", "MultiVectorIndex", "load_embeddings", "save_embeddings
 
 logger = logging.getLogger(__name__)
 
-FirstStage = Literal["exhaustive", "centroid", "binary"]
-_FIRST_STAGES = ("exhaustive", "centroid", "binary")
+FirstStage = Literal["plaid", "exhaustive", "centroid", "binary"]
+_FIRST_STAGES = ("plaid", "exhaustive", "centroid", "binary")
 _QUERY_BATCH = 32
 
 
@@ -59,9 +60,13 @@ class MultiVectorIndex(StoredIndex):
         (1-byte ids for K <= 256, 2-byte above), ``KMeans<K>r<b>`` (plus b-bit residuals),
         ``Binary``, ``BinaryITQ`` (see :mod:`retrieval.compress`). ``Prune<p>`` keeps the
         top ``p`` share of each document's vectors by saliency when documents are added.
-    first_stage : {"exhaustive", "centroid", "binary"}
-        How candidates are found before exact MaxSim over the stored codes:
+    first_stage : {"plaid", "exhaustive", "centroid", "binary"}, optional
+        How candidates are found before exact MaxSim over the stored codes. Default:
+        ``"plaid"`` for a ``KMeans`` codec, ``"exhaustive"`` for the others.
 
+        - ``"plaid"``: the PLAID engine (:mod:`indexes.plaid`): ``nprobe`` centroids per query
+          vector nominate documents through inverted lists, centroid-only MaxSim with
+          centroid pruning keeps the best ``ndocs``, whose codes are decoded and scored exactly.
         - ``"exhaustive"``: every document is scored (for a ``KMeans`` codec without
           residuals through a centroid lookup table, which is cheap).
         - ``"centroid"``: inverted lists keyed by centroid id (needs a ``KMeans`` codec).
@@ -74,8 +79,12 @@ class MultiVectorIndex(StoredIndex):
           ``Binary`` codec the codes are shared, otherwise a separate sign quantizer is kept.
     n_candidates : int
         Documents re-scored after centroid-only scoring (``"centroid"``).
-    nprobe : int
-        Centroids probed per query vector (``"centroid"``).
+    nprobe : int, optional
+        Centroids probed per query vector (``"plaid"``, default 1; ``"centroid"``, default 4).
+    ndocs : int
+        Documents decoded and scored exactly per query (``"plaid"``).
+    centroid_score_threshold : float or None
+        Centroid pruning of ``"plaid"``'s stage 2 (None: no pruning).
     token_k : int
         Hamming neighbours per query vector (``"binary"``).
     seed : int
@@ -104,19 +113,24 @@ class MultiVectorIndex(StoredIndex):
     metric: Metric = "ip"
 
     def __init__(
-        self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage = "exhaustive",
-        n_candidates: int = 256, nprobe: int = 4, token_k: int = 64, seed: int = 0,
+        self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage | None = None,
+        n_candidates: int = 256, nprobe: int | None = None, token_k: int = 64, seed: int = 0,
+        ndocs: int = PlaidParams.ndocs, centroid_score_threshold: float | None = PlaidParams.centroid_score_threshold,
     ) -> None:
         super().__init__()
         keep, codec_spec = split_prune(spec)
         self.codec: Codec = parse_codec(codec_spec, dim, seed=seed)
         self.dim = self.codec.dim
         self.pruner = AttentionPruner(keep) if keep is not None else None
+        if first_stage is None:
+            first_stage = "plaid" if isinstance(self.codec, PatchKMeans) else "exhaustive"
+        if nprobe is None:
+            nprobe = PlaidParams.nprobe if first_stage == "plaid" else 4
         if first_stage not in _FIRST_STAGES:
             raise ConfigError(f"first_stage must be one of {_FIRST_STAGES}; got {first_stage!r}.")
-        if first_stage == "centroid" and not isinstance(self.codec, PatchKMeans):
+        if first_stage in ("centroid", "plaid") and not isinstance(self.codec, PatchKMeans):
             raise ConfigError(
-                f"first_stage='centroid' needs a KMeans codec (inverted lists are keyed by centroid id); "
+                f"first_stage={first_stage!r} needs a KMeans codec (inverted lists are keyed by centroid id); "
                 f"got spec {spec!r}. Use e.g. 'KMeans256r2', or first_stage='exhaustive' / 'binary'."
             )
         for name, value in (("n_candidates", n_candidates), ("nprobe", nprobe), ("token_k", token_k)):
@@ -124,6 +138,8 @@ class MultiVectorIndex(StoredIndex):
                 raise ConfigError(f"{name} must be a positive int; got {value!r}.")
         self.first_stage: FirstStage = first_stage
         self.n_candidates, self.nprobe, self.token_k, self.seed = n_candidates, nprobe, token_k, seed
+        self.plaid_params = PlaidParams(nprobe=nprobe, ndocs=ndocs, centroid_score_threshold=centroid_score_threshold)
+        self.ndocs, self.centroid_score_threshold = ndocs, centroid_score_threshold
         self.hamming: BinaryQuantizer | None = None
         if first_stage == "binary":
             self.hamming = self.codec if isinstance(self.codec, BinaryQuantizer) else BinaryQuantizer(dim, seed=seed)
@@ -132,6 +148,7 @@ class MultiVectorIndex(StoredIndex):
         self._offsets = np.zeros(1, dtype=np.int64)
         self._lists: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # centroid -> doc rows (CSR)
         self._binary_index: Any = None
+        self._plaid: PlaidEngine | None = None
 
     # ------------------------------------------------------------------ description
     @property
@@ -157,10 +174,12 @@ class MultiVectorIndex(StoredIndex):
 
     def memory_bytes(self) -> int:
         """Bytes in memory: the codes, the offsets, the trained codec's arrays, a separate binary
-        first stage's codes and quantizer, plus the ids as Python holds them (every ``str``,
-        their list, the id -> row dict; no tombstones: deleted documents are dropped)."""
+        first stage's codes and quantizer, the PLAID engine's lists once a search built them, plus
+        the ids as Python holds them (every ``str``, their list, the id -> row dict; no
+        tombstones: deleted documents are dropped)."""
         trained = sum(a.nbytes for a in self.trained_state().values())
         side = self._hamming_codes.nbytes if self._separate_hamming() else 0
+        side += self._plaid.memory_bytes() if self._plaid is not None else 0
         return int(self._codes.nbytes + self._offsets.nbytes + trained + side) + self._table.memory_bytes()
 
     def trained_state(self) -> dict[str, NDArray[Any]]:
@@ -197,7 +216,7 @@ class MultiVectorIndex(StoredIndex):
         self.codec.fit(mv.vectors)
         if self.hamming is not None and self.hamming is not self.codec:
             self.hamming.fit(mv.vectors)
-        self._lists, self._binary_index = None, None
+        self._lists, self._binary_index, self._plaid = None, None, None
         return self
 
     @writes
@@ -222,7 +241,7 @@ class MultiVectorIndex(StoredIndex):
             self._hamming_codes = np.concatenate([self._hamming_codes, side]) if self._hamming_codes.shape[0] else side
         self._offsets = np.concatenate([self._offsets, base + mv.offsets[1:]])
         self._table.append(mv.ids)
-        self._lists, self._binary_index = None, None
+        self._lists, self._binary_index, self._plaid = None, None, None
         return self
 
     @writes
@@ -240,14 +259,14 @@ class MultiVectorIndex(StoredIndex):
             self._hamming_codes = self._hamming_codes[take]
         self._offsets = offsets_from_lengths(self.lengths[kept])
         self._table.remove(ids, rows)
-        self._lists, self._binary_index = None, None
+        self._lists, self._binary_index, self._plaid = None, None, None
         return int(rows.size)
 
     # ------------------------------------------------------------------ search
     @reads
     def search(
         self, queries: MultiVectorEmbeddings, k: int = 10, *, subset: Iterable[str] | None = None,
-        query_ids: Sequence[str] | None = None,
+        query_ids: Sequence[str] | None = None, params: PlaidParams | Mapping[str, Any] | None = None,
     ) -> SearchResult:
         """Top-``k`` documents per query by MaxSim over the stored codes.
 
@@ -263,9 +282,16 @@ class MultiVectorIndex(StoredIndex):
             Only these document ids can be returned.
         query_ids : sequence of str, optional
             Stored on the result (defaults to ``queries.ids``).
+        params : dict or PlaidParams, optional
+            ``"plaid"`` settings for this call only (``nprobe``, ``centroid_score_threshold``,
+            ``ndocs``); omitted ones keep the index's own (:attr:`plaid_params`).
         """
         k = min(check_k(k), len(self))  # at most one column per document, whatever k is
         q = self.check_queries(queries)
+        if params is not None and self.first_stage != "plaid":
+            raise ConfigError(f"search params apply to first_stage='plaid'; this index uses {self.first_stage!r}. "
+                              "Set nprobe / n_candidates / token_k on the index instead.")
+        plaid = self.plaid_params.updated(params)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
         allowed = self._table.subset_mask(subset) if subset is not None else None
@@ -275,7 +301,7 @@ class MultiVectorIndex(StoredIndex):
             with np.errstate(over="ignore", invalid="ignore"):  # huge inputs overflow; reported below
                 for s in range(0, len(q), _QUERY_BATCH):
                     batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
-                    scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed)
+                    scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed, plaid)
             if not np.isfinite(scores[labels >= 0]).all():
                 raise ShapeError("MaxSim scores overflowed float32 (inf / NaN): the query vectors hold values too "
                                  "large for this index. Normalise them.")
@@ -325,6 +351,7 @@ class MultiVectorIndex(StoredIndex):
         return {
             "spec": self.spec, "first_stage": self.first_stage, "n_candidates": self.n_candidates,
             "nprobe": self.nprobe, "token_k": self.token_k, "seed": self.seed, "trained": self.codec.is_trained,
+            "ndocs": self.ndocs, "centroid_score_threshold": self.centroid_score_threshold,
         }
 
     @classmethod
@@ -335,8 +362,9 @@ class MultiVectorIndex(StoredIndex):
             raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.seed must be a 64-bit integer and "
                                    f"params.trained a boolean; got {seed!r:.40} and {trained!r:.40}.")
         try:
+            plaid = {name: p[name] for name in ("ndocs", "centroid_score_threshold") if name in p}  # absent in manifests older than the PLAID engine
             return cls(manifest.dim, spec=p["spec"], first_stage=p["first_stage"], n_candidates=p["n_candidates"],
-                       nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"])
+                       nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"], **plaid)
         except (KeyError, ConfigError) as exc:
             raise IndexFormatError(f"{directory / MANIFEST_NAME}: bad MultiVectorIndex params {p!r} ({exc}).") from exc
 
@@ -420,7 +448,10 @@ class MultiVectorIndex(StoredIndex):
         s, local = top_k(self.score(q, rows), k)
         return s, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
 
-    def _search_batch(self, q: MultiVectorEmbeddings, k: int, allowed: NDArray[np.bool_] | None) -> tuple[Any, Any]:
+    def _search_batch(self, q: MultiVectorEmbeddings, k: int, allowed: NDArray[np.bool_] | None,
+                      plaid: PlaidParams) -> tuple[Any, Any]:
+        if self.first_stage == "plaid":
+            return self.plaid_engine().search(q.vectors, q.offsets, k, plaid, allowed)
         if self.first_stage == "exhaustive":
             s = self.score(q)
             if allowed is not None:
@@ -440,6 +471,14 @@ class MultiVectorIndex(StoredIndex):
                     rows = np.sort(rows[np.argpartition(-approx, self.n_candidates - 1)[: self.n_candidates]])
             scores[qi], labels[qi] = self._score_rows(one, rows, k)
         return scores, labels
+
+    def plaid_engine(self) -> PlaidEngine:
+        """The PLAID engine over the current codes (built on first use, rebuilt after an edit)."""
+        engine = self._plaid
+        if engine is None:
+            assert isinstance(self.codec, PatchKMeans)
+            engine = self._plaid = PlaidEngine(self.codec, self._codes, self._offsets)
+        return engine
 
     # centroid first stage ------------------------------------------------------------
     def _inverted_lists(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -38,7 +38,7 @@ __all__ = ["MultiVectorShardServer", "ShardedMultiVectorIndex"]
 
 logger = logging.getLogger(__name__)
 
-_PARAMS = ("spec", "first_stage", "n_candidates", "nprobe", "token_k", "seed")
+_PARAMS = ("spec", "first_stage", "n_candidates", "nprobe", "token_k", "seed", "ndocs", "centroid_score_threshold")
 
 
 class MultiVectorShardServer(ShardServer):

@@ -172,13 +172,13 @@ class PatchKMeans(Codec):
         if self.residual_bits:
             # One gather through a per-byte table: byte j of a residual code holds 8 / b
             # dimensions, so table[j, byte] is their decoded values (no bit unpacking).
-            table = self._byte_table()
+            table = self.byte_table()
             packed = c[:, self.id_bytes :]
             values = table[np.arange(packed.shape[1])[None, :], packed]  # (T, bytes, 8 / b)
             out += values.reshape(c.shape[0], -1)[:, : self.dim]
         return out
 
-    def _byte_table(self) -> NDArray[np.float32]:
+    def byte_table(self) -> NDArray[np.float32]:
         """``(residual_bytes, 256, 8 // b)``: the residual values every byte value decodes to."""
         if self._table is None:
             assert self.levels is not None

@@ -28,9 +28,10 @@ import numpy as np
 
 METHODS: list[tuple[str, str, dict[str, Any]]] = [
     ("MaxSim exhaustive, float32", "Flat", {}),
-    ("K-means 1 byte (K=256)", "KMeans256", {}),
-    ("K-means K=256 + 1-bit residual", "KMeans256r1", {}),
-    ("K-means K=256 + 2-bit residual", "KMeans256r2", {}),
+    ("K-means 1 byte (K=256)", "KMeans256", {"first_stage": "exhaustive"}),
+    ("K-means K=256 + 1-bit residual", "KMeans256r1", {"first_stage": "exhaustive"}),
+    ("K-means K=256 + 2-bit residual", "KMeans256r2", {"first_stage": "exhaustive"}),
+    ("K-means K=256 + 2-bit residual, PLAID engine (default)", "KMeans256r2", {}),
     ("K-means + 2-bit residual, centroid lists", "KMeans256r2", {"first_stage": "centroid", "nprobe": 8,
                                                                   "n_candidates": 200}),
     ("binary ITQ first stage + MaxSim (binary)", "BinaryITQ", {"first_stage": "binary", "token_k": 64}),

@@ -53,7 +53,7 @@ def test_flat_exhaustive_is_exact(data) -> None:
 @pytest.mark.parametrize("spec", ["KMeans32", "KMeans32r2", "Binary", "BinaryITQ", "FP16"])
 def test_codec_scores_equal_maxsim_over_decoded_vectors(spec: str, data) -> None:
     docs, queries = data
-    index = MultiVectorIndex(D, spec=spec).add(docs)
+    index = MultiVectorIndex(D, spec=spec, first_stage="exhaustive").add(docs)
     decoded = MultiVectorEmbeddings(index.codec.decode(index._codes), index._offsets, index.doc_ids)
     expected = maxsim_csr(queries, decoded)
     np.testing.assert_allclose(index.score(queries), expected, rtol=1e-4, atol=1e-4)
@@ -67,14 +67,14 @@ def test_compression_keeps_most_of_the_ranking(data) -> None:
     docs, queries = data
     exact = _brute(queries, docs, 10)
     for spec, floor in (("KMeans32r4", 0.8), ("FP16", 0.95)):
-        got = MultiVectorIndex(D, spec=spec).add(docs).search(queries, k=10).doc_ids
+        got = MultiVectorIndex(D, spec=spec, first_stage="exhaustive").add(docs).search(queries, k=10).doc_ids
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
         assert overlap >= floor, (spec, overlap)
 
 
 def test_centroid_first_stage_probing_everything_equals_exhaustive(data) -> None:
     docs, queries = data
-    full = MultiVectorIndex(D, spec="KMeans32r2").add(docs).search(queries, k=10)
+    full = MultiVectorIndex(D, spec="KMeans32r2", first_stage="exhaustive").add(docs).search(queries, k=10)
     probed = MultiVectorIndex(D, spec="KMeans32r2", first_stage="centroid", nprobe=32, n_candidates=1000)
     assert probed.add(docs).search(queries, k=10).doc_ids == full.doc_ids
     narrow = MultiVectorIndex(D, spec="KMeans32r2", first_stage="centroid", nprobe=1, n_candidates=5).add(docs)
@@ -85,7 +85,7 @@ def test_centroid_first_stage_probing_everything_equals_exhaustive(data) -> None
 def test_binary_first_stage_with_every_token_equals_exhaustive(data) -> None:
     docs, queries = data
     for spec in ("Binary", "KMeans32r2"):
-        full = MultiVectorIndex(D, spec=spec).add(docs).search(queries, k=10)
+        full = MultiVectorIndex(D, spec=spec, first_stage="exhaustive").add(docs).search(queries, k=10)
         wide = MultiVectorIndex(D, spec=spec, first_stage="binary", token_k=10_000).add(docs)
         np.testing.assert_allclose(wide.search(queries, k=10).scores, full.scores, rtol=1e-5)  # ties may swap
     small = MultiVectorIndex(D, spec="FP16", first_stage="binary", token_k=1).add(docs)

@@ -1,0 +1,250 @@
+"""Late interaction at 1M synthetic token vectors: the PLAID engine against the older first stages.
+
+Run:  .venv/bin/python tests/benchmarks/bench_late_interaction.py [--spec KMeans4096r4 ...] [--threads 2]
+      [--sweep] [--json out.json]
+
+Data (seeded, cached under $DENSEZIP_CACHE/bench or ~/.cache/densezip/bench): 10,000 documents
+x 100 token vectors x 128-d from a Gaussian mixture with topics. 32,768 "word" directions;
+200 topics of 300 words each; a document picks a topic and draws each token's word from it
+(80%) or from all words (20%), then adds Gaussian noise (norm ~0.5) and L2-normalises.
+A query is 32 tokens of one document, each perturbed again (noise norm ~0.5) and normalised.
+Ground truth: exact float32 MaxSim over the uncompressed vectors (top 10).
+
+Measured at ``--threads`` threads (BLAS, FAISS, Numba; default 2), engine after engine in one run:
+recall@10 against exact float MaxSim over all queries (batch 32), p50 / p95 latency at
+batch 1, queries per second at batch 32; the old default (``first_stage="exhaustive"``: every
+code decoded) and the centroid lists (``"centroid"``) next to the PLAID engine, a sweep of
+its ``nprobe`` / ``centroid_score_threshold`` / ``ndocs``, and a per-stage time breakdown of
+one batch-1 search next to each stage's arithmetic floor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# BLAS reads its thread count when NumPy loads: take --threads from the command line first.
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "2"
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = _THREADS
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+N_DOCS, DOC_LEN, DIM, Q_LEN = 10_000, 100, 128, 32
+N_WORDS, N_TOPICS, TOPIC_WORDS = 32_768, 200, 300
+
+
+def synthetic(seed: int = 0, n_docs: int = N_DOCS, n_queries: int = 128) -> tuple[Any, Any, Any]:
+    """(documents, queries, source document of each query) as MultiVectorEmbeddings / int array."""
+    from retrieval.types import MultiVectorEmbeddings
+
+    rng = np.random.default_rng(seed)
+    words = rng.standard_normal((N_WORDS, DIM)).astype(np.float32)
+    words /= np.linalg.norm(words, axis=1, keepdims=True)
+    topics = np.stack([rng.choice(N_WORDS, TOPIC_WORDS, replace=False) for _ in range(N_TOPICS)])
+    doc_topic = rng.integers(0, N_TOPICS, n_docs)
+    from_topic = rng.random((n_docs, DOC_LEN)) < 0.8
+    word_ids = np.where(from_topic, topics[doc_topic[:, None], rng.integers(0, TOPIC_WORDS, (n_docs, DOC_LEN))],
+                        rng.integers(0, N_WORDS, (n_docs, DOC_LEN))).reshape(-1)
+    vectors = np.empty((n_docs * DOC_LEN, DIM), np.float32)
+    for s in range(0, vectors.shape[0], 1 << 18):  # in slices: the noise never exists at full size in float64
+        e = min(s + (1 << 18), vectors.shape[0])
+        x = words[word_ids[s:e]] + (0.5 / np.sqrt(DIM)) * rng.standard_normal((e - s, DIM), dtype=np.float32)
+        vectors[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    offsets = np.arange(n_docs + 1, dtype=np.int64) * DOC_LEN
+    docs = MultiVectorEmbeddings(vectors, offsets, [f"d{i}" for i in range(n_docs)])
+    source = rng.choice(n_docs, n_queries, replace=False)
+    picks = np.stack([d * DOC_LEN + rng.choice(DOC_LEN, Q_LEN, replace=False) for d in source]).reshape(-1)
+    q = vectors[picks] + (0.5 / np.sqrt(DIM)) * rng.standard_normal((picks.size, DIM), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    queries = MultiVectorEmbeddings(q, np.arange(n_queries + 1, dtype=np.int64) * Q_LEN,
+                                    [f"q{i}" for i in range(n_queries)])
+    return docs, queries, source
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("DENSEZIP_CACHE", Path.home() / ".cache" / "densezip"))
+    out = root / "bench" / "late-interaction-1m"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _exact_top10(docs: Any, queries: Any, cache: Path) -> np.ndarray:
+    from retrieval.rerank import maxsim_csr
+    from retrieval.scores import top_k
+
+    path = cache / f"exact-top10-{len(queries)}.npy"
+    if path.is_file():
+        return np.load(path)
+    t0 = time.perf_counter()
+    out = np.concatenate([top_k(maxsim_csr(queries.select(np.arange(s, min(s + 32, len(queries)))), docs), 10)[1]
+                          for s in range(0, len(queries), 32)])
+    print(f"exact float MaxSim ground truth: {time.perf_counter() - t0:.1f} s", flush=True)
+    np.save(path, out)
+    return out
+
+
+def _index(spec: str, docs: Any, cache: Path) -> tuple[Any, float | None]:
+    from indexes import MultiVectorIndex, load_index
+
+    path = cache / f"index-{spec}"
+    if (path / "manifest.json").is_file():
+        return load_index(path), None
+    t0 = time.perf_counter()
+    index = MultiVectorIndex(DIM, spec=spec).add(docs)
+    build_s = time.perf_counter() - t0
+    print(f"built {spec} in {build_s:.0f} s", flush=True)
+    index.save(path, overwrite=True)
+    return index, build_s
+
+
+def _recall(labels: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a[a >= 0].tolist()) & set(b.tolist())) / 10 for a, b in zip(labels, truth,
+                                                                                           strict=True)]))
+
+
+def _measure(search: Any, queries: Any, truth: np.ndarray, *, n_lat: int, n_qps: int) -> dict[str, float]:
+    """recall@10 (all queries, batch 32), p50 / p95 at batch 1, QPS at batch 32 (median of 3 passes)."""
+    labels = np.concatenate([search(queries.select(np.arange(s, min(s + 32, len(queries)))))
+                             for s in range(0, len(queries), 32)])
+    lat = []
+    for i in range(n_lat):
+        one = queries.select([i])
+        t0 = time.perf_counter()
+        search(one)
+        lat.append(1000 * (time.perf_counter() - t0))
+    rates = []
+    for _ in range(3 if n_qps >= 32 else 0):
+        t0 = time.perf_counter()
+        for s in range(0, n_qps, 32):
+            search(queries.select(np.arange(s, min(s + 32, n_qps))))
+        rates.append(n_qps / (time.perf_counter() - t0))
+    return {"recall@10": _recall(labels, truth), "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "qps_b32": float(np.median(rates)) if rates else float("nan")}
+
+
+def _searcher(index: Any, first_stage: str, params: dict[str, Any] | None = None) -> Any:
+    def search(q: Any) -> np.ndarray:
+        saved = index.first_stage
+        index.first_stage = first_stage  # one loaded index serves every engine: same codes, same memory
+        try:
+            return index.search(q, k=10, params=params).labels
+        finally:
+            index.first_stage = saved
+
+    return search
+
+
+def _floors(index: Any, params: Any, queries: Any, n: int) -> dict[str, Any]:
+    """Per-stage milliseconds of batch-1 searches (mean), the work of each stage, and its floor:
+    the work at this machine's measured matmul rate (flop) or memory copy rate (bytes)."""
+    engine = index.plaid_engine()
+    totals: dict[str, float] = {}
+    cands = []
+    for i in range(n):
+        one = queries.select([i])
+        engine.search(one.vectors, one.offsets, 10, params, timings=totals)
+        cands.append(engine.candidates(one.vectors, one.offsets, params.nprobe)[0].size)
+    per_stage = {name: 1000 * s / n for name, s in totals.items()}
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    t0 = time.perf_counter()
+    _ = a @ a
+    gflops = 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+    src, dst = np.ones(1 << 26, np.uint8), np.zeros(1 << 26, np.uint8)  # both touched: no page faults timed
+    t0 = time.perf_counter()
+    for _ in range(4):
+        np.copyto(dst, src)
+    gbps = 4 * 2 * src.nbytes / (time.perf_counter() - t0) / 1e9  # bytes read + written
+    k, cents = engine.codec.k, engine.doc_cents.size / max(engine.n_docs, 1)
+    n_cands = float(np.mean(cands))
+    ndocs, n_exact = params.budget(10)
+    exact_vectors = min(n_cands, n_exact) * DOC_LEN
+    work = {  # (amount, unit): what each stage must at least touch or compute
+        "stage1_matmul": (2 * Q_LEN * k * DIM, "flop"),
+        "stage1_candidates": (4 * Q_LEN * params.nprobe * engine.list_docs.size / k + engine.n_docs, "byte"),
+        "stage2_pruned": (n_cands * cents * 2, "byte"),  # every candidate's centroid ids, once
+        "stage3_full_interaction": (min(n_cands, ndocs) * cents * (2 + 4 * Q_LEN), "byte"),
+        "stage4_decode": (exact_vectors * (engine.codes.shape[1] + 4 * DIM), "byte"),
+        "stage4_maxsim": (2 * exact_vectors * DIM * Q_LEN, "flop"),
+    }
+    floor = {name: 1000 * w / (gflops if unit == "flop" else gbps) / 1e9 for name, (w, unit) in work.items()}
+    return {"ms": per_stage, "floor_ms": floor, "work": {name: w for name, (w, _) in work.items()},
+            "gflops": gflops, "gbps": gbps, "candidates": n_cands, "distinct_centroids_per_doc": cents}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", nargs="+", default=["KMeans4096r4"])
+    parser.add_argument("--queries", type=int, default=128)
+    parser.add_argument("--latency-queries", type=int, default=30)
+    parser.add_argument("--skip-exhaustive", action="store_true", help="do not time the old exhaustive default")
+    parser.add_argument("--build-only", action="store_true", help="generate, build and cache, then stop")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep", action="store_true", help="also sweep nprobe x threshold x ndocs")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    import faiss
+    import numba
+
+    from indexes.plaid import PlaidParams
+
+    faiss.omp_set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    cache = _cache_dir()
+    t0 = time.perf_counter()
+    docs, queries, _ = synthetic(n_queries=args.queries)
+    print(f"{len(docs)} documents, {docs.num_vectors} vectors, {len(queries)} queries x {Q_LEN} "
+          f"(generated in {time.perf_counter() - t0:.0f} s)", flush=True)
+    truth = _exact_top10(docs, queries, cache)
+    rows: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(f"{row['spec']:<14} {row['engine']:<58} R@10 {row['recall@10']:.3f}  p50 {row['p50_ms']:8.1f} ms  "
+              f"p95 {row['p95_ms']:8.1f} ms  QPS@32 {row['qps_b32']:7.1f}", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+
+    for spec in args.spec:
+        index, build_s = _index(spec, docs, cache)
+        if args.build_only:
+            continue
+        t1 = time.perf_counter()
+        index.plaid_engine()
+        lists_s = time.perf_counter() - t1
+        rows.append({"spec": spec, "engine": "build", "build_s": build_s, "lists_s": lists_s,
+                     "bytes_per_token": (index.memory_bytes() - index._table.memory_bytes()) / index.num_vectors})
+        print(f"{spec}: engine lists built in {lists_s:.2f} s; {rows[-1]['bytes_per_token']:.1f} B/token in memory",
+              flush=True)
+        n_lat = args.latency_queries
+        default = PlaidParams()
+        grid = [{"nprobe": p, "centroid_score_threshold": t, "ndocs": nd}
+                for p, t, nd in itertools.product((1, 2, 4), (None, 0.3, 0.4, 0.5), (64, 128, 256, 512, 1024))]
+        for params in [dict(vars(default)), *(grid if args.sweep else [])]:
+            res = _measure(_searcher(index, "plaid", params), queries, truth, n_lat=n_lat, n_qps=64)
+            record({"spec": spec, "engine": f"plaid {params}", "threads": args.threads, **params, **res})
+        for nprobe, n_cand in ((1, 128), (2, 256)):
+            index.n_candidates, index.nprobe = n_cand, nprobe
+            res = _measure(_searcher(index, "centroid"), queries, truth, n_lat=min(n_lat, 10), n_qps=32)
+            record({"spec": spec, "engine": f"centroid lists nprobe={nprobe} n_candidates={n_cand}",
+                    "threads": args.threads, **res})
+        if not args.skip_exhaustive:
+            res = _measure(_searcher(index, "exhaustive"), queries, truth, n_lat=3, n_qps=0)
+            record({"spec": spec, "engine": "exhaustive (old default)", "threads": args.threads, **res})
+        breakdown = _floors(index, default, queries, n_lat)
+        rows.append({"spec": spec, "engine": "breakdown", **breakdown})
+        print(json.dumps(breakdown, indent=1), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
