@@ -49,6 +49,9 @@ __all__ = [
     "check_collection",
     "is_collection",
     "load_collection",
+    "read_store_manifest",
+    "rows_of",
+    "rows_where",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,46 @@ _FILE = "passages.jsonl"
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def rows_where(records: Sequence[Any], where: Mapping[str, Any],
+               cache: dict[str, dict[str, NDArray[np.int64]]]) -> NDArray[np.int64]:
+    """Rows of ``records`` (objects with a ``metadata`` dict) whose metadata equals ``where`` on every key.
+
+    ``cache`` maps a metadata key to its canonical JSON values and their rows; it is filled per
+    key on first use and belongs to the store that owns ``records``.
+    """
+    if not isinstance(where, Mapping) or not all(isinstance(k, str) for k in where):
+        raise ConfigError(f"where must be a mapping of metadata key (str) to value; got {where!r:.100}.")
+    rows: NDArray[np.int64] | None = None
+    for key, value in where.items():
+        table = cache.get(key)
+        if table is None:
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(records):
+                if key in r.metadata:
+                    groups.setdefault(_canonical(r.metadata[key]), []).append(i)
+            table = {v: np.array(g, dtype=np.int64) for v, g in groups.items()}
+            cache[key] = table
+        try:
+            match = table.get(_canonical(value), np.zeros(0, dtype=np.int64))
+        except TypeError as exc:
+            raise ConfigError(f"where[{key!r}] must be a JSON value; got {type(value).__name__}.") from exc
+        rows = match if rows is None else np.intersect1d(rows, match, assume_unique=True)
+        if rows.size == 0:
+            break
+    return rows if rows is not None else np.arange(len(records), dtype=np.int64)
+
+
+def rows_of(row_of: Mapping[str, int], ids: Iterable[str], *, what: str, hint: str) -> NDArray[np.int64]:
+    """Sorted unique rows of ``ids`` in a store whose id -> row table is ``row_of``; unknown ids raise."""
+    items = [ids] if isinstance(ids, str) else list(ids)
+    missing = [i for i in items if i not in row_of]
+    if missing:
+        raise UnknownIdError(
+            f"ids holds {len(missing)} {what} id(s) that are not in the collection, e.g. {missing[:3]}. {hint}"
+        )
+    return np.unique(np.array([row_of[i] for i in items], dtype=np.int64))
 
 
 class PassageStore:
@@ -113,37 +156,11 @@ class PassageStore:
         >>> store.rows_where({"lang": "de"}).tolist(), store.rows_where({"lang": "fr"}).tolist()
         ([1], [])
         """
-        if not isinstance(where, Mapping) or not all(isinstance(k, str) for k in where):
-            raise ConfigError(f"where must be a mapping of metadata key (str) to value; got {where!r:.100}.")
-        rows: NDArray[np.int64] | None = None
-        for key, value in where.items():
-            table = self._by_value.get(key)
-            if table is None:
-                groups: dict[str, list[int]] = {}
-                for i, p in enumerate(self.passages):
-                    if key in p.metadata:
-                        groups.setdefault(_canonical(p.metadata[key]), []).append(i)
-                table = {v: np.array(r, dtype=np.int64) for v, r in groups.items()}
-                self._by_value[key] = table
-            try:
-                match = table.get(_canonical(value), np.zeros(0, dtype=np.int64))
-            except TypeError as exc:
-                raise ConfigError(f"where[{key!r}] must be a JSON value; got {type(value).__name__}.") from exc
-            rows = match if rows is None else np.intersect1d(rows, match, assume_unique=True)
-            if rows.size == 0:
-                break
-        return rows if rows is not None else np.arange(len(self), dtype=np.int64)
+        return rows_where(self.passages, where, self._by_value)
 
     def rows_of(self, ids: Iterable[str]) -> NDArray[np.int64]:
         """Rows of the given passage ids (sorted, unique); unknown ids raise UnknownIdError."""
-        items = [ids] if isinstance(ids, str) else list(ids)
-        missing = [i for i in items if i not in self.row_of]
-        if missing:
-            raise UnknownIdError(
-                f"ids holds {len(missing)} passage id(s) that are not in the collection, e.g. {missing[:3]}. "
-                "Passage ids look like '<doc_id>#<n>'."
-            )
-        return np.unique(np.array([self.row_of[i] for i in items], dtype=np.int64))
+        return rows_of(self.row_of, ids, what="passage", hint="Passage ids look like '<doc_id>#<n>'.")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -172,24 +189,10 @@ class PassageStore:
 
     @classmethod
     def _load(cls, directory: Path, *, verify: bool) -> PassageStore:
+        manifest, files, count = read_store_manifest(
+            directory, fmt=STORE_FORMAT, version=STORE_FORMAT_VERSION, file_name=_FILE, what="passage store",
+            hint="`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()")
         file = directory / MANIFEST_NAME
-        if not os.path.lexists(file):
-            raise IndexFormatError(
-                f"{file} is missing: {directory} is not a saved passage store. Build the collection with "
-                "`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()."
-            )
-        manifest = read_json(file, what="the passage store")
-        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-            raise IndexFormatError(f"{file} is not a densezip passage-store manifest (format {STORE_FORMAT!r}).")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{file} uses passage-store format version {version!r}; this densezip {__version__} reads up to "
-                f"{STORE_FORMAT_VERSION}. Upgrade with:  pip install -U densezip"
-            )
-        files, count = manifest.get("files"), manifest.get("count")
-        if not isinstance(files, dict) or _FILE not in files or type(count) is not int:
-            raise IndexFormatError(f"{file} lacks 'files.{_FILE}' or 'count'; the manifest is damaged.")
         chunking = manifest.get("chunking")
         if chunking is not None and not isinstance(chunking, dict):
             raise IndexFormatError(f"{file}: 'chunking' must be an object; got {chunking!r:.80}. The manifest is damaged.")
@@ -207,6 +210,34 @@ class PassageStore:
             return cls(passages, chunking=chunking or {})
         except ConfigError as exc:
             raise IndexFormatError(f"{directory / _FILE}: {exc}") from exc
+
+
+def read_store_manifest(directory: Path, *, fmt: str, version: int, file_name: str, what: str,
+                        hint: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(manifest, files table, count)`` of a record store (passages, pages) after checking its header.
+
+    Raises
+    ------
+    IndexFormatError
+        If the manifest is missing, of another format, of a newer format version, or lacks
+        ``files.<file_name>`` or ``count``.
+    """
+    file = directory / MANIFEST_NAME
+    if not os.path.lexists(file):
+        raise IndexFormatError(f"{file} is missing: {directory} is not a saved {what}. Build the collection with {hint}.")
+    manifest = read_json(file, what=f"the {what}")
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise IndexFormatError(f"{file} is not a densezip {what} manifest (format {fmt!r}).")
+    found = manifest.get("format_version")
+    if not isinstance(found, int) or found > version:
+        raise IndexFormatError(
+            f"{file} uses {what} format version {found!r}; this densezip {__version__} reads up to "
+            f"{version}. Upgrade with:  pip install -U densezip"
+        )
+    files, count = manifest.get("files"), manifest.get("count")
+    if not isinstance(files, dict) or file_name not in files or type(count) is not int:
+        raise IndexFormatError(f"{file} lacks 'files.{file_name}' or 'count'; the manifest is damaged.")
+    return manifest, files, count
 
 
 def _passage_from_line(line: str, file: Path, lineno: int) -> Passage:
