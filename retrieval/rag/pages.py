@@ -60,6 +60,7 @@ __all__ = [
     "find_page_files",
     "iter_page_batches",
     "iter_pages",
+    "render_page",
 ]
 
 logger = logging.getLogger(__name__)
@@ -479,3 +480,39 @@ def iter_page_batches(
             batch = []
     if batch:
         yield batch
+
+
+def render_page(source: str | os.PathLike[str], page: int, *, options: RenderOptions | None = None) -> PILImage:
+    """Render page ``page`` (from 1) of a PDF, or read an image file (``page`` 1), as an RGB image.
+
+    Used to show a retrieved page when its collection stores no page images.
+
+    Raises
+    ------
+    DataError
+        If the file cannot be read or rendered, or has no such page.
+    """
+    options = options if options is not None else RenderOptions()
+    file = Path(source)
+    report = PageIngestReport()
+    try:
+        with _open_regular(file) as f:
+            if file.suffix.lower() not in PDF_SUFFIXES:
+                images = [r.image for r in _image_page(f, file, file.name, {}, options, report) if page == 1]
+            else:
+                pdfium = require("pypdfium2", extra="pages", feature="PDF page rendering")
+                try:
+                    pdf = pdfium.PdfDocument(f)
+                except pdfium.PdfiumError as exc:
+                    raise DataError(f"{file}: cannot open the PDF ({exc}).") from exc
+                try:
+                    one = _render_pdf_page(pdf, page, options, file, report) if 1 <= page <= len(pdf) else None
+                    images = [one] if one is not None else []
+                finally:
+                    pdf.close()
+    except OSError as exc:
+        raise DataError(f"cannot read {file} ({type(exc).__name__}: {exc}).") from exc
+    if not images:
+        detail = "; ".join(m for _, m in report.errors) or "no such page"
+        raise DataError(f"{file}: page {page} cannot be shown ({detail}).")
+    return images[0]

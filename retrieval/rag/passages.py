@@ -145,6 +145,9 @@ class PassageStore:
     def ids(self) -> list[str]:
         return [p.id for p in self.passages]
 
+    def ids_at(self, rows: Iterable[int]) -> list[str]:
+        return [self.passages[r].id for r in rows]
+
     # ------------------------------------------------------------------ filters
     def rows_where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
         """Rows of the passages whose metadata equals ``where`` on every key (JSON equality).
