@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from indexes._io import atomic_directory
 from indexes._paths import member, member_dir
-from retrieval.errors import ConfigError, UnknownIdError
+from retrieval.errors import ConfigError, DataError, UnknownIdError
 from retrieval.rag.page_store import IMAGES_DIR, PAGES_DIR, PageStore, load_page_collection
 from retrieval.rag.pages import Page, PageIngestReport, PageMetadata, RenderOptions, iter_page_batches
 from retrieval.rag.passages import INDEX_DIR
@@ -110,6 +110,10 @@ def _concat(parts: list[MultiVectorEmbeddings]) -> MultiVectorEmbeddings:
     if all(p.saliency is not None for p in parts):
         sal = [p.saliency[p.offsets[i]:p.offsets[i + 1]] for p in parts for i in range(len(p))]  # type: ignore[index]
     return MultiVectorEmbeddings.from_list(docs, ids=ids, saliency=sal)
+
+
+class _Unchanged(Exception):
+    """An update found nothing to add or replace."""
 
 
 class _Writer:
@@ -271,23 +275,30 @@ def index_pages(
     known = {p.doc_id: p.metadata.get("sha256") for p in old_store.pages} if old_store is not None else {}
     replaced: set[str] = set()
     removed = 0
-    with atomic_directory(target, overwrite=overwrite or old_store is not None) as tmp:
-        pages_dir = tmp / PAGES_DIR
-        (pages_dir / IMAGES_DIR).mkdir(parents=True)
-        writer = _Writer(index, encoder, pages_dir / IMAGES_DIR, settings, train_pages)
-        batches = iter_page_batches(source, batch_size, options=options, metadata=metadata, report=report,
-                                    skip=lambda doc_id, digest: known.get(doc_id) == digest)
-        for batch in batches:
-            for doc_id in {r.page.doc_id for r in batch} - replaced:
-                replaced.add(doc_id)
-                if doc_id in known:  # a changed file: its new pages replace the old ones
-                    removed += index.delete([p.id for p in old_store.pages if p.doc_id == doc_id])  # type: ignore[union-attr]
-            writer.add(batch, batch_size)
-        writer.flush()
-        kept = [p for p in old_store.pages if p.doc_id not in replaced] if old_store is not None else []
-        description = encoder.describe() if hasattr(encoder, "describe") else None
-        old = (target, old_store.images) if old_store is not None else None
-        store = _finish(tmp, index, description, kept, writer, settings, old)
+    try:
+        with atomic_directory(target, overwrite=overwrite or old_store is not None) as tmp:
+            pages_dir = tmp / PAGES_DIR
+            (pages_dir / IMAGES_DIR).mkdir(parents=True)
+            writer = _Writer(index, encoder, pages_dir / IMAGES_DIR, settings, train_pages)
+            batches = iter_page_batches(source, batch_size, options=options, metadata=metadata, report=report,
+                                        skip=lambda doc_id, digest: known.get(doc_id) == digest)
+            for batch in batches:
+                for doc_id in {r.page.doc_id for r in batch} - replaced:
+                    replaced.add(doc_id)
+                    if doc_id in known:  # a changed file: its new pages replace the old ones
+                        removed += index.delete([p.id for p in old_store.pages if p.doc_id == doc_id])  # type: ignore[union-attr]
+                writer.add(batch, batch_size)
+            writer.flush()
+            if not writer.pages and old_store is None:
+                raise DataError(f"no page could be read from {source}, so no collection was written. {report.summary()}")
+            if not writer.pages and old_store is not None:
+                raise _Unchanged  # leaves the published collection as it is (the temporary one is removed)
+            kept = [p for p in old_store.pages if p.doc_id not in replaced] if old_store is not None else []
+            description = encoder.describe() if hasattr(encoder, "describe") else None
+            old = (target, old_store.images) if old_store is not None else None
+            store = _finish(tmp, index, description, kept, writer, settings, old)
+    except _Unchanged:
+        store = old_store  # type: ignore[assignment]
     if not len(store):
         logger.warning("the collection %s holds no page: %s", target, report.summary())
     return PageBuild(target, report, len(store), len(store.doc_ids()), len(writer.pages), removed,

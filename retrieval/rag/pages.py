@@ -215,12 +215,13 @@ def _accepted(name: str) -> bool:
     return name.lower().endswith(PDF_SUFFIXES + IMAGE_SUFFIXES)
 
 
-def find_page_files(path: str | os.PathLike[str], report: PageIngestReport | None = None) -> list[tuple[Path, str]]:
-    """The PDF and image files to ingest, as ``(path to open, document id)`` in sorted order.
+def find_page_files(path: str | os.PathLike[str],
+                    report: PageIngestReport | None = None) -> list[tuple[Path, str, str]]:
+    """The PDF and image files to ingest, as ``(path to open, document id, source)`` in sorted order.
 
-    Symbolic links are followed only when they lead to a regular file inside the folder
-    (the link's target is opened; the document id is the link's own path). Everything
-    refused is appended to ``report.skipped``.
+    ``source`` is the absolute path of the entry in the folder. Symbolic links are followed
+    only when they lead to a regular file inside the folder (the link's target is opened;
+    document id and source name the link). Everything refused is appended to ``report.skipped``.
 
     Raises
     ------
@@ -238,9 +239,9 @@ def find_page_files(path: str | os.PathLike[str], report: PageIngestReport | Non
         problem = _id_problem(root.name)
         if problem:
             raise DataError(f"{root}: {problem}.")
-        return [(root.resolve(), root.name)]
+        return [(root.resolve(), root.name, str(root.absolute()))]
     real_root = root.resolve()
-    found: list[tuple[Path, str]] = []
+    found: list[tuple[Path, str, str]] = []
     for dirpath, dirnames, filenames in os.walk(real_root, followlinks=False):
         here = Path(dirpath)
         for d in list(dirnames):
@@ -261,7 +262,7 @@ def find_page_files(path: str | os.PathLike[str], report: PageIngestReport | Non
             if problem:
                 report.skipped.append((str(entry), problem))
                 continue
-            found.append((target, doc_id))
+            found.append((target, doc_id, str(entry)))
     if not found and not report.skipped:
         raise DataError(f"{root} holds no .pdf, .png, .jpg or .jpeg file; nothing to ingest.")
     return found
@@ -338,6 +339,8 @@ def _pdf_pages(f: IO[bytes], file: Path, doc_id: str, base: dict[str, Any], opti
         reason = str(exc)
         if "password" in reason.lower():
             reason = "the PDF is encrypted and needs a password; decrypt it (e.g. qpdf --decrypt) and ingest it again"
+        elif "format" in reason.lower():
+            reason = f"the file is damaged or is not a PDF ({reason.rstrip('.')})"
         report.errors.append((str(file), f"cannot open the PDF: {reason}"))
         return
     try:
@@ -443,7 +446,7 @@ def iter_pages(
     """
     options = options if options is not None else RenderOptions()
     report = report if report is not None else PageIngestReport()
-    for file, doc_id in find_page_files(path, report):
+    for file, doc_id, source in find_page_files(path, report):
         try:
             with _open_regular(file) as f:
                 digest = _sha256(f)
@@ -453,7 +456,7 @@ def iter_pages(
                 base = {"file_name": Path(doc_id).name, "extension": file.suffix.lower().lstrip("."),
                         "sha256": digest, **_user_metadata(metadata, file)}
                 reader = _pdf_pages if file.suffix.lower() in PDF_SUFFIXES else _image_page
-                for rendered in reader(f, file, doc_id, base, options, report):
+                for rendered in reader(f, Path(source), doc_id, base, options, report):
                     report.pages += 1
                     yield rendered
         except (OSError, DataError) as exc:
@@ -496,7 +499,7 @@ def render_page(source: str | os.PathLike[str], page: int, *, options: RenderOpt
     file = Path(source)
     report = PageIngestReport()
     try:
-        with _open_regular(file) as f:
+        with _open_regular(file.resolve()) as f:  # a link inside an ingested folder names its target
             if file.suffix.lower() not in PDF_SUFFIXES:
                 images = [r.image for r in _image_page(f, file, file.name, {}, options, report) if page == 1]
             else:
