@@ -33,6 +33,7 @@ from retrieval.rag.page_store import (
     is_page_collection,
     load_page_collection,
 )
+from retrieval.rag.pages import RenderOptions
 from retrieval.rag.passages import INDEX_DIR, PassageStore, load_collection
 
 if TYPE_CHECKING:
@@ -517,6 +518,10 @@ class PageRetrievalComponent(RetrievalComponent):
         super().__init__(index, encoder, store, reranker=reranker, candidates=candidates,  # type: ignore[arg-type]
                          count_tokens=count_tokens if count_tokens is not None else _count_words)
         self.images_dir = images_dir
+        try:
+            self.render: RenderOptions | None = RenderOptions(**store.settings.get("render", {}))
+        except (ConfigError, TypeError):  # an older or damaged record: render_page's defaults then
+            self.render = None
 
     def __repr__(self) -> str:
         return (f"PageRetrievalComponent(index={self.index!r}, encoder={self.encoder.name!r}, pages={len(self.store)}, "
@@ -563,7 +568,7 @@ class PageRetrievalComponent(RetrievalComponent):
         for rank, (row, score) in enumerate(self._ranked(question, k, ids=ids, where=where), 1):
             page = pages[row]
             image = self.images_dir / page.image if page.image is not None and self.images_dir is not None else None
-            out.append(RetrievedPage(page, score, rank, image))
+            out.append(RetrievedPage(page, score, rank, image, self.render))
         return out
 
     __call__ = retrieve  # type: ignore[assignment]

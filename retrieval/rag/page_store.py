@@ -29,7 +29,7 @@ from indexes.manifest import MANIFEST_NAME, write_json
 from retrieval._optional import require
 from retrieval._version import __version__
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
-from retrieval.rag.pages import Page, render_page
+from retrieval.rag.pages import Page, RenderOptions, render_page
 from retrieval.rag.passages import INDEX_DIR, check_same_ids, read_store_manifest, rows_of, rows_where
 
 if TYPE_CHECKING:
@@ -190,12 +190,15 @@ class RetrievedPage:
     image_path : Path or None
         The page image stored in the collection, or None when it was built without images
         (:meth:`image` then renders the page from its source file).
+    render : RenderOptions, optional
+        How the collection rendered its pages, so a page rendered again looks the same.
     """
 
     record: Page
     score: float
     rank: int
     image_path: Path | None = None
+    render: RenderOptions | None = None
 
     @property
     def id(self) -> str:
@@ -230,7 +233,7 @@ class RetrievedPage:
     def image(self) -> PILImage:
         """The page as an RGB ``PIL.Image``: the stored image, else rendered from the source file."""
         if self.image_path is None:
-            return render_page(self.source, self.page)
+            return render_page(self.source, self.page, options=self.render)
         pil_image = require("PIL.Image", extra="vision", feature="RetrievedPage.image()")
         with pil_image.open(self.image_path) as opened:
             return opened.convert("RGB")  # type: ignore[no-any-return]
