@@ -7,6 +7,7 @@ framework adapters. Shape legend as in tests/retrieval/encode/test_colpali.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -81,7 +82,7 @@ def test_folder_to_pages_to_answers(folder: Path, colpali_dir: Path, tmp_path: P
     assert isinstance(rc, PageRetrievalComponent) and len(rc) == 6
     hits = rc.retrieve("revenue in 2023", k=4)
     assert [h.rank for h in hits] == [1, 2, 3, 4] and all(isinstance(h, RetrievedPage) for h in hits)
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
     by_id = {p.id: p for p in load_page_collection(out)[1].pages}
     for h in hits:
         assert h.page == by_id[h.id].page and h.doc_id + f"#p{h.page}" == h.id
@@ -135,7 +136,7 @@ def test_update_replaces_changed_files_and_delete_removes_sources(folder: Path, 
     assert "report.pdf#p3" not in store.row_of and "new.pdf#p1" in store.row_of and set(index.doc_ids) == set(store.ids)
     assert store["report.pdf#p1"].metadata["sha256"] != store["slides/deck.pdf#p1"].metadata["sha256"]
 
-    with pytest.raises(UnknownIdError, match="nothing.pdf"):
+    with pytest.raises(UnknownIdError, match=r"nothing\.pdf"):
         delete_sources(out, ["nothing.pdf"])
     assert len(load_page_collection(out)[1]) == 6  # the failed delete changed nothing
     gone = delete_sources(out, ["slides/deck.pdf", str(folder / "scan.png")])

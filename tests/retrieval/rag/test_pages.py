@@ -151,9 +151,9 @@ def test_bad_inputs_say_what_to_pass(tmp_path: Path) -> None:
         list(iter_pages(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("x")
-    with pytest.raises(DataError, match="holds no .pdf"):
+    with pytest.raises(DataError, match=r"holds no \.pdf"):
         list(iter_pages(tmp_path / "empty"))
-    with pytest.raises(DataError, match="not a folder, a .pdf file"):
+    with pytest.raises(DataError, match=r"not a folder, a \.pdf file"):
         list(iter_pages(tmp_path / "empty" / "a.txt"))
     for bad in ({"dpi": 5}, {"dpi": True}, {"max_side": 10}, {"max_pages": 0}):
         with pytest.raises(ConfigError):
