@@ -202,9 +202,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from indexes.check import check_index
+    from retrieval.rag.page_store import PAGES_DIR, PageStore, is_page_collection
     from retrieval.rag.passages import check_collection, is_collection
 
-    check = check_collection if is_collection(args.index) else check_index
+    check: Any = check_collection if is_collection(args.index) else check_index
+    if is_page_collection(args.index):
+        check = functools.partial(check_collection, store_dir=PAGES_DIR, load_store=PageStore.load)
     report = check(args.index, verify=not args.no_verify, load=not args.no_load)
     _emit(args, report.to_dict(), report.format())
     return 0 if report.healthy else 1

@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -401,7 +401,7 @@ def load_collection(root: Path, *, verify: bool = True, mmap: bool = False) -> t
     return load_pinned(root, both)
 
 
-def check_same_ids(index_ids: set[str], store: PassageStore, root: Path) -> None:
+def check_same_ids(index_ids: set[str], store: Any, root: Path) -> None:
     """Raise IndexFormatError unless the index and the store hold the same ids."""
     if len(index_ids) == len(store) and all(i in store.row_of for i in index_ids):
         return
@@ -421,9 +421,13 @@ def is_collection(path: str | os.PathLike[str]) -> bool:
             and (directory / PASSAGES_DIR).is_dir())
 
 
-def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load: bool = True) -> CheckReport:
+def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load: bool = True,
+                     store_dir: str = PASSAGES_DIR, load_store: Callable[..., Any] | None = None) -> CheckReport:
     """``densezip check`` for a RAG collection: check ``index/`` with :func:`indexes.check.check_index`,
-    then load ``passages/`` and compare the two id sets (problem code ``bad-passages``)."""
+    then load ``passages/`` and compare the two id sets (problem code ``bad-passages``).
+
+    A page collection passes ``store_dir="pages"`` and its store's ``load`` (problem code
+    ``bad-pages``)."""
     from indexes.base import load_index
     from indexes.check import CheckReport, check_index, merge_report
 
@@ -433,10 +437,10 @@ def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load:
                          hashes_verified=verify, loaded=sub.loaded)
     merge_report(report, sub, INDEX_DIR)
     try:
-        store = PassageStore.load(directory / PASSAGES_DIR, verify=verify)
+        store = (load_store or PassageStore.load)(directory / store_dir, verify=verify)
         report.files_checked += 2
         if sub.loaded:
             check_same_ids(set(load_index(directory / INDEX_DIR, verify=False, mmap=True).doc_ids), store, directory)
     except Exception as exc:  # whatever is wrong with the store is what the user needs to see
-        report.add("error", "bad-passages", PASSAGES_DIR, f"{type(exc).__name__}: {exc}")
+        report.add("error", f"bad-{store_dir}", store_dir, f"{type(exc).__name__}: {exc}")
     return report

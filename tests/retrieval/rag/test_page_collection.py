@@ -101,9 +101,11 @@ def test_folder_to_pages_to_answers(folder: Path, colpali_dir: Path, tmp_path: P
     assert context.text.startswith("[1] ") and len(context.citations) == 2
 
 
-def test_load_is_checked_and_repeatable(folder: Path, colpali_dir: Path, tmp_path: Path) -> None:
+def test_load_is_checked_and_repeatable(folder: Path, colpali_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "col"
     _build(folder, out, colpali_dir)
+    assert main(["check", str(out)]) == 0
     a_index, a_store = load_page_collection(out)
     b_index, b_store = load_page_collection(out, verify=False)
     assert a_store.ids == b_store.ids and a_index.doc_ids == b_index.doc_ids
@@ -115,6 +117,10 @@ def test_load_is_checked_and_repeatable(folder: Path, colpali_dir: Path, tmp_pat
     image.write_bytes(bytes(data))
     with pytest.raises(IndexFormatError, match="sha256"):
         RetrievalComponent.open(out, device="cpu")
+    capsys.readouterr()
+    assert main(["check", str(out), "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [p["code"] for p in problems] == ["bad-pages"] and "sha256" in problems[0]["message"]
     with pytest.raises(IndexFormatError, match="not a page collection"):
         load_page_collection(tmp_path)
 
