@@ -210,10 +210,11 @@ def index_pages(
     metadata : mapping or callable, optional
         Added to every page's metadata (see :func:`~retrieval.rag.pages.iter_pages`).
     images : {"jpeg", "webp"} or None
-        Store each rendered page image in the collection (``None``: store none; a RAG
-        answer then cites source and page number only).
+        Store each rendered page image in the collection (``None``: store none;
+        :meth:`RetrievedPage.image <retrieval.rag.page_store.RetrievedPage.image>` then renders
+        the page from its source file). An update keeps the collection's choice.
     image_quality : int
-        JPEG / WebP quality, 1-100.
+        JPEG / WebP quality, 1-100 (an update keeps the collection's).
     batch_size : int
         Pages rendered and encoded per step: memory grows with it, not with the documents.
     train_pages : int
