@@ -30,13 +30,5 @@ from retrieval.rag.component import (
     build_prompt,
 )
 
-__all__ = [
-    "DEFAULT_PROMPT",
-    "Context",
-    "PageRetrievalComponent",
-    "RetrievalComponent",
-    "RetrievedPage",
-    "RetrievedPassage",
-    "build_context",
-    "build_prompt",
-]
+__all__ = ["DEFAULT_PROMPT", "Context", "PageRetrievalComponent", "RetrievalComponent", "RetrievedPage",
+           "RetrievedPassage", "build_context", "build_prompt"]
