@@ -217,9 +217,9 @@ def _remove_stale(target: Path) -> None:
 
 
 #: Manifest formats of directories densezip wrote (an index, a passage store) and so may replace.
-_OWN_FORMATS = ("densezip-index", "densezip-passages")
+_OWN_FORMATS = ("densezip-index", "densezip-passages", "densezip-pages")
 #: Entries of a RAG collection / JPQ export (no top manifest): ``index/`` plus these.
-_LAYOUT_PARTS = frozenset({"index", "passages", "query_encoder", "jpq.json"})
+_LAYOUT_PARTS = frozenset({"index", "passages", "pages", "query_encoder", "jpq.json"})
 _MANIFEST_LIMIT = 64 << 20  # bytes read of a manifest when deciding whether a directory is densezip's
 
 
@@ -241,8 +241,9 @@ def is_replaceable(path: str | os.PathLike[str]) -> bool:
     """True when ``save(path, overwrite=True)`` may replace the directory ``path``.
 
     That is an empty directory, or one densezip wrote: its ``manifest.json`` says format
-    ``densezip-index`` / ``densezip-passages``, or it is a RAG collection / JPQ export
-    (``index/`` whose manifest is densezip's, plus only ``passages/`` (densezip's too),
+    ``densezip-index`` / ``densezip-passages`` / ``densezip-pages``, or it is a RAG collection,
+    page collection or JPQ export (``index/`` whose manifest is densezip's, plus only
+    ``passages/`` or ``pages/`` (densezip's too),
     ``query_encoder/`` and ``jpq.json``). A directory with a damaged manifest is not replaced.
     """
     directory = Path(path)
@@ -256,7 +257,8 @@ def is_replaceable(path: str | os.PathLike[str]) -> bool:
     if "index" not in entries or not entries <= _LAYOUT_PARTS:
         return False
     return _densezip_manifest(directory / "index") and (
-        "passages" not in entries or _densezip_manifest(directory / "passages"))
+        "passages" not in entries or _densezip_manifest(directory / "passages")) and (
+        "pages" not in entries or _densezip_manifest(directory / "pages"))
 
 
 def _refuse_foreign(target: Path, shown: Path) -> None:

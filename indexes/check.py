@@ -34,6 +34,7 @@ bad-ids                the id arrays are inconsistent: offsets out of order or n
                        those of the ids, ids that are not UTF-8; or a format-2 index lists no id arrays
 load-failed            every check above passed, but loading the index still failed
 bad-passages           a RAG collection's passage store is missing, corrupt or disagrees with its index
+bad-pages              a page collection's page store (records, images) is missing, corrupt or disagrees with its index
 =====================  ======================================================================
 
 A :class:`~indexes.sharded.ShardedIndex` is checked shard by shard (each problem's ``file``

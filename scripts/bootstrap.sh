@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv if it is missing or out of date, and install densezip into it with the
 # CPU FAISS build, the test tools and the optional extras the tests exercise (rag, bench,
-# distributed). Safe to run again: it does nothing when the
+# distributed, pages). Safe to run again: it does nothing when the
 # environment already matches pyproject.toml and constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,6 @@ echo "densezip: setting up .venv (first run takes a few minutes)" >&2
 # torch first and pinned: an unpinned torch (or a range admitting 2.14+) resolves to a
 # multi-GB CUDA build on Linux; 2.13.0 is the CPU wheel these machines carry.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[cpu,dev,rag,bench,distributed]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[cpu,dev,rag,bench,distributed,pages]"
 echo "$want" > "$stamp"
 echo "densezip: .venv ready" >&2

@@ -1,4 +1,5 @@
-"""The ``densezip`` command line: ``index``, ``search``, ``evaluate``, ``check``, ``train-jpq``, ``demo`` and ``bench``.
+"""The ``densezip`` command line: ``index``, ``index-pages``, ``delete-pages``, ``search``, ``evaluate``, ``check``,
+``train-jpq``, ``demo`` and ``bench``.
 
 Every command accepts ``--json`` for machine-readable output on stdout; progress bars and
 logs go to stderr. Errors print one ``error: ...`` line and exit with status 2.
@@ -127,11 +128,33 @@ def _index_sharded(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_index_pages(args: argparse.Namespace) -> int:
+    from retrieval.app.cli_pages import index_page_folder
+
+    if not args.update:
+        _check_out(args.out, overwrite=args.overwrite)
+    _emit(args, *index_page_folder(args))
+    return 0
+
+
+def cmd_delete_pages(args: argparse.Namespace) -> int:
+    from retrieval.app.cli_pages import delete_pages
+
+    _emit(args, *delete_pages(args))
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from retrieval.app.cli_rag import search_collection
     from retrieval.pipeline import Retriever
+    from retrieval.rag.page_store import is_page_collection
     from retrieval.rag.passages import is_collection
 
+    if is_page_collection(args.index):
+        from retrieval.app.cli_pages import search_pages
+
+        _emit(args, *search_pages(args))
+        return 0
     if is_collection(args.index):
         _emit(args, *search_collection(args))
         return 0
@@ -179,9 +202,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from indexes.check import check_index
+    from retrieval.rag.page_store import PAGES_DIR, PageStore, is_page_collection
     from retrieval.rag.passages import check_collection, is_collection
 
-    check = check_collection if is_collection(args.index) else check_index
+    check: Any = check_collection if is_collection(args.index) else check_index
+    if is_page_collection(args.index):
+        check = functools.partial(check_collection, store_dir=PAGES_DIR, load_store=PageStore.load)
     report = check(args.index, verify=not args.no_verify, load=not args.no_load)
     _emit(args, report.to_dict(), report.format())
     return 0 if report.healthy else 1
@@ -441,8 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, model=True)
     p.set_defaults(func=cmd_index)
 
+    from retrieval.app.cli_pages import add_page_parsers
+
+    add_page_parsers(sub, common, int_in=_int_in, index_cmd=cmd_index_pages, delete_cmd=cmd_delete_pages)
+
     p = sub.add_parser("search", help="search a saved index with query texts")
-    p.add_argument("index", help="index or collection directory written by `densezip index`")
+    p.add_argument("index", help="index or collection directory written by `densezip index` or `densezip index-pages`")
     p.add_argument("query", nargs="+", help="one or more query texts")
     p.add_argument("-k", type=_positive_int, default=10, help="hits per query (default 10)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index files (faster load)")

@@ -26,6 +26,14 @@ import numpy as np
 from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.pipeline import Retriever
 from retrieval.rag.ingest import Passage, Tokenizer, encoder_tokenizer, token_counter
+from retrieval.rag.page_store import (
+    PAGES_DIR,
+    PageStore,
+    RetrievedPage,
+    is_page_collection,
+    load_page_collection,
+)
+from retrieval.rag.pages import RenderOptions
 from retrieval.rag.passages import INDEX_DIR, PassageStore, load_collection
 
 if TYPE_CHECKING:
@@ -36,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PROMPT",
     "Context",
+    "PageRetrievalComponent",
     "RetrievalComponent",
+    "RetrievedPage",
     "RetrievedPassage",
     "build_context",
     "build_prompt",
@@ -80,6 +90,10 @@ class RetrievedPassage:
     def source(self) -> str | None:
         return self.passage.source
 
+    def cite(self) -> str:
+        """``"source (passage id, characters start-end)"``."""
+        return f"{self.source or self.doc_id} ({self.id}, characters {self.passage.start}-{self.passage.end})"
+
 
 @dataclass(frozen=True)
 class Context:
@@ -90,7 +104,7 @@ class Context:
     text : str
         The passages that fit, each formatted by the template (``"[n] text"`` by default),
         separated by blank lines. ``""`` when nothing was retrieved.
-    citations : list of RetrievedPassage
+    citations : list of RetrievedPassage (or RetrievedPage)
         ``citations[n - 1]`` is the passage cited as ``[n]``.
     tokens : int
         Tokens of ``text`` as counted by the budget's counter.
@@ -107,9 +121,9 @@ class Context:
     left_out: list[RetrievedPassage] = field(default_factory=list)
 
     def sources(self) -> list[str]:
-        """One line per citation: ``"[n] source (passage id, characters start-end)"``."""
-        return [f"[{n}] {c.source or c.doc_id} ({c.id}, characters {c.passage.start}-{c.passage.end})"
-                for n, c in enumerate(self.citations, 1)]
+        """One line per citation: ``"[n] source (passage id, characters start-end)"``, or
+        ``"[n] source, page p"`` for pages."""
+        return [f"[{n}] {c.cite()}" for n, c in enumerate(self.citations, 1)]
 
 
 def build_context(
@@ -302,7 +316,8 @@ class RetrievalComponent:
         Works for FlatIndex / FaissIndex (PQ, IVF-PQ, HNSW, ...) collections, JPQ exports
         with attached passages (the query encoder under ``query_encoder/``) and
         MultiVectorIndex collections. The encoder recorded in the index manifest is
-        re-created unless ``encoder`` is given.
+        re-created unless ``encoder`` is given. A page collection (``index/`` + ``pages/``,
+        from ``densezip index-pages``) opens as a :class:`PageRetrievalComponent`.
 
         Raises
         ------
@@ -311,23 +326,12 @@ class RetrievalComponent:
             shapes, counts) or the two do not hold the same ids.
         """
 
-        root = Path(path)
-        if not root.is_dir():
-            raise IndexFormatError(f"{root} is not a collection directory (it does not exist or is a file). Build one "
-                                   "with `densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection().")
-        if not (root / INDEX_DIR).is_dir():
-            hint = (" It is a bare index: it holds vectors but no passage texts; rebuild it from the documents, or "
-                    "save it as index/ beside a passage store (retrieval.rag.passages.attach_passages)."
-                    if (root / "manifest.json").is_file() else "")
-            raise IndexFormatError(f"{root} has no {INDEX_DIR}/ directory, so it is not a collection.{hint}")
+        root = _collection_root(path)
+        if is_page_collection(root):
+            return PageRetrievalComponent.open(root, encoder=encoder, device=device, verify=verify, mmap=mmap,
+                                               reranker=reranker, candidates=candidates, count_tokens=count_tokens)
         index, store = load_collection(root, verify=verify, mmap=mmap)
-        if encoder is None:
-            from retrieval.encode.registry import encoder_from_description
-
-            description = index.metadata.get("encoder")
-            if not isinstance(description, dict):
-                raise ConfigError(f"{root / INDEX_DIR} records no encoder (metadata.encoder); pass encoder=... to open().")
-            encoder = encoder_from_description(description, device=device, base_dir=root / INDEX_DIR)
+        encoder = encoder if encoder is not None else _recorded_encoder(index, root, device)
         return cls(index, encoder, store, reranker=reranker, candidates=candidates, tokenizer=tokenizer,
                    count_tokens=count_tokens)
 
@@ -363,6 +367,13 @@ class RetrievalComponent:
         ConfigError
             For an empty or non-string question, or a bad ``k``.
         """
+        passages = self.store.passages
+        return [RetrievedPassage(passages[row], score, rank) for rank, (row, score) in
+                enumerate(self._ranked(question, k, ids=ids, where=where), 1)]
+
+    def _ranked(self, question: str, k: int, *, ids: Iterable[str] | None,
+                where: Mapping[str, Any] | None) -> list[tuple[int, float]]:
+        """``(store row, score)`` of the best ``k`` entries passing the filters, best first."""
         text = self._check_question(question)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer; got {k!r}.")
@@ -378,12 +389,11 @@ class RetrievalComponent:
                     rows = np.intersect1d(rows, self.store.rows_where(where), assume_unique=True)
             if rows.size == 0:
                 return []
-            subset = [self.store.passages[r].id for r in rows.tolist()]
+            subset = self.store.ids_at(rows.tolist())
         result = self.retriever.search([text], k, subset=subset)
-        passages, row_of = self.store.passages, self._passage_of_id
+        row_of = self.store.row_of
         scores = result.scores[0][result.labels[0] >= 0]  # aligned with doc_ids, which omit padding
-        return [RetrievedPassage(passages[row_of[doc_id]], float(scores[i]), i + 1)
-                for i, doc_id in enumerate(result.doc_ids[0])]
+        return [(row_of[doc_id], float(scores[i])) for i, doc_id in enumerate(result.doc_ids[0])]
 
     __call__ = retrieve
 
@@ -432,3 +442,133 @@ class RetrievalComponent:
         if not question.strip():
             raise ConfigError("question is empty; ask a question with at least one word.")
         return question
+
+
+def _collection_root(path: str | os.PathLike[str]) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise IndexFormatError(f"{root} is not a collection directory (it does not exist or is a file). Build one "
+                               "with `densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection().")
+    if not (root / INDEX_DIR).is_dir():
+        hint = (" It is a bare index: it holds vectors but no passage texts; rebuild it from the documents, or "
+                "save it as index/ beside a passage store (retrieval.rag.passages.attach_passages)."
+                if (root / "manifest.json").is_file() else "")
+        raise IndexFormatError(f"{root} has no {INDEX_DIR}/ directory, so it is not a collection.{hint}")
+    return root
+
+
+def _recorded_encoder(index: Any, root: Path, device: str) -> Any:
+    from retrieval.encode.registry import encoder_from_description
+
+    description = index.metadata.get("encoder")
+    if not isinstance(description, dict):
+        raise ConfigError(f"{root / INDEX_DIR} records no encoder (metadata.encoder); pass encoder=... to open().")
+    return encoder_from_description(description, device=device, base_dir=root / INDEX_DIR)
+
+
+def _count_words(text: str) -> int:
+    return len(text.split())
+
+
+class PageRetrievalComponent(RetrievalComponent):
+    """Retrieval over a page collection: the top-k pages (source, page number, image, score) for a question.
+
+    Opened by :meth:`RetrievalComponent.open` on a directory written by
+    :func:`~retrieval.rag.page_collection.index_pages` (``densezip index-pages``). Questions
+    are encoded by the ColPali / ColQwen2 model recorded in the collection, and pages ranked
+    by MaxSim over their stored patch codes. :meth:`retrieve` returns :class:`RetrievedPage`
+    objects; :meth:`context` numbers the pages that fit (``"[1] report.pdf, page 3"``), for a
+    vision-language model that is given the pages' images in the same order.
+
+    Parameters
+    ----------
+    index : MultiVectorIndex
+        One entry per page, keyed by page id.
+    encoder : ColPaliEncoder
+        Encodes questions as the pages were encoded.
+    store : PageStore
+        The page records; its ids must equal the index's ids.
+    images_dir : Path, optional
+        The collection's ``pages/`` directory, against which stored image paths are resolved.
+    reranker, candidates
+        As for :class:`RetrievalComponent`.
+    count_tokens : callable, optional
+        Counts context tokens; default: whitespace-separated words of the page captions.
+
+    Examples
+    --------
+    >>> rc = RetrievalComponent.open("runs/reports")                  # doctest: +SKIP
+    >>> [(h.doc_id, h.page, round(h.score, 1)) for h in rc.retrieve("2023 revenue", k=2)]  # doctest: +SKIP
+    [('annual-report.pdf', 14, 11.3), ('q4-slides.pdf', 3, 10.8)]
+    """
+
+    store: PageStore  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        index: MultiVectorIndex,
+        encoder: Any,
+        store: PageStore,
+        *,
+        images_dir: Path | None = None,
+        reranker: Reranker | None = None,
+        candidates: int | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> None:
+        super().__init__(index, encoder, store, reranker=reranker, candidates=candidates,  # type: ignore[arg-type]
+                         count_tokens=count_tokens if count_tokens is not None else _count_words)
+        self.images_dir = images_dir
+        try:
+            self.render: RenderOptions | None = RenderOptions(**store.settings.get("render", {}))
+        except (ConfigError, TypeError):  # an older or damaged record: render_page's defaults then
+            self.render = None
+
+    def __repr__(self) -> str:
+        return (f"PageRetrievalComponent(index={self.index!r}, encoder={self.encoder.name!r}, pages={len(self.store)}, "
+                f"documents={len(self.store.doc_ids())})")
+
+    @classmethod
+    def open(  # type: ignore[override]
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        encoder: Any = None,
+        device: str = "auto",
+        verify: bool = True,
+        mmap: bool = False,
+        reranker: Reranker | None = None,
+        candidates: int | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> PageRetrievalComponent:
+        """Open a page collection (``index/`` + ``pages/``); the recorded model is re-created unless given.
+
+        Raises
+        ------
+        IndexFormatError
+            If the directory is not a page collection, or a part is missing or corrupt
+            (checksums of the records and images, shapes, counts, mismatched ids).
+        """
+        root = _collection_root(path)
+        index, store = load_page_collection(root, verify=verify, mmap=mmap)
+        encoder = encoder if encoder is not None else _recorded_encoder(index, root, device)
+        return cls(index, encoder, store, images_dir=root.resolve() / PAGES_DIR, reranker=reranker,
+                   candidates=candidates, count_tokens=count_tokens)
+
+    def retrieve(  # type: ignore[override]
+        self,
+        question: str,
+        k: int = 5,
+        *,
+        ids: Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[RetrievedPage]:
+        """The ``k`` best pages for ``question``, best first (filters as in :meth:`RetrievalComponent.retrieve`)."""
+        pages = self.store.pages
+        out = []
+        for rank, (row, score) in enumerate(self._ranked(question, k, ids=ids, where=where), 1):
+            page = pages[row]
+            image = self.images_dir / page.image if page.image is not None and self.images_dir is not None else None
+            out.append(RetrievedPage(page, score, rank, image, self.render))
+        return out
+
+    __call__ = retrieve  # type: ignore[assignment]

@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,9 @@ __all__ = [
     "check_collection",
     "is_collection",
     "load_collection",
+    "read_store_manifest",
+    "rows_of",
+    "rows_where",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,46 @@ _FILE = "passages.jsonl"
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def rows_where(records: Sequence[Any], where: Mapping[str, Any],
+               cache: dict[str, dict[str, NDArray[np.int64]]]) -> NDArray[np.int64]:
+    """Rows of ``records`` (objects with a ``metadata`` dict) whose metadata equals ``where`` on every key.
+
+    ``cache`` maps a metadata key to its canonical JSON values and their rows; it is filled per
+    key on first use and belongs to the store that owns ``records``.
+    """
+    if not isinstance(where, Mapping) or not all(isinstance(k, str) for k in where):
+        raise ConfigError(f"where must be a mapping of metadata key (str) to value; got {where!r:.100}.")
+    rows: NDArray[np.int64] | None = None
+    for key, value in where.items():
+        table = cache.get(key)
+        if table is None:
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(records):
+                if key in r.metadata:
+                    groups.setdefault(_canonical(r.metadata[key]), []).append(i)
+            table = {v: np.array(g, dtype=np.int64) for v, g in groups.items()}
+            cache[key] = table
+        try:
+            match = table.get(_canonical(value), np.zeros(0, dtype=np.int64))
+        except TypeError as exc:
+            raise ConfigError(f"where[{key!r}] must be a JSON value; got {type(value).__name__}.") from exc
+        rows = match if rows is None else np.intersect1d(rows, match, assume_unique=True)
+        if rows.size == 0:
+            break
+    return rows if rows is not None else np.arange(len(records), dtype=np.int64)
+
+
+def rows_of(row_of: Mapping[str, int], ids: Iterable[str], *, what: str, hint: str) -> NDArray[np.int64]:
+    """Sorted unique rows of ``ids`` in a store whose id -> row table is ``row_of``; unknown ids raise."""
+    items = [ids] if isinstance(ids, str) else list(ids)
+    missing = [i for i in items if i not in row_of]
+    if missing:
+        raise UnknownIdError(
+            f"ids holds {len(missing)} {what} id(s) that are not in the collection, e.g. {missing[:3]}. {hint}"
+        )
+    return np.unique(np.array([row_of[i] for i in items], dtype=np.int64))
 
 
 class PassageStore:
@@ -102,6 +145,9 @@ class PassageStore:
     def ids(self) -> list[str]:
         return [p.id for p in self.passages]
 
+    def ids_at(self, rows: Iterable[int]) -> list[str]:
+        return [self.passages[r].id for r in rows]
+
     # ------------------------------------------------------------------ filters
     def rows_where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
         """Rows of the passages whose metadata equals ``where`` on every key (JSON equality).
@@ -113,37 +159,11 @@ class PassageStore:
         >>> store.rows_where({"lang": "de"}).tolist(), store.rows_where({"lang": "fr"}).tolist()
         ([1], [])
         """
-        if not isinstance(where, Mapping) or not all(isinstance(k, str) for k in where):
-            raise ConfigError(f"where must be a mapping of metadata key (str) to value; got {where!r:.100}.")
-        rows: NDArray[np.int64] | None = None
-        for key, value in where.items():
-            table = self._by_value.get(key)
-            if table is None:
-                groups: dict[str, list[int]] = {}
-                for i, p in enumerate(self.passages):
-                    if key in p.metadata:
-                        groups.setdefault(_canonical(p.metadata[key]), []).append(i)
-                table = {v: np.array(r, dtype=np.int64) for v, r in groups.items()}
-                self._by_value[key] = table
-            try:
-                match = table.get(_canonical(value), np.zeros(0, dtype=np.int64))
-            except TypeError as exc:
-                raise ConfigError(f"where[{key!r}] must be a JSON value; got {type(value).__name__}.") from exc
-            rows = match if rows is None else np.intersect1d(rows, match, assume_unique=True)
-            if rows.size == 0:
-                break
-        return rows if rows is not None else np.arange(len(self), dtype=np.int64)
+        return rows_where(self.passages, where, self._by_value)
 
     def rows_of(self, ids: Iterable[str]) -> NDArray[np.int64]:
         """Rows of the given passage ids (sorted, unique); unknown ids raise UnknownIdError."""
-        items = [ids] if isinstance(ids, str) else list(ids)
-        missing = [i for i in items if i not in self.row_of]
-        if missing:
-            raise UnknownIdError(
-                f"ids holds {len(missing)} passage id(s) that are not in the collection, e.g. {missing[:3]}. "
-                "Passage ids look like '<doc_id>#<n>'."
-            )
-        return np.unique(np.array([self.row_of[i] for i in items], dtype=np.int64))
+        return rows_of(self.row_of, ids, what="passage", hint="Passage ids look like '<doc_id>#<n>'.")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -172,24 +192,10 @@ class PassageStore:
 
     @classmethod
     def _load(cls, directory: Path, *, verify: bool) -> PassageStore:
+        manifest, files, count = read_store_manifest(
+            directory, fmt=STORE_FORMAT, version=STORE_FORMAT_VERSION, file_name=_FILE, what="passage store",
+            hint="`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()")
         file = directory / MANIFEST_NAME
-        if not os.path.lexists(file):
-            raise IndexFormatError(
-                f"{file} is missing: {directory} is not a saved passage store. Build the collection with "
-                "`densezip index FOLDER --out DIR` or retrieval.rag.passages.build_collection()."
-            )
-        manifest = read_json(file, what="the passage store")
-        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-            raise IndexFormatError(f"{file} is not a densezip passage-store manifest (format {STORE_FORMAT!r}).")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
-            raise IndexFormatError(
-                f"{file} uses passage-store format version {version!r}; this densezip {__version__} reads up to "
-                f"{STORE_FORMAT_VERSION}. Upgrade with:  pip install -U densezip"
-            )
-        files, count = manifest.get("files"), manifest.get("count")
-        if not isinstance(files, dict) or _FILE not in files or type(count) is not int:
-            raise IndexFormatError(f"{file} lacks 'files.{_FILE}' or 'count'; the manifest is damaged.")
         chunking = manifest.get("chunking")
         if chunking is not None and not isinstance(chunking, dict):
             raise IndexFormatError(f"{file}: 'chunking' must be an object; got {chunking!r:.80}. The manifest is damaged.")
@@ -207,6 +213,34 @@ class PassageStore:
             return cls(passages, chunking=chunking or {})
         except ConfigError as exc:
             raise IndexFormatError(f"{directory / _FILE}: {exc}") from exc
+
+
+def read_store_manifest(directory: Path, *, fmt: str, version: int, file_name: str, what: str,
+                        hint: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """``(manifest, files table, count)`` of a record store (passages, pages) after checking its header.
+
+    Raises
+    ------
+    IndexFormatError
+        If the manifest is missing, of another format, of a newer format version, or lacks
+        ``files.<file_name>`` or ``count``.
+    """
+    file = directory / MANIFEST_NAME
+    if not os.path.lexists(file):
+        raise IndexFormatError(f"{file} is missing: {directory} is not a saved {what}. Build the collection with {hint}.")
+    manifest = read_json(file, what=f"the {what}")
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise IndexFormatError(f"{file} is not a densezip {what} manifest (format {fmt!r}).")
+    found = manifest.get("format_version")
+    if not isinstance(found, int) or found > version:
+        raise IndexFormatError(
+            f"{file} uses {what} format version {found!r}; this densezip {__version__} reads up to "
+            f"{version}. Upgrade with:  pip install -U densezip"
+        )
+    files, count = manifest.get("files"), manifest.get("count")
+    if not isinstance(files, dict) or file_name not in files or type(count) is not int:
+        raise IndexFormatError(f"{file} lacks 'files.{file_name}' or 'count'; the manifest is damaged.")
+    return manifest, files, count
 
 
 def _passage_from_line(line: str, file: Path, lineno: int) -> Passage:
@@ -367,7 +401,7 @@ def load_collection(root: Path, *, verify: bool = True, mmap: bool = False) -> t
     return load_pinned(root, both)
 
 
-def check_same_ids(index_ids: set[str], store: PassageStore, root: Path) -> None:
+def check_same_ids(index_ids: set[str], store: Any, root: Path) -> None:
     """Raise IndexFormatError unless the index and the store hold the same ids."""
     if len(index_ids) == len(store) and all(i in store.row_of for i in index_ids):
         return
@@ -387,9 +421,13 @@ def is_collection(path: str | os.PathLike[str]) -> bool:
             and (directory / PASSAGES_DIR).is_dir())
 
 
-def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load: bool = True) -> CheckReport:
+def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load: bool = True,
+                     store_dir: str = PASSAGES_DIR, load_store: Callable[..., Any] | None = None) -> CheckReport:
     """``densezip check`` for a RAG collection: check ``index/`` with :func:`indexes.check.check_index`,
-    then load ``passages/`` and compare the two id sets (problem code ``bad-passages``)."""
+    then load ``passages/`` and compare the two id sets (problem code ``bad-passages``).
+
+    A page collection passes ``store_dir="pages"`` and its store's ``load`` (problem code
+    ``bad-pages``)."""
     from indexes.base import load_index
     from indexes.check import CheckReport, check_index, merge_report
 
@@ -399,10 +437,10 @@ def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load:
                          hashes_verified=verify, loaded=sub.loaded)
     merge_report(report, sub, INDEX_DIR)
     try:
-        store = PassageStore.load(directory / PASSAGES_DIR, verify=verify)
+        store = (load_store or PassageStore.load)(directory / store_dir, verify=verify)
         report.files_checked += 2
         if sub.loaded:
             check_same_ids(set(load_index(directory / INDEX_DIR, verify=False, mmap=True).doc_ids), store, directory)
     except Exception as exc:  # whatever is wrong with the store is what the user needs to see
-        report.add("error", "bad-passages", PASSAGES_DIR, f"{type(exc).__name__}: {exc}")
+        report.add("error", f"bad-{store_dir}", store_dir, f"{type(exc).__name__}: {exc}")
     return report
