@@ -164,6 +164,12 @@ def _columns_of(attributes: Any, n: int) -> dict[str, Any]:
     return columns
 
 
+def _objects(values: Any) -> NDArray[np.object_]:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
 @dataclass
 class Column:
     """One attribute column: ``values`` per row (codes into ``categories`` for kind str)."""
@@ -193,6 +199,25 @@ class AttributeTable:
     def __init__(self) -> None:
         self.columns: dict[str, Column] = {}
         self.rows = 0
+
+    @classmethod
+    def like(cls, schema: Mapping[str, str], rows: int = 0) -> AttributeTable:
+        """A table with the columns of ``schema`` and no values (to check attributes or a predicate
+        against a schema, e.g. a sharded index's, before any shard changes)."""
+        table = cls()
+        for name, kind in schema.items():
+            cats = np.zeros(0, dtype="<U1") if kind == "str" else None
+            table.columns[name] = Column(kind, np.zeros(0, dtype=_DTYPES[kind]), cats)
+        table.rows = rows
+        return table
+
+    def split(self, attributes: Any, n: int, parts: Sequence[NDArray[np.int64]]) -> list[Any]:
+        """Check ``attributes`` of ``n`` new rows (:meth:`prepare`), then cut them into ``parts`` (row positions)."""
+        self.prepare(attributes, n)
+        if attributes is None:
+            return [None] * len(parts)
+        columns = {name: v if isinstance(v, np.ndarray) else _objects(v) for name, v in _columns_of(attributes, n).items()}
+        return [{name: v[p] for name, v in columns.items()} for p in parts]
 
     def __bool__(self) -> bool:
         return bool(self.columns)
