@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from indexes._attributes import AttributeTable, Column, _is_int, to_timestamp
 from retrieval.errors import ConfigError
 
-__all__ = ["OPERATORS", "check_where", "evaluate"]
+__all__ = ["OPERATORS", "check_where", "evaluate", "evaluate_records", "fields_of", "uses_operators"]
 
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "$eq": operator.eq, "$ne": operator.ne, "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt,
@@ -70,6 +70,51 @@ def evaluate(where: Any, table: AttributeTable) -> NDArray[np.bool_]:
     """
     mask = _walk(where, table)
     assert mask is not None
+    return mask
+
+
+def uses_operators(where: Any) -> bool:
+    """True when ``where`` holds an operator (a ``$`` key) anywhere, False for a plain ``{field: value}`` dict."""
+    if isinstance(where, dict):
+        return any((isinstance(k, str) and k.startswith("$")) or uses_operators(v) for k, v in where.items())
+    if isinstance(where, (list, tuple)):
+        return any(uses_operators(v) for v in where)
+    return False
+
+
+def fields_of(where: Any) -> list[str]:
+    """The field names ``where`` tests, in first-seen order (after :func:`check_where`)."""
+    check_where(where)
+    out: dict[str, None] = {}
+
+    def visit(node: Any) -> None:
+        for key, arg in node.items():
+            if key in ("$and", "$or"):
+                for part in arg:
+                    visit(part)
+            elif key == "$not":
+                visit(arg)
+            else:
+                out[key] = None
+
+    visit(where)
+    return list(out)
+
+
+def evaluate_records(where: Any, records: list[Any]) -> NDArray[np.bool_]:
+    """``where`` over a list of dicts (e.g. passage metadata), one bool per record.
+
+    A record lacking a field the predicate names matches nothing (as a NULL in SQL), ``$ne``
+    and ``$not`` included; the values of each field must share one type (ConfigError otherwise).
+    """
+    fields = fields_of(where)
+    present = np.array([all(f in r for f in fields) for r in records], dtype=bool)
+    rows = np.flatnonzero(present)
+    mask = np.zeros(len(records), dtype=bool)
+    if rows.size:
+        table = AttributeTable()
+        table.commit(table.prepare({f: [records[i][f] for i in rows.tolist()] for f in fields}, int(rows.size)))
+        mask[rows] = evaluate(where, table)
     return mask
 
 
