@@ -302,3 +302,28 @@ def test_evaluate_records_matches_the_oracle() -> None:
     assert uses_operators(where) and not uses_operators({"lang": "en"})
     partial = [{"year": 2020}, {"lang": "en"}]
     assert evaluate_records({"year": {"$ne": 1}}, partial).tolist() == [True, False]  # missing: no match
+
+
+# ---------------------------------------------------------------------- pipeline and command line
+def test_retriever_search_passes_where(fake_encoder: Any) -> None:
+    from retrieval.pipeline import Retriever
+
+    texts = ["cats purr", "dogs bark", "cats and dogs", "fish swim"]
+    index = FlatIndex(fake_encoder.dim)
+    index.add(fake_encoder.encode_documents(texts, ids=["a", "b", "c", "d"]),
+              attributes={"lang": ["en", "de", "en", "en"]})
+    retriever = Retriever(fake_encoder, index)
+    assert retriever.search("cats", 4, where={"lang": {"$ne": "en"}}).doc_ids == [["b"]]
+    with pytest.raises(ConfigError, match="'year', which this index does not store"):
+        retriever.search("cats", 4, where={"year": 1})
+
+
+def test_cli_where_must_be_a_json_object() -> None:
+    import argparse
+
+    from retrieval.app.cli import _where_json
+
+    assert _where_json('{"year": {"$gte": 2024}}') == {"year": {"$gte": 2024}}
+    for bad in ("{year: 1}", "[1]", "{}"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _where_json(bad)
