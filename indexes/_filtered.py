@@ -11,8 +11,8 @@ of three plans by the kind of FAISS index and by how many rows are allowed:
 * **FAISS pre-filter** (``IDSelectorBitmap``) where the kind takes one (IVF, HNSW, Flat, SQ);
   rows the approximate search leaves short (an IVF ``nprobe`` or an HNSW walk that reaches too
   few allowed rows) are searched again with the exact plan.
-* **over-fetch** for kinds without a selector (flat ``IndexPQ``, GPU indexes) when many rows
-  are allowed: an unfiltered search for ``k / share`` hits, doubled until every row holds
+* **over-fetch** for kinds without a selector (flat ``IndexPQ``, GPU indexes), and for exact
+  ``IndexFlat`` (whose unfiltered search is one BLAS product), when many rows are allowed: an unfiltered search for ``k / share`` hits, doubled until every row holds
   ``k`` allowed hits (at worst every stored row), then filtered.
 """
 
@@ -73,6 +73,10 @@ def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, all
         if short.any():
             d[short], lab[short] = scan_rows(storage, queries[short], k, allowed, index.metric)
         return d, lab
+    if not exact and isinstance(faiss.downcast_index(index.faiss_index), faiss.IndexFlat):
+        # Many rows allowed: FAISS's selector path scores row by row, its unfiltered search runs
+        # one BLAS product; the exhaustive search over-fetched by 1 / share is as exact and faster.
+        return _overfetch(index, queries, k, allowed, n_allowed)
     if index._takes_selector:  # Flat, SQ (exhaustive already), wrapped HNSW  # pylint: disable=protected-access
         d, lab = index._search_with_selector(queries, k, allowed)
         short = (lab < 0).any(axis=1)

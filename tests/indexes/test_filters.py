@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexes import FaissIndex, FlatIndex, load_index
+from indexes import FaissIndex, FlatIndex, _filtered, load_index
 from indexes._filtered import exact_is_cheaper
 from indexes._predicates import evaluate_records, fields_of, uses_operators
 from indexes.multivector import MultiVectorIndex
@@ -28,7 +28,8 @@ from retrieval.types import MultiVectorEmbeddings
 
 EXAMPLES = int(os.environ.get("DENSEZIP_FUZZ_EXAMPLES", "25"))
 PROPS = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 25,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                        HealthCheck.function_scoped_fixture])
 DIM = 8
 N = 60
 DAY0 = dt.datetime(2024, 1, 1)
@@ -143,10 +144,15 @@ def built(kind: str) -> Any:
     return _BUILT[kind]
 
 
+@pytest.mark.parametrize("plan", ["cost-based", "never-exact"])
 @pytest.mark.parametrize("kind", sorted(_KINDS))
 @PROPS
 @given(where=PREDICATES, k=st.integers(1, 12))
-def test_filtered_search_against_brute_force(kind: str, where: dict[str, Any], k: int) -> None:
+def test_filtered_search_against_brute_force(kind: str, plan: str, where: dict[str, Any], k: int,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if plan == "never-exact":  # the small test set would always take the exact scan: test the other plans too
+        monkeypatch.setattr(_filtered, "EXACT_MIN_ROWS", 0)
+        monkeypatch.setattr(_filtered, "EXACT_SHARE", 0.0)
     result = built(kind).search(Q, k, where=where)
     check_hits(result, where, set(), k)
     if kind in ("flat", "sharded-flat", "faiss-flat"):
