@@ -248,7 +248,7 @@ class FaissIndex(VectorIndex):
         dict, the tombstone mask)."""
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
-        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes()
+        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
 
     # ------------------------------------------------------------------ train / add / delete
     @property

@@ -180,7 +180,8 @@ class MultiVectorIndex(StoredIndex):
         trained = sum(a.nbytes for a in self.trained_state().values())
         side = self._hamming_codes.nbytes if self._separate_hamming() else 0
         side += self._plaid.memory_bytes() if self._plaid is not None else 0
-        return int(self._codes.nbytes + self._offsets.nbytes + trained + side) + self._table.memory_bytes()
+        payload = int(self._codes.nbytes + self._offsets.nbytes + trained + side)
+        return payload + self._table.memory_bytes() + self._attrs.memory_bytes()
 
     def trained_state(self) -> dict[str, NDArray[Any]]:
         """The trained arrays: ``codec.<name>`` once the codec is trained, ``hamming.<name>`` for a

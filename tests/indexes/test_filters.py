@@ -333,3 +333,9 @@ def test_cli_where_must_be_a_json_object() -> None:
     for bad in ("{year: 1}", "[1]", "{}"):
         with pytest.raises(argparse.ArgumentTypeError):
             _where_json(bad)
+
+
+def test_memory_bytes_counts_the_attributes() -> None:
+    plain = FlatIndex(DIM).add(X, ids=IDS)
+    # int64 + int32 codes (+ a 3-string dictionary) + bool + float64 + int64 ns per row
+    assert built("flat").memory_bytes() - plain.memory_bytes() >= N * (8 + 4 + 1 + 8 + 8)
