@@ -12,8 +12,9 @@ of three plans by the kind of FAISS index and by how many rows are allowed:
   rows the approximate search leaves short (an IVF ``nprobe`` or an HNSW walk that reaches too
   few allowed rows) are searched again with the exact plan.
 * **over-fetch** for kinds without a selector (flat ``IndexPQ``, GPU indexes), and for exact
-  ``IndexFlat`` (whose unfiltered search is one BLAS product), when many rows are allowed: an unfiltered search for ``k / share`` hits, doubled until every row holds
-  ``k`` allowed hits (at worst every stored row), then filtered.
+  ``IndexFlat`` (whose unfiltered search is one BLAS product), when many rows are allowed:
+  an unfiltered search for ``3 k / share`` hits, filtered; the rows still short are searched
+  again with the depth doubled until they hold ``k`` allowed hits (at worst every stored row).
 """
 
 from __future__ import annotations
@@ -130,23 +131,25 @@ def scan_rows(
 
 def _overfetch(index: FaissIndex, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_],
                n_allowed: int) -> Result:
-    """Unfiltered searches for ``k / share`` hits, doubled until ``k`` allowed hits per row, then filtered."""
+    """Unfiltered searches for ``3 k / share`` hits, filtered; rows still short of ``k`` allowed hits are
+    searched again (only they) with the depth doubled, at worst up to every stored row."""
     total = int(index.faiss_index.ntotal)
     share = max(n_allowed, 1) / max(total, 1)
-    fetch = min(total, max(2 * k, math.ceil(1.5 * k / share) + k))
-    while True:
-        distances, labels = index.faiss_index.search(queries, fetch)
-        ok = (labels >= 0) & allowed[np.clip(labels, 0, None)]
-        if fetch >= total or (ok.sum(axis=1) >= k).all():
-            break
-        fetch = min(total, fetch * 2)
+    fetch = min(total, max(2 * k, math.ceil(3 * k / share) + k))
     worst = np.inf if index.metric == "l2" else -np.inf
     out_d = np.full((queries.shape[0], k), worst, dtype=np.float32)
     out_l = np.full((queries.shape[0], k), -1, dtype=np.int64)
-    for row in range(queries.shape[0]):
-        keep = np.flatnonzero(ok[row])[:k]
-        out_d[row, : keep.size] = distances[row, keep]
-        out_l[row, : keep.size] = labels[row, keep]
+    todo = np.arange(queries.shape[0])
+    while todo.size:
+        distances, labels = index.faiss_index.search(queries[todo], fetch)
+        ok = (labels >= 0) & allowed[np.clip(labels, 0, None)]
+        done = (ok.sum(axis=1) >= k) | (fetch >= total)
+        for i in np.flatnonzero(done).tolist():
+            keep = np.flatnonzero(ok[i])[:k]
+            out_d[todo[i], : keep.size] = distances[i, keep]
+            out_l[todo[i], : keep.size] = labels[i, keep]
+        todo = todo[~done]
+        fetch = min(total, fetch * 2)
     return out_d, out_l
 
 
