@@ -280,6 +280,14 @@ class AttributeTable:
             self.columns[name] = new
         self.rows += prepared.n
 
+    def copy(self) -> AttributeTable:
+        """An independent table with the same columns (the arrays are shared until either changes them:
+        every change builds new arrays)."""
+        clone = AttributeTable()
+        clone.rows = self.rows
+        clone.columns = {n: Column(c.kind, c.values, c.categories) for n, c in self.columns.items()}
+        return clone
+
     def keep(self, keep: NDArray[np.bool_]) -> None:
         """Drop the rows where ``keep`` is False (kinds without tombstones)."""
         for col in self.columns.values():

@@ -399,6 +399,7 @@ class FaissIndex(VectorIndex):
         clone = self._bare(self.dim, self.metric, self.spec)
         clone.metadata = dict(self.metadata)
         clone._table = self._table.copy()
+        clone._attrs = self._attrs.copy()
         return clone
 
     # ------------------------------------------------------------------ persistence
