@@ -262,10 +262,12 @@ class AttributeTable:
             converted = _convert(name, kind, values)
             if kind == "str":
                 lookup = dict(old.code_of()) if old is not None else {}
-                for s in dict.fromkeys(converted.tolist()):
-                    lookup.setdefault(s, len(lookup))
+                distinct, inverse = np.unique(converted, return_inverse=True)  # one Python step per distinct value
+                for value in distinct.tolist():
+                    lookup.setdefault(value, len(lookup))
                 cats = np.array(list(lookup), dtype=str) if lookup else np.zeros(0, dtype="<U1")
-                codes = np.array([lookup[s] for s in converted.tolist()], dtype=np.int32)
+                code_of = np.array([lookup[v] for v in distinct.tolist()], dtype=np.int32)
+                codes = code_of[inverse.reshape(-1)] if len(converted) else np.zeros(0, dtype=np.int32)
                 out[name] = Column(kind, codes, cats, lookup)
             else:
                 out[name] = Column(kind, converted)
