@@ -21,9 +21,11 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._attributes import AttributeTable
 from indexes._ids import is_int, one_or_many
 from indexes._io import atomic_directory, file_table
 from indexes._paths import load_pinned
+from indexes._predicates import evaluate
 from indexes._shards import (
     ROUTING,
     LocalHandle,
@@ -175,10 +177,10 @@ class ShardedBase:
         self._template.train(data)
         self._handles = self._new_handles()
 
-    def _add_routed(self, ids: Any, payload: Callable[[NDArray[np.int64]], Any]) -> None:
-        """Send ``payload(positions)`` to each shard owning some of ``ids`` (a list of str or an int64
-        array, checked by :func:`~indexes._ids.check_new_ids`) after checking none is present and
-        that they are of the type of the ids already here."""
+    def _add_routed(self, ids: Any, payload: Callable[[NDArray[np.int64]], Any], attributes: Any = None) -> None:
+        """Send ``payload(positions)`` (+ their attributes) to each shard owning some of ``ids`` (a list of
+        str or an int64 array, checked by :func:`~indexes._ids.check_new_ids`) after checking none is
+        present, that they are of the type of the ids already here and the attributes fit the columns."""
         kind = "int" if isinstance(ids, np.ndarray) else "str"
         held = {k for k in self._on_every_shard("id_kind") if k is not None}
         if len(ids) and held and held != {kind}:
@@ -193,8 +195,20 @@ class ShardedBase:
             raise ConfigError(
                 f"{len(clash)} id(s) are already in the index, e.g. {clash[:3]}; delete them first to replace them."
             )
-        args = [payload(p) if p.size else None for p in parts]
+        attr_parts = self._attribute_table().split(attributes, len(ids), parts)
+        args = [(*payload(p), a) if p.size else None for p, a in zip(parts, attr_parts, strict=True)]
         self._update_stats(gather(self._handles, "add", args))
+
+    def _attribute_table(self) -> AttributeTable:
+        """An empty table with the shards' attribute columns (and their row count), to check input against."""
+        answers = self._on_every_shard("attribute_schema")
+        schema = next((s for rows, s in answers if rows and s), {})
+        return AttributeTable.like(schema, rows=sum(rows for rows, _ in answers))
+
+    @property
+    def attribute_schema(self) -> dict[str, str]:
+        """``field -> kind`` of the attributes stored for ``where=``."""
+        return self._attribute_table().schema
 
     def _update_stats(self, new: list[Any]) -> None:
         """Take the ``(rows, live)`` counts returned by the shards a call reached."""
@@ -216,7 +230,7 @@ class ShardedBase:
     # ------------------------------------------------------------------ search
     def search(
         self, queries: Any, k: int = 10, *, subset: Iterable[str] | None = None,
-        query_ids: Sequence[str] | None = None, allow_partial: bool = False,
+        query_ids: Sequence[str] | None = None, allow_partial: bool = False, where: dict[str, Any] | None = None,
     ) -> ShardedSearchResult:
         """Search every shard in parallel and merge their top-``k`` lists exactly.
 
@@ -231,6 +245,9 @@ class ShardedBase:
             padded with label ``-1`` and score ``-inf``.
         subset : iterable of str, optional
             Restrict the search to these ids; only the shards holding them are searched.
+        where : dict, optional
+            A predicate over the attributes (:mod:`indexes._predicates`), checked here against the
+            columns, then evaluated in each shard; the exact merge then holds ``min(k, matches)`` hits.
         query_ids : sequence of str, optional
             Stored on the result (multi-vector queries default to ``queries.ids``).
         allow_partial : bool
@@ -255,6 +272,9 @@ class ShardedBase:
             args = _args_for([[subset_ids[i] for i in p] for p in route(subset_ids, n_shards)], q, k)
         else:
             args = [(q, k, None) if live else None for _, live in self._stats]
+        if where is not None:
+            evaluate(where, self._attribute_table())  # a bad field / operator / value: ConfigError, before any shard
+            args = [(*a, where) if a is not None else None for a in args]
         answers, failures, missing = collect_searches(self._handles, args)
         if missing:
             raise UnknownIdError(f"subset holds {len(missing)} id(s) that are not in the index, e.g. {missing[:3]}.")

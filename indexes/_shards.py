@@ -227,16 +227,20 @@ class ShardServer:
         """The shard's own ``memory_bytes()`` (payload plus ids), measured where it lives."""
         return int(self.index.memory_bytes())
 
-    def add(self, vectors: NDArray[np.float32], ids: list[str]) -> tuple[int, int]:
-        self.index.add(vectors, ids=ids)
+    def add(self, vectors: NDArray[np.float32], ids: list[str], attributes: Any = None) -> tuple[int, int]:
+        self.index.add(vectors, ids=ids, attributes=attributes)
         return self.stats()
+
+    def attribute_schema(self) -> tuple[int, dict[str, str]]:
+        """``(stored rows, field -> kind)`` of this shard's attributes."""
+        return self.index.ntotal, self.index.attribute_schema
 
     def delete(self, ids: list[str]) -> tuple[int, int]:
         self.index.delete(ids)
         return self.stats()
 
     def search(
-        self, queries: NDArray[np.float32], k: int, subset: list[str] | None
+        self, queries: NDArray[np.float32], k: int, subset: list[str] | None, where: dict[str, Any] | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.object_], list[str]]:
         """Top-``k`` of this shard: ``(scores, labels, ids, missing)``; ``ids`` is ``None``-padded.
 
@@ -248,7 +252,7 @@ class ShardServer:
             if missing:
                 empty = np.zeros((0, k))
                 return empty.astype(np.float32), empty.astype(np.int64), empty.astype(object), missing
-        res = self.index.search(queries, k, subset=subset)
+        res = self.index.search(queries, k, subset=subset, where=where)
         ids = np.full(res.labels.shape, None, dtype=object)
         for row, hits in enumerate(res.doc_ids):
             ids[row, : len(hits)] = hits

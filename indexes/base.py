@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,10 +24,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, run
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._attributes import AttributeTable
+from indexes._checks import _plain_scores, check_k
 from indexes._ids import IdTable, check_new_ids
 from indexes._io import atomic_directory, file_table, verify_checksums
 from indexes._lock import RWLock, reads, writes
 from indexes._paths import load_pinned
+from indexes._predicates import evaluate
 from indexes.manifest import MANIFEST_NAME, Manifest, read_manifest, unlisted_files, write_manifest
 from retrieval.errors import ConfigError, IndexFormatError, RetrievalError, ShapeError
 from retrieval.types import Embeddings, SearchResult, as_float32_matrix, check_finite
@@ -42,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 Metric = Literal["ip", "l2"]
 _METRICS = ("ip", "l2")
-_PAD_SCORE = -float(np.finfo(np.float32).max)  # FAISS's score for a missing hit (label -1)
 
 T = TypeVar("T", bound="VectorIndex")
 S = TypeVar("S", bound="StoredIndex")
@@ -134,43 +135,6 @@ def format_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         ) from exc
 
 
-def _plain_scores(scores: NDArray[np.float32]) -> bool:
-    """True in the common case of a search: every score finite and above the padding sentinel.
-
-    FAISS pads a missing hit with label -1 and score -FLT_MAX, densezip with -inf, so such a
-    result has no padded row and no overflow; and its queries were finite, since a NaN / inf
-    query makes every score of its row NaN / inf or leaves the row padded. Anything else goes
-    to :meth:`VectorIndex._check_results`. A small result is tested in plain Python: right
-    after a FAISS call the CPU caches are cold, and there NumPy's reduction machinery costs
-    several µs per call, which matters against a 20 µs search at batch 1.
-
-    Examples
-    --------
-    >>> _plain_scores(np.array([[0.9, 0.1]], dtype=np.float32))
-    True
-    >>> _plain_scores(np.array([[0.9, -np.finfo(np.float32).max]], dtype=np.float32))
-    False
-    >>> _plain_scores(np.array([[np.inf, 0.1]], dtype=np.float32)), _plain_scores(np.array([[0.1, np.nan]]))
-    (False, False)
-    """
-    if scores.size <= 64:
-        values = scores.ravel().tolist()
-        if not values:  # k = 0 columns (an empty index): search() still checks the queries
-            return False
-        # A float64 sum of float32 values cannot overflow: it is finite iff every value is.
-        return math.isfinite(sum(values)) and min(values) > _PAD_SCORE
-    # Rows are sorted best first, so an overflow to +inf shows in column 0; min() sees NaN.
-    return bool(scores.min() > _PAD_SCORE and scores[:, 0].max() < np.inf)
-
-
-def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ConfigError(f"k must be a positive integer; got {k!r} ({type(k).__name__}).")
-    if k <= 0:
-        raise ConfigError(f"k must be a positive integer; got {k}. Use k >= 1.")
-    return int(k)
-
-
 @runtime_checkable
 class Index(Protocol):
     """What every index kind offers, whatever its vectors and wherever its shards live.
@@ -204,7 +168,8 @@ class Index(Protocol):
         ...
 
     def search(
-        self, queries: Any, k: int, *, subset: Iterable[str] | None = None, query_ids: Sequence[str] | None = None
+        self, queries: Any, k: int, *, subset: Iterable[str] | None = None, query_ids: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> SearchResult:
         """The ``k`` best documents of each query (see the kind's own docstring for ``queries``)."""
         ...
@@ -241,6 +206,7 @@ class StoredIndex(ABC):
     def __init__(self) -> None:
         self.metadata: dict[str, Any] = {}
         self._table = IdTable(tombstones=self._tombstones)
+        self._attrs = AttributeTable()  # per-row attribute columns for where= (indexes/_attributes.py)
         self._lock = RWLock()  # readers-writer discipline: see indexes/_lock.py
 
     # ------------------------------------------------------------------ ids
@@ -287,6 +253,8 @@ class StoredIndex(ABC):
             arrays: dict[str, Any] = {}
             self._table.write(tmp, arrays)
             params = self._write_payload(tmp, arrays)
+            if self._attrs:
+                params = {**params, "attributes": self._attrs.write(tmp, arrays)}
             manifest = Manifest(
                 index_type=type(self).__name__, dim=self.dim, metric=self.metric, count=self.ntotal,
                 arrays=arrays, files=file_table(tmp), params=params, metadata=self.metadata,
@@ -314,7 +282,23 @@ class StoredIndex(ABC):
         index.metadata = manifest.metadata
         index._table = IdTable.read(directory, manifest, tombstones=cls._tombstones, verify=verify)
         index._read_payload(directory, manifest, mmap=mmap)
+        index._attrs = AttributeTable.read(directory, manifest.params.get("attributes"), manifest.arrays, manifest.count)
         return index
+
+    @property
+    def attribute_schema(self) -> dict[str, str]:
+        """``field -> kind`` of the attributes stored for ``where=`` (see :mod:`indexes._attributes`)."""
+        return self._attrs.schema
+
+    def _allowed(self, subset: Iterable[Any] | None, where: Any) -> NDArray[np.bool_]:
+        """The live rows a search may return: those of ``subset`` (if given) matching ``where`` (if given)."""
+        mask = self._table.subset_mask(subset) if subset is not None else None
+        if where is not None:
+            matching = evaluate(where, self._attrs)
+            if self._tombstones:
+                matching &= ~self._table.deleted
+            mask = matching if mask is None else mask & matching
+        return mask if mask is not None else np.ones(self.ntotal, dtype=bool)
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -420,7 +404,8 @@ class VectorIndex(StoredIndex):
         return self
 
     @writes
-    def add(self: T, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | NDArray[np.integer] | None = None) -> T:
+    def add(self: T, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | NDArray[np.integer] | None = None,
+            *, attributes: Any = None) -> T:
         """Add vectors with their document ids; returns ``self`` for chaining.
 
         Parameters
@@ -432,13 +417,17 @@ class VectorIndex(StoredIndex):
             Integer ids are kept as one int64 array (no string table, like FAISS's
             ``IndexIDMap``) and come back as ``int`` in ``SearchResult.doc_ids``. The first
             ``add`` fixes the type: one index never mixes str and int ids (ConfigError).
+        attributes : dict of field -> n values, or a list of n dicts, optional
+            Typed values to filter on with ``search(where=...)`` (see :mod:`indexes._attributes`).
         """
         vectors, new_ids = self._split(data, ids)
         new_ids = self._check_new_ids(new_ids)
+        prepared = self._attrs.prepare(attributes, vectors.shape[0])
         if vectors.shape[0] == 0:
             return self
         self._add_vectors(vectors, self._table.ntotal)
         self._table.append(new_ids)
+        self._attrs.commit(prepared)
         return self
 
     @writes
@@ -471,6 +460,7 @@ class VectorIndex(StoredIndex):
         *,
         subset: Iterable[str] | None = None,
         query_ids: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Return the top-``k`` documents for each query.
 
@@ -485,6 +475,9 @@ class VectorIndex(StoredIndex):
             ``-1`` and score ``-inf``.
         subset : iterable of str, optional
             Restrict the search to these document ids (unknown ids raise UnknownIdError).
+        where : dict, optional
+            A predicate over the stored attributes (:mod:`indexes._predicates`). With ``subset``
+            or ``where``, a row holds ``min(k, matching live documents)`` hits, however few match.
         query_ids : sequence of str, optional
             Stored on the result for :meth:`SearchResult.to_trec_dict`.
 
@@ -504,9 +497,9 @@ class VectorIndex(StoredIndex):
             raise ShapeError(f"query_ids must have one id per query; got {len(query_ids)} for {nq} queries.")
         allowed: NDArray[np.bool_] | None = None
         n_allowed = len(table)
-        if subset is not None:
-            allowed = table.subset_mask(subset)
-            n_allowed = int(allowed.sum())
+        if subset is not None or where is not None:
+            allowed = self._allowed(subset, where)
+            n_allowed = int(np.count_nonzero(allowed))
         elif n_allowed != table.ntotal and not self._removes_deleted:
             # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
             allowed = ~table.deleted

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._filtered import scan_rows, search_filtered
 from indexes._lock import reads, writes
 from indexes._paths import member, open_member, stable_path
 from indexes.base import Metric, VectorIndex, register_index
@@ -67,30 +68,6 @@ def _unwrap(index: Any) -> Any:
     return index
 
 
-def _search_storage(
-    storage: Any, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_], metric: str
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Exhaustive search of an HNSW index's storage, restricted to ``allowed`` rows."""
-    faiss = _faiss()
-    if isinstance(storage, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
-        bitmap = np.packbits(allowed, bitorder="little")
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap))
-        return storage.search(queries, k, params=params)  # type: ignore[no-any-return]
-    # Storage kinds that take no selector (PQ codes): decode the allowed rows and let the exact
-    # NumPy index score them, as FlatIndex does everywhere else.
-    from indexes.flat import FlatIndex
-
-    rows = np.flatnonzero(allowed)
-    exact = FlatIndex(queries.shape[1], metric=metric)  # type: ignore[arg-type]
-    exact._add_vectors(storage.reconstruct_batch(rows), 0)
-    s, i = exact._search_rows(queries, min(k, rows.size), None)
-    out_d = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
-    out_l = np.full((queries.shape[0], k), -1, dtype=np.int64)
-    out_d[:, : s.shape[1]] = s if metric == "ip" else -s
-    out_l[:, : s.shape[1]] = rows[i]
-    return out_d, out_l
-
-
 @register_index
 class FaissIndex(VectorIndex):
     """A FAISS index described by an ``index_factory`` string.
@@ -116,7 +93,8 @@ class FaissIndex(VectorIndex):
     Row ``i`` of the index is FAISS label ``i``. Deleting from an IVF index removes the
     vectors (``remove_ids``); other kinds, HNSW among them, cannot remove, so deleted rows
     become tombstones that searches skip through an ``IDSelector`` (or, for kinds that
-    take no selector such as ``IndexPQ`` and GPU indexes, by over-fetching and filtering).
+    take no selector such as ``IndexPQ`` and GPU indexes, by an exact scan or an over-fetch:
+    see :mod:`indexes._filtered`).
 
     Examples
     --------
@@ -270,7 +248,7 @@ class FaissIndex(VectorIndex):
         dict, the tombstone mask)."""
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
-        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes()
+        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
 
     # ------------------------------------------------------------------ train / add / delete
     @property
@@ -328,16 +306,8 @@ class FaissIndex(VectorIndex):
             return distances, labels
         elif allowed is None:
             distances, labels = self._index.search(queries, k)
-        elif self._takes_selector:
-            distances, labels = self._search_with_selector(queries, k, allowed)
-            short = (labels < 0).any(axis=1)
-            if short.any() and self._hnsw is not None and not self._wrapped:
-                # A graph walk can miss a small allowed set entirely; scan the stored vectors instead.
-                storage = _faiss().downcast_index(self._hnsw.storage)
-                d2, l2 = _search_storage(storage, queries[short], k, allowed, self.metric)
-                distances[short], labels[short] = d2, l2
-        else:
-            distances, labels = self._search_overfetch(queries, k, allowed)
+        else:  # a mask: pre-filter, exact scan or over-fetch by kind and selectivity (indexes/_filtered.py)
+            distances, labels = search_filtered(self, queries, k, allowed)
         scores = -distances if self.metric == "l2" else distances
         return scores.astype(np.float32, copy=False), labels.astype(np.int64, copy=False)
 
@@ -366,17 +336,17 @@ class FaissIndex(VectorIndex):
         if short.any() and not self._wrapped:
             storage = _faiss().downcast_index(self._hnsw.storage)
             allowed = np.ones(int(self._index.ntotal), dtype=bool)
-            distances[short], labels[short] = _search_storage(storage, queries[short], k, allowed, self.metric)
+            distances[short], labels[short] = scan_rows(storage, queries[short], k, allowed, self.metric)
         return distances, labels
 
     def _search_with_selector(
-        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_]
+        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_], *, nprobe: int | None = None
     ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         faiss = _faiss()
         bitmap = np.packbits(allowed, bitorder="little")  # must outlive the search call
         selector = faiss.IDSelectorBitmap(bitmap)
         if self._ivf is not None:
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self._ivf.nprobe)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe or self._ivf.nprobe)
         elif self._hnsw is not None:
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self._hnsw.hnsw.efSearch, k))
         else:
@@ -388,25 +358,6 @@ class FaissIndex(VectorIndex):
         distances, labels = self._index.search(queries, k, params=params)
         del bitmap
         return distances, labels
-
-    def _search_overfetch(
-        self, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_]
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        total = int(self._index.ntotal)
-        fetch = min(total, k + int((~allowed).sum()))
-        while True:
-            distances, labels = self._index.search(queries, fetch)
-            ok = (labels >= 0) & allowed[np.clip(labels, 0, None)]
-            if fetch >= total or (ok.sum(axis=1) >= k).all():
-                break
-            fetch = min(total, fetch * 2)
-        out_d = np.full((queries.shape[0], k), np.inf if self.metric == "l2" else -np.inf, dtype=np.float32)
-        out_l = np.full((queries.shape[0], k), -1, dtype=np.int64)
-        for row in range(queries.shape[0]):
-            keep = np.flatnonzero(ok[row])[:k]
-            out_d[row, : keep.size] = distances[row, keep]
-            out_l[row, : keep.size] = labels[row, keep]
-        return out_d, out_l
 
     # ------------------------------------------------------------------ GPU placement
     @reads
@@ -448,6 +399,7 @@ class FaissIndex(VectorIndex):
         clone = self._bare(self.dim, self.metric, self.spec)
         clone.metadata = dict(self.metadata)
         clone._table = self._table.copy()
+        clone._attrs = self._attrs.copy()
         return clone
 
     # ------------------------------------------------------------------ persistence

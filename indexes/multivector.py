@@ -180,7 +180,8 @@ class MultiVectorIndex(StoredIndex):
         trained = sum(a.nbytes for a in self.trained_state().values())
         side = self._hamming_codes.nbytes if self._separate_hamming() else 0
         side += self._plaid.memory_bytes() if self._plaid is not None else 0
-        return int(self._codes.nbytes + self._offsets.nbytes + trained + side) + self._table.memory_bytes()
+        payload = int(self._codes.nbytes + self._offsets.nbytes + trained + side)
+        return payload + self._table.memory_bytes() + self._attrs.memory_bytes()
 
     def trained_state(self) -> dict[str, NDArray[Any]]:
         """The trained arrays: ``codec.<name>`` once the codec is trained, ``hamming.<name>`` for a
@@ -220,14 +221,17 @@ class MultiVectorIndex(StoredIndex):
         return self
 
     @writes
-    def add(self, data: MultiVectorEmbeddings) -> MultiVectorIndex:
+    def add(self, data: MultiVectorEmbeddings, *, attributes: Any = None) -> MultiVectorIndex:
         """Prune (if the spec says so), encode and append documents; returns ``self``.
+
+        ``attributes`` (field -> values, or one dict per document) are stored for ``search(where=...)``.
 
         Codecs that learn (``KMeans``, ``Binary``) are trained on this batch first when the
         index is not trained yet. A document may hold no vector (it then never matches).
         """
         mv = self._prepare(data)
         self._check_new_ids(mv.ids)
+        prepared = self._attrs.prepare(attributes, len(mv))
         if len(mv) == 0:
             return self
         if not self.is_trained:  # float codecs without a Hamming stage need no training
@@ -241,6 +245,7 @@ class MultiVectorIndex(StoredIndex):
             self._hamming_codes = np.concatenate([self._hamming_codes, side]) if self._hamming_codes.shape[0] else side
         self._offsets = np.concatenate([self._offsets, base + mv.offsets[1:]])
         self._table.append(mv.ids)
+        self._attrs.commit(prepared)
         self._lists, self._binary_index, self._plaid = None, None, None
         return self
 
@@ -259,6 +264,7 @@ class MultiVectorIndex(StoredIndex):
             self._hamming_codes = self._hamming_codes[take]
         self._offsets = offsets_from_lengths(self.lengths[kept])
         self._table.remove(ids, rows)
+        self._attrs.keep(keep_docs)
         self._lists, self._binary_index, self._plaid = None, None, None
         return int(rows.size)
 
@@ -267,6 +273,7 @@ class MultiVectorIndex(StoredIndex):
     def search(
         self, queries: MultiVectorEmbeddings, k: int = 10, *, subset: Iterable[str] | None = None,
         query_ids: Sequence[str] | None = None, params: PlaidParams | Mapping[str, Any] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Top-``k`` documents per query by MaxSim over the stored codes.
 
@@ -280,6 +287,10 @@ class MultiVectorIndex(StoredIndex):
             no vectors matches nothing: its row is all padding, for every first stage.
         subset : iterable of str, optional
             Only these document ids can be returned.
+        where : dict, optional
+            Only documents whose attributes match (:mod:`indexes._predicates`). With ``subset`` or
+            ``where`` the mask applies in every stage, and a row short of ``min(k, matches)`` hits
+            is completed by exact MaxSim over the matching documents.
         query_ids : sequence of str, optional
             Stored on the result (defaults to ``queries.ids``).
         params : dict or PlaidParams, optional
@@ -294,7 +305,7 @@ class MultiVectorIndex(StoredIndex):
         plaid = self.plaid_params.updated(params)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
-        allowed = self._table.subset_mask(subset) if subset is not None else None
+        allowed = self._allowed(subset, where) if subset is not None or where is not None else None
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         labels = np.full((len(q), k), -1, dtype=np.int64)
         if len(self) and len(q):
@@ -302,6 +313,10 @@ class MultiVectorIndex(StoredIndex):
                 for s in range(0, len(q), _QUERY_BATCH):
                     batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
                     scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed, plaid)
+            if allowed is not None:  # guaranteed k: exact MaxSim over the allowed rows for short rows
+                short = np.flatnonzero((labels >= 0).sum(axis=1) < min(k, int(np.count_nonzero(allowed))))
+                if short.size:
+                    scores[short], labels[short] = self._score_rows(q.select(short), np.flatnonzero(allowed), k)
             if not np.isfinite(scores[labels >= 0]).all():
                 raise ShapeError("MaxSim scores overflowed float32 (inf / NaN): the query vectors hold values too "
                                  "large for this index. Normalise them.")

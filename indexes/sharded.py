@@ -108,7 +108,8 @@ class ShardedIndex(ShardedBase, VectorIndex):
             self._train_template(data)
         return self
 
-    def add(self, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | None = None) -> ShardedIndex:
+    def add(self, data: Embeddings | NDArray[np.floating], ids: Sequence[str] | None = None, *,
+            attributes: Any = None) -> ShardedIndex:
         """Add vectors; each document goes to shard :func:`~indexes._shards.shard_of` of its id.
 
         Parameters
@@ -117,11 +118,14 @@ class ShardedIndex(ShardedBase, VectorIndex):
             Vectors; with an array, ``ids`` is required.
         ids : sequence of str, or of int (an int64 array), length n
             Unique document ids, not already in the index (see :meth:`VectorIndex.add`).
+        attributes : dict or list of dicts, optional
+            Values to filter on with ``where=`` (see :meth:`VectorIndex.add`); checked against the
+            shards' columns before any shard changes, then routed with their documents.
         """
         vectors, given = self._split(data, ids)
         new_ids = check_new_ids(given, ())
         self._add_routed(new_ids, lambda rows: (vectors[rows], new_ids[rows] if isinstance(new_ids, np.ndarray)
-                                                else [new_ids[i] for i in rows]))
+                                                else [new_ids[i] for i in rows]), attributes)
         return self
 
     # ------------------------------------------------------------------ search (ShardedBase.search)

@@ -46,8 +46,10 @@ class MultiVectorShardServer(ShardServer):
 
     kinds: ClassVar[tuple[type, ...]] = (MultiVectorIndex,)
 
-    def add(self, data: MultiVectorEmbeddings, ids: list[str] | None = None) -> tuple[int, int]:  # type: ignore[override]
-        self.index.add(data)
+    def add(  # type: ignore[override]
+        self, data: MultiVectorEmbeddings, ids: list[str] | None = None, attributes: Any = None
+    ) -> tuple[int, int]:
+        self.index.add(data, attributes=attributes)
         return self.stats()
 
 
@@ -155,10 +157,11 @@ class ShardedMultiVectorIndex(ShardedBase):
             self._train_template(data)
         return self
 
-    def add(self, data: MultiVectorEmbeddings) -> ShardedMultiVectorIndex:
+    def add(self, data: MultiVectorEmbeddings, *, attributes: Any = None) -> ShardedMultiVectorIndex:
         """Add documents; each goes to shard :func:`~indexes._shards.shard_of` of its id.
 
-        All ids are checked (unique, not yet in any shard) before any shard changes.
+        All ids (unique, not yet in any shard) and ``attributes`` (as for
+        :meth:`MultiVectorIndex.add`) are checked before any shard changes.
         """
         mv = self._template.check_documents(data)
         new_ids = check_new_ids(mv.ids, ())
@@ -167,7 +170,7 @@ class ShardedMultiVectorIndex(ShardedBase):
         if not self.is_trained:
             logger.info("training %s on the %d documents being added", self.spec, len(mv))
             self.train(mv)
-        self._add_routed(new_ids, lambda rows: (mv.select(rows),))
+        self._add_routed(new_ids, lambda rows: (mv.select(rows), None), attributes)
         return self
 
     # ------------------------------------------------------------------ search (ShardedBase.search)

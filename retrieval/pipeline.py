@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from retrieval.errors import ConfigError, ShapeError
 from retrieval.types import SearchResult
@@ -119,6 +119,7 @@ class Retriever:
         subset: Iterable[str] | None = None,
         query_ids: Sequence[str] | None = None,
         batch_size: int | None = None,
+        where: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Top-``k`` documents for each query text (a single string counts as one query).
 
@@ -135,14 +136,18 @@ class Retriever:
         batch_size : int, optional
             Passed to ``encoder.encode_queries`` when given (encoders without the option,
             such as MultiVectorEncoder, are then called without it).
+        where : dict, optional
+            A predicate over the index's stored attributes, e.g. ``{"year": {"$gte": 2024}}``
+            (:mod:`indexes._predicates`); a row then holds ``min(k, matching documents)`` hits.
         """
         texts = _as_queries(queries)
+        filters: dict[str, Any] = {} if where is None else {"where": where}
         options = {} if batch_size is None else {"batch_size": batch_size}
         vectors = self.encoder.encode_queries(texts, **options)
         if self.reranker is None:
-            return self.index.search(vectors, k, subset=subset, query_ids=query_ids)
+            return self.index.search(vectors, k, subset=subset, query_ids=query_ids, **filters)
         depth = self.candidates or max(DEFAULT_CANDIDATES, k)
-        first = self.index.search(vectors, depth, subset=subset, query_ids=query_ids)
+        first = self.index.search(vectors, depth, subset=subset, query_ids=query_ids, **filters)
         return self.reranker.rerank(texts, first, k)
 
     # ------------------------------------------------------------------ persistence

@@ -159,7 +159,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _emit(args, *search_collection(args))
         return 0
     retriever = Retriever.load(args.index, device=args.device, verify=not args.no_verify)
-    result = retriever.search(args.query, k=args.k)
+    result = retriever.search(args.query, k=args.k, where=args.where)
     hits = result.to_list()
     payload = {"results": [
         {"query": q, "hits": [{"doc_id": h.doc_id, "score": h.score} for h in row]} for q, row in zip(args.query, hits, strict=True)
@@ -387,6 +387,17 @@ def _int_in(low: int, high: int) -> Any:
 _positive_int = _int_in(1, C_INT_MAX)
 
 
+def _where_json(text: str) -> dict[str, Any]:
+    """``--where``: a JSON object, e.g. '{"year": {"$gte": 2024}, "type": {"$in": ["faq", "manual"]}}'."""
+    try:
+        where = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); write e.g. '{{\"year\": {{\"$gte\": 2024}}}}'") from None
+    if not isinstance(where, dict) or not where:
+        raise argparse.ArgumentTypeError(f"must be a non-empty JSON object of field -> condition; got {text!r:.100}")
+    return where
+
+
 def _check_out(path: str, *, overwrite: bool) -> None:
     """Refuse an output directory that cannot or must not be written, before any encoding starts.
 
@@ -475,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index or collection directory written by `densezip index` or `densezip index-pages`")
     p.add_argument("query", nargs="+", help="one or more query texts")
     p.add_argument("-k", type=_positive_int, default=10, help="hits per query (default 10)")
+    p.add_argument("--where", type=_where_json, default=None,
+                   help="JSON predicate over stored attributes (a collection: passage metadata), e.g. "
+                        "'{\"year\": {\"$gte\": 2024}, \"type\": {\"$in\": [\"faq\"]}}'; ops $eq $ne $gt $gte $lt $lte "
+                        "$in $nin $and $or $not")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the index files (faster load)")
     common(p, model=False)
     p.set_defaults(func=cmd_search)

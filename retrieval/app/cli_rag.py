@@ -53,7 +53,7 @@ def search_collection(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     component = RetrievalComponent.open(args.index, device=args.device, verify=not args.no_verify)
     results, lines = [], []
     for q in args.query:
-        hits = component.retrieve(q, args.k)
+        hits = component.retrieve(q, args.k, where=getattr(args, "where", None))
         results.append({"query": q, "hits": [
             {"passage_id": h.id, "doc_id": h.doc_id, "score": h.score, "source": h.source, "start": h.passage.start,
              "end": h.passage.end, "text": h.text, "metadata": h.metadata} for h in hits]})

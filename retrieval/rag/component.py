@@ -355,7 +355,9 @@ class RetrievalComponent:
         ids : iterable of str, optional
             Only these passage ids may be returned (unknown ids raise UnknownIdError).
         where : mapping, optional
-            Only passages whose metadata equals every given ``key: value`` (JSON equality).
+            Only passages whose metadata equals every given ``key: value`` (JSON equality), or,
+            with operators, matches the predicate (``{"year": {"$gte": 2024}}``, ``$in``, ``$or``,
+            ...: see :mod:`indexes._predicates`; a passage lacking a named key matches nothing).
 
         Returns
         -------
@@ -382,11 +384,11 @@ class RetrievalComponent:
             where = None  # an empty filter allows everything
         if ids is not None or where is not None:
             if ids is None:
-                rows = self.store.rows_where(where or {})
+                rows = self._rows_where(where or {})
             else:
                 rows = self.store.rows_of(ids)
                 if where is not None:
-                    rows = np.intersect1d(rows, self.store.rows_where(where), assume_unique=True)
+                    rows = np.intersect1d(rows, self._rows_where(where), assume_unique=True)
             if rows.size == 0:
                 return []
             subset = self.store.ids_at(rows.tolist())
@@ -434,6 +436,14 @@ class RetrievalComponent:
         from retrieval.rag.llama_index import DensezipLlamaRetriever
 
         return DensezipLlamaRetriever(self, k=k, where=where)
+
+    def _rows_where(self, where: Mapping[str, Any]) -> np.ndarray:
+        """Rows of the passages ``where`` allows: JSON equality, or a predicate with operators."""
+        from indexes._predicates import evaluate_records, uses_operators
+
+        if not uses_operators(where):
+            return self.store.rows_where(where)
+        return np.flatnonzero(evaluate_records(dict(where), [p.metadata for p in self.store.passages]))
 
     @staticmethod
     def _check_question(question: Any) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from indexes import FaissIndex
-from indexes.base import _PAD_SCORE
+from indexes._checks import _PAD_SCORE
 from retrieval.app.bench.probe import extra_us_per_call, set_threads, time_interleaved
 from retrieval.types import SearchResult, as_float32_matrix
 

@@ -1,0 +1,162 @@
+"""Filtered search (``where=``) against post-filtering an over-fetched unfiltered search: docs/BENCHMARKS.md section 9.
+
+Run (CPU; the figures in BENCHMARKS.md come from a 2-core machine shared with other jobs):
+
+    .venv/bin/python tests/benchmarks/bench_filters.py --n 200000 --spec Flat --spec HNSW32 \\
+        --spec IVF1024,PQ16x8 --spec PQ16x8 [--json out.json]
+
+Data: ``--n`` random 64-d float32 vectors (clustered, unit norm) with three attribute columns:
+``tenant`` (int, uniform over 1,000 values), ``type`` (str, 100 categories) and ``ts`` (a
+timestamp uniform over 1,000 days). Four predicates select about 0.1% (``tenant == 7``), 1%
+(``type == "c3"``), 10% (``ts >= day 900``) and 50% (``tenant < 500 and type != "none"``).
+
+For each spec and predicate, over ``--queries`` queries at k = 10:
+
+* **filtered**: ``index.search(q, 10, where=...)``; recall@10 against the exact filtered
+  top-10 (NumPy over the matching rows' float vectors), hits per query (min and mean; the
+  target is min(10, matches) always) and queries per second;
+* **post-filter**: an unfiltered ``index.search(q, 10 * overfetch)`` whose hits are then kept
+  if they match, the first 10 of them; the same three figures.
+
+The two are timed alternately (``--repeat`` rounds, best round kept), so a change in the
+machine's load touches both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from indexes import FaissIndex  # noqa: E402
+
+DIM, K = 64, 10
+DAY0 = dt.datetime(2020, 1, 1)
+PREDICATES = {
+    "0.1%": {"tenant": 7},
+    "1%": {"type": "c3"},
+    "10%": {"ts": {"$gte": (DAY0 + dt.timedelta(days=900)).isoformat()}},
+    "50%": {"$and": [{"tenant": {"$lt": 500}}, {"type": {"$ne": "none"}}]},
+}
+
+
+def data(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((256, DIM)).astype(np.float32)
+    x = centers[rng.integers(0, 256, n)] + 0.7 * rng.standard_normal((n, DIM)).astype(np.float32)
+    q = centers[rng.integers(0, 256, nq)] + 0.7 * rng.standard_normal((nq, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    days = rng.integers(0, 1000, n)
+    attrs = {
+        "tenant": rng.integers(0, 1000, n),
+        "type": np.array([f"c{i}" for i in range(100)])[rng.integers(0, 100, n)],
+        "ts": np.datetime64(DAY0, "ns") + days.astype("timedelta64[D]"),
+    }
+    return x, q, attrs
+
+
+def matching(attrs: dict[str, Any], name: str) -> np.ndarray:
+    """The rows each predicate selects, computed here by hand (independently of indexes._predicates)."""
+    return {
+        "0.1%": attrs["tenant"] == 7,
+        "1%": attrs["type"] == "c3",
+        "10%": attrs["ts"] >= np.datetime64(DAY0 + dt.timedelta(days=900), "ns"),
+        "50%": (attrs["tenant"] < 500) & (attrs["type"] != "none"),
+    }[name]
+
+
+def exact_top(x: np.ndarray, q: np.ndarray, rows: np.ndarray) -> list[set[int]]:
+    scores = q @ x[rows].T
+    top = np.argsort(-scores, axis=1)[:, :K]
+    return [set(rows[t].tolist()) for t in top]
+
+
+def recall(labels: list[list[int]], truth: list[set[int]]) -> float:
+    return float(np.mean([len(set(r[:K]) & t) / max(min(K, len(t)), 1) for r, t in zip(labels, truth, strict=True)]))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    x, q, attrs = data(args.n, args.queries)
+    out: dict[str, Any] = {"n": args.n, "dim": DIM, "queries": args.queries, "k": K, "overfetch": args.overfetch,
+                           "specs": {}}
+    for spec in args.spec:
+        t0 = time.perf_counter()
+        index = FaissIndex(DIM, spec=spec, metric="ip")
+        if not index.is_trained:
+            index.train(x[: min(args.n, args.train)])
+        index.add(x, ids=np.arange(args.n), attributes=attrs)
+        if "IVF" in spec:
+            index.nprobe = args.nprobe
+        if "HNSW" in spec:
+            index.ef_search = args.ef_search
+        build_s = time.perf_counter() - t0
+        rows_out = {}
+        for name, pred in PREDICATES.items():
+            rows = np.flatnonzero(matching(attrs, name))
+            truth = exact_top(x, q, rows)
+            best = {"filtered": np.inf, "post-filter": np.inf}
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                res = index.search(q, K, where=pred)
+                best["filtered"] = min(best["filtered"], time.perf_counter() - t)
+                t = time.perf_counter()
+                raw = index.search(q, K * args.overfetch)
+                ok = matching(attrs, name)
+                post = [[int(lab) for lab in row if lab >= 0 and ok[lab]][:K] for row in raw.labels]
+                best["post-filter"] = min(best["post-filter"], time.perf_counter() - t)
+            ours = [[int(lab) for lab in row if lab >= 0] for row in res.labels]
+            rows_out[name] = {
+                "matches": int(rows.size),
+                "filtered": {"recall@10": recall(ours, truth), "hits_min": min(map(len, ours)),
+                             "hits_mean": float(np.mean([len(r) for r in ours])), "qps": args.queries / best["filtered"]},
+                "post-filter": {"recall@10": recall(post, truth), "hits_min": min(map(len, post)),
+                                "hits_mean": float(np.mean([len(r) for r in post])),
+                                "qps": args.queries / best["post-filter"]},
+            }
+            assert rows_out[name]["filtered"]["hits_min"] == min(K, rows.size), (spec, name)
+        out["specs"][spec] = {"build_s": build_s, "rows": rows_out}
+        print(table(spec, build_s, rows_out), flush=True)
+    return out
+
+
+def table(spec: str, build_s: float, rows: dict[str, Any]) -> str:
+    lines = [f"\n{spec} (built in {build_s:.0f} s)",
+             "| selectivity | matches | filtered recall@10 | hits min / mean | QPS | post-filter recall@10 | "
+             "hits min / mean | QPS |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        f, p = r["filtered"], r["post-filter"]
+        lines.append(f"| {name} | {r['matches']} | {f['recall@10']:.3f} | {f['hits_min']} / {f['hits_mean']:.1f} | "
+                     f"{f['qps']:.0f} | {p['recall@10']:.3f} | {p['hits_min']} / {p['hits_mean']:.1f} | {p['qps']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--spec", action="append", default=None)
+    parser.add_argument("--train", type=int, default=50_000)
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--overfetch", type=int, default=10, help="post-filter baseline fetches k * this (default 10)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    args.spec = args.spec or ["Flat", "HNSW32", "IVF1024,PQ16x8", "PQ16x8"]
+    out = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
