@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create ./.venv if it is missing or out of date, and install densezip into it with the
-# CPU FAISS build, the test tools and the optional extras the tests exercise (rag, bench, pages,
+# CPU FAISS build, the test tools and the optional extras the tests exercise (rag, bench,
 # distributed, pages). Safe to run again: it does nothing when the
 # environment already matches pyproject.toml and constraints.txt.
 set -euo pipefail
