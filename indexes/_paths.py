@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _PROC_FD: bool | None = None  # whether /proc/self/fd/<n> reopens a descriptor (Linux)
 
@@ -57,7 +58,8 @@ def _proc_fd() -> bool:
     return _PROC_FD
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` names, for messages: "a FIFO", "a character device", "a directory", ..."""
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file")):
@@ -113,7 +115,7 @@ def _entry(directory: Path, name: Any, *, what: str, want_dir: bool) -> Path:
     if not ok:
         expected = "a directory" if want_dir else "a regular file"
         raise IndexFormatError(
-            f"{path} is {_kind(st.st_mode)}, not {expected}; refusing to read it (nothing was read). "
+            f"{path} is {file_kind(st.st_mode)}, not {expected}; refusing to read it (nothing was read). "
             "The index directory is damaged or hostile; rebuild or restore it."
         )
     return path
@@ -144,19 +146,33 @@ def open_member(path: Path) -> Iterator[IO[bytes]]:
     ``fstat`` of the descriptor then refuses anything but a regular file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+        f = open_regular(
+            path, refuse=lambda mode: IndexFormatError(
+                f"{path} is {file_kind(mode)}, not a regular file; refusing to read it.")
+        )
     except FileNotFoundError:
         raise IndexFormatError(f"{path} is missing; the index directory is incomplete. Rebuild or restore it.") from None
+    with f:
+        yield f
+
+
+def open_regular(path: Path, *, refuse: Callable[[int], Exception], follow_symlinks: bool = True) -> IO[bytes]:
+    """``path`` opened for binary reading, checked on the opened descriptor to be a regular file.
+
+    ``O_NONBLOCK`` keeps a FIFO swapped in after any earlier check from blocking the open;
+    ``follow_symlinks=False`` adds ``O_NOFOLLOW``. If ``fstat`` of the descriptor says anything
+    but a regular file, the descriptor is closed and ``refuse(st_mode)`` is raised. OSError
+    from the open itself (missing file, a link with ``follow_symlinks=False``) propagates.
+    """
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC | (0 if follow_symlinks else _NOFOLLOW))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise IndexFormatError(f"{path} is {_kind(mode)}, not a regular file; refusing to read it.")
-        f = os.fdopen(fd, "rb")
+            raise refuse(mode)
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    with f:
-        yield f
 
 
 def stable_path(f: IO[bytes], path: Path) -> Path:

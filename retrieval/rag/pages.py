@@ -31,7 +31,6 @@ Files are opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked again after openin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from indexes._paths import file_kind, open_regular
 from retrieval._optional import require
 from retrieval.errors import ConfigError, DataError
 
@@ -67,9 +67,6 @@ logger = logging.getLogger(__name__)
 
 PDF_SUFFIXES = (".pdf",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _HASH_CHUNK = 1 << 20
 
 PageMetadata = Mapping[str, Any] | Callable[[Path], Mapping[str, Any]] | None
@@ -191,16 +188,6 @@ class PageIngestReport:
 
 
 # ---------------------------------------------------------------------------- finding files
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device file"
-    return "not a regular file"
-
-
 def _id_problem(doc_id: str) -> str | None:
     if "\n" in doc_id or "\r" in doc_id:
         return "its name holds a line break, which an id cannot store; rename the file"
@@ -283,25 +270,15 @@ def _checked_entry(entry: Path, root: Path, report: PageIngestReport) -> Path | 
         report.skipped.append((str(entry), f"cannot be inspected ({type(exc).__name__}: {exc})"))
         return None
     if not stat.S_ISREG(st.st_mode):
-        report.skipped.append((str(entry), f"{_kind(st.st_mode)}, not read"))
+        report.skipped.append((str(entry), f"{file_kind(st.st_mode)}, not read"))
         return None
     return target
 
 
-@contextlib.contextmanager
-def _open_regular(path: Path) -> Iterator[IO[bytes]]:
+def _open_regular(path: Path) -> IO[bytes]:
     """Open ``path`` for reading without following a link or blocking on a FIFO swapped in."""
-    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise DataError(f"{path} is {_kind(mode)} now; refusing to read it.")
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        yield f
+    return open_regular(path, follow_symlinks=False,
+                        refuse=lambda mode: DataError(f"{path} is {file_kind(mode)} now; refusing to read it."))
 
 
 def _sha256(f: IO[bytes]) -> str:
