@@ -245,8 +245,8 @@ class JPQTrainer:
         self._teacher_pos = {q: i for i, q in enumerate(qids)}
         known = self._given_vectors or {}
         missing = [q for q in qids if q not in known]
-        fresh = dict(zip(missing, self.encode_queries([self._queries[q] for q in missing], adapted=False),
-                         strict=True))
+        fresh = {} if not missing else dict(zip(
+            missing, self.encode_queries([self._queries[q] for q in missing], adapted=False), strict=True))
         self._teacher_q = np.stack([known[q] if q in known else fresh[q] for q in qids]).astype(np.float32)
         _, self._teacher_rows = self.teacher.rank(self._teacher_q, args.distill_top_n)
         logger.info("teacher: exact top-%d of %d queries in %.1fs", self._teacher_rows.shape[1], len(qids),

@@ -322,7 +322,8 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
                          qrels=qrels, model=args.model, device="cpu" if args.device == "auto" else args.device)
     history = trainer.train(show_progress=not args.json)
     path = trainer.save(args.out, overwrite=args.overwrite, fast_scan=args.fast_scan, ivf_lists=args.ivf_lists)
-    spec = load_jpq(path, device="cpu").index.spec
+    retriever = load_jpq(path, device="cpu")  # the saved pair, as a user opens it: spec and evaluation
+    spec = retriever.index.spec
     payload: dict[str, Any] = {"out": str(path), "spec": spec, "teacher": teacher, "queries": len(queries),
                                "steps": history.steps, "train_s": history.seconds,
                                "total_s": time.perf_counter() - started, "dev": history.dev,
@@ -334,7 +335,6 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
         text += f"\nkept the state after step {history.selected['step']} (best by {history.selected['by']}): {shown}"
     if args.eval_split and has_qrels(args.data, args.eval_split):
         test = load_beir(args.data, split=args.eval_split)
-        retriever = load_jpq(path, device="cpu")
         result = retriever.search(test.query_texts(), 100, query_ids=test.query_ids())
         payload["metrics"] = evaluate(result.to_trec_dict(), test.qrels)
         text += "\n" + f"{args.eval_split}: " + "  ".join(f"{k} {v:.4f}" for k, v in payload["metrics"].items())

@@ -122,7 +122,6 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer = JPQTrainer(JPQTrainingArgs(**settings), doc_ids=docs.ids, doc_vectors=docs.vectors,
                              queries=queries, qrels=qrels, query_vectors=shared_vectors or None)
-        shared_vectors.update(trainer.teacher_vectors())
         history = trainer.train()
         train_s = time.perf_counter() - t0
         exported, spec = trainer.export_faiss(fast_scan=fast_scan)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -238,3 +239,19 @@ def test_query_adapter_trains_and_exports_into_the_encoder(tiny, tmp_path):
     out = trainer.save(tmp_path / "adapted")
     retriever = load_jpq(out, device="cpu")
     assert retriever.search(texts, k=5).doc_ids == [[trainer.doc_ids[r] for r in row] for row in direct]
+
+
+def test_query_vectors_from_an_earlier_trainer_replace_encoding(tiny):
+    first = _label_free(tiny, n_queries=40)
+    given = first.teacher_vectors()
+    assert len(given) == len(first.train_qids) + len(first.teacher_dev_qids)
+    data, docs = tiny
+    with mock.patch.object(JPQTrainer, "encode_queries", side_effect=AssertionError("encoded again")):
+        second = JPQTrainer(first.args, doc_ids=docs.ids, doc_vectors=docs.vectors,
+                            queries=pseudo_queries(data.doc_texts(), 40, seed=0), query_vectors=given)
+    np.testing.assert_array_equal(second._teacher_rows, first._teacher_rows)
+    from retrieval.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="must be 384 finite floats"):
+        JPQTrainer(first.args, doc_ids=docs.ids, doc_vectors=docs.vectors, queries={"q": "text"},
+                   query_vectors={"q": np.zeros(3)})
