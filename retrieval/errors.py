@@ -7,6 +7,7 @@ Every error subclasses the matching builtin, so ``except ValueError`` keeps work
     ├── ShapeError(ValueError)             array shape / dtype / dimension mismatch, NaN or inf
     ├── DataError(ValueError)              malformed or missing data set files (BEIR loader)
     ├── IndexFormatError(ValueError)       unreadable, corrupt or too-new saved index
+    ├── LockTimeoutError(TimeoutError)     another process kept updating a collection past the wait
     ├── NotTrainedError(RuntimeError)      add() / search() before train()
     ├── MissingDependencyError(ImportError) optional package or device not available
     ├── ShardError(RuntimeError)           a shard of a ShardedIndex failed (which one: .failures)
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "IndexFormatError",
+    "LockTimeoutError",
     "MissingDependencyError",
     "NotTrainedError",
     "RetrievalError",
@@ -48,6 +50,10 @@ class DataError(RetrievalError, ValueError):
 
 class IndexFormatError(RetrievalError, ValueError):
     """A saved index directory is missing, corrupt, or written by a newer format."""
+
+
+class LockTimeoutError(RetrievalError, TimeoutError):
+    """Another process held the update lock of a collection longer than the caller would wait."""
 
 
 class NotTrainedError(RetrievalError, RuntimeError):

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
     from PIL.Image import Image as PILImage
 
-__all__ = ["as_image_list", "to_rgb"]
+__all__ = ["MAX_IMAGE_SIDE_RANGE", "as_image_list", "check_max_image_side", "fit_within", "to_rgb"]
+
+#: Allowed values of ``max_image_side`` (pixels), inclusive.
+MAX_IMAGE_SIDE_RANGE = (16, 20_000)
 
 _EXPECTED = "a sequence of page images (PIL.Image.Image objects or image file paths)"
 
@@ -88,3 +91,28 @@ def to_rgb(img: PILImage, pil_image: ModuleType) -> PILImage:
     rgba = img.convert("RGBA")
     background = pil_image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return pil_image.alpha_composite(background, rgba).convert("RGB")  # type: ignore[no-any-return]
+
+
+def check_max_image_side(value: object) -> int | None:
+    """``value`` if it is None or an int in :data:`MAX_IMAGE_SIDE_RANGE`, else ConfigError."""
+    low, high = MAX_IMAGE_SIDE_RANGE
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            f"max_image_side must be None (no limit) or an integer number of pixels from {low} to {high}; "
+            f"got {value!r}. It caps the longer side of a page image before the model's processor sees it."
+        )
+    return value
+
+
+def fit_within(img: PILImage, max_side: int | None, pil_image: ModuleType) -> PILImage:
+    """``img`` scaled down (aspect ratio kept, never enlarged) so that its longer side is at most ``max_side``.
+
+    A new image is returned when it is resized, so the caller's image is never changed.
+    """
+    if max_side is None or max(img.size) <= max_side:
+        return img
+    scale = max_side / max(img.size)
+    size = (min(max_side, max(1, round(img.width * scale))), min(max_side, max(1, round(img.height * scale))))
+    return img.resize(size, pil_image.Resampling.BICUBIC, reducing_gap=3.0)

@@ -40,14 +40,22 @@ def received_attention(weights: Any, mask: Any) -> Any:
     return received.clamp(min=0.0)  # softmax weights are >= 0; clamp only rounding noise
 
 
+#: Where the language model sits: transformers' ColPali / ColQwen2 (``vlm``), colpali-engine's
+#: ColPali (``model``: a PaliGemmaForConditionalGeneration) and ColQwen2 (a Qwen2VLModel itself).
+_LANGUAGE_MODEL_PATHS = (("vlm", "language_model"), ("vlm", "model", "language_model"),
+                         ("model", "model", "language_model"), ("model", "language_model"), ("language_model",))
+
+
 def last_attention_module(model: Any) -> Any | None:
     """The self-attention module of a ColPali / ColQwen2 language model's last decoder layer, if found."""
-    vlm = getattr(model, "vlm", None)
-    language_model = getattr(vlm, "language_model", None)
-    layers = getattr(language_model, "layers", None)
-    if layers is None or len(layers) == 0:
-        return None
-    return getattr(layers[-1], "self_attn", None)
+    for path in _LANGUAGE_MODEL_PATHS:
+        node = model
+        for name in path:
+            node = getattr(node, name, None)
+        layers = getattr(node, "layers", None)
+        if layers is not None and len(layers) > 0:
+            return getattr(layers[-1], "self_attn", None)
+    return None
 
 
 def saliency_hook(mask: Any, sink: list[Any]) -> Callable[..., None]:

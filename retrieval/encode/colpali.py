@@ -6,7 +6,11 @@ probed and the model loaded only when vectors are first needed.
 The encoder runs the ColVision models that ship with transformers itself
 (``ColPaliForRetrieval`` / ``ColPaliProcessor`` and ``ColQwen2ForRetrieval`` /
 ``ColQwen2Processor``), with the Pillow image-processing backend, so it works on CPU-only
-machines. The ``colpali-engine`` package is not needed (and not used).
+machines; the ``colpali-engine`` package is not needed for them. Checkpoints in
+colpali-engine's own format (``vidore/colpali-v1.3``, ``vidore/colqwen2-v1.0``) are loaded with
+colpali-engine's classes when it is installed (a GPU machine; see
+:mod:`retrieval.encode._colvision`, which picks the backend from the checkpoint's config).
+That path is untested on this project's CPU-only CI.
 
 Patch vectors
 -------------
@@ -55,14 +59,14 @@ from numpy.typing import NDArray
 from retrieval._optional import require
 from retrieval.encode._checks import as_text_list, check_description, check_ids, positive_int
 from retrieval.encode._colvision import (
-    ARCHITECTURES,
     DEFAULT_COLPALI_MODEL,
     check_model_and_processor,
     load_checkpoint,
+    model_backend,
 )
 from retrieval.encode._device import check_device, resolve_device
 from retrieval.encode._fingerprint import fingerprint_model_dir, fingerprint_transformers_model
-from retrieval.encode._images import as_image_list
+from retrieval.encode._images import as_image_list, check_max_image_side, fit_within
 from retrieval.encode._saliency import last_attention_module, received_attention, saliency_hook
 from retrieval.encode.base import LazyModel
 from retrieval.errors import ConfigError, ShapeError
@@ -80,7 +84,8 @@ logger = logging.getLogger(__name__)
 _DTYPES = ("float32", "bfloat16", "float16")
 # Bump when the saliency definition changes, so stored saliency is never mixed silently.
 _SALIENCY_TAG = "last-layer-attention-received-v1"
-_DESCRIBE_KEYS = frozenset({"type", "model", "architecture", "dim", "dtype", "saliency", "fingerprint"})
+_DESCRIBE_KEYS = frozenset({"type", "model", "architecture", "dim", "dtype", "saliency", "fingerprint",
+                            "max_image_side"})
 
 
 class ColPaliEncoder(LazyModel):
@@ -94,14 +99,21 @@ class ColPaliEncoder(LazyModel):
     model : str or os.PathLike, default "vidore/colpali-v1.3-hf"
         A transformers ColPali or ColQwen2 checkpoint (``model_type`` ``"colpali"`` or
         ``"colqwen2"`` in its ``config.json``, i.e. the ``-hf`` repositories), as a local
-        directory or a Hugging Face hub name. Hub names are read from the local Hugging
-        Face cache when offline (``HF_HUB_OFFLINE=1``).
+        directory or a Hugging Face hub name; with colpali-engine installed, also one in its
+        format (``vidore/colpali-v1.3``). Hub names are read from the local Hugging Face
+        cache when offline (``HF_HUB_OFFLINE=1``). Anything else raises ConfigError at load.
     device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default "auto"
         Where the model runs. Only ``"auto"`` falls back to the CPU (logged at INFO); an
         explicit device that is not available raises
         :class:`~retrieval.errors.MissingDependencyError` at model load.
     batch_size : int, default 4
         Images (or queries) per forward pass.
+    max_image_side : int, optional
+        Scale every page image down (aspect ratio kept, never up) so that its longer side
+        is at most this many pixels before the processor sees it (16 to 20000; ``None``: no
+        limit). ColQwen2 makes one vector per 28 x 28 pixels up to its processor's pixel
+        budget, so this bounds vectors, time and memory per page; ColPali resizes every page
+        to its fixed input size anyway, so for it the limit only saves resizing work.
     saliency : bool, default True
         Compute per-patch saliency. Needs eager attention, which is slower and uses
         ``O(L^2)`` memory per head in the last layer; ``False`` uses sdpa attention and
@@ -128,6 +140,7 @@ class ColPaliEncoder(LazyModel):
         batch_size: int = 4,
         saliency: bool = True,
         dtype: str | None = None,
+        max_image_side: int | None = None,
     ) -> None:
         if not isinstance(model, (str, os.PathLike)):
             raise ConfigError(f"model must be a hub name or a local directory; got {type(model).__name__}.")
@@ -150,8 +163,10 @@ class ColPaliEncoder(LazyModel):
         self._model_arg: str | None = os.path.expanduser(os.fspath(model))
         self._device = device
         self._batch_size = positive_int("batch_size", batch_size)
+        self._max_image_side = check_max_image_side(max_image_side)
         self._saliency = saliency
         self._dtype = dtype
+        self._backend: str | None = None
         self._model: Any | None = None
         self._processor: Any = None  # set together with _model
         self._architecture: str | None = None
@@ -161,7 +176,8 @@ class ColPaliEncoder(LazyModel):
         self._lock = threading.RLock()
 
     @classmethod
-    def from_model(cls, model: Any, processor: Any, *, batch_size: int = 4, saliency: bool = True) -> ColPaliEncoder:
+    def from_model(cls, model: Any, processor: Any, *, batch_size: int = 4, saliency: bool = True,
+                   max_image_side: int | None = None) -> ColPaliEncoder:
         """Wrap an already built transformers ColPali / ColQwen2 model and its processor.
 
         The model stays on its device and in its dtype; it is switched to eval mode (so
@@ -170,7 +186,8 @@ class ColPaliEncoder(LazyModel):
         Parameters
         ----------
         model : ColPaliForRetrieval or ColQwen2ForRetrieval
-            A transformers retrieval model. With ``saliency=True`` it must use eager
+            A transformers retrieval model (or colpali-engine's ``ColPali`` / ``ColQwen2``).
+            With ``saliency=True`` it must use eager
             attention (``from_pretrained(..., attn_implementation="eager")`` or
             ``model.set_attn_implementation("eager")``).
         processor : ColPaliProcessor or ColQwen2Processor
@@ -179,6 +196,8 @@ class ColPaliEncoder(LazyModel):
             Images (or queries) per forward pass.
         saliency : bool, default True
             Compute per-patch saliency.
+        max_image_side : int, optional
+            Longest page side the processor sees (see the class parameters).
 
         Returns
         -------
@@ -192,22 +211,24 @@ class ColPaliEncoder(LazyModel):
         """
         if not isinstance(saliency, bool):
             raise ConfigError(f"saliency must be True or False; got {saliency!r}.")
-        config = getattr(model, "config", None)
-        architecture = getattr(config, "model_type", None)
-        if architecture not in ARCHITECTURES:
+        found = model_backend(model)
+        if found is None:
             raise ConfigError(
-                f"ColPaliEncoder.from_model needs a transformers ColPaliForRetrieval or ColQwen2ForRetrieval; "
-                f"got {type(model).__name__} (model_type {architecture!r})."
+                f"ColPaliEncoder.from_model needs a transformers ColPaliForRetrieval or ColQwen2ForRetrieval (or "
+                f"colpali-engine's ColPali / ColQwen2); got {type(model).__name__} (model_type "
+                f"{getattr(getattr(model, 'config', None), 'model_type', None)!r})."
             )
         encoder = cls.__new__(cls)
         encoder._model_arg = None
         encoder._device = "auto"
         encoder._batch_size = positive_int("batch_size", batch_size)
+        encoder._max_image_side = check_max_image_side(max_image_side)
+        encoder._backend = found[0]
         encoder._saliency = saliency
         encoder._dtype = None
         encoder._fingerprint = None
         encoder._lock = threading.RLock()
-        encoder._install(model, processor, str(architecture), owner="ColPaliEncoder.from_model")
+        encoder._install(model, processor, found[1], owner="ColPaliEncoder.from_model")
         return encoder
 
     # ------------------------------------------------------------------ identity
@@ -224,6 +245,16 @@ class ColPaliEncoder(LazyModel):
     def architecture(self) -> str | None:
         """``"colpali"`` or ``"colqwen2"``, or ``None`` before the model is loaded."""
         return self._architecture
+
+    @property
+    def backend(self) -> str | None:
+        """``"transformers"`` or ``"colpali-engine"`` (which classes run the model), ``None`` before loading."""
+        return self._backend
+
+    @property
+    def max_image_side(self) -> int | None:
+        """The longest page side the processor sees, or ``None`` for no limit."""
+        return self._max_image_side
 
     @property
     def fingerprint(self) -> str:
@@ -257,11 +288,12 @@ class ColPaliEncoder(LazyModel):
             ``type`` (``"ColPaliEncoder"``), ``model`` (the name or path as given),
             ``architecture`` (``"colpali"`` / ``"colqwen2"``), ``dim``, ``dtype`` (as
             requested; ``None`` = automatic), ``saliency`` (a tag naming the saliency
-            definition, or ``None`` when off) and ``fingerprint``. Device and batch size
-            are not included: they do not change the vectors.
+            definition, or ``None`` when off) and ``fingerprint``; ``max_image_side`` when one
+            is set (it changes page vectors). Device and batch size are not included: they do
+            not change the vectors.
         """
         self._get_model()
-        return {
+        description = {
             "type": "ColPaliEncoder",
             "model": self.name,
             "architecture": self._architecture,
@@ -270,6 +302,9 @@ class ColPaliEncoder(LazyModel):
             "saliency": _SALIENCY_TAG if self._saliency else None,
             "fingerprint": self.fingerprint,
         }
+        if self._max_image_side is not None:
+            description["max_image_side"] = self._max_image_side
+        return description
 
     @classmethod
     def from_description(
@@ -279,6 +314,7 @@ class ColPaliEncoder(LazyModel):
         device: str = "auto",
         batch_size: int = 4,
         check_fingerprint: bool = True,
+        max_image_side: int | None = None,
     ) -> ColPaliEncoder:
         """Re-create an encoder from :meth:`describe` output (e.g. an index manifest).
 
@@ -292,6 +328,8 @@ class ColPaliEncoder(LazyModel):
             Compare the model's fingerprint with the stored one and raise on mismatch, so
             queries are never encoded by a different model than the pages. For a local
             directory this reads its files only; for a hub name it loads the model.
+        max_image_side : int, optional
+            Overrides the described one (``None`` keeps it).
 
         Raises
         ------
@@ -313,8 +351,9 @@ class ColPaliEncoder(LazyModel):
                 f"the ColPaliEncoder description uses saliency {tag!r}, but this version computes {_SALIENCY_TAG!r}; "
                 "re-encode the pages, or install the densezip version that built the index."
             )
+        side = max_image_side if max_image_side is not None else description.get("max_image_side")
         encoder = cls(model, device=device, batch_size=batch_size, saliency=tag is not None,
-                      dtype=description.get("dtype"))
+                      dtype=description.get("dtype"), max_image_side=side)
         expected = description.get("fingerprint")
         if check_fingerprint and expected is not None:
             actual = encoder.fingerprint
@@ -335,7 +374,7 @@ class ColPaliEncoder(LazyModel):
         state = f"loaded on {self._resolved_device}" if self._model is not None else "not loaded"
         return (
             f"ColPaliEncoder(model={self.name!r}, device={self._device!r}, batch_size={self._batch_size}, "
-            f"saliency={self._saliency}, dtype={self._dtype!r})  # {state}"
+            f"saliency={self._saliency}, dtype={self._dtype!r}, max_image_side={self._max_image_side})  # {state}"
         )
 
     # ------------------------------------------------------------------ encoding
@@ -353,8 +392,9 @@ class ColPaliEncoder(LazyModel):
         ----------
         images : sequence of PIL.Image.Image, str or os.PathLike, length n >= 1
             Page images, or paths of image files (opened with Pillow). Any mode is
-            converted to RGB, transparent areas becoming white; the processor resizes
-            each page to the model's input size.
+            converted to RGB, transparent areas becoming white; pages larger than
+            ``max_image_side`` are scaled down, then the processor resizes each page to the
+            model's input size.
         ids : sequence of str, length n, optional
             Page ids; ``None`` gives ``"0"``, ``"1"``, ...
         batch_size : int, optional
@@ -378,7 +418,7 @@ class ColPaliEncoder(LazyModel):
             If ``ids`` does not have one id per image, or the model returns NaN / inf.
         """
         pil_image = require("PIL.Image", extra="vision", feature="ColPaliEncoder.encode_documents")
-        pages = as_image_list(images, pil_image)
+        pages = [fit_within(p, self._max_image_side, pil_image) for p in as_image_list(images, pil_image)]
         id_list = check_ids(ids, len(pages), what="encode_documents", item="image")
         bs = self._batch_size if batch_size is None else positive_int("batch_size", batch_size)
         model = self._get_model()
@@ -461,11 +501,13 @@ class ColPaliEncoder(LazyModel):
         if path is None:  # pragma: no cover - only from_model leaves it unset, and it is loaded there
             raise RuntimeError("ColPaliEncoder has neither a model path nor a wrapped model.")
         dtype_name = self._dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        model, processor, architecture = load_checkpoint(
+        model, processor, architecture, backend = load_checkpoint(
             path, torch=torch, transformers=transformers, device=device, dtype_name=dtype_name, eager=self._saliency
         )
+        self._backend = backend
         self._install(model, processor, architecture, owner=owner)
-        logger.info("Loaded %s (%s) on %s (dim=%d, dtype=%s)", path, architecture, device, self._dim, dtype_name)
+        logger.info("Loaded %s (%s, %s) on %s (dim=%d, dtype=%s)", path, architecture, backend, device, self._dim,
+                    dtype_name)
 
     def _install(self, model: Any, processor: Any, architecture: str, *, owner: str) -> None:
         """Check that model and processor fit together, then make them the encoder's."""
@@ -508,9 +550,11 @@ class ColPaliEncoder(LazyModel):
         finally:
             if hook is not None:
                 hook.remove()
-        if use_output_attentions and out.attentions:
-            received.append(received_attention(out.attentions[-1], mask))
-        embeddings = out.embeddings.float().cpu().numpy()
+        # transformers' models return an output object; colpali-engine's the (B, L, d) tensor itself.
+        attentions = getattr(out, "attentions", None)
+        if use_output_attentions and attentions:
+            received.append(received_attention(attentions[-1], mask))
+        embeddings = getattr(out, "embeddings", out).float().cpu().numpy()
         if keep == "image":
             keep_mask = ((inputs["input_ids"] == self._processor.image_token_id) & mask).cpu().numpy()
         else:

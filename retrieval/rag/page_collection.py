@@ -244,66 +244,67 @@ def index_pages(
     started = time.perf_counter()
     _check_build_args(images, image_quality, batch_size, train_pages)
     target = Path(out)
-    report = PageIngestReport()
-    old_store: PageStore | None = None
-    recorded_encoder = None
-    if update and target.exists():
-        index, old_store = load_page_collection(target)
-        recorded_encoder = index.metadata.get("encoder")
-        if spec is not None and spec != index.spec:
-            raise ConfigError(f"{target} holds a {index.spec!r} index; an update cannot change it to {spec!r}. "
-                              "Rebuild with --overwrite to change the spec.")
-        settings = dict(old_store.settings)
-        if options is not None:
-            settings["render"] = dataclasses.asdict(options)
-        options = RenderOptions(**settings["render"])
-    else:
-        options = options if options is not None else RenderOptions()
-        settings = {"render": dataclasses.asdict(options), "images": images, "image_quality": image_quality}
-    if model is None:
-        if recorded_encoder is None:
-            raise ConfigError("index_pages needs model=... (a ColPali / ColQwen2 checkpoint directory, e.g. "
-                              "--model ./colpali-v1.3-hf) to encode the pages.")
-        from retrieval.encode.registry import encoder_from_description
+    with update_lock(target, timeout=lock_timeout, what="page collection"):
+        report = PageIngestReport()
+        old_store: PageStore | None = None
+        recorded_encoder = None
+        if update and target.exists():
+            index, old_store = load_page_collection(target)
+            recorded_encoder = index.metadata.get("encoder")
+            if spec is not None and spec != index.spec:
+                raise ConfigError(f"{target} holds a {index.spec!r} index; an update cannot change it to {spec!r}. "
+                                  "Rebuild with --overwrite to change the spec.")
+            settings = dict(old_store.settings)
+            if options is not None:
+                settings["render"] = dataclasses.asdict(options)
+            options = RenderOptions(**settings["render"])
+        else:
+            options = options if options is not None else RenderOptions()
+            settings = {"render": dataclasses.asdict(options), "images": images, "image_quality": image_quality}
+        if model is None:
+            if recorded_encoder is None:
+                raise ConfigError("index_pages needs model=... (a ColPali / ColQwen2 checkpoint directory, e.g. "
+                                  "--model ./colpali-v1.3-hf) to encode the pages.")
+            from retrieval.encode.registry import encoder_from_description
 
-        encoder = encoder_from_description(recorded_encoder, device=device, base_dir=target / INDEX_DIR)
-    else:
-        encoder = _model_encoder(model, device=device, batch_size=batch_size)
-        _same_model(encoder, recorded_encoder, target)
-    dim = encoder.dim  # loads the model now: a bad checkpoint fails before any page is rendered
-    if old_store is None:
-        index = make_index(dim, spec or DEFAULT_PAGE_SPEC, multivector=True, first_stage=first_stage)  # type: ignore[arg-type]
-    known = {p.doc_id: p.metadata.get("sha256") for p in old_store.pages} if old_store is not None else {}
-    replaced: set[str] = set()
-    removed = 0
-    try:
-        with atomic_directory(target, overwrite=overwrite or old_store is not None) as tmp:
-            pages_dir = tmp / PAGES_DIR
-            (pages_dir / IMAGES_DIR).mkdir(parents=True)
-            writer = _Writer(index, encoder, pages_dir / IMAGES_DIR, settings, train_pages)
-            batches = iter_page_batches(source, batch_size, options=options, metadata=metadata, report=report,
-                                        skip=lambda doc_id, digest: known.get(doc_id) == digest)
-            for batch in batches:
-                for doc_id in {r.page.doc_id for r in batch} - replaced:
-                    replaced.add(doc_id)
-                    if doc_id in known:  # a changed file: its new pages replace the old ones
-                        removed += index.delete([p.id for p in old_store.pages if p.doc_id == doc_id])  # type: ignore[union-attr]
-                writer.add(batch, batch_size)
-            writer.flush()
-            if not writer.pages and old_store is None:
-                raise DataError(f"no page could be read from {source}, so no collection was written. {report.summary()}")
-            if not writer.pages and old_store is not None:
-                raise _Unchanged  # leaves the published collection as it is (the temporary one is removed)
-            kept = [p for p in old_store.pages if p.doc_id not in replaced] if old_store is not None else []
-            description = encoder.describe() if hasattr(encoder, "describe") else None
-            old = (target, old_store.images) if old_store is not None else None
-            store = _finish(tmp, index, description, kept, writer, settings, old)
-    except _Unchanged:
-        store = old_store  # type: ignore[assignment]
-    if not len(store):
-        logger.warning("the collection %s holds no page: %s", target, report.summary())
-    return PageBuild(target, report, len(store), len(store.doc_ids()), len(writer.pages), removed,
-                     time.perf_counter() - started)
+            encoder = encoder_from_description(recorded_encoder, device=device, base_dir=target / INDEX_DIR)
+        else:
+            encoder = _model_encoder(model, device=device, batch_size=batch_size)
+            _same_model(encoder, recorded_encoder, target)
+        dim = encoder.dim  # loads the model now: a bad checkpoint fails before any page is rendered
+        if old_store is None:
+            index = make_index(dim, spec or DEFAULT_PAGE_SPEC, multivector=True, first_stage=first_stage)  # type: ignore[arg-type]
+        known = {p.doc_id: p.metadata.get("sha256") for p in old_store.pages} if old_store is not None else {}
+        replaced: set[str] = set()
+        removed = 0
+        try:
+            with atomic_directory(target, overwrite=overwrite or old_store is not None) as tmp:
+                pages_dir = tmp / PAGES_DIR
+                (pages_dir / IMAGES_DIR).mkdir(parents=True)
+                writer = _Writer(index, encoder, pages_dir / IMAGES_DIR, settings, train_pages)
+                batches = iter_page_batches(source, batch_size, options=options, metadata=metadata, report=report,
+                                            skip=lambda doc_id, digest: known.get(doc_id) == digest)
+                for batch in batches:
+                    for doc_id in {r.page.doc_id for r in batch} - replaced:
+                        replaced.add(doc_id)
+                        if doc_id in known:  # a changed file: its new pages replace the old ones
+                            removed += index.delete([p.id for p in old_store.pages if p.doc_id == doc_id])  # type: ignore[union-attr]
+                    writer.add(batch, batch_size)
+                writer.flush()
+                if not writer.pages and old_store is None:
+                    raise DataError(f"no page could be read from {source}, so no collection was written. {report.summary()}")
+                if not writer.pages and old_store is not None:
+                    raise _Unchanged  # leaves the published collection as it is (the temporary one is removed)
+                kept = [p for p in old_store.pages if p.doc_id not in replaced] if old_store is not None else []
+                description = encoder.describe() if hasattr(encoder, "describe") else None
+                old = (target, old_store.images) if old_store is not None else None
+                store = _finish(tmp, index, description, kept, writer, settings, old)
+        except _Unchanged:
+            store = old_store  # type: ignore[assignment]
+        if not len(store):
+            logger.warning("the collection %s holds no page: %s", target, report.summary())
+        return PageBuild(target, report, len(store), len(store.doc_ids()), len(writer.pages), removed,
+                         time.perf_counter() - started)
 
 
 def _finish(tmp: Path, index: Any, description: Any, kept: list[Page], writer: _Writer, settings: dict[str, Any],
