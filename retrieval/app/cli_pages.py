@@ -18,6 +18,7 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
                      index_cmd: Callable[[argparse.Namespace], int],
                      delete_cmd: Callable[[argparse.Namespace], int]) -> None:
     """Register ``index-pages`` and ``delete-pages`` on the ``densezip`` sub-command parser ``sub``."""
+    from retrieval.encode._images import MAX_IMAGE_SIDE_RANGE
     from retrieval.rag.page_collection import DEFAULT_PAGE_SPEC
 
     p = sub.add_parser("index-pages", help="render the pages of a folder of PDFs / images, encode them with a "
@@ -25,8 +26,8 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
     p.add_argument("data", help="folder of .pdf / .png / .jpg files (recursive), or one such file")
     p.add_argument("--out", required=True, help="page collection directory to write (index/ + pages/)")
     p.add_argument("--model", default=None, help="ColPali / ColQwen2 checkpoint directory (transformers '-hf' "
-                   "format, e.g. a download of vidore/colpali-v1.3-hf) or a hub name in the local cache; "
-                   "--update reuses the collection's model when left out")
+                   "format, e.g. a download of vidore/colpali-v1.3-hf; colpali-engine's format too where it is "
+                   "installed) or a hub name in the local cache; --update reuses the collection's model when left out")
     p.add_argument("--spec", default=None,
                    help=f"MultiVectorIndex spec (default {DEFAULT_PAGE_SPEC}): [Prune<p>,]Flat|FP16|KMeans<K>[r<b>]|"
                         "Binary|BinaryITQ")
@@ -39,6 +40,9 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
                    help="refuse PDFs with more pages (default 10000)")
     p.add_argument("--batch-size", type=int_in(1, 4096), default=4,
                    help="pages rendered and encoded per step; memory grows with it, not with the documents")
+    p.add_argument("--max-image-side", type=int_in(*MAX_IMAGE_SIDE_RANGE), default=None,
+                   help="longest side of the page image the model sees, in pixels (default: no limit beyond "
+                        "--max-side); bounds ColQwen2's vectors per page; stored images keep --max-side")
     p.add_argument("--images", choices=("jpeg", "webp", "none"), default="jpeg",
                    help="store each page image in the collection (default jpeg)")
     p.add_argument("--image-quality", type=int_in(1, 100), default=80, help="JPEG / WebP quality (default 80)")
@@ -47,6 +51,7 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
     p.add_argument("--update", action="store_true", help="add to an existing collection: unchanged files are "
                    "skipped, changed ones replace their pages, new ones are added")
     p.add_argument("--overwrite", action="store_true", help="replace an existing collection")
+    _lock_timeout(p, int_in)
     common(p, model=False)
     p.set_defaults(func=index_cmd)
 
@@ -54,7 +59,16 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
     p.add_argument("collection", help="page collection directory written by `densezip index-pages`")
     p.add_argument("source", nargs="+", help="document ids (paths relative to the indexed folder) or file paths")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    _lock_timeout(p, int_in)
     p.set_defaults(func=delete_cmd)
+
+
+def _lock_timeout(p: argparse.ArgumentParser, int_in: Callable[[int, int], Any]) -> None:
+    from indexes._update_lock import DEFAULT_LOCK_TIMEOUT
+
+    p.add_argument("--lock-timeout", type=int_in(0, 10_000_000), default=int(DEFAULT_LOCK_TIMEOUT), metavar="SECONDS",
+                   help="while another densezip process updates the same collection, wait this long for it, then "
+                        f"fail without changing anything (default {int(DEFAULT_LOCK_TIMEOUT)})")
 
 
 def _render_options(args: argparse.Namespace) -> Any:
@@ -79,7 +93,8 @@ def index_page_folder(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         args.data, args.out, model=args.model, spec=args.spec, first_stage=args.first_stage,
         options=_render_options(args), images=None if args.images == "none" else args.images,
         image_quality=args.image_quality, batch_size=args.batch_size, train_pages=args.train_pages,
-        device=args.device, update=args.update, overwrite=args.overwrite,
+        device=args.device, update=args.update, overwrite=args.overwrite, max_image_side=args.max_image_side,
+        lock_timeout=args.lock_timeout,
     )
     payload = _payload(build)
     text = (f"indexed {build.pages} pages of {build.documents} documents into {build.path} "
@@ -91,7 +106,7 @@ def index_page_folder(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 def delete_pages(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from retrieval.rag.page_collection import delete_sources
 
-    build = delete_sources(args.collection, args.source)
+    build = delete_sources(args.collection, args.source, lock_timeout=args.lock_timeout)
     return _payload(build), (f"removed {build.removed} pages; {build.pages} pages of {build.documents} documents "
                              f"remain in {build.path}")
 

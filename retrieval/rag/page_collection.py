@@ -11,6 +11,13 @@ pages replace its old ones, new files are added. :func:`delete_sources` removes 
 of given source files. Both rewrite the collection as a new directory that replaces the old
 one atomically (unchanged page images are hard-linked, not copied), so a reader sees the
 old or the new collection, never a mixture.
+
+Concurrent updates: every build, update and delete holds the collection's inter-process
+update lock (:func:`indexes._update_lock.update_lock`, a ``flock`` on ``.<name>.lock`` beside
+the collection) from reading the old collection until the new one is published, so two
+processes updating one collection run one after the other and neither's pages are lost. The
+second waits up to ``lock_timeout`` seconds, then raises
+:class:`~retrieval.errors.LockTimeoutError` having changed nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 from indexes._io import atomic_directory
 from indexes._paths import member, member_dir
+from indexes._update_lock import DEFAULT_LOCK_TIMEOUT, update_lock
+from retrieval.encode._images import check_max_image_side
 from retrieval.errors import ConfigError, DataError, UnknownIdError
-from retrieval.rag.page_store import IMAGES_DIR, PAGES_DIR, PageStore, load_page_collection
+from retrieval.rag.page_store import IMAGES_DIR, PAGES_DIR, PageStore, is_page_collection, load_page_collection
 from retrieval.rag.pages import Page, PageIngestReport, PageMetadata, RenderOptions, iter_page_batches
 from retrieval.rag.passages import INDEX_DIR
 
@@ -76,15 +85,31 @@ class PageBuild:
     seconds: float
 
 
-def _model_encoder(model: Any, *, device: str, batch_size: int) -> Any:
+def _page_encoder(model: Any, recorded: Any, target: Path, *, device: str, batch_size: int,
+                  max_image_side: int | None) -> Any:
+    """The encoder of a build: from ``model`` (a path or an encoder), else re-created from ``recorded``."""
     from retrieval.encode.colpali import ColPaliEncoder
 
+    if model is None:
+        if recorded is None:
+            raise ConfigError("index_pages needs model=... (a ColPali / ColQwen2 checkpoint directory, e.g. "
+                              "--model ./colpali-v1.3-hf) to encode the pages.")
+        from retrieval.encode.registry import encoder_from_description
+
+        options = {"max_image_side": max_image_side} if max_image_side is not None else {}
+        return encoder_from_description(recorded, device=device, base_dir=target / INDEX_DIR, **options)
     if isinstance(model, (str, os.PathLike)):
         text = os.path.expanduser(os.fspath(model))
         if Path(text).is_dir():  # recorded absolute, so the collection opens from any working directory
             text = str(Path(text).resolve())
-        return ColPaliEncoder(text, device=device, batch_size=batch_size)
-    return model
+        encoder = ColPaliEncoder(text, device=device, batch_size=batch_size, max_image_side=max_image_side)
+    elif max_image_side is not None:
+        raise ConfigError(f"max_image_side={max_image_side} applies to a model given by path; for the encoder "
+                          f"object {type(model).__name__} set it there (ColPaliEncoder(..., max_image_side=...)).")
+    else:
+        encoder = model
+    _same_model(encoder, recorded, target)
+    return encoder
 
 
 def _same_model(encoder: Any, recorded: Any, where: Path) -> None:
@@ -187,6 +212,8 @@ def index_pages(
     device: str = "auto",
     update: bool = False,
     overwrite: bool = False,
+    max_image_side: int | None = None,
+    lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
 ) -> PageBuild:
     """Render, encode and index the pages of a folder of PDFs / images as a page collection.
 
@@ -226,6 +253,14 @@ def index_pages(
         replaced, new ones added. A file that now fails to read keeps its old pages.
     overwrite : bool
         Replace an existing collection with a new one.
+    max_image_side : int, optional
+        Longest page side the model's processor sees (see
+        :class:`~retrieval.encode.colpali.ColPaliEncoder`), for a ``model`` given by path or
+        the recorded one of an update (``None`` keeps the recorded value). Unlike
+        ``options.max_side`` it does not change the stored page images.
+    lock_timeout : float or None, default 600
+        Seconds to wait while another process updates the same collection (``None``: no
+        limit); see the module docstring.
 
     Returns
     -------
@@ -236,13 +271,18 @@ def index_pages(
     ConfigError
         For a missing or non-ColPali ``model`` (before any page is read), bad options, or an
         update with another model or spec than the collection's.
+    MissingDependencyError
+        For a colpali-engine checkpoint where colpali-engine cannot be imported.
     DataError
         If ``source`` does not exist or holds no PDF / image file.
+    LockTimeoutError
+        If another process kept updating ``out`` for longer than ``lock_timeout``.
     """
     from indexes.factory import make_index
 
     started = time.perf_counter()
     _check_build_args(images, image_quality, batch_size, train_pages)
+    check_max_image_side(max_image_side)
     target = Path(out)
     with update_lock(target, timeout=lock_timeout, what="page collection"):
         report = PageIngestReport()
@@ -261,16 +301,8 @@ def index_pages(
         else:
             options = options if options is not None else RenderOptions()
             settings = {"render": dataclasses.asdict(options), "images": images, "image_quality": image_quality}
-        if model is None:
-            if recorded_encoder is None:
-                raise ConfigError("index_pages needs model=... (a ColPali / ColQwen2 checkpoint directory, e.g. "
-                                  "--model ./colpali-v1.3-hf) to encode the pages.")
-            from retrieval.encode.registry import encoder_from_description
-
-            encoder = encoder_from_description(recorded_encoder, device=device, base_dir=target / INDEX_DIR)
-        else:
-            encoder = _model_encoder(model, device=device, batch_size=batch_size)
-            _same_model(encoder, recorded_encoder, target)
+        encoder = _page_encoder(model, recorded_encoder, target, device=device, batch_size=batch_size,
+                                max_image_side=max_image_side)
         dim = encoder.dim  # loads the model now: a bad checkpoint fails before any page is rendered
         if old_store is None:
             index = make_index(dim, spec or DEFAULT_PAGE_SPEC, multivector=True, first_stage=first_stage)  # type: ignore[arg-type]
@@ -339,7 +371,8 @@ def _link_images(kept: Sequence[Page], old_root: Path, images_dir: Path, old_tab
         table[name] = old_table[name]
 
 
-def delete_sources(collection: str | os.PathLike[str], sources: Iterable[str | os.PathLike[str]]) -> PageBuild:
+def delete_sources(collection: str | os.PathLike[str], sources: Iterable[str | os.PathLike[str]], *,
+                   lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> PageBuild:
     """Remove every page of the given source files from a page collection (atomically).
 
     Parameters
@@ -349,14 +382,25 @@ def delete_sources(collection: str | os.PathLike[str], sources: Iterable[str | o
     sources : iterable of str or path-like
         Document ids (paths relative to the folder indexed, as in ``Page.doc_id``) or the
         source files' paths.
+    lock_timeout : float or None, default 600
+        Seconds to wait while another process updates the collection (see the module docstring).
 
     Raises
     ------
     UnknownIdError
         If a source matches no page (nothing is deleted then).
+    LockTimeoutError
+        If another process kept updating the collection for longer than ``lock_timeout``.
     """
     started = time.perf_counter()
     root = Path(collection)
+    if not is_page_collection(root):
+        load_page_collection(root)  # raises "not a page collection" before a lock file is made beside it
+    with update_lock(root, timeout=lock_timeout, what="page collection"):
+        return _delete_locked(root, sources, started)
+
+
+def _delete_locked(root: Path, sources: Iterable[str | os.PathLike[str]], started: float) -> PageBuild:
     index, store = load_page_collection(root)
     wanted = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     by_source: dict[str, set[str]] = {}
