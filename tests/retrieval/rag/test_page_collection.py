@@ -231,7 +231,8 @@ def test_cli_bad_model_is_a_clear_error(folder: Path, tmp_path: Path, capsys: py
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert main([*base, "--model", str(bert)]) == 2
-    assert "model_type 'bert'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not a ColPali-family checkpoint" in err and "model_type 'bert'" in err
     assert main(base) == 2
     assert "needs model=" in capsys.readouterr().err
     assert not (tmp_path / "col").exists()
@@ -255,3 +256,34 @@ def test_framework_adapters_carry_pages(folder: Path, colpali_dir: Path, tmp_pat
     assert all(isinstance(n.node, ImageNode) for n in nodes)
     assert nodes[0].node.image_path == meta["image_path"] and nodes[0].node.metadata["page"] == meta["page"]
     assert nodes[0].score == pytest.approx(meta["score"])
+
+
+def test_max_image_side_from_the_cli_and_the_api(folder: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from retrieval.encode.colpali import ColPaliEncoder
+
+    model, processor = tiny_colvision("colqwen2")
+    qwen = tmp_path / "qwen"
+    model.save_pretrained(qwen)
+    processor.save_pretrained(qwen)
+    out = tmp_path / "col"
+    args = ["index-pages", str(folder), "--model", str(qwen), "--out", str(out), "--device", "cpu", "--dpi", "36",
+            "--spec", "FP16"]
+    assert main([*args, "--max-image-side", "28"]) == 0
+    index, store = load_page_collection(out)
+    assert index.metadata["encoder"]["max_image_side"] == 28
+    assert index.num_vectors == len(store) == 6  # one 28 x 28 patch group per page (6 without the cap)
+    assert max(max(p.width, p.height) for p in store.pages) > 28  # stored images keep the render size
+    make_pdf(folder / "new.pdf", [["new page"]])
+    assert main(["index-pages", str(folder), "--out", str(out), "--device", "cpu", "--update",
+                 "--max-image-side", "42"]) == 0  # the recorded model, with another cap
+    index, store = load_page_collection(out)
+    assert index.metadata["encoder"]["max_image_side"] == 42 and index.num_vectors == 6 + 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--overwrite", "--max-image-side", "8"])
+    assert "--max-image-side: expected an integer from 16 to 20000, got 8" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="applies to a model given by path"):
+        _build(folder, tmp_path / "other", ColPaliEncoder.from_model(model, processor), max_image_side=28)
+    with pytest.raises(ConfigError, match="max_image_side must be None"):
+        _build(folder, tmp_path / "other", qwen, max_image_side=True)
