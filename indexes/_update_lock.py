@@ -92,6 +92,9 @@ def update_lock(path: str | os.PathLike[str], *, timeout: float | None = DEFAULT
     LockTimeoutError
         If the lock is still held by another process after ``timeout`` seconds; nothing
         was read or changed.
+    ConfigError
+        For a bad ``timeout``, or a lock file that cannot be opened (read-only folder, a
+        symbolic link in its place).
     """
     wait = _check_timeout(timeout)
     file = lock_path(path)
@@ -102,8 +105,14 @@ def update_lock(path: str | os.PathLike[str], *, timeout: float | None = DEFAULT
             _warned = True
         yield file
         return
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:  # a read-only folder, or a symbolic link planted as the lock file (O_NOFOLLOW)
+        raise ConfigError(
+            f"cannot open the update lock {file} of the {what} {path} ({type(exc).__name__}: {exc}). Updating "
+            f"needs a writable folder; if {file.name} is a symbolic link, remove it."
+        ) from exc
     try:
         deadline = None if wait is None else time.monotonic() + wait
         logged = False

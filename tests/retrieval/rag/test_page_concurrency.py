@@ -185,3 +185,8 @@ def test_update_lock_checks_its_timeout_and_resolves_links(tmp_path: Path) -> No
                 pass
     with update_lock(tmp_path / "real", timeout=0):  # released on exit
         pass
+    (tmp_path / ".planted.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match=r"cannot open the update lock .*\.planted\.lock.*symbolic link"):
+        with update_lock(tmp_path / "planted"):
+            pass
+    assert not (tmp_path / "elsewhere").exists()
