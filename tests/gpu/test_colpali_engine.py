@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 Image = pytest.importorskip("PIL.Image")
 
 
@@ -57,9 +57,12 @@ def _engine_checkpoint(kind: str, path: Path) -> tuple[Any, Any]:
     else:
         hf_model, hf_processor = test_colpali._tiny_colqwen2()
         model_cls, processor_cls = ColQwen2, ColQwen2Processor
+    extra: dict[str, Any] = {}
+    if kind == "colqwen2":  # Qwen2VLProcessor has a video processor too (it needs torchvision: present here)
+        extra["video_processor"] = transformers.Qwen2VLVideoProcessor()
     torch.manual_seed(0)
     model = model_cls(hf_model.config.vlm_config)
-    processor = processor_cls(image_processor=hf_processor.image_processor, tokenizer=hf_processor.tokenizer)
+    processor = processor_cls(image_processor=hf_processor.image_processor, tokenizer=hf_processor.tokenizer, **extra)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     loaded = model_cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").to("cuda").eval()
