@@ -271,9 +271,10 @@ def model_backend(model: Any) -> tuple[str, str] | None:
     architecture = getattr(getattr(model, "config", None), "model_type", None)
     if architecture in ARCHITECTURES:
         return "transformers", str(architecture)
-    engine = ENGINE_ARCHITECTURES.get(type(model).__name__)
-    if engine is not None and type(model).__module__.startswith(_ENGINE):
-        return "colpali-engine", engine[2]
+    for cls in type(model).__mro__:  # colpali-engine's ColPali / ColQwen2, or a subclass of one
+        engine = ENGINE_ARCHITECTURES.get(cls.__name__)
+        if engine is not None and cls.__module__.startswith(_ENGINE):
+            return "colpali-engine", engine[2]
     return None
 
 
