@@ -85,19 +85,14 @@ class PageBuild:
     seconds: float
 
 
-def _page_encoder(model: Any, recorded: Any, target: Path, *, device: str, batch_size: int,
-                  max_image_side: int | None) -> Any:
-    """The encoder of a build: from ``model`` (a path or an encoder), else re-created from ``recorded``."""
+_NEEDS_MODEL = ("index_pages needs model=... (a ColPali / ColQwen2 checkpoint directory, e.g. --model "
+                "./colpali-v1.3-hf) to encode the pages.")
+
+
+def _given_encoder(model: Any, *, device: str, batch_size: int, max_image_side: int | None) -> Any:
+    """The encoder for ``model`` (a checkpoint path or hub name, or an encoder object), loaded."""
     from retrieval.encode.colpali import ColPaliEncoder
 
-    if model is None:
-        if recorded is None:
-            raise ConfigError("index_pages needs model=... (a ColPali / ColQwen2 checkpoint directory, e.g. "
-                              "--model ./colpali-v1.3-hf) to encode the pages.")
-        from retrieval.encode.registry import encoder_from_description
-
-        options = {"max_image_side": max_image_side} if max_image_side is not None else {}
-        return encoder_from_description(recorded, device=device, base_dir=target / INDEX_DIR, **options)
     if isinstance(model, (str, os.PathLike)):
         text = os.path.expanduser(os.fspath(model))
         if Path(text).is_dir():  # recorded absolute, so the collection opens from any working directory
@@ -108,8 +103,18 @@ def _page_encoder(model: Any, recorded: Any, target: Path, *, device: str, batch
                           f"object {type(model).__name__} set it there (ColPaliEncoder(..., max_image_side=...)).")
     else:
         encoder = model
-    _same_model(encoder, recorded, target)
+    _ = encoder.dim  # loads the model now: a bad checkpoint fails before any page is rendered or file written
     return encoder
+
+
+def _recorded_encoder(recorded: Any, target: Path, *, device: str, max_image_side: int | None) -> Any:
+    """The encoder an update re-creates from the collection's description (``max_image_side`` overrides)."""
+    from retrieval.encode.registry import encoder_from_description
+
+    if recorded is None:
+        raise ConfigError(_NEEDS_MODEL)
+    options = {"max_image_side": max_image_side} if max_image_side is not None else {}
+    return encoder_from_description(recorded, device=device, base_dir=target / INDEX_DIR, **options)
 
 
 def _same_model(encoder: Any, recorded: Any, where: Path) -> None:
@@ -284,6 +289,10 @@ def index_pages(
     _check_build_args(images, image_quality, batch_size, train_pages)
     check_max_image_side(max_image_side)
     target = Path(out)
+    if model is not None:  # loaded before the lock is taken: the lock is held for the update only
+        given = _given_encoder(model, device=device, batch_size=batch_size, max_image_side=max_image_side)
+    elif not (update and target.exists()):
+        raise ConfigError(_NEEDS_MODEL)
     with update_lock(target, timeout=lock_timeout, what="page collection"):
         report = PageIngestReport()
         old_store: PageStore | None = None
@@ -301,9 +310,12 @@ def index_pages(
         else:
             options = options if options is not None else RenderOptions()
             settings = {"render": dataclasses.asdict(options), "images": images, "image_quality": image_quality}
-        encoder = _page_encoder(model, recorded_encoder, target, device=device, batch_size=batch_size,
-                                max_image_side=max_image_side)
-        dim = encoder.dim  # loads the model now: a bad checkpoint fails before any page is rendered
+        if model is None:
+            encoder = _recorded_encoder(recorded_encoder, target, device=device, max_image_side=max_image_side)
+        else:
+            encoder = given
+            _same_model(encoder, recorded_encoder, target)
+        dim = encoder.dim  # loads a recorded model now: a bad checkpoint fails before any page is rendered
         if old_store is None:
             index = make_index(dim, spec or DEFAULT_PAGE_SPEC, multivector=True, first_stage=first_stage)  # type: ignore[arg-type]
         known = {p.doc_id: p.metadata.get("sha256") for p in old_store.pages} if old_store is not None else {}

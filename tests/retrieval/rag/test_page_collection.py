@@ -235,7 +235,7 @@ def test_cli_bad_model_is_a_clear_error(folder: Path, tmp_path: Path, capsys: py
     assert "is not a ColPali-family checkpoint" in err and "model_type 'bert'" in err
     assert main(base) == 2
     assert "needs model=" in capsys.readouterr().err
-    assert not (tmp_path / "col").exists()
+    assert not (tmp_path / "col").exists() and not (tmp_path / ".col.lock").exists()  # nothing written
 
 
 def test_framework_adapters_carry_pages(folder: Path, colpali_dir: Path, tmp_path: Path) -> None:
