@@ -94,16 +94,12 @@ def scan_rows(
 ) -> Result:
     """Exhaustive search of ``storage`` restricted to ``allowed`` rows (FAISS convention: l2 distances).
 
-    Kinds that take a selector (Flat, SQ) search with a bitmap; others have their allowed rows
-    decoded in blocks (``reconstruct_batch``: for PQ codes this is the vector whose distance
-    the index's own asymmetric search computes) and scored by NumPy.
+    The allowed rows are decoded in blocks (``reconstruct_batch``: a copy for Flat storage; for
+    PQ / SQ codes the vector whose distance the index's own search computes) and scored by one
+    matrix product per block, so the cost follows the allowed rows, not the stored ones (a
+    FAISS ``IDSelectorBitmap`` search of flat storage tests every stored row's bit per query).
     """
-    faiss = _faiss()
-    if isinstance(storage, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
-        bitmap = np.packbits(allowed, bitorder="little")
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap))
-        return storage.search(queries, k, params=params)  # type: ignore[no-any-return]
-    from indexes.flat import topk
+    from indexes.flat import topk  # pylint: disable=import-outside-toplevel
 
     rows = np.flatnonzero(allowed)
     nq = queries.shape[0]

@@ -189,6 +189,63 @@ def run(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
     return out
 
 
+def crossover(args: argparse.Namespace) -> dict[str, Any]:
+    """Exact scan of the allowed rows against the approximate plan, forced, over a grid of allowed counts.
+
+    For each ``--spec`` and ``--crossover-n``: ``indexes._filtered.search_filtered`` on a random
+    row mask of ``m`` allowed rows (no predicate: the plans' own cost), once with the exact plan
+    forced and once with the approximate one (bitmap pre-filter or over-fetch), alternately,
+    best of ``--repeat``; recall@10 against the exact top-10 of the float vectors. FAISS and BLAS
+    run ``--threads`` threads (default 1, the steadiest timing on a shared machine).
+    """
+    import faiss  # pylint: disable=import-outside-toplevel
+    from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
+
+    from indexes import _filtered  # pylint: disable=import-outside-toplevel
+
+    chosen = _filtered.exact_is_cheaper
+    out: dict[str, Any] = {}
+    faiss.omp_set_num_threads(args.threads)  # one thread by default: a small block's matrix product
+    threadpool_limits(args.threads)  # then runs inline instead of waking BLAS threads on a loaded machine
+    try:
+        for n in args.crossover_n:
+            x, q, _ = data(n, args.queries)
+            for spec in args.spec:
+                index = FaissIndex(DIM, spec=spec, metric="ip")
+                if not index.is_trained:
+                    index.train(x[: min(n, args.train)])
+                index.add(x, ids=np.arange(n))
+                if "IVF" in spec:
+                    index.nprobe = args.nprobe
+                if "HNSW" in spec:
+                    index.ef_search = args.ef_search
+                print(f"\n{spec}, n = {n}\n| allowed | share | exact QPS | exact recall@10 | approx QPS | "
+                      "approx recall@10 | exact / approx time |\n|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+                rng = np.random.default_rng(1)
+                for m in (m for m in args.crossover_m if m <= n // 2):
+                    mask = np.zeros(n, dtype=bool)
+                    mask[rng.choice(n, m, replace=False)] = True
+                    truth = exact_top(x, q, np.flatnonzero(mask))
+                    best = {True: np.inf, False: np.inf}
+                    found = {}
+                    for _ in range(args.repeat):
+                        for plan in (True, False):
+                            _filtered.exact_is_cheaper = lambda *_, plan=plan: plan
+                            t = time.perf_counter()
+                            _, lab = _filtered.search_filtered(index, q, K, mask)
+                            best[plan] = min(best[plan], time.perf_counter() - t)
+                            found[plan] = [[int(v) for v in row if v >= 0] for row in lab]
+                    row = {"allowed": m, "share": m / n, "exact_qps": len(q) / best[True],
+                           "exact_recall": recall(found[True], truth), "approx_qps": len(q) / best[False],
+                           "approx_recall": recall(found[False], truth), "ratio": best[True] / best[False]}
+                    out.setdefault(spec, {}).setdefault(str(n), []).append(row)
+                    print(f"| {m} | {m / n:.3%} | {row['exact_qps']:.0f} | {row['exact_recall']:.3f} | "
+                          f"{row['approx_qps']:.0f} | {row['approx_recall']:.3f} | {row['ratio']:.2f} |", flush=True)
+    finally:
+        _filtered.exact_is_cheaper = chosen
+    return out
+
+
 def table(spec: str, build_s: float, rows: dict[str, Any]) -> str:
     lines = [f"\n{spec} (built in {build_s:.0f} s)",
              "| selectivity | matches | filtered recall@10 | hits min / mean | QPS | post-filter recall@10 | "
@@ -214,6 +271,11 @@ def main() -> None:
                         help="run this half only (repeatable; default both)")
     parser.add_argument("--scifact-spec", action="append", default=None)
     parser.add_argument("--scifact-nprobe", type=int, default=4)
+    parser.add_argument("--crossover", action="store_true",
+                        help="measure the exact-scan / approximate-plan crossover instead (indexes/_filtered.py)")
+    parser.add_argument("--threads", type=int, default=1, help="--crossover: FAISS and BLAS threads (default 1)")
+    parser.add_argument("--crossover-n", type=int, action="append", default=None)
+    parser.add_argument("--crossover-m", type=int, action="append", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument("--encode-scifact", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,7 +284,12 @@ def main() -> None:
         return
     args.spec = args.spec or ["Flat", "HNSW32", "IVF1024,PQ16x8", "PQ16x8"]
     args.scifact_spec = args.scifact_spec or ["Flat", "HNSW32", "IVF64,PQ48x8", "PQ48x8"]
-    out = {dataset: run(args, dataset) for dataset in args.dataset or ["synthetic", "scifact"]}
+    if args.crossover:
+        args.crossover_n = args.crossover_n or [100_000, 400_000]
+        args.crossover_m = args.crossover_m or [100, 300, 1000, 3000, 10_000, 30_000, 100_000]
+        out = crossover(args)
+    else:
+        out = {dataset: run(args, dataset) for dataset in args.dataset or ["synthetic", "scifact"]}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
