@@ -230,7 +230,7 @@ def crossover(args: argparse.Namespace) -> dict[str, Any]:
                     found = {}
                     for _ in range(args.repeat):
                         for plan in (True, False):
-                            _filtered.exact_is_cheaper = lambda *_, plan=plan: plan
+                            _filtered.exact_is_cheaper = lambda *_, plan=plan, **__: plan
                             t = time.perf_counter()
                             _, lab = _filtered.search_filtered(index, q, K, mask)
                             best[plan] = min(best[plan], time.perf_counter() - t)

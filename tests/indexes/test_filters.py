@@ -151,8 +151,7 @@ def built(kind: str) -> Any:
 def test_filtered_search_against_brute_force(kind: str, plan: str, where: dict[str, Any], k: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     if plan == "never-exact":  # the small test set would always take the exact scan: test the other plans too
-        monkeypatch.setattr(_filtered, "EXACT_MIN_ROWS", 0)
-        monkeypatch.setattr(_filtered, "EXACT_SHARE", 0.0)
+        monkeypatch.setattr(_filtered, "exact_is_cheaper", lambda *_, **__: False)
     result = built(kind).search(Q, k, where=where)
     check_hits(result, where, set(), k)
     if kind in ("flat", "sharded-flat", "faiss-flat"):
@@ -246,7 +245,7 @@ def test_pq_low_selectivity_scans_only_the_matching_rows() -> None:
     n = 5000
     x = rng.standard_normal((n, DIM)).astype(np.float32)
     index = _faiss("PQ4x4").add(x, ids=np.arange(n), attributes={"g": np.arange(n) % 1000})
-    assert exact_is_cheaper(5, n)
+    assert exact_is_cheaper("flat", 5, n)
     calls: list[int] = []
     inner = index.faiss_index
     index._index = _Spy(inner, calls)
