@@ -24,7 +24,7 @@ from indexes.multivector import MultiVectorIndex
 from indexes.sharded import ShardedIndex
 from indexes.sharded_multivector import ShardedMultiVectorIndex
 from retrieval.errors import ConfigError, IndexFormatError
-from retrieval.types import MultiVectorEmbeddings
+from retrieval.types import Embeddings, MultiVectorEmbeddings
 
 EXAMPLES = int(os.environ.get("DENSEZIP_FUZZ_EXAMPLES", "25"))
 PROPS = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 25,
@@ -185,6 +185,49 @@ def test_attributes_survive_save_and_load(tmp_path: Any) -> None:
     loaded.add(X[:1], ids=["z"], attributes=new)
     assert loaded.search(Q[:1], 5, where={"type": "new"}).doc_ids == [["z"]]
     assert loaded.search(Q[:1], 5, where={"when": {"$gt": dt.datetime(2029, 12, 31)}}).doc_ids == [["z"]]
+
+
+@pytest.mark.parametrize("kind", sorted(_KINDS))
+def test_every_kind_round_trips_its_attributes_with_deletes(kind: str, tmp_path: Any) -> None:
+    where = {"$or": [{"type": "faq"}, {"when": {"$gte": "2024-02-10"}}], "year": {"$nin": [2016]}}
+    gone = set(IDS[:40:3])
+    index = _KINDS[kind]().add(X, ids=IDS, attributes=attributes())
+    index.delete(sorted(gone))
+    index.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert loaded.attribute_schema == index.attribute_schema
+    for k in (3, 50):
+        got = loaded.search(Q, k, where=where)
+        assert got.doc_ids == index.search(Q, k, where=where).doc_ids
+        check_hits(got, where, gone, k)
+    loaded.add(X[:1], ids=["z"], attributes={"year": [2030], "type": ["new"], "ok": [True], "score": [0.5],
+                                             "when": [dt.date(2030, 1, 1)]})
+    assert loaded.search(Q[:1], 5, where={"type": "new"}).doc_ids == [["z"]]
+
+
+def test_sharded_multivector_round_trips_its_attributes(tmp_path: Any) -> None:
+    index = ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16"), 2).add(_MV, attributes=RECORDS)
+    index.delete(IDS[:20:2])
+    index.save(tmp_path / "smv")
+    loaded = load_index(tmp_path / "smv")
+    where = {"year": {"$gte": 2020}}
+    assert loaded.search(_MV_Q, 30, where=where).doc_ids == index.search(_MV_Q, 30, where=where).doc_ids
+    check_hits(loaded.search(_MV_Q, 30, where=where), where, set(IDS[:20:2]), 30)
+
+
+def test_build_sharded_routes_attributes(tmp_path: Any) -> None:
+    from retrieval.distributed import build_sharded
+
+    build_sharded(Embeddings(X, IDS), tmp_path / "s", n_shards=3, spec="exact", use_ray=False,
+                  attributes=attributes())
+    loaded = load_index(tmp_path / "s")
+    where = {"type": {"$in": ["faq", "manual"]}, "ok": True}
+    check_hits(loaded.search(Q, 12, where=where), where, set(), 12)
+    assert loaded.search(Q, 12, where=where).doc_ids == expected(where, set(), 12, Q)
+    with pytest.raises(ConfigError, match="has 2 values"):
+        build_sharded(Embeddings(X, IDS), tmp_path / "bad", n_shards=3, spec="exact", use_ray=False,
+                      attributes={"year": [1, 2]})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_load_refuses_codes_outside_the_dictionary(tmp_path: Any) -> None:
