@@ -67,7 +67,7 @@ def test_attribute_file_then_search_where(tmp_path, capsys):
         sorted(d for d, (_, y, _k, _p) in DOCS.items() if y > 2020 or y % 7 == 3)
     assert search(capsys, out, {"year": 1990}) == []
     assert main(["search", str(out), "x", "--where", '{"colour": "red"}']) == 2
-    err = capsys.readouterr().err.splitlines()[-1]  # after the model's loading progress
+    err = capsys.readouterr().err.splitlines()[-1]  # after the model's loading progress (Retriever.load)
     assert err.startswith("error: ") and "field 'colour', which this index does not store" in err
 
 
