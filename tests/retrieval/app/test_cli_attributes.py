@@ -22,7 +22,7 @@ DOCS = {
 def write_corpus(root: Path, *, metadata: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     lines = []
-    for doc, (text, year, kind, published) in DOCS.items():
+    for doc, (text, year, kind, _published) in DOCS.items():
         record: dict = {"_id": doc, "text": text}
         if metadata:
             record["metadata"] = {"year": year, "type": kind}
