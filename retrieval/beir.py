@@ -270,7 +270,7 @@ def read_fields(
     def pick(obj: dict[str, Any], lineno: int) -> tuple[int, dict[str, Any]]:
         if fields is None:
             return lineno, {key: value for key, value in obj.items() if key != "_id"}
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
         missing = [f for f in fields if f not in obj and f not in meta]
         if missing:
             raise DataError(f"{path}, line {lineno}: record {obj.get('_id')!r:.60} has no field {missing[0]!r} "
