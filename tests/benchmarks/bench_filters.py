@@ -6,7 +6,9 @@ Run (CPU; the figures in BENCHMARKS.md come from a 2-core machine shared with ot
         --spec Flat --spec HNSW32 --spec IVF1024,PQ16x8 --spec PQ16x8 [--json out.json]
 
 runs both halves: the synthetic set, then SciFact (``--dataset synthetic`` or ``--dataset
-scifact`` runs one of them).
+scifact`` runs one of them). ``--crossover`` instead times the exact scan of the allowed rows
+against the approximate plan over a grid of allowed counts (docs/BENCHMARKS.md section 9b; the
+thresholds of ``indexes._filtered.exact_is_cheaper`` come from it).
 
 Data: ``--n`` random 64-d float32 vectors (clustered, unit norm) with three attribute columns:
 ``tenant`` (int, uniform over 1,000 values), ``type`` (str, 100 categories) and ``ts`` (a
