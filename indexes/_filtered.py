@@ -1,17 +1,18 @@
 """Filtered search over a :class:`~indexes.faiss_index.FaissIndex`: ``min(k, allowed rows)`` hits per query.
 
 A search restricted to a row mask (a ``subset``, a ``where`` predicate, the tombstones) picks one
-of three plans by the kind of FAISS index and by how many rows are allowed:
+of three plans by the kind of FAISS index and by how many rows are allowed
+(:func:`exact_is_cheaper`, whose thresholds come from a measured crossover):
 
-* **exact scan of the allowed rows** when few are allowed (:func:`exact_is_cheaper`): the
-  allowed rows' codes are scored exhaustively, so the result is the exact top-``k`` under
-  the index's own (quantised) distances and is never short. For IVF kinds this is the
-  selector search with ``nprobe = nlist`` (every list visited, only allowed rows scored); for
-  HNSW and flat PQ kinds the allowed rows are decoded and scored by NumPy.
-* **FAISS pre-filter** (``IDSelectorBitmap``) where the kind takes one (IVF, HNSW, Flat, SQ);
-  rows the approximate search leaves short (an IVF ``nprobe`` or an HNSW walk that reaches too
-  few allowed rows) are searched again with the exact plan.
-* **over-fetch** for kinds without a selector (flat ``IndexPQ``, GPU indexes), and for exact
+* **exact scan of the allowed rows**: their codes are scored exhaustively, so the result is the
+  exact top-``k`` under the index's own (quantised) distances and is never short. For HNSW and
+  flat kinds (Flat, SQ, PQ) the allowed rows are decoded and scored by NumPy, at a cost that
+  follows the allowed rows; for IVF kinds it is the selector search with ``nprobe = nlist``
+  (every list visited, only allowed rows scored).
+* **FAISS pre-filter** (``IDSelectorBitmap``) where the kind takes one (IVF, HNSW, SQ); rows the
+  approximate search leaves short (an IVF ``nprobe`` or an HNSW walk that reaches too few
+  allowed rows) are searched again with the exact plan.
+* **over-fetch** for flat kinds without a selector (``IndexPQ``, GPU indexes), and for
   ``IndexFlat`` (whose unfiltered search is one BLAS product), when many rows are allowed:
   an unfiltered search for ``3 k / share`` hits, filtered; the rows still short are searched
   again with the depth doubled until they hold ``k`` allowed hits (at worst every stored row).
@@ -28,38 +29,59 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from indexes.faiss_index import FaissIndex
 
-__all__ = ["EXACT_MIN_ROWS", "EXACT_SHARE", "exact_is_cheaper", "search_filtered"]
+__all__ = ["exact_is_cheaper", "search_filtered"]
 
-#: Scan the allowed rows exactly when at most this many are allowed ...
-EXACT_MIN_ROWS = 4096
-#: ... or at most this share of the stored rows (a graph walk or a few IVF lists would then
-#: meet too few allowed rows to be reliable, and the scan costs little).
-EXACT_SHARE = 1 / 64
+# The plan switch, from ``bench_filters.py --crossover`` (docs/BENCHMARKS.md section 9, 64-d,
+# 100k and 400k rows, one thread): where the exact scan of the allowed rows stops being the
+# cheaper plan. Both plans' cost grows with the dimension, so the thresholds count rows.
+#: HNSW: scan exactly up to max(this, HNSW_EXACT_SQRT * sqrt(stored rows)) allowed rows (measured
+#: crossover: ~6,800 rows at 100k, ~10,000 at 400k; a filtered walk slows as the share falls) ...
+HNSW_EXACT_MIN_ROWS = 4096
+HNSW_EXACT_SQRT = 16.0
+#: IVF: visit every list when the probed lists would hold at most this many allowed rows per hit
+#: wanted (n_allowed * nprobe / nlist <= this * k): below it most queries come up short and are
+#: searched again with every list anyway (measured crossover: 5-15 allowed rows met for k = 10).
+IVF_EXACT_MET_PER_HIT = 1.0
+#: Flat codes (Flat, SQ, PQ, ...): decode and score the allowed rows up to this share of the stored
+#: rows; above it the over-fetched (or bitmap) search of every row is cheaper (measured: 25-30%).
+FLAT_EXACT_SHARE = 0.25
 _DECODE_BLOCK = 65536  # rows decoded at once by the exact scan (bounds its memory)
 
 Result = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
-def exact_is_cheaper(n_allowed: int, ntotal: int) -> bool:
-    """The cost switch: True when scanning the allowed rows beats a filtered approximate search.
+def exact_is_cheaper(plan: str, n_allowed: int, ntotal: int, *, k: int = 10, probed: float = 1.0) -> bool:
+    """The cost switch: True when scanning the allowed rows beats the filtered approximate search.
+
+    ``plan`` is ``"hnsw"``, ``"ivf"`` (``probed`` = nprobe / nlist) or ``"flat"`` (any index
+    that scores every stored code: Flat, SQ, PQ).
 
     Examples
     --------
-    >>> exact_is_cheaper(1_000, 1_000_000), exact_is_cheaper(100_000, 1_000_000)
+    >>> exact_is_cheaper("hnsw", 10_000, 1_000_000), exact_is_cheaper("hnsw", 100_000, 1_000_000)
+    (True, False)
+    >>> exact_is_cheaper("ivf", 300, 100_000, k=10, probed=16 / 1024)
+    True
+    >>> exact_is_cheaper("flat", 200_000, 1_000_000), exact_is_cheaper("flat", 500_000, 1_000_000)
     (True, False)
     """
-    return n_allowed <= max(EXACT_MIN_ROWS, int(ntotal * EXACT_SHARE))
+    if plan == "hnsw":
+        return n_allowed <= max(HNSW_EXACT_MIN_ROWS, HNSW_EXACT_SQRT * math.sqrt(ntotal))
+    if plan == "ivf":
+        return n_allowed * probed <= IVF_EXACT_MET_PER_HIT * k
+    return n_allowed <= FLAT_EXACT_SHARE * ntotal
 
 
 def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_]) -> Result:
     """FAISS-convention ``(distances, labels)`` of the ``k`` best allowed rows (``k`` <= allowed rows)."""
     faiss = _faiss()
     n_allowed = int(np.count_nonzero(allowed))
-    exact = exact_is_cheaper(n_allowed, int(index.faiss_index.ntotal))
+    ntotal = int(index.faiss_index.ntotal)
     ivf, hnsw = index._ivf, index._hnsw  # pylint: disable=protected-access
     if index._on_gpu:  # pylint: disable=protected-access
         return _overfetch(index, queries, k, allowed, n_allowed)
     if ivf is not None:
+        exact = exact_is_cheaper("ivf", n_allowed, ntotal, k=k, probed=ivf.nprobe / max(ivf.nlist, 1))
         d, lab = index._search_with_selector(queries, k, allowed, nprobe=ivf.nlist if exact else None)
         short = (lab < 0).any(axis=1)
         if short.any():
@@ -67,25 +89,25 @@ def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, all
         return d, lab
     if hnsw is not None and not index._wrapped:  # pylint: disable=protected-access
         storage = faiss.downcast_index(hnsw.storage)
-        if exact:
+        if exact_is_cheaper("hnsw", n_allowed, ntotal, k=k):
             return scan_rows(storage, queries, k, allowed, index.metric)
         d, lab = index._search_with_selector(queries, k, allowed)
         short = (lab < 0).any(axis=1)
         if short.any():
             d[short], lab[short] = scan_rows(storage, queries[short], k, allowed, index.metric)
         return d, lab
-    if not exact and isinstance(faiss.downcast_index(index.faiss_index), faiss.IndexFlat):
-        # Many rows allowed: FAISS's selector path scores row by row, its unfiltered search runs
-        # one BLAS product; the exhaustive search over-fetched by 1 / share is as exact and faster.
-        return _overfetch(index, queries, k, allowed, n_allowed)
-    if index._takes_selector:  # Flat, SQ (exhaustive already), wrapped HNSW  # pylint: disable=protected-access
+    if hnsw is None and exact_is_cheaper("flat", n_allowed, ntotal, k=k):
+        return scan_rows(index.faiss_index, queries, k, allowed, index.metric)
+    takes_selector = index._takes_selector  # pylint: disable=protected-access
+    if takes_selector and not isinstance(faiss.downcast_index(index.faiss_index), faiss.IndexFlat):
+        # SQ (exhaustive already) with many rows allowed, and HNSW behind a transform (OPQ, PCA)
         d, lab = index._search_with_selector(queries, k, allowed)
         short = (lab < 0).any(axis=1)
         if short.any():
             d[short], lab[short] = scan_rows(index.faiss_index, queries[short], k, allowed, index.metric)
         return d, lab
-    if exact:
-        return scan_rows(index.faiss_index, queries, k, allowed, index.metric)
+    # Many rows allowed of flat codes without a selector (PQ), or of IndexFlat (FAISS's selector path
+    # scores row by row, its unfiltered search is one BLAS product): over-fetch, as exact and faster.
     return _overfetch(index, queries, k, allowed, n_allowed)
 
 
@@ -94,16 +116,12 @@ def scan_rows(
 ) -> Result:
     """Exhaustive search of ``storage`` restricted to ``allowed`` rows (FAISS convention: l2 distances).
 
-    Kinds that take a selector (Flat, SQ) search with a bitmap; others have their allowed rows
-    decoded in blocks (``reconstruct_batch``: for PQ codes this is the vector whose distance
-    the index's own asymmetric search computes) and scored by NumPy.
+    The allowed rows are decoded in blocks (``reconstruct_batch``: a copy for Flat storage; for
+    PQ / SQ codes the vector whose distance the index's own search computes) and scored by one
+    matrix product per block, so the cost follows the allowed rows, not the stored ones (a
+    FAISS ``IDSelectorBitmap`` search of flat storage tests every stored row's bit per query).
     """
-    faiss = _faiss()
-    if isinstance(storage, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
-        bitmap = np.packbits(allowed, bitorder="little")
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bitmap))
-        return storage.search(queries, k, params=params)  # type: ignore[no-any-return]
-    from indexes.flat import topk
+    from indexes.flat import topk  # pylint: disable=import-outside-toplevel
 
     rows = np.flatnonzero(allowed)
     nq = queries.shape[0]

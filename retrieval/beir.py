@@ -23,7 +23,7 @@ import json
 import os
 import random
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +33,7 @@ from retrieval.errors import ConfigError, DataError
 
 V = TypeVar("V")
 
-__all__ = ["BEIRDataset", "corpus_texts", "has_qrels", "load_beir", "load_corpus"]
+__all__ = ["BEIRDataset", "corpus_file", "corpus_texts", "has_qrels", "load_beir", "load_corpus", "read_fields"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -246,6 +246,39 @@ def has_qrels(path: str | os.PathLike[str], split: str) -> bool:
     _check_split(split)
     queries = any((root / f"queries.jsonl{ext}").is_file() for ext in ("", ".gz"))
     return queries and (root / "qrels" / f"{split}.tsv").is_file()
+
+
+def corpus_file(path: str | os.PathLike[str]) -> Path:
+    """The ``corpus.jsonl[.gz]`` of a BEIR-layout directory or bundled data set name (DataError if none)."""
+    return _find_file(_resolve_root(path), "corpus")
+
+
+def read_fields(
+    file: str | os.PathLike[str], fields: Sequence[str] | None = None
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """``{_id: (line number, {field: value})}`` of a JSONL file of records keyed by ``_id``.
+
+    ``fields`` names the fields to read; each is looked up at the top level of a record, then
+    under its ``metadata`` object (BEIR's place for extra fields), and a record without one is
+    a DataError naming the file and line. ``None`` reads every top-level field but ``_id``.
+    Ids follow :func:`load_beir`'s rules (numbers as str, whitespace dropped, no duplicates).
+    """
+    path = Path(file)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; expected a JSONL file with one {{\"_id\": ...}} object per line.")
+
+    def pick(obj: dict[str, Any], lineno: int) -> tuple[int, dict[str, Any]]:
+        if fields is None:
+            return lineno, {key: value for key, value in obj.items() if key != "_id"}
+        meta: dict[str, Any] = obj["metadata"] if isinstance(obj.get("metadata"), dict) else {}
+        missing = [f for f in fields if f not in obj and f not in meta]
+        if missing:
+            raise DataError(f"{path}, line {lineno}: record {obj.get('_id')!r:.60} has no field {missing[0]!r} "
+                            f"(at the top level or under \"metadata\"); found {sorted(obj)[:10]}. Every record "
+                            "needs every field named.")
+        return lineno, {f: obj[f] if f in obj else meta[f] for f in fields}
+
+    return _read_records(path, "record", pick)
 
 
 def corpus_texts(corpus: dict[str, dict[str, str]], sep: str = " ") -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,14 +181,15 @@ class BuildReport:
 
 
 def _build_shard(
-    state: dict[str, Any], vectors: NDArray[np.float32], ids: list[str], dest: str, meta: dict[str, Any]
+    state: dict[str, Any], vectors: NDArray[np.float32], ids: list[str], dest: str, meta: dict[str, Any],
+    attributes: Any = None,
 ) -> dict[str, Any]:
     """Ray task: one shard from the shared trained state, saved to ``dest``; returns its manifest entry."""
     from indexes._shards import ShardServer, template_from_state
 
     server = ShardServer(template_from_state(state))
     if ids:
-        server.add(vectors, ids)
+        server.add(vectors, ids, attributes)
     return server.save(dest, meta)
 
 
@@ -207,6 +208,7 @@ def build_sharded(
     overwrite: bool = False,
     metadata: dict[str, Any] | None = None,
     task_options: dict[str, Any] | None = None,
+    attributes: Any = None,
 ) -> BuildReport:
     """Train the index once on a sample, then build ``n_shards`` shards in parallel and save them.
 
@@ -229,11 +231,16 @@ def build_sharded(
         with local threads.
     task_options : dict, optional
         ``ray.remote`` options for the shard tasks, e.g. ``{"num_cpus": 1, "memory": 8e9}``.
+    attributes : dict or list of dicts, optional
+        Values to filter on with ``where=``, one per document of ``docs`` (see
+        :meth:`VectorIndex.add <indexes.base.VectorIndex.add>`); checked before any shard is
+        built, then routed with their documents.
 
     Returns
     -------
     BuildReport
     """
+    from indexes._attributes import AttributeTable
     from indexes._io import atomic_directory
     from indexes._shards import ROUTING, route, template_state
     from indexes.factory import make_index
@@ -242,6 +249,8 @@ def build_sharded(
     if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
         raise ConfigError(f"n_shards must be a positive integer; got {n_shards!r}.")
     template: Any = make_index(docs.dim, spec, metric=metric, nprobe=nprobe, ef_search=ef_search)
+    parts = route(docs.ids, n_shards)
+    shard_attributes = AttributeTable().split(attributes, len(docs), parts)  # checks them all first
     t0 = time.perf_counter()
     if not template.is_trained:
         rng = np.random.default_rng(seed)
@@ -250,7 +259,7 @@ def build_sharded(
         template.train(docs.vectors[rows])
     t1 = time.perf_counter()
     if not use_ray:
-        index = ShardedIndex(template, n_shards).add(docs)
+        index = ShardedIndex(template, n_shards).add(docs, attributes=attributes)
         index.metadata = dict(metadata or {})
         index.save(path, overwrite=overwrite)
         sizes = index.shard_sizes
@@ -265,10 +274,11 @@ def build_sharded(
     with atomic_directory(path, overwrite=overwrite) as tmp:
         trained = ShardedIndex.write_trained(tmp, template)
         futures = []
-        for s, part in enumerate(route(docs.ids, n_shards)):
+        for s, part in enumerate(parts):
             meta = {"number": s, "of": n_shards, "routing": ROUTING, "trained_sha256": trained["sha256"]}
             ids = [docs.ids[i] for i in part]
-            futures.append(task.remote(state_ref, ray.put(docs.vectors[part]), ids, str(tmp / f"shard-{s:03d}"), meta))
+            futures.append(task.remote(state_ref, ray.put(docs.vectors[part]), ids, str(tmp / f"shard-{s:03d}"), meta,
+                                       shard_attributes[s]))
         entries = ray.get(futures)
         ShardedIndex.write_manifest(tmp, template, entries, trained, dict(metadata or {}))
     sizes = [int(e["live"]) for e in entries]
@@ -291,6 +301,7 @@ def index_corpus(
     encode_workers: int = 2,
     device: str = "cpu",
     overwrite: bool = False,
+    attributes: Callable[[list[str]], Any] | None = None,
 ) -> BuildReport:
     """Encode a BEIR corpus, train the index once and build ``n_shards`` shards into ``out``.
 
@@ -318,6 +329,9 @@ def index_corpus(
         Encoder actors (Ray only).
     device : str
         Device of the encoder actors (Ray only).
+    attributes : callable, optional
+        Called with the corpus's document ids, in order, before anything is encoded; returns
+        their attribute columns (as for :func:`build_sharded`).
 
     Returns
     -------
@@ -333,6 +347,7 @@ def index_corpus(
     try:
         corpus = load_corpus(data)
         texts, ids = corpus_texts(corpus), list(corpus)
+        columns = attributes(ids) if attributes is not None else None
         if use_ray:
             docs = encode_documents(encoder, texts, ids=ids, workers=encode_workers, device=device)
         else:
@@ -342,6 +357,7 @@ def index_corpus(
         report = build_sharded(
             docs, out, n_shards=n_shards, spec=spec, nprobe=nprobe, ef_search=ef_search, use_ray=use_ray,
             overwrite=overwrite, metadata={"encoder": describe()} if describe is not None else None,
+            attributes=columns,
         )
     finally:
         if own_ray:

@@ -142,6 +142,11 @@ class Retriever:
         """
         texts = _as_queries(queries)
         filters: dict[str, Any] = {} if where is None else {"where": where}
+        if where is not None and hasattr(self.index, "attribute_schema"):
+            from indexes._attributes import AttributeTable
+            from indexes._predicates import evaluate
+
+            evaluate(where, AttributeTable.like(self.index.attribute_schema))  # a bad predicate fails before encoding
         options = {} if batch_size is None else {"batch_size": batch_size}
         vectors = self.encoder.encode_queries(texts, **options)
         if self.reranker is None:

@@ -17,31 +17,17 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from retrieval._version import __version__
 from retrieval.app._platform import keep_freed_memory
 from retrieval.errors import ConfigError, RetrievalError
-
-if TYPE_CHECKING:
-    from indexes.base import VectorIndex
-    from retrieval.types import Embeddings
 
 __all__ = ["main"]
 
 DEMO_SPECS = ("Flat", "HNSW32", "IVF64,PQ48x8")
 SPEC_HELP = ("'exact' = NumPy FlatIndex (exact, no FAISS; the test oracle), or a FAISS factory string: "
              "Flat (FAISS IndexFlat, also exact), HNSW32, IVF64,PQ48x8, OPQ48,PQ48x8, ...")
-
-
-def _build_index(docs: Embeddings, spec: str, *, nprobe: int | None = None, ef_search: int | None = None) -> VectorIndex:
-    """An index of ``spec`` (see :func:`indexes.make_index`) trained on and holding ``docs``."""
-    from indexes.factory import make_index
-
-    index: Any = make_index(docs.dim, spec, nprobe=nprobe, ef_search=ef_search)
-    if not index.is_trained:
-        index.train(docs)
-    return index.add(docs)  # type: ignore[no-any-return]
 
 
 def _encoder(args: argparse.Namespace) -> Any:
@@ -63,6 +49,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_index(args: argparse.Namespace) -> int:
+    from retrieval.app.cli_index import index_beir, wants_attributes
     from retrieval.app.cli_rag import index_documents, is_beir_input
 
     _check_out(args.out, overwrite=args.overwrite)
@@ -72,60 +59,17 @@ def cmd_index(args: argparse.Namespace) -> int:
                 f"--shards applies to BEIR-format corpora; {args.data} is a folder of text / JSONL documents, which "
                 "builds a RAG collection (one index). Drop --shards, or convert the documents to a BEIR corpus.jsonl."
             )
+        if wants_attributes(args):
+            raise ConfigError(
+                f"--attributes / --attribute-fields / --attribute-type apply to BEIR-format corpora; {args.data} builds "
+                "a RAG collection, whose passages keep each JSONL document's \"metadata\" for `search --where`. Put "
+                "the values there, or convert the documents to a BEIR corpus.jsonl."
+            )
         payload, text = index_documents(args, _encoder(args))
         _emit(args, payload, text)
         return 0
-    if args.shards is not None:
-        payload = _index_sharded(args)
-        _emit(args, payload, (
-            f"indexed {payload['documents']} documents into {payload['index']} ({args.spec}, {args.shards} shards of "
-            f"{payload['shard_sizes']}, {payload['backend']}): encode {payload['encode_s']:.1f}s, "
-            f"train {payload['train_s']:.1f}s, build {payload['build_s']:.1f}s"
-        ))
-        return 0
-    from retrieval.app.measure import directory_bytes
-    from retrieval.beir import corpus_texts, load_corpus
-    from retrieval.pipeline import Retriever
-
-    started = time.perf_counter()
-    corpus = load_corpus(args.data)
-    encoder = _encoder(args)
-    docs = encoder.encode_documents(corpus_texts(corpus), ids=list(corpus))
-    encoded = time.perf_counter()
-    index = _build_index(docs, args.spec, nprobe=args.nprobe, ef_search=args.ef_search)
-    built = time.perf_counter()
-    path = Retriever(encoder, index).save(args.out, overwrite=args.overwrite)
-    size = directory_bytes(path)
-    payload = {
-        "index": str(path), "spec": args.spec, "documents": len(index), "dim": index.dim,
-        "bytes": size, "bytes_per_doc": size / max(len(index), 1),
-        "encode_s": encoded - started, "build_s": built - encoded, "total_s": time.perf_counter() - started,
-    }
-    _emit(args, payload, (
-        f"indexed {len(index)} documents into {path} ({args.spec}): {size / 1e6:.1f} MB, "
-        f"{payload['bytes_per_doc']:.0f} bytes/doc; encode {payload['encode_s']:.1f}s, build {payload['build_s']:.1f}s"
-    ))
+    _emit(args, *index_beir(args, functools.partial(_encoder, args)))
     return 0
-
-
-def _index_sharded(args: argparse.Namespace) -> dict[str, Any]:
-    """``densezip index DATA --shards N [--ray ADDRESS|off]``: the summary of :func:`retrieval.distributed.index_corpus`."""
-    from retrieval.app.measure import directory_bytes
-    from retrieval.distributed import index_corpus
-
-    started = time.perf_counter()
-    report = index_corpus(
-        args.data, args.out, encoder=_encoder(args), n_shards=args.shards, spec=args.spec, nprobe=args.nprobe,
-        ef_search=args.ef_search, use_ray=args.ray != "off", ray_address=args.ray, encode_workers=args.encode_workers,
-        device=args.device, overwrite=args.overwrite,
-    )
-    size = sum(directory_bytes(d) for d in [report.path, *sorted(report.path.glob("shard-*"))])
-    return {
-        "index": str(report.path), "spec": args.spec, "shards": args.shards, "shard_sizes": report.shard_sizes,
-        "backend": report.backend, "documents": report.documents, "dim": report.dim, "bytes": size,
-        "encode_s": report.encode_s, "train_s": report.train_s, "build_s": report.build_s,
-        "total_s": time.perf_counter() - started,
-    }
 
 
 def cmd_index_pages(args: argparse.Namespace) -> int:
@@ -214,6 +158,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from retrieval.app.cli_index import build_index
     from retrieval.app.measure import saved_bytes, time_search
     from retrieval.beir import load_beir
     from retrieval.evaluate import evaluate
@@ -233,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for spec in args.spec or DEMO_SPECS:
         b0 = time.perf_counter()
-        index = _build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None,
+        index = build_index(docs, spec, nprobe=args.nprobe if "IVF" in spec else None,
                             ef_search=args.ef_search if "HNSW" in spec else None)
         build_s = time.perf_counter() - b0
         result = index.search(queries, 100, query_ids=qids)
@@ -456,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="texts per forward pass (default 16, the fastest on a 2-core CPU; use 64+ on a GPU)")
             p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
 
+    from retrieval.app.cli_index import add_attribute_arguments
+
     p = sub.add_parser("index", help="encode a BEIR corpus, or a folder of .txt/.md / JSONL documents, and save an index")
     p.add_argument("data", help="directory with corpus.jsonl(.gz) or a bundled data set name (scifact, cranfield): "
                    "a plain index; or a folder of .txt/.md files, a .jsonl file or a folder of them: a RAG "
@@ -475,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'off' (local threads, no Ray)")
     p.add_argument("--encode-workers", type=_int_in(1, 1024), default=2,
                    help="with --shards and Ray: encoder actors, each loading the model once (default 2)")
+    add_attribute_arguments(p)
     common(p, model=True)
     p.set_defaults(func=cmd_index)
 

@@ -24,7 +24,7 @@ from indexes.multivector import MultiVectorIndex
 from indexes.sharded import ShardedIndex
 from indexes.sharded_multivector import ShardedMultiVectorIndex
 from retrieval.errors import ConfigError, IndexFormatError
-from retrieval.types import MultiVectorEmbeddings
+from retrieval.types import Embeddings, MultiVectorEmbeddings
 
 EXAMPLES = int(os.environ.get("DENSEZIP_FUZZ_EXAMPLES", "25"))
 PROPS = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 25,
@@ -151,8 +151,7 @@ def built(kind: str) -> Any:
 def test_filtered_search_against_brute_force(kind: str, plan: str, where: dict[str, Any], k: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     if plan == "never-exact":  # the small test set would always take the exact scan: test the other plans too
-        monkeypatch.setattr(_filtered, "EXACT_MIN_ROWS", 0)
-        monkeypatch.setattr(_filtered, "EXACT_SHARE", 0.0)
+        monkeypatch.setattr(_filtered, "exact_is_cheaper", lambda *_, **__: False)
     result = built(kind).search(Q, k, where=where)
     check_hits(result, where, set(), k)
     if kind in ("flat", "sharded-flat", "faiss-flat"):
@@ -186,6 +185,49 @@ def test_attributes_survive_save_and_load(tmp_path: Any) -> None:
     loaded.add(X[:1], ids=["z"], attributes=new)
     assert loaded.search(Q[:1], 5, where={"type": "new"}).doc_ids == [["z"]]
     assert loaded.search(Q[:1], 5, where={"when": {"$gt": dt.datetime(2029, 12, 31)}}).doc_ids == [["z"]]
+
+
+@pytest.mark.parametrize("kind", sorted(_KINDS))
+def test_every_kind_round_trips_its_attributes_with_deletes(kind: str, tmp_path: Any) -> None:
+    where = {"$or": [{"type": "faq"}, {"when": {"$gte": "2024-02-10"}}], "year": {"$nin": [2016]}}
+    gone = set(IDS[:40:3])
+    index = _KINDS[kind]().add(X, ids=IDS, attributes=attributes())
+    index.delete(sorted(gone))
+    index.save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert loaded.attribute_schema == index.attribute_schema
+    for k in (3, 50):
+        got = loaded.search(Q, k, where=where)
+        assert got.doc_ids == index.search(Q, k, where=where).doc_ids
+        check_hits(got, where, gone, k)
+    loaded.add(X[:1], ids=["z"], attributes={"year": [2030], "type": ["new"], "ok": [True], "score": [0.5],
+                                             "when": [dt.date(2030, 1, 1)]})
+    assert loaded.search(Q[:1], 5, where={"type": "new"}).doc_ids == [["z"]]
+
+
+def test_sharded_multivector_round_trips_its_attributes(tmp_path: Any) -> None:
+    index = ShardedMultiVectorIndex(MultiVectorIndex(DIM, spec="FP16"), 2).add(_MV, attributes=RECORDS)
+    index.delete(IDS[:20:2])
+    index.save(tmp_path / "smv")
+    loaded = load_index(tmp_path / "smv")
+    where = {"year": {"$gte": 2020}}
+    assert loaded.search(_MV_Q, 30, where=where).doc_ids == index.search(_MV_Q, 30, where=where).doc_ids
+    check_hits(loaded.search(_MV_Q, 30, where=where), where, set(IDS[:20:2]), 30)
+
+
+def test_build_sharded_routes_attributes(tmp_path: Any) -> None:
+    from retrieval.distributed import build_sharded
+
+    build_sharded(Embeddings(X, IDS), tmp_path / "s", n_shards=3, spec="exact", use_ray=False,
+                  attributes=attributes())
+    loaded = load_index(tmp_path / "s")
+    where = {"type": {"$in": ["faq", "manual"]}, "ok": True}
+    check_hits(loaded.search(Q, 12, where=where), where, set(), 12)
+    assert loaded.search(Q, 12, where=where).doc_ids == expected(where, set(), 12, Q)
+    with pytest.raises(ConfigError, match="has 2 values"):
+        build_sharded(Embeddings(X, IDS), tmp_path / "bad", n_shards=3, spec="exact", use_ray=False,
+                      attributes={"year": [1, 2]})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_load_refuses_codes_outside_the_dictionary(tmp_path: Any) -> None:
@@ -246,7 +288,7 @@ def test_pq_low_selectivity_scans_only_the_matching_rows() -> None:
     n = 5000
     x = rng.standard_normal((n, DIM)).astype(np.float32)
     index = _faiss("PQ4x4").add(x, ids=np.arange(n), attributes={"g": np.arange(n) % 1000})
-    assert exact_is_cheaper(5, n)
+    assert exact_is_cheaper("flat", 5, n)
     calls: list[int] = []
     inner = index.faiss_index
     index._index = _Spy(inner, calls)

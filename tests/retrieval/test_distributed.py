@@ -52,9 +52,11 @@ def test_encode_documents_with_actors_matches_local(fake_encoder):
 
 def test_ray_build_equals_thread_build_and_one_index(docs, tmp_path):
     q = docs.vectors[:12] + 0.01
-    by_ray = build_sharded(docs, tmp_path / "ray", n_shards=3, spec="PQ4x5", metric="l2", train_size=1200)
+    attrs = {"group": np.arange(len(docs)) % 7}  # routed with their documents on both paths
+    by_ray = build_sharded(docs, tmp_path / "ray", n_shards=3, spec="PQ4x5", metric="l2", train_size=1200,
+                           attributes=attrs)
     by_threads = build_sharded(docs, tmp_path / "threads", n_shards=3, spec="PQ4x5", metric="l2",
-                               train_size=1200, use_ray=False)
+                               train_size=1200, use_ray=False, attributes=attrs)
     assert by_ray.backend == "ray" and by_ray.shard_sizes == by_threads.shard_sizes
     assert (tmp_path / "ray" / "codebooks.npy").read_bytes() == (tmp_path / "threads" / "codebooks.npy").read_bytes()
     auto = load_index(tmp_path / "ray")  # with Ray running, backend="auto" puts the shards in actors
@@ -62,14 +64,18 @@ def test_ray_build_equals_thread_build_and_one_index(docs, tmp_path):
     auto.close()
     threads = ShardedIndex.load(tmp_path / "threads", backend="threads")
     template = threads._template
-    one = empty_copy(template).add(docs)
+    one = empty_copy(template).add(docs, attributes=attrs)
     a, b = threads.search(q, k=8), one.search(q, k=8)
     np.testing.assert_array_equal(a.scores, b.scores)
+    where = {"group": {"$in": [2, 5]}}
+    filtered = threads.search(q, k=8, where=where)
+    np.testing.assert_array_equal(filtered.scores, one.search(q, k=8, where=where).scores)
     remote = ShardedIndex.load(tmp_path / "ray", backend="ray", actor_options={"num_cpus": 0})
     try:
         c = remote.search(q, k=8)
         np.testing.assert_array_equal(c.scores, b.scores)
         assert c.doc_ids == a.doc_ids
+        assert remote.search(q, k=8, where=where).doc_ids == filtered.doc_ids
     finally:
         remote.close()
 
