@@ -225,7 +225,7 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
     from retrieval.evaluate import evaluate
     from training._args import LABEL_FREE_DEFAULTS
     from training.jpq import JPQTrainer, JPQTrainingArgs, load_jpq
-    from training.queries import pseudo_queries, read_queries
+    from training.queries import DEFAULT_PSEUDO_QUERIES, pseudo_queries, read_queries
 
     _check_out(args.out, overwrite=args.overwrite)
     settings = JPQTrainingArgs.from_toml(args.config) if args.config else JPQTrainingArgs()
@@ -256,7 +256,7 @@ def cmd_train_jpq(args: argparse.Namespace) -> int:
     if teacher == "exact":
         if args.queries:
             queries.update({f"file:{q}": t for q, t in read_queries(args.queries).items()})
-        n_pseudo = args.pseudo_queries if args.pseudo_queries is not None else (0 if args.queries else 8192)
+        n_pseudo = args.pseudo_queries if args.pseudo_queries is not None else (0 if args.queries else DEFAULT_PSEUDO_QUERIES)
         if n_pseudo:
             queries.update(pseudo_queries(texts, n_pseudo, seed=settings.seed))
     elif args.queries or args.pseudo_queries:
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", default=None, metavar="FILE",
                    help="unjudged training queries for the teacher: text (one per line) or JSONL with \"text\"")
     p.add_argument("--pseudo-queries", type=_int_in(0, 10_000_000), default=None, metavar="N",
-                   help="pseudo-queries cut from the corpus for the teacher (default 8192 without --queries, else 0)")
+                   help="pseudo-queries cut from the corpus for the teacher (default 32768 without --queries, else 0)")
     p.add_argument("--fast-scan", action="store_true", help="export the 4-bit codes as a FAISS fast-scan index")
     p.add_argument("--ivf-lists", type=_int_in(1, 1 << 24), default=None, metavar="N",
                    help="export with an inverted file of N lists in front of the same codes")
