@@ -175,8 +175,8 @@ class MultiVectorIndex(StoredIndex):
     def memory_bytes(self) -> int:
         """Bytes in memory: the codes, the offsets, the trained codec's arrays, a separate binary
         first stage's codes and quantizer, the PLAID engine's lists once a search built them, plus
-        the ids as Python holds them (every ``str``, their list, the id -> row dict; no
-        tombstones: deleted documents are dropped)."""
+        the ids (:meth:`ids_memory_bytes`: the id store's arrays; no tombstones: deleted documents
+        are dropped) and the attributes."""
         trained = sum(a.nbytes for a in self.trained_state().values())
         side = self._hamming_codes.nbytes if self._separate_hamming() else 0
         side += self._plaid.memory_bytes() if self._plaid is not None else 0
