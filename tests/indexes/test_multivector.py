@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,16 @@ def test_embeddings_with_int64_ids_and_the_older_lines_layout(data, tmp_path: Pa
     repeated = MultiVectorEmbeddings(queries.vectors, queries.offsets, ["q", "é\nq", "q", "x", "y", "z"])
     assert load_embeddings(save_embeddings(repeated, tmp_path / "rep")).ids == repeated.ids
     assert check_index(tmp_path / "rep").problems == [] and check_index(path).problems == []
+    for bad, match in ((np.array([0, 1, 2, 3, 4, 5, 99]), "offsets must rise from 0"),
+                       (np.array([0, 1, 5, 3, 7, 8, 9]), "offsets must rise from 0")):
+        forged = tmp_path / f"forged-{match[:3]}-{bad[2]}"
+        shutil.copytree(tmp_path / "rep", forged)
+        np.save(forged / "ids_offsets.npy", bad.astype(np.int64))  # checksums rewritten to match: only the check is left
+        raw = json.loads((forged / "manifest.json").read_text())
+        raw["files"] = file_table(forged)
+        (forged / "manifest.json").write_text(json.dumps(raw))
+        with pytest.raises(IndexFormatError, match=f"the saved ids are damaged: the {match}"):
+            load_embeddings(forged)
 
     old = save_embeddings(docs, tmp_path / "old")  # rewritten as the code before issue 18 saved it
     raw = json.loads((old / "manifest.json").read_text())
