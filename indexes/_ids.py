@@ -30,18 +30,24 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore, store_problems
-from indexes._io import load_array, save_array
+from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore, decode_rows, encode, store_problems
+from indexes._io import load_array, read_lines, save_array
 from indexes._paths import member, open_member
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 
 if TYPE_CHECKING:
     from indexes.manifest import Manifest
 
-__all__ = ["IDS_FILE", "IdTable", "as_ids", "check_new_ids", "check_storable_ids", "is_int", "one_or_many"]
+__all__ = [
+    "IDS_FILE", "LIST_ARRAYS", "IdTable", "as_ids", "check_new_ids", "check_storable_ids", "is_int", "one_or_many",
+    "read_id_list", "write_id_list",
+]
 
 #: The file of format version 1 holding one document id per row, in row order.
 IDS_FILE = "doc_ids.txt"
+#: Arrays of a plain id list in row order (saved raw embeddings, whose ids may repeat and are
+#: never looked up): UTF-8 buffer + int64 offsets for str ids, or the int64 ids.
+LIST_ARRAYS = ("ids_utf8", "ids_offsets", "ids_int64")
 _BAD_ID = re.compile(r"[\n\r]")
 #: The side table of appended ids is merged into the arrays once it holds more than this many
 #: ids and more than 1/_MERGE_SHARE of the merged rows.
@@ -517,3 +523,48 @@ def _read_id_lines(path: Path, *, expected: int) -> tuple[NDArray[np.uint8], NDA
     offsets = np.zeros(len(ends) + 1, dtype=np.int64)
     offsets[1:] = ends - np.arange(len(ends))  # each id ends where its newline was, less the newlines before it
     return np.delete(data, newlines), offsets
+
+
+def write_id_list(directory: Path, ids: Any, arrays: dict[str, Any]) -> None:
+    """Save ``ids`` (a list of str, or an int64 array) in row order as :data:`LIST_ARRAYS`; their
+    entries go into ``arrays``. No lookup structure: for data that is read whole (raw embeddings).
+
+    Raises
+    ------
+    ConfigError
+        For a str id that UTF-8 cannot store (:func:`check_storable_ids`).
+    """
+    if isinstance(ids, np.ndarray):
+        arrays["ids_int64"] = save_array(directory, "ids_int64", ids.astype(np.int64, copy=False))
+        return
+    ids = [str(i) for i in ids]
+    check_storable_ids(ids)
+    buf, offsets = encode(ids)
+    arrays["ids_utf8"] = save_array(directory, "ids_utf8", buf)
+    arrays["ids_offsets"] = save_array(directory, "ids_offsets", offsets)
+
+
+def read_id_list(directory: Path, manifest: Manifest) -> list[str] | NDArray[np.int64]:
+    """The ids :func:`write_id_list` saved for ``manifest.count`` rows: a list of str, or the int64
+    array memory-mapped; a directory saved before them holds ``doc_ids.txt`` lines instead.
+
+    Raises
+    ------
+    IndexFormatError
+        For an array of the wrong dtype or length, offsets that do not run from 0 up to the
+        buffer's end, or a buffer that is not UTF-8.
+    """
+    n, entries = manifest.count, manifest.arrays
+    if LIST_ARRAYS[2] in entries:
+        return _checked(directory, entries, "ids_int64", n, (np.int64,))
+    if LIST_ARRAYS[0] not in entries:
+        return read_lines(directory / IDS_FILE, expected=n)
+    buf = _checked(directory, entries, "ids_utf8", None, (np.uint8,))
+    offsets = _checked(directory, entries, "ids_offsets", n + 1, (np.int64,))
+    if int(offsets[0]) != 0 or int(offsets[-1]) != len(buf) or (np.diff(offsets) < 0).any():
+        raise IndexFormatError(f"{directory}: the saved ids are damaged: the offsets must rise from 0 to the "
+                               f"buffer's length {len(buf)}. Run `densezip check` on it, then save it again.")
+    try:
+        return decode_rows(buf, offsets, np.arange(n, dtype=np.int64))
+    except UnicodeDecodeError as exc:
+        raise IndexFormatError(f"{directory}: the saved ids are damaged: not valid UTF-8 ({exc}).") from exc

@@ -148,6 +148,22 @@ class IntView:
         return self._keys[np.asarray(labels, dtype=np.int64)]
 
 
+#: Above this many keys a batched lookup sorts them before its binary searches.
+_SORT_KEYS = 256
+
+
+def _positions(sorted_keys: NDArray[Any], keys: NDArray[Any]) -> NDArray[np.intp]:
+    """``np.searchsorted(sorted_keys, keys, side="left")``, the keys sorted first when there are
+    many: the searches then walk ``sorted_keys`` in order, so neighbouring keys share cache lines
+    and (memory-mapped) pages; 2-3x faster than random order for 10^4+ keys in 10^6+ rows."""
+    if len(keys) < _SORT_KEYS:
+        return np.searchsorted(sorted_keys, keys, side="left")
+    order = np.argsort(keys)
+    pos = np.empty(len(keys), dtype=np.intp)
+    pos[order] = np.searchsorted(sorted_keys, keys[order], side="left")
+    return pos
+
+
 def _walk_run(sorted_keys: Any, perm: NDArray[Any], dead: Mask, pos: int, same: Any) -> int:
     """The first live row among the run of equal keys starting at ``pos`` for which ``same(row)``, or -1."""
     key, n = sorted_keys(pos), len(perm)
@@ -236,7 +252,7 @@ class StrStore(NamedTuple):
         qbuf, qoff = encode(ids)
         qhash = fnv1a(qbuf, qoff)
         sorted_h, offsets = self.hashes, self.offsets
-        pos = np.minimum(np.searchsorted(sorted_h, qhash, side="left"), self.rows - 1)
+        pos = np.minimum(_positions(sorted_h, qhash), self.rows - 1)
         cand = self.perm[pos].astype(np.int64)
         qlen = np.diff(qoff)
         same_hash = sorted_h[pos] == qhash
@@ -343,7 +359,7 @@ class IntStore(NamedTuple):
         """Set ``rows[i]`` to the live row of ``ids[i]`` where it is stored here (others keep their value)."""
         if not self.rows:
             return
-        pos = np.minimum(np.searchsorted(self.sorted, ids, side="left"), self.rows - 1)
+        pos = np.minimum(_positions(self.sorted, ids), self.rows - 1)
         cand = np.asarray(self._row(pos), dtype=np.int64)
         same = self.sorted[pos] == ids
         ok = same if dead is None else same & ~dead[cand]

@@ -165,6 +165,10 @@ class ShardedBase:
         of the trained state, its ids), each measured where the shard lives (threads or Ray)."""
         return int(sum(self._on_every_shard("memory_bytes")))
 
+    def ids_memory_bytes(self) -> int:
+        """The share of :meth:`memory_bytes` held by the document ids, summed over the shards."""
+        return int(sum(self._on_every_shard("ids_memory_bytes")))
+
     def memory(self) -> list[int]:
         """Resident memory of each shard's process in bytes (actors: one process per shard)."""
         return list(self._on_every_shard("memory"))

@@ -227,6 +227,10 @@ class ShardServer:
         """The shard's own ``memory_bytes()`` (payload plus ids), measured where it lives."""
         return int(self.index.memory_bytes())
 
+    def ids_memory_bytes(self) -> int:
+        """The shard's ``ids_memory_bytes()``: what its ids hold of :meth:`memory_bytes`."""
+        return int(self.index.ids_memory_bytes())
+
     def add(self, vectors: NDArray[np.float32], ids: list[str], attributes: Any = None) -> tuple[int, int]:
         self.index.add(vectors, ids=ids, attributes=attributes)
         return self.stats()

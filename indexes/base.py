@@ -182,6 +182,10 @@ class Index(Protocol):
         """In-memory size, ids and bookkeeping included."""
         ...
 
+    def ids_memory_bytes(self) -> int:
+        """The share of :meth:`memory_bytes` held by the document ids."""
+        ...
+
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save atomically into directory ``path``."""
         ...
@@ -235,7 +239,12 @@ class StoredIndex(ABC):
 
     @abstractmethod
     def memory_bytes(self) -> int:
-        """Bytes the index holds in memory: its payload plus the ids (:meth:`IdTable.memory_bytes`)."""
+        """Bytes the index holds in memory: its payload plus the ids (:meth:`ids_memory_bytes`)."""
+
+    def ids_memory_bytes(self) -> int:
+        """The share of :meth:`memory_bytes` held by the document ids: the id store's arrays and
+        the tombstone mask (:meth:`indexes._ids.IdTable.memory_bytes`)."""
+        return self._table.memory_bytes()
 
     # ------------------------------------------------------------------ persistence
     @reads

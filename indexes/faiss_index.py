@@ -244,8 +244,8 @@ class FaissIndex(VectorIndex):
     def memory_bytes(self) -> int:
         """Bytes in memory: the FAISS index as ``faiss.serialize_index`` writes it (the same arrays
         it keeps in memory: codes, centroids, graph links; a GPU index is measured by its CPU
-        copy) plus the ids as Python holds them (every live ``str``, their list, the id -> row
-        dict, the tombstone mask)."""
+        copy) plus the ids (:meth:`ids_memory_bytes`: the id store's arrays and the tombstone
+        mask) and the attributes."""
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
         return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()

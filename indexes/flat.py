@@ -81,8 +81,8 @@ class FlatIndex(VectorIndex):
         return self._vectors
 
     def memory_bytes(self) -> int:
-        """Bytes in memory: the float32 vectors (deleted rows included) plus the ids as Python
-        holds them (every live ``str``, their list, the id -> row dict, the tombstone mask), and the attributes."""
+        """Bytes in memory: the float32 vectors (deleted rows included) plus the ids
+        (:meth:`ids_memory_bytes`: the id store's arrays, the tombstone mask) and the attributes."""
         return int(self.vectors.nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
 
     def _add_vectors(self, vectors: NDArray[np.float32], start: int) -> None:

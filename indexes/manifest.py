@@ -236,7 +236,6 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 #: Files a load reads besides ``arrays``, per index kind.
 _KIND_FILES = {
     "FaissIndex": ("faiss.index",),
-    "MultiVectorEmbeddings": ("doc_ids.txt",),
 }
 #: Kinds whose format version 1 kept their ids in ``doc_ids.txt`` (version 2: arrays).
 _LEGACY_ID_KINDS = ("FlatIndex", "FaissIndex", "MultiVectorIndex")
@@ -261,6 +260,9 @@ def files_read(raw: dict[str, Any]) -> list[str]:
     if raw.get("index_type") in _LEGACY_ID_KINDS and raw.get("format_version") == 1:
         names.add("doc_ids.txt")
     arrays = raw.get("arrays")
+    if raw.get("index_type") == "MultiVectorEmbeddings" and not (
+            isinstance(arrays, dict) and ("ids_utf8" in arrays or "ids_int64" in arrays)):
+        names.add("doc_ids.txt")  # saved before its ids were arrays
     if isinstance(arrays, dict):
         names.update(e["file"] for e in arrays.values() if isinstance(e, dict) and isinstance(e.get("file"), str))
     params = raw.get("params")

@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._ids import IDS_FILE
-from indexes._io import atomic_directory, file_table, load_array, read_lines, save_array, write_lines
+from indexes._ids import read_id_list, write_id_list
+from indexes._io import atomic_directory, file_table, load_array, save_array
 from indexes._lock import reads, writes
 from indexes._paths import load_pinned
 from indexes.base import Metric, StoredIndex, check_k, format_errors, open_manifest, register_index
@@ -175,8 +175,8 @@ class MultiVectorIndex(StoredIndex):
     def memory_bytes(self) -> int:
         """Bytes in memory: the codes, the offsets, the trained codec's arrays, a separate binary
         first stage's codes and quantizer, the PLAID engine's lists once a search built them, plus
-        the ids as Python holds them (every ``str``, their list, the id -> row dict; no
-        tombstones: deleted documents are dropped)."""
+        the ids (:meth:`ids_memory_bytes`: the id store's arrays; no tombstones: deleted documents
+        are dropped) and the attributes."""
         trained = sum(a.nbytes for a in self.trained_state().values())
         side = self._hamming_codes.nbytes if self._separate_hamming() else 0
         side += self._plaid.memory_bytes() if self._plaid is not None else 0
@@ -553,7 +553,8 @@ def _no_match_for_empty(q: MultiVectorEmbeddings, scores: NDArray[np.float32], l
 
 # ---------------------------------------------------------------------- raw embeddings on disk
 def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Save multi-vector embeddings in CSR layout (``vectors.npy``, ``offsets.npy``, ``saliency.npy``).
+    """Save multi-vector embeddings in CSR layout (``vectors.npy``, ``offsets.npy``, ``saliency.npy``)
+    with their ids as arrays (str: ``ids_utf8.npy`` + ``ids_offsets.npy``; int64: ``ids_int64.npy``).
 
     The directory has the same manifest, checksums and atomic write as a saved index
     (``index_type`` ``"MultiVectorEmbeddings"``), so a half-written copy is never mistaken
@@ -566,7 +567,7 @@ def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, 
         arrays = {"vectors": save_array(tmp, "vectors", mv.vectors), "offsets": save_array(tmp, "offsets", mv.offsets)}
         if mv.saliency is not None:
             arrays["saliency"] = save_array(tmp, "saliency", mv.saliency)
-        write_lines(tmp / IDS_FILE, mv.ids)
+        write_id_list(tmp, mv.ids, arrays)
         write_manifest(tmp, Manifest(index_type="MultiVectorEmbeddings", dim=mv.dim, metric="ip", count=len(mv),
                                      arrays=arrays, files=file_table(tmp)))
     return target
@@ -585,7 +586,7 @@ def _load_embeddings(directory: Path, *, mmap: bool, verify: bool) -> MultiVecto
     saliency = None
     if "saliency" in manifest.arrays:
         saliency = load_array(directory, manifest.arrays["saliency"], name="saliency", mmap=mmap)
-    ids = read_lines(directory / IDS_FILE, expected=manifest.count)
+    ids = read_id_list(directory, manifest)
     try:
         return MultiVectorEmbeddings(vectors=vectors, offsets=offsets, ids=ids, saliency=saliency)
     except ShapeError as exc:

@@ -254,7 +254,6 @@ class RetrievalComponent:
         self.store = store
         self._tokenizer = tokenizer
         self._count_tokens = count_tokens
-        self._passage_of_id = store.row_of  # passage id -> row in store.passages
 
     def __repr__(self) -> str:
         return (f"RetrievalComponent(index={self.index!r}, encoder={self.encoder.name!r}, passages={len(self.store)}, "
@@ -393,9 +392,16 @@ class RetrievalComponent:
                 return []
             subset = self.store.ids_at(rows.tolist())
         result = self.retriever.search([text], k, subset=subset)
-        row_of = self.store.row_of
+        found = result.doc_ids[0]
+        rows = self.store.find_rows(found)
+        if (rows < 0).any():
+            raise ConfigError(
+                f"the index returned {int((rows < 0).sum())} id(s) that the store does not hold, e.g. "
+                f"{[i for i, r in zip(found, rows.tolist(), strict=True) if r < 0][:3]}; the index and the store "
+                "do not belong together. Open a collection with RetrievalComponent.open(path), or pass the store "
+                "built with the index.")
         scores = result.scores[0][result.labels[0] >= 0]  # aligned with doc_ids, which omit padding
-        return [(row_of[doc_id], float(scores[i])) for i, doc_id in enumerate(result.doc_ids[0])]
+        return [(row, float(scores[i])) for i, row in enumerate(rows.tolist())]
 
     __call__ = retrieve
 

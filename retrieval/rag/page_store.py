@@ -15,22 +15,19 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 from indexes._io import file_table, verify_checksums
 from indexes._paths import load_pinned, member, member_dir, open_member
 from indexes.manifest import MANIFEST_NAME, write_json
 from retrieval._optional import require
 from retrieval._version import __version__
-from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
+from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.rag.pages import Page, RenderOptions, render_page
-from retrieval.rag.passages import INDEX_DIR, check_same_ids, read_store_manifest, rows_of, rows_where
+from retrieval.rag.passages import INDEX_DIR, RecordStore, check_same_ids, read_store_manifest
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -46,7 +43,7 @@ STORE_FORMAT_VERSION = 1
 _FILE = "pages.jsonl"
 
 
-class PageStore:
+class PageStore(RecordStore):
     """Page records in memory, looked up by id, by document and filtered by metadata equality.
 
     Parameters
@@ -59,48 +56,25 @@ class PageStore:
         ``{file name: {"bytes", "sha256"}}`` of the page images under ``pages/images/``.
     """
 
+    _what = "page"
+    _hint = "Page ids look like '<file>#p<page number>'."
+
     def __init__(self, pages: Sequence[Page], *, settings: Mapping[str, Any] | None = None,
                  images: Mapping[str, Any] | None = None) -> None:
         self.pages: list[Page] = list(pages)
         self.settings: dict[str, Any] = dict(settings or {})
         self.images: dict[str, Any] = dict(images or {})
-        self.row_of: dict[str, int] = {}
-        for i, p in enumerate(self.pages):
-            if p.id in self.row_of:
-                raise ConfigError(f"duplicate page id {p.id!r}; page ids must be unique.")
-            self.row_of[p.id] = i
-        self._by_value: dict[str, dict[str, NDArray[np.int64]]] = {}
-
-    def __len__(self) -> int:
-        return len(self.pages)
+        self._index_ids(self.pages)
 
     def __repr__(self) -> str:
         return f"PageStore(pages={len(self)}, documents={len(self.doc_ids())}, settings={self.settings!r})"
 
     def __getitem__(self, page_id: str) -> Page:
-        row = self.row_of.get(page_id)
-        if row is None:
-            raise UnknownIdError(f"page id {page_id!r} is not in the store.")
-        return self.pages[row]
-
-    @property
-    def ids(self) -> list[str]:
-        return [p.id for p in self.pages]
-
-    def ids_at(self, rows: Iterable[int]) -> list[str]:
-        return [self.pages[r].id for r in rows]
+        return super().__getitem__(page_id)  # type: ignore[no-any-return]
 
     def doc_ids(self) -> list[str]:
         """Document ids in store order, each once."""
         return list(dict.fromkeys(p.doc_id for p in self.pages))
-
-    def rows_where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
-        """Rows of the pages whose metadata equals ``where`` on every key (JSON equality)."""
-        return rows_where(self.pages, where, self._by_value)
-
-    def rows_of(self, ids: Iterable[str]) -> NDArray[np.int64]:
-        """Rows of the given page ids (sorted, unique); unknown ids raise UnknownIdError."""
-        return rows_of(self.row_of, ids, what="page", hint="Page ids look like '<file>#p<page number>'.")
 
     # ------------------------------------------------------------------ persistence
     def write(self, directory: Path) -> None:
@@ -259,7 +233,7 @@ def load_page_collection(root: str | os.PathLike[str], *, verify: bool = True,
             raise IndexFormatError(f"{directory / INDEX_DIR} holds a {type(index).__name__}; a page collection's "
                                    "index is a MultiVectorIndex. Rebuild it with `densezip index-pages`.")
         store = PageStore.load(directory / PAGES_DIR, verify=verify)
-        check_same_ids(set(index.doc_ids), store, directory)  # type: ignore[arg-type]
+        check_same_ids(index.doc_ids, store, directory)
         return index, store
 
     if not is_page_collection(root):

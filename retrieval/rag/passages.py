@@ -21,13 +21,14 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._ids import IdTable
 from indexes._io import atomic_directory, file_table, verify_checksums
 from indexes._paths import load_pinned, member, open_member
 from indexes.manifest import MANIFEST_NAME, read_json, write_json
@@ -44,13 +45,13 @@ __all__ = [
     "INDEX_DIR",
     "PASSAGES_DIR",
     "PassageStore",
+    "RecordStore",
     "attach_passages",
     "build_collection",
     "check_collection",
     "is_collection",
     "load_collection",
     "read_store_manifest",
-    "rows_of",
     "rows_where",
 ]
 
@@ -96,18 +97,109 @@ def rows_where(records: Sequence[Any], where: Mapping[str, Any],
     return rows if rows is not None else np.arange(len(records), dtype=np.int64)
 
 
-def rows_of(row_of: Mapping[str, int], ids: Iterable[str], *, what: str, hint: str) -> NDArray[np.int64]:
-    """Sorted unique rows of ``ids`` in a store whose id -> row table is ``row_of``; unknown ids raise."""
-    items = [ids] if isinstance(ids, str) else list(ids)
-    missing = [i for i in items if i not in row_of]
-    if missing:
-        raise UnknownIdError(
-            f"ids holds {len(missing)} {what} id(s) that are not in the collection, e.g. {missing[:3]}. {hint}"
-        )
-    return np.unique(np.array([row_of[i] for i in items], dtype=np.int64))
+class RecordStore:
+    """What the passage and page stores share: the records in a list, looked up by id through
+    a compact :class:`~indexes._ids.IdTable` (the ids as one UTF-8 buffer with offsets and
+    sorted 64-bit hashes, as every index kind keeps them: no dict of str per record).
+
+    Subclasses call :meth:`_index_ids` with their records (objects with ``id`` and
+    ``metadata``) and set :attr:`_what` (``"passage"``) and :attr:`_hint` (what ids look like).
+    """
+
+    _what: ClassVar[str] = "record"
+    _hint: ClassVar[str] = ""
+    _records: list[Any]
+
+    def _index_ids(self, records: list[Any]) -> None:
+        """Keep ``records`` and index their ids; raises ConfigError for a duplicate or non-str id."""
+        ids = [r.id for r in records]
+        bad = next((n for n, i in enumerate(ids) if not isinstance(i, str)), -1)
+        if bad >= 0:
+            raise ConfigError(f"{self._what} ids must be str; got {type(ids[bad]).__name__} {ids[bad]!r:.100} "
+                              f"(number {bad + 1}).")
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise ConfigError(f"duplicate {self._what} id {dup!r}; {self._what} ids must be unique.")
+        self._records = records
+        self._table = IdTable(tombstones=False)
+        self._table.append(ids)
+        # metadata key -> canonical JSON value -> rows; built per key on first use.
+        self._by_value: dict[str, dict[str, NDArray[np.int64]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._table
+
+    def __getitem__(self, record_id: str) -> Any:
+        row = int(self.find_rows([record_id])[0])
+        if row < 0:
+            raise UnknownIdError(f"{self._what} id {record_id!r} is not in the store.")
+        return self._records[row]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self._records]
+
+    @property
+    def row_of(self) -> Mapping[str, int]:
+        """A read-only id -> row mapping, answered by the id table (no dict is built)."""
+        return _RowView(self)
+
+    def ids_at(self, rows: Iterable[int]) -> list[str]:
+        return [self._records[r].id for r in rows]
+
+    def ids_memory_bytes(self) -> int:
+        """Bytes held by the id lookup (:meth:`indexes._ids.IdTable.memory_bytes`); the records
+        themselves (texts, metadata) are Python objects and are not counted."""
+        return self._table.memory_bytes()
+
+    def find_rows(self, ids: Sequence[Any]) -> NDArray[np.int64]:
+        """The row of each of ``ids`` in order, -1 for an id that is not in the store (one batched lookup)."""
+        return np.array(self._table.rows_of(list(ids)), dtype=np.int64)
+
+    def rows_of(self, ids: Iterable[str]) -> NDArray[np.int64]:
+        """Rows of the given ids (sorted, unique); unknown ids raise UnknownIdError."""
+        items = [ids] if isinstance(ids, str) else list(ids)
+        rows = self.find_rows(items)
+        if (rows < 0).any():
+            missing = [i for i, r in zip(items, rows.tolist(), strict=True) if r < 0]
+            raise UnknownIdError(f"ids holds {len(missing)} {self._what} id(s) that are not in the collection, "
+                                 f"e.g. {missing[:3]}. {self._hint}")
+        return np.unique(rows)
+
+    def rows_where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
+        """Rows of the records whose metadata equals ``where`` on every key (JSON equality)."""
+        return rows_where(self._records, where, self._by_value)
 
 
-class PassageStore:
+class _RowView(Mapping[str, int]):
+    """``store.row_of``: id -> row through the store's id table; KeyError for an unknown id."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: RecordStore) -> None:
+        self._store = store
+
+    def __getitem__(self, record_id: str) -> int:
+        row = int(self._store.find_rows([record_id])[0])
+        if row < 0:
+            raise KeyError(record_id)
+        return row
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._store
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store.ids)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+class PassageStore(RecordStore):
     """Passages in memory, looked up by id and filtered by metadata equality.
 
     Parameters
@@ -118,37 +210,20 @@ class PassageStore:
         How the passages were cut (tokenizer, ``max_tokens``, ``overlap``); saved as is.
     """
 
+    _what = "passage"
+    _hint = "Passage ids look like '<doc_id>#<n>'."
+
     def __init__(self, passages: Sequence[Passage], *, chunking: Mapping[str, Any] | None = None) -> None:
         self.passages: list[Passage] = list(passages)
         self.chunking: dict[str, Any] = dict(chunking or {})
-        self.row_of: dict[str, int] = {p.id: i for i, p in enumerate(self.passages)}
-        if len(self.row_of) != len(self.passages):
-            seen: set[str] = set()
-            dup = next(p.id for p in self.passages if p.id in seen or seen.add(p.id))  # type: ignore[func-returns-value]
-            raise ConfigError(f"duplicate passage id {dup!r}; passage ids must be unique.")
-        # metadata key -> canonical JSON value -> passage rows; built per key on first use.
-        self._by_value: dict[str, dict[str, NDArray[np.int64]]] = {}
-
-    def __len__(self) -> int:
-        return len(self.passages)
+        self._index_ids(self.passages)
 
     def __repr__(self) -> str:
         return f"PassageStore(passages={len(self)}, chunking={self.chunking!r})"
 
     def __getitem__(self, passage_id: str) -> Passage:
-        row = self.row_of.get(passage_id)
-        if row is None:
-            raise UnknownIdError(f"passage id {passage_id!r} is not in the store.")
-        return self.passages[row]
+        return super().__getitem__(passage_id)  # type: ignore[no-any-return]
 
-    @property
-    def ids(self) -> list[str]:
-        return [p.id for p in self.passages]
-
-    def ids_at(self, rows: Iterable[int]) -> list[str]:
-        return [self.passages[r].id for r in rows]
-
-    # ------------------------------------------------------------------ filters
     def rows_where(self, where: Mapping[str, Any]) -> NDArray[np.int64]:
         """Rows of the passages whose metadata equals ``where`` on every key (JSON equality).
 
@@ -159,11 +234,7 @@ class PassageStore:
         >>> store.rows_where({"lang": "de"}).tolist(), store.rows_where({"lang": "fr"}).tolist()
         ([1], [])
         """
-        return rows_where(self.passages, where, self._by_value)
-
-    def rows_of(self, ids: Iterable[str]) -> NDArray[np.int64]:
-        """Rows of the given passage ids (sorted, unique); unknown ids raise UnknownIdError."""
-        return rows_of(self.row_of, ids, what="passage", hint="Passage ids look like '<doc_id>#<n>'.")
+        return super().rows_where(where)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -379,7 +450,7 @@ def attach_passages(
     root = Path(collection)
     index = load_index(root / INDEX_DIR, verify=False)
     store = PassageStore(passages, chunking=chunking)
-    check_same_ids(set(index.doc_ids), store, root)
+    check_same_ids(index.doc_ids, store, root)
     return store.save(root / PASSAGES_DIR, overwrite=overwrite)
 
 
@@ -395,18 +466,22 @@ def load_collection(root: Path, *, verify: bool = True, mmap: bool = False) -> t
     def both(directory: Path) -> tuple[Any, PassageStore]:
         index = load_index(directory / INDEX_DIR, verify=verify, mmap=mmap)
         store = PassageStore.load(directory / PASSAGES_DIR, verify=verify)
-        check_same_ids(set(index.doc_ids), store, directory)
+        check_same_ids(index.doc_ids, store, directory)
         return index, store
 
     return load_pinned(root, both)
 
 
-def check_same_ids(index_ids: set[str], store: Any, root: Path) -> None:
-    """Raise IndexFormatError unless the index and the store hold the same ids."""
-    if len(index_ids) == len(store) and all(i in store.row_of for i in index_ids):
+def check_same_ids(index_ids: Collection[Any], store: Any, root: Path) -> None:
+    """Raise IndexFormatError unless the index (its live, unique ``index_ids``) and the store
+    (a :class:`RecordStore`) hold the same ids; one batched lookup in the store's id table."""
+    ids = list(index_ids)
+    unknown = store.find_rows(ids) < 0
+    if len(ids) == len(store) and not unknown.any():
         return
-    no_text = [i for i in index_ids if i not in store.row_of]
-    not_indexed = [i for i in store.row_of if i not in index_ids]
+    no_text = [i for i, u in zip(ids, unknown.tolist(), strict=True) if u]
+    indexed = set(ids)
+    not_indexed = [i for i in store.ids if i not in indexed]
     raise IndexFormatError(
         f"{root}: the index and the passage store do not match: {len(no_text)} indexed id(s) have no passage "
         f"(e.g. {no_text[:3]}) and {len(not_indexed)} passage(s) are not indexed (e.g. {not_indexed[:3]}). "
@@ -440,7 +515,7 @@ def check_collection(path: str | os.PathLike[str], *, verify: bool = True, load:
         store = (load_store or PassageStore.load)(directory / store_dir, verify=verify)
         report.files_checked += 2
         if sub.loaded:
-            check_same_ids(set(load_index(directory / INDEX_DIR, verify=False, mmap=True).doc_ids), store, directory)
+            check_same_ids(load_index(directory / INDEX_DIR, verify=False, mmap=True).doc_ids, store, directory)
     except Exception as exc:  # whatever is wrong with the store is what the user needs to see
         report.add("error", f"bad-{store_dir}", store_dir, f"{type(exc).__name__}: {exc}")
     return report

@@ -8,7 +8,9 @@ For each ``--spec`` it builds a FaissIndex over ``--n`` random 96-d float32 vect
 ``--train`` of them; ``--bounded`` streams them through :func:`indexes.build.build_from_batches`)
 with ids ``doc-0000000`` ..., saves it once (format 2), derives two copies of the same codes
 (format 1: ``doc_ids.txt``; integer ids ``0 .. n-1``), then opens each variant in a fresh
-process and reports: ``memory_bytes()`` per document, of which codes and ids; RSS after
+process and reports: ``memory_bytes()`` per document, of which codes (the PQ code size),
+ids (``ids_memory_bytes()``) and the FAISS structure's own (the rest: centroids, codebooks,
+an IVF index's int64 list ids); RSS after
 ``load`` minus RSS before and the peak RSS of the load (VmHWM, reset just before, minus RSS before); the
 load time without and with sha256 verification; 10,000 id lookups (one batched ``rows_of``
 and a loop of ``in``); a search of ``--queries`` queries restricted to a random 1% of the ids
@@ -70,6 +72,12 @@ def _old_table(commit: str) -> type:
     return Table
 
 
+def _code_size(faiss_index: object) -> int:
+    """Bytes of PQ code per document (``code_size``: for an IVF index without the list number,
+    which ``sa_code_size()`` adds; the lists' own int64 ids count as structure)."""
+    return int(faiss_index.code_size)  # type: ignore[attr-defined]
+
+
 def _name(i: int) -> str:
     return f"doc-{i:07d}"
 
@@ -99,11 +107,10 @@ def probe(path: str, variant: str, n: int, nq: int) -> dict[str, float | str]:
     t = time.perf_counter()
     FaissIndex.load(path, verify=True)
     verified_s = time.perf_counter() - t
-    codes = index.faiss_index.sa_code_size() * n
-    table = index._table
-    total, ids_bytes = index.memory_bytes(), table.memory_bytes()
+    codes = _code_size(index.faiss_index) * n
+    total, ids_bytes = index.memory_bytes(), index.ids_memory_bytes()
     t = time.perf_counter()
-    rows = table.rows_of(lookup)
+    rows = index._table.rows_of(lookup)  # the batched lookup every delete / subset runs
     batch_s = time.perf_counter() - t
     t = time.perf_counter()
     found = sum(i in index for i in lookup)
@@ -118,7 +125,7 @@ def probe(path: str, variant: str, n: int, nq: int) -> dict[str, float | str]:
     ids_s = time.perf_counter() - t
     assert set(hits[0]) <= set(subset)
     return {"variant": variant, "bytes_per_doc": total / n, "codes_per_doc": codes / n,
-            "ids_bytes_per_doc": ids_bytes / n, "rss_after_load_per_doc": rss / n, "peak_load_per_doc": peak / n,
+            "ids_bytes_per_doc": ids_bytes / n, "structure_per_doc": (total - codes - ids_bytes) / n, "rss_after_load_per_doc": rss / n, "peak_load_per_doc": peak / n,
             "load_s": load_s, "load_verified_s": verified_s, "lookup_batch_ms": batch_s * 1e3,
             "lookup_loop_ms": loop_s * 1e3, "subset_search_ms_per_query": subset_s * 1e3 / nq,
             "doc_ids_ms": ids_s * 1e3, "rss_at_end_per_doc": (_rss() - before) / n}

@@ -58,6 +58,7 @@ def test_random_operations_match_the_list_and_dict_model(tombstones: bool, colli
         monkeypatch.setattr(store_module, "fnv1a", lambda buf, off: real(buf, off) % np.uint64(3))
         monkeypatch.setattr(store_module, "fnv1a_one", lambda data: real_one(data) % 3)
     monkeypatch.setattr(ids_module, "_MERGE_MIN", 7)  # merge often
+    monkeypatch.setattr(store_module, "_SORT_KEYS", 4)  # batches of 4+ ids sort their keys before searching
     rng = random.Random(5)
     table, model = IdTable(tombstones=tombstones), _Model(tombstones)
     pool: list = [f"d{i}" for i in range(60)] + ["é", "ü-1", "文書", "d1\u00e9", "x" * 40]

@@ -89,6 +89,24 @@ def test_multivector_kinds_count_as_the_probe_did(spec: str, first_stage: str) -
     sharded.close()
 
 
+@pytest.mark.parametrize("kind", ["flat", "PQ4x4", "IVF4,Flat", "sharded", "multivector", "sharded-multivector"])
+def test_ids_memory_bytes_is_the_id_share_of_every_kind(kind: str) -> None:
+    """``ids_memory_bytes()`` (what a bench reads instead of the private id table): the id store
+    counted from its definition; a sharded index sums its shards'."""
+    if kind in ("multivector", "sharded-multivector"):
+        index: object = MultiVectorIndex(16, spec="FP16").add(_docs(60))
+        if kind == "sharded-multivector":
+            index = ShardedMultiVectorIndex(MultiVectorIndex(16, spec="FP16"), n_shards=2).add(_docs(60))
+    else:
+        index = _single(kind)
+    handles = getattr(index, "_handles", None)
+    tables = [h.server.index._table for h in handles] if handles is not None else [index._table]  # type: ignore[attr-defined]
+    assert index.ids_memory_bytes() == sum(_id_store_bytes(t) for t in tables) > 0  # type: ignore[attr-defined]
+    assert index.memory_bytes() > index.ids_memory_bytes()  # type: ignore[attr-defined]
+    if handles is not None:
+        index.close()  # type: ignore[attr-defined]
+
+
 def test_ids_are_counted() -> None:
     short = FlatIndex(16).add(_vectors(50), ids=[f"{i}" for i in range(50)])
     long = FlatIndex(16).add(_vectors(50), ids=[f"{i}-{'x' * 100}" for i in range(50)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,49 @@ def test_embeddings_save_and_memory_mapped_load(data, tmp_path: Path) -> None:
         load_embeddings(path, verify=False)
     with pytest.raises(IndexFormatError, match="not saved MultiVectorEmbeddings"):
         load_embeddings(MultiVectorIndex(D, spec="FP16").add(docs).save(tmp_path / "idx"))
+
+
+def test_embeddings_with_int64_ids_and_the_older_lines_layout(data, tmp_path: Path) -> None:
+    """Integer ids round-trip as int64 (no text file); str ids are arrays, repeats allowed; a
+    directory saved with ``doc_ids.txt`` lines (before issue 18) still loads and checks clean."""
+    from indexes._io import file_table
+    from indexes.check import check_index
+    from indexes.multivector import load_embeddings, save_embeddings
+
+    docs, queries = data
+    ints = MultiVectorEmbeddings(docs.vectors, docs.offsets, np.arange(5000, 5000 + len(docs)), docs.saliency)
+    path = save_embeddings(ints, tmp_path / "int")
+    back = load_embeddings(path)
+    assert back.ids.dtype == np.int64 and back.ids.tolist() == list(range(5000, 5000 + len(docs)))
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith("ids")) == ["ids_int64.npy"]
+    index = MultiVectorIndex(D, spec="FP16").add(back)
+    reference = MultiVectorIndex(D, spec="FP16").add(docs)
+    got, want = index.search(queries, 5), reference.search(queries, 5)
+    assert got.doc_ids == [[5000 + int(i[1:]) for i in row] for row in want.doc_ids]
+    assert isinstance(got.doc_ids[0][0], int) and index.delete(5000) == 1 and 5000 not in index
+
+    repeated = MultiVectorEmbeddings(queries.vectors, queries.offsets, ["q", "é\nq", "q", "x", "y", "z"])
+    assert load_embeddings(save_embeddings(repeated, tmp_path / "rep")).ids == repeated.ids
+    assert check_index(tmp_path / "rep").problems == [] and check_index(path).problems == []
+    for bad, match in ((np.array([0, 1, 2, 3, 4, 5, 99]), "offsets must rise from 0"),
+                       (np.array([0, 1, 5, 3, 7, 8, 9]), "offsets must rise from 0")):
+        forged = tmp_path / f"forged-{match[:3]}-{bad[2]}"
+        shutil.copytree(tmp_path / "rep", forged)
+        np.save(forged / "ids_offsets.npy", bad.astype(np.int64))  # checksums rewritten to match: only the check is left
+        raw = json.loads((forged / "manifest.json").read_text())
+        raw["files"] = file_table(forged)
+        (forged / "manifest.json").write_text(json.dumps(raw))
+        with pytest.raises(IndexFormatError, match=f"the saved ids are damaged: the {match}"):
+            load_embeddings(forged)
+
+    old = save_embeddings(docs, tmp_path / "old")  # rewritten as the code before issue 18 saved it
+    raw = json.loads((old / "manifest.json").read_text())
+    for name in ("ids_utf8", "ids_offsets"):
+        (old / raw["arrays"].pop(name)["file"]).unlink()
+    (old / "doc_ids.txt").write_text("".join(f"{i}\n" for i in docs.ids))
+    raw["files"] = file_table(old)
+    (old / "manifest.json").write_text(json.dumps(raw))
+    assert load_embeddings(old).ids == docs.ids and check_index(old).problems == []
+    (old / "doc_ids.txt").write_text("d0\n")  # still read, so still checked against the manifest
+    with pytest.raises(IndexFormatError, match=r"doc_ids\.txt has 3 bytes, but the manifest recorded"):
+        load_embeddings(old)
