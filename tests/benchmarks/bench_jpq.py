@@ -3,7 +3,7 @@
 Run:  .venv/bin/python tests/benchmarks/bench_jpq.py --data scifact --m 48 24 16 8 [--json out.json]
 
 Reports the test split only: nDCG@10, MRR@10, Recall@100 (ir-measures), bytes per document of
-the saved index, queries per second at batch 64 and 1 (2 threads), and training time.
+the saved index, queries per second at batch 64 and 1 (`--threads`, default 2), and training time.
 
 Training data (``--labels``):
 
@@ -63,10 +63,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train JPQ once per seed (its own OPQ fit each time) and report each run paired with "
                              "the OPQ+PQ fit it started from, and the mean over seeds")
+    parser.add_argument("--threads", type=int, default=2, help="FAISS and torch threads (training and QPS)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     import faiss
+    import torch
 
     import retrieval as rt
     from indexes import FaissIndex
@@ -74,7 +76,8 @@ def main() -> None:
     from training.jpq import JPQTrainer, JPQTrainingArgs
     from training.queries import pseudo_queries
 
-    faiss.omp_set_num_threads(2)
+    faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     test = rt.load_beir(args.data, split="test")
     encoder = rt.DenseEncoder(device="cpu")
     docs = encoder.encode_documents(test.doc_texts(), ids=test.doc_ids())
