@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._ivf_rows import transform_queries
+
 if TYPE_CHECKING:
     from indexes.faiss_index import FaissIndex
 
@@ -42,6 +44,7 @@ HNSW_EXACT_SQRT = 16.0
 #: wanted (n_allowed * nprobe / nlist <= this * k): below it most queries come up short and are
 #: searched again with every list anyway (measured crossover: 5-15 allowed rows met for k = 10).
 IVF_EXACT_MET_PER_HIT = 1.0
+IVF_EXACT_PROBED_ROWS = 1.0
 #: Flat codes (Flat, SQ, PQ, ...): decode and score the allowed rows up to this share of the stored
 #: rows; above it the over-fetched (or bitmap) search of every row is cheaper (measured: 25-30%).
 FLAT_EXACT_SHARE = 0.25
@@ -68,6 +71,8 @@ def exact_is_cheaper(plan: str, n_allowed: int, ntotal: int, *, k: int = 10, pro
     if plan == "hnsw":
         return n_allowed <= max(HNSW_EXACT_MIN_ROWS, HNSW_EXACT_SQRT * math.sqrt(ntotal))
     if plan == "ivf":
+        return n_allowed <= max(IVF_EXACT_PROBED_ROWS * probed * ntotal, IVF_EXACT_MET_PER_HIT * k / probed)
+    if plan == "ivf-lists":
         return n_allowed * probed <= IVF_EXACT_MET_PER_HIT * k
     return n_allowed <= FLAT_EXACT_SHARE * ntotal
 
@@ -81,12 +86,7 @@ def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, all
     if index._on_gpu:  # pylint: disable=protected-access
         return _overfetch(index, queries, k, allowed, n_allowed)
     if ivf is not None:
-        exact = exact_is_cheaper("ivf", n_allowed, ntotal, k=k, probed=ivf.nprobe / max(ivf.nlist, 1))
-        d, lab = index._search_with_selector(queries, k, allowed, nprobe=ivf.nlist if exact else None)
-        short = (lab < 0).any(axis=1)
-        if short.any():
-            d[short], lab[short] = index._search_with_selector(queries[short], k, allowed, nprobe=ivf.nlist)
-        return d, lab
+        return _search_ivf(index, ivf, queries, k, allowed, n_allowed)
     if hnsw is not None and not index._wrapped:  # pylint: disable=protected-access
         storage = faiss.downcast_index(hnsw.storage)
         if exact_is_cheaper("hnsw", n_allowed, ntotal, k=k):
@@ -109,6 +109,30 @@ def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, all
     # Many rows allowed of flat codes without a selector (PQ), or of IndexFlat (FAISS's selector path
     # scores row by row, its unfiltered search is one BLAS product): over-fetch, as exact and faster.
     return _overfetch(index, queries, k, allowed, n_allowed)
+
+
+def _search_ivf(index: FaissIndex, ivf: Any, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_],
+                n_allowed: int) -> Result:
+    """IVF kinds: the allowed rows decoded and scored, or the ``nprobe`` selector search with its short
+    rows searched again exactly (by decoding, or for kinds that cannot decode, with every list visited)."""
+    ntotal, probed = int(ivf.ntotal), ivf.nprobe / max(ivf.nlist, 1)
+    rows = index._ivf_rows  # pylint: disable=protected-access
+    if rows is None:  # fast-scan codes, a refine stage: every list visited with the bitmap
+        exact = exact_is_cheaper("ivf-lists", n_allowed, ntotal, k=k, probed=probed)
+        d, lab = index._search_with_selector(queries, k, allowed, nprobe=ivf.nlist if exact else None)
+        short = (lab < 0).any(axis=1)
+        if short.any():
+            d[short], lab[short] = index._search_with_selector(queries[short], k, allowed, nprobe=ivf.nlist)
+        return d, lab
+    reader = rows.reader(allowed.shape[0])
+    if exact_is_cheaper("ivf", n_allowed, ntotal, k=k, probed=probed):
+        return scan_rows(reader, transform_queries(index.faiss_index, queries), k, allowed, index.metric)
+    d, lab = index._search_with_selector(queries, k, allowed)
+    short = (lab < 0).any(axis=1)
+    if short.any():
+        d[short], lab[short] = scan_rows(reader, transform_queries(index.faiss_index, queries[short]), k, allowed,
+                                         index.metric)
+    return d, lab
 
 
 def scan_rows(

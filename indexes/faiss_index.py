@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._filtered import scan_rows, search_filtered
+from indexes._ivf_rows import IVFRows
 from indexes._lock import reads, writes
 from indexes._paths import member, open_member, stable_path
 from indexes.base import Metric, VectorIndex, register_index
@@ -153,6 +154,9 @@ class FaissIndex(VectorIndex):
         self._hnsw = core if isinstance(core, faiss.IndexHNSW) else None
         self._wrapped = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
         self._removes_deleted = self._ivf is not None or (on_gpu and "IVF" in type(core).__name__)
+        # The exact plan of a filtered search decodes the allowed rows of a bare IVF stage (under
+        # pre-transforms only: behind a refine stage its distances are not the index's).
+        self._ivf_rows = IVFRows(core) if self._ivf is not None and IVFRows.supports(core) else None
         # Kinds whose search() honours SearchParameters.sel; everything else over-fetches.
         self._takes_selector = not on_gpu and (
             self._ivf is not None
@@ -245,10 +249,13 @@ class FaissIndex(VectorIndex):
         """Bytes in memory: the FAISS index as ``faiss.serialize_index`` writes it (the same arrays
         it keeps in memory: codes, centroids, graph links; a GPU index is measured by its CPU
         copy) plus the ids as Python holds them (every live ``str``, their list, the id -> row
-        dict, the tombstone mask)."""
+        dict, the tombstone mask) and, once a filtered search built it, the IVF row map (8 bytes a
+        row, :mod:`indexes._ivf_rows`)."""
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
-        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
+        row_map = 0 if self._ivf_rows is None else self._ivf_rows.memory_bytes()
+        return (int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
+                + row_map)
 
     # ------------------------------------------------------------------ train / add / delete
     @property
@@ -283,10 +290,14 @@ class FaissIndex(VectorIndex):
             if self._index.ntotal != start:  # pragma: no cover - guards the row == label invariant
                 raise IndexFormatError(f"FAISS holds {self._index.ntotal} rows but densezip expects {start}.")
             self._index.add(vectors)
+        if self._ivf_rows is not None:
+            self._ivf_rows.invalidate()
 
     def _delete_rows(self, rows: NDArray[np.int64]) -> None:
         if self._removes_deleted:
             self._index.remove_ids(_faiss().IDSelectorBatch(rows))
+        if self._ivf_rows is not None:
+            self._ivf_rows.invalidate()
 
     # ------------------------------------------------------------------ search
     def _search_rows(
