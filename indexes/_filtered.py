@@ -124,13 +124,12 @@ def _search_ivf(index: FaissIndex, ivf: Any, queries: NDArray[np.float32], k: in
         if short.any():
             d[short], lab[short] = index._search_with_selector(queries[short], k, allowed, nprobe=ivf.nlist)
         return d, lab
-    reader = rows.reader(allowed.shape[0])
     if exact_is_cheaper("ivf", n_allowed, ntotal, k=k, probed=probed):
-        return scan_rows(reader, transform_queries(index.faiss_index, queries), k, allowed, index.metric)
+        return scan_rows(rows, transform_queries(index.faiss_index, queries), k, allowed, index.metric)
     d, lab = index._search_with_selector(queries, k, allowed)
     short = (lab < 0).any(axis=1)
     if short.any():
-        d[short], lab[short] = scan_rows(reader, transform_queries(index.faiss_index, queries[short]), k, allowed,
+        d[short], lab[short] = scan_rows(rows, transform_queries(index.faiss_index, queries[short]), k, allowed,
                                          index.metric)
     return d, lab
 

@@ -249,13 +249,11 @@ class FaissIndex(VectorIndex):
         """Bytes in memory: the FAISS index as ``faiss.serialize_index`` writes it (the same arrays
         it keeps in memory: codes, centroids, graph links; a GPU index is measured by its CPU
         copy) plus the ids as Python holds them (every live ``str``, their list, the id -> row
-        dict, the tombstone mask) and, once a filtered search built it, the IVF row map (8 bytes a
-        row, :mod:`indexes._ivf_rows`)."""
+        dict, the tombstone mask); an IVF index's direct map, once a filtered search turned it on,
+        is part of the FAISS index (:mod:`indexes._ivf_rows`)."""
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
-        row_map = 0 if self._ivf_rows is None else self._ivf_rows.memory_bytes()
-        return (int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
-                + row_map)
+        return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
 
     # ------------------------------------------------------------------ train / add / delete
     @property
@@ -290,14 +288,11 @@ class FaissIndex(VectorIndex):
             if self._index.ntotal != start:  # pragma: no cover - guards the row == label invariant
                 raise IndexFormatError(f"FAISS holds {self._index.ntotal} rows but densezip expects {start}.")
             self._index.add(vectors)
-        if self._ivf_rows is not None:
-            self._ivf_rows.invalidate()
 
     def _delete_rows(self, rows: NDArray[np.int64]) -> None:
         if self._removes_deleted:
-            self._index.remove_ids(_faiss().IDSelectorBatch(rows))
-        if self._ivf_rows is not None:
-            self._ivf_rows.invalidate()
+            rows_map = self._ivf_rows
+            self._index.remove_ids(_faiss().IDSelectorBatch(rows) if rows_map is None else rows_map.selector(rows))
 
     # ------------------------------------------------------------------ search
     def _search_rows(
