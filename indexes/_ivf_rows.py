@@ -38,7 +38,10 @@ class IVFRows:
 
     def __init__(self, ivf: Any) -> None:
         self._ivf = ivf
-        self._lock = threading.Lock()  # one build, even when concurrent searches (readers) all want it
+        # One build, even when concurrent searches (readers) all want it; FAISS marks the map's type
+        # before it fills the hash, so readers wait for this flag, set once the build is done.
+        self._lock = threading.Lock()
+        self._ready = False
 
     @staticmethod
     def supports(ivf: Any) -> bool:
@@ -58,10 +61,11 @@ class IVFRows:
 
     def decode(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         """The vectors the index's distances see for ``rows`` (all stored), in the IVF stage's space."""
-        if not self.mapped:
+        if not self._ready:
             with self._lock:
                 if not self.mapped:
                     self._ivf.set_direct_map_type(_faiss().DirectMap.Hashtable)
+                self._ready = True
         return self._ivf.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
 
     def reconstruct_batch(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
