@@ -7,8 +7,10 @@ of three plans by the kind of FAISS index and by how many rows are allowed
 * **exact scan of the allowed rows**: their codes are scored exhaustively, so the result is the
   exact top-``k`` under the index's own (quantised) distances and is never short. For HNSW and
   flat kinds (Flat, SQ, PQ) the allowed rows are decoded and scored by NumPy, at a cost that
-  follows the allowed rows; for IVF kinds it is the selector search with ``nprobe = nlist``
-  (every list visited, only allowed rows scored).
+  follows the allowed rows. IVF kinds with Flat, PQ or SQ codes (OPQ included) decode the
+  allowed rows through FAISS's direct map (:mod:`indexes._ivf_rows`) and score them against the
+  pre-transformed query, so their cost follows the allowed rows too; other IVF kinds
+  (fast-scan codes, a refine stage) run the selector search with ``nprobe = nlist``.
 * **FAISS pre-filter** (``IDSelectorBitmap``) where the kind takes one (IVF, HNSW, SQ); rows the
   approximate search leaves short (an IVF ``nprobe`` or an HNSW walk that reaches too few
   allowed rows) are searched again with the exact plan.
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._ivf_rows import transform_queries
+
 if TYPE_CHECKING:
     from indexes.faiss_index import FaissIndex
 
@@ -38,10 +42,17 @@ __all__ = ["exact_is_cheaper", "search_filtered"]
 #: crossover: ~6,800 rows at 100k, ~10,000 at 400k; a filtered walk slows as the share falls) ...
 HNSW_EXACT_MIN_ROWS = 4096
 HNSW_EXACT_SQRT = 16.0
-#: IVF: visit every list when the probed lists would hold at most this many allowed rows per hit
-#: wanted (n_allowed * nprobe / nlist <= this * k): below it most queries come up short and are
-#: searched again with every list anyway (measured crossover: 5-15 allowed rows met for k = 10).
+#: IVF (Flat, PQ, SQ codes, OPQ included): decode and score the allowed rows (indexes/_ivf_rows.py)
+#: up to max(IVF_EXACT_MIN_ROWS, IVF_EXACT_PROBED_ROWS * the rows the probed lists hold,
+#: IVF_EXACT_MET_PER_HIT * k / probed share) allowed rows. Measured (IVF1024 nprobe 16, 100 queries):
+#: the exact plan takes 0.04-0.6 of the nprobe plan's time at 1,000 allowed rows, 1.4-7.7 times it
+#: at 3,000 (100k rows: probed lists hold ~1,560; 400k: ~6,250); under the last bound most queries
+#: come up short of k allowed rows in the probed lists and are searched again exactly anyway.
+IVF_EXACT_MIN_ROWS = 1000
+IVF_EXACT_PROBED_ROWS = 0.5
 IVF_EXACT_MET_PER_HIT = 1.0
+#: IVF kinds that cannot decode (fast-scan codes, a refine stage): visit every list with the bitmap
+#: when n_allowed * nprobe / nlist <= IVF_EXACT_MET_PER_HIT * k (measured: 5-15 allowed rows met for k = 10).
 #: Flat codes (Flat, SQ, PQ, ...): decode and score the allowed rows up to this share of the stored
 #: rows; above it the over-fetched (or bitmap) search of every row is cheaper (measured: 25-30%).
 FLAT_EXACT_SHARE = 0.25
@@ -53,21 +64,27 @@ Result = tuple[NDArray[np.float32], NDArray[np.int64]]
 def exact_is_cheaper(plan: str, n_allowed: int, ntotal: int, *, k: int = 10, probed: float = 1.0) -> bool:
     """The cost switch: True when scanning the allowed rows beats the filtered approximate search.
 
-    ``plan`` is ``"hnsw"``, ``"ivf"`` (``probed`` = nprobe / nlist) or ``"flat"`` (any index
-    that scores every stored code: Flat, SQ, PQ).
+    ``plan`` is ``"hnsw"``, ``"ivf"`` (``probed`` = nprobe / nlist; the exact plan decodes the allowed
+    rows), ``"ivf-lists"`` (an IVF kind that cannot decode: the exact plan visits every list) or
+    ``"flat"`` (any index that scores every stored code: Flat, SQ, PQ).
 
     Examples
     --------
     >>> exact_is_cheaper("hnsw", 10_000, 1_000_000), exact_is_cheaper("hnsw", 100_000, 1_000_000)
     (True, False)
-    >>> exact_is_cheaper("ivf", 300, 100_000, k=10, probed=16 / 1024)
+    >>> exact_is_cheaper("ivf", 1000, 1_000_000, probed=16 / 1024)  # 0.1%: 15,625 rows in the probed lists
     True
+    >>> exact_is_cheaper("ivf", 10_000, 1_000_000, probed=16 / 1024), exact_is_cheaper("ivf-lists", 300, 100_000)
+    (False, False)
     >>> exact_is_cheaper("flat", 200_000, 1_000_000), exact_is_cheaper("flat", 500_000, 1_000_000)
     (True, False)
     """
     if plan == "hnsw":
         return n_allowed <= max(HNSW_EXACT_MIN_ROWS, HNSW_EXACT_SQRT * math.sqrt(ntotal))
     if plan == "ivf":
+        return n_allowed <= max(IVF_EXACT_MIN_ROWS, IVF_EXACT_PROBED_ROWS * probed * ntotal,
+                                IVF_EXACT_MET_PER_HIT * k / max(probed, 1e-12))
+    if plan == "ivf-lists":
         return n_allowed * probed <= IVF_EXACT_MET_PER_HIT * k
     return n_allowed <= FLAT_EXACT_SHARE * ntotal
 
@@ -81,12 +98,7 @@ def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, all
     if index._on_gpu:  # pylint: disable=protected-access
         return _overfetch(index, queries, k, allowed, n_allowed)
     if ivf is not None:
-        exact = exact_is_cheaper("ivf", n_allowed, ntotal, k=k, probed=ivf.nprobe / max(ivf.nlist, 1))
-        d, lab = index._search_with_selector(queries, k, allowed, nprobe=ivf.nlist if exact else None)
-        short = (lab < 0).any(axis=1)
-        if short.any():
-            d[short], lab[short] = index._search_with_selector(queries[short], k, allowed, nprobe=ivf.nlist)
-        return d, lab
+        return _search_ivf(index, ivf, queries, k, allowed, n_allowed)
     if hnsw is not None and not index._wrapped:  # pylint: disable=protected-access
         storage = faiss.downcast_index(hnsw.storage)
         if exact_is_cheaper("hnsw", n_allowed, ntotal, k=k):
@@ -109,6 +121,29 @@ def search_filtered(index: FaissIndex, queries: NDArray[np.float32], k: int, all
     # Many rows allowed of flat codes without a selector (PQ), or of IndexFlat (FAISS's selector path
     # scores row by row, its unfiltered search is one BLAS product): over-fetch, as exact and faster.
     return _overfetch(index, queries, k, allowed, n_allowed)
+
+
+def _search_ivf(index: FaissIndex, ivf: Any, queries: NDArray[np.float32], k: int, allowed: NDArray[np.bool_],
+                n_allowed: int) -> Result:
+    """IVF kinds: the allowed rows decoded and scored, or the ``nprobe`` selector search with its short
+    rows searched again exactly (by decoding, or for kinds that cannot decode, with every list visited)."""
+    ntotal, probed = int(ivf.ntotal), ivf.nprobe / max(ivf.nlist, 1)
+    rows = index._ivf_rows  # pylint: disable=protected-access
+    if rows is None:  # fast-scan codes, a refine stage: every list visited with the bitmap
+        exact = exact_is_cheaper("ivf-lists", n_allowed, ntotal, k=k, probed=probed)
+        d, lab = index._search_with_selector(queries, k, allowed, nprobe=ivf.nlist if exact else None)
+        short = (lab < 0).any(axis=1)
+        if short.any():
+            d[short], lab[short] = index._search_with_selector(queries[short], k, allowed, nprobe=ivf.nlist)
+        return d, lab
+    if exact_is_cheaper("ivf", n_allowed, ntotal, k=k, probed=probed):
+        return scan_rows(rows, transform_queries(index.faiss_index, queries), k, allowed, index.metric)
+    d, lab = index._search_with_selector(queries, k, allowed)
+    short = (lab < 0).any(axis=1)
+    if short.any():
+        d[short], lab[short] = scan_rows(rows, transform_queries(index.faiss_index, queries[short]), k, allowed,
+                                         index.metric)
+    return d, lab
 
 
 def scan_rows(

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._filtered import scan_rows, search_filtered
+from indexes._ivf_rows import IVFRows
 from indexes._lock import reads, writes
 from indexes._paths import member, open_member, stable_path
 from indexes.base import Metric, VectorIndex, register_index
@@ -153,6 +154,9 @@ class FaissIndex(VectorIndex):
         self._hnsw = core if isinstance(core, faiss.IndexHNSW) else None
         self._wrapped = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
         self._removes_deleted = self._ivf is not None or (on_gpu and "IVF" in type(core).__name__)
+        # The exact plan of a filtered search decodes the allowed rows of a bare IVF stage (under
+        # pre-transforms only: behind a refine stage its distances are not the index's).
+        self._ivf_rows = IVFRows(core) if self._ivf is not None and IVFRows.supports(core) else None
         # Kinds whose search() honours SearchParameters.sel; everything else over-fetches.
         self._takes_selector = not on_gpu and (
             self._ivf is not None
@@ -245,7 +249,8 @@ class FaissIndex(VectorIndex):
         """Bytes in memory: the FAISS index as ``faiss.serialize_index`` writes it (the same arrays
         it keeps in memory: codes, centroids, graph links; a GPU index is measured by its CPU
         copy) plus the ids (:meth:`ids_memory_bytes`: the id store's arrays and the tombstone
-        mask) and the attributes."""
+        mask) and the attributes; an IVF index's direct map, once a filtered search turned it on,
+        is part of the FAISS index (:mod:`indexes._ivf_rows`)."""
         faiss = _faiss()
         cpu_index = faiss.index_gpu_to_cpu(self._index) if self._on_gpu else self._index
         return int(faiss.serialize_index(cpu_index).nbytes) + self._table.memory_bytes() + self._attrs.memory_bytes()
@@ -286,7 +291,8 @@ class FaissIndex(VectorIndex):
 
     def _delete_rows(self, rows: NDArray[np.int64]) -> None:
         if self._removes_deleted:
-            self._index.remove_ids(_faiss().IDSelectorBatch(rows))
+            rows_map = self._ivf_rows
+            self._index.remove_ids(_faiss().IDSelectorBatch(rows) if rows_map is None else rows_map.selector(rows))
 
     # ------------------------------------------------------------------ search
     def _search_rows(

@@ -131,6 +131,8 @@ _KINDS = {
     "hnsw-pq": lambda: _faiss("HNSW8,PQ4x4"),
     "ivf": lambda: _faiss("IVF4,Flat"),
     "ivf-pq": lambda: _faiss("IVF4,PQ2x4"),
+    "ivf-opq": lambda: _faiss("OPQ2,IVF4,PQ2x4"),
+    "ivf-fs": lambda: _faiss("IVF4,PQ2x4fs"),  # fast-scan codes: the every-list selector plan
     "pq": lambda: _faiss("PQ4x4"),
     "sq": lambda: _faiss("SQ8"),
     "sharded-ivf": lambda: ShardedIndex(_faiss("IVF4,Flat"), 2),
@@ -158,7 +160,7 @@ def test_filtered_search_against_brute_force(kind: str, plan: str, where: dict[s
         assert result.doc_ids == expected(where, set(), k, Q)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "pq", "sharded-flat"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivf-opq", "pq", "sharded-flat"])
 @PROPS
 @given(where=PREDICATES, k=st.integers(1, 12), drop=st.sets(st.sampled_from(IDS), max_size=20))
 def test_filtered_search_skips_deleted(kind: str, where: dict[str, Any], k: int, drop: set[str]) -> None:
