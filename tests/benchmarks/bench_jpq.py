@@ -100,8 +100,13 @@ def main() -> None:
         # The teacher's query vectors through the embedding cache (same model, queries cut at 32
         # tokens as in training), so repeated runs do not encode thousands of queries again.
         query_encoder = rt.DenseEncoder(device="cpu", max_seq_length=overrides.get("max_query_length", 32))
-        encoded = query_encoder.encode_documents(list(queries.values()), ids=list(queries))
-        shared_vectors = dict(zip(encoded.ids, encoded.vectors, strict=True))
+        # Judged and pseudo-queries are cached apart, so the pseudo-queries' vectors are shared
+        # with the label-free runs (the cache key is the whole list of texts).
+        groups = ([q for q in queries if not q.startswith("pseudo-")], [q for q in queries if q.startswith("pseudo-")])
+        for group in groups:
+            if group:
+                encoded = query_encoder.encode_documents([queries[q] for q in group], ids=group)
+                shared_vectors.update(zip(encoded.ids, encoded.vectors, strict=True))
 
     def measure(index: Any, queries: Any) -> dict[str, float]:
         metrics = rt.evaluate(index.search(queries, 100, query_ids=qids).to_trec_dict(), test.qrels)
