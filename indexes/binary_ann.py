@@ -90,9 +90,13 @@ class BinaryParams:
 
 
 def ivf_nlist(n_vectors: int) -> int:
-    """IVF lists for ``n_vectors`` codes: the power of two at most ``4 * sqrt(n)`` (1 for tiny sets),
-    so that a list holds about ``sqrt(n) / 4`` codes (1M vectors: 4,096 lists of ~244)."""
-    return 1 << max(0, int(np.floor(np.log2(max(1.0, 4 * np.sqrt(n_vectors))))))
+    """IVF lists for ``n_vectors`` codes: the power of two at most ``sqrt(n)`` (1 for tiny sets).
+
+    Few, long lists: scanning a list costs one popcount per 64 bits, so lists of ~2,000 codes
+    (1M vectors: 512 lists) are cheap to search, and the k-means that trains them (at most
+    64 codes per list) takes seconds, which matters because the engine is rebuilt on load.
+    """
+    return 1 << max(0, int(np.floor(np.log2(max(1.0, np.sqrt(n_vectors))))))
 
 
 def lookup_tables(quantizer: BinaryQuantizer, qv: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
