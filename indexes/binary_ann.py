@@ -43,7 +43,7 @@ from retrieval.compress.binary import BinaryQuantizer
 from retrieval.errors import ConfigError
 from retrieval.scores import top_k
 
-__all__ = ["BINARY_INDEXES", "BinaryEngine", "BinaryIndexKind", "BinaryParams", "ivf_nlist", "lookup_tables"]
+__all__ = ["BINARY_INDEXES", "BinaryEngine", "BinaryIndexKind", "BinaryParams", "ivf_nlist", "lookup_tables", "per_query_tables"]
 
 BinaryIndexKind = Literal["ivf", "hnsw", "flat"]
 BINARY_INDEXES = ("ivf", "hnsw", "flat")
@@ -115,6 +115,13 @@ def lookup_tables(quantizer: BinaryQuantizer, qv: NDArray[np.float32]) -> tuple[
     bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1  # (256, 8)
     table = np.einsum("tbi,vi->bvt", w.reshape(x.shape[0], quantizer.code_size, 8), bits, optimize=True)
     return np.ascontiguousarray(table, dtype=np.float32), np.ascontiguousarray(x @ quantizer.mean, dtype=np.float32)
+
+
+def per_query_tables(table: NDArray[np.float32], q_offsets: NDArray[np.int64]) -> NDArray[np.float32]:
+    """``table`` (code_size, 256, Tq) re-laid flat, one (code_size, 256, Lq) block per query, in order:
+    the layout :func:`indexes._binary_kernels.lut_maxsim` reads (a query's rows stay contiguous)."""
+    blocks = [table[:, :, q_offsets[q] : q_offsets[q + 1]].reshape(-1) for q in range(q_offsets.shape[0] - 1)]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 class BinaryEngine:
@@ -222,7 +229,8 @@ class BinaryEngine:
         """Stage 2: table MaxSim of every candidate, the best ``k`` per query (rows, ``-1`` padded)."""
         nq = q_offsets.shape[0] - 1
         table, const = lookup_tables(self.quantizer, qv)
-        scores = self._kernels.lut_maxsim(table, const, q_offsets, cand_offsets, cand_docs, self.codes, self.offsets)
+        scores = self._kernels.lut_maxsim(per_query_tables(table, q_offsets), const, q_offsets, cand_offsets, cand_docs,
+                                          self.codes, self.offsets)
         counts = np.diff(cand_offsets)
         width = max(int(counts.max(initial=0)), 1)
         owner = np.repeat(np.arange(nq), counts)
