@@ -248,6 +248,7 @@ class BinaryEngine:
 
     def _search_params(self, params: BinaryParams, allowed: NDArray[np.bool_] | None) -> Any:
         faiss = require("faiss", extra="cpu", feature="MultiVectorIndex(first_stage='binary')")
+        assert self.index is not None
         if self.kind == "ivf":
             p = faiss.SearchParametersIVF()
             p.nprobe = min(params.nprobe, self.index.nlist)

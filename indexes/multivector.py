@@ -317,7 +317,8 @@ class MultiVectorIndex(StoredIndex):
         if params is not None and self.first_stage not in ("plaid", "binary"):
             raise ConfigError(f"search params apply to first_stage 'plaid' or 'binary'; this index uses "
                               f"{self.first_stage!r}. Set nprobe / n_candidates on the index instead.")
-        settings = (self.binary_params if self.first_stage == "binary" else self.plaid_params).updated(params)
+        current: Any = self.binary_params if self.first_stage == "binary" else self.plaid_params
+        settings = current.updated(params)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
         allowed = self._allowed(subset, where) if subset is not None or where is not None else None
