@@ -8,6 +8,7 @@ import pytest
 
 from indexes import MultiVectorIndex, load_index
 from indexes.binary_ann import BinaryEngine, BinaryParams, ivf_nlist, lookup_tables
+from indexes.factory import make_index
 from retrieval.compress.binary import BinaryQuantizer
 from retrieval.compress.kmeans import PatchKMeans, corpus_k
 from retrieval.compress.spec import parse_codec
@@ -187,6 +188,7 @@ def test_kmeans_without_k_is_sized_to_the_corpus(data, tmp_path) -> None:
         parse_codec("KMeansr", D)
     index = MultiVectorIndex(D, spec="KMeansr2")
     assert index.first_stage == "plaid" and index.spec == "KMeansr2"
+    assert make_index(D, "KMeans", multivector=True).spec == "KMeans"
     index.add(docs)
     k = corpus_k(docs.num_vectors)
     assert index.codec.k == k and index.spec == f"KMeans{k}r2" and index._codes.shape[1] == 1 + (2 * D) // 8
