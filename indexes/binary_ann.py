@@ -73,8 +73,8 @@ class BinaryParams:
     """
 
     # Picked by the sweep in docs/BENCHMARKS.md section 4 (1M synthetic token vectors, k=10).
-    token_k: int = 64
-    nprobe: int = 4
+    token_k: int = 32
+    nprobe: int = 16
     ef_search: int = 64
     ndocs: int = 256
 

@@ -81,7 +81,7 @@ class MultiVectorIndex(StoredIndex):
         Documents re-scored after centroid-only scoring (``"centroid"``).
     nprobe : int, optional
         Centroids probed per query vector (``"plaid"``, default 1; ``"centroid"``, default 4), or
-        IVF lists probed per query vector (``"binary"`` with ``binary_index="ivf"``, default 4).
+        IVF lists probed per query vector (``"binary"`` with ``binary_index="ivf"``, default 16).
     ndocs : int
         Documents decoded and scored exactly per query (``"plaid"``); documents re-scored with the
         stored codes after the table scoring (``"binary"`` with a codec that is not binary).
@@ -120,7 +120,7 @@ class MultiVectorIndex(StoredIndex):
 
     def __init__(
         self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage | None = None,
-        n_candidates: int = 256, nprobe: int | None = None, token_k: int = 64, seed: int = 0,
+        n_candidates: int = 256, nprobe: int | None = None, token_k: int = BinaryParams.token_k, seed: int = 0,
         ndocs: int = PlaidParams.ndocs, centroid_score_threshold: float | None = PlaidParams.centroid_score_threshold,
         binary_index: BinaryIndexKind = "ivf", ef_search: int = BinaryParams.ef_search,
     ) -> None:
