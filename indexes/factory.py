@@ -35,6 +35,7 @@ ACCEPTED_SPECS = (
     "a FAISS factory string for FaissIndex, e.g. 'Flat' (FAISS IndexFlat, also exact), 'HNSW32', 'SQ8', "
     "'PQ48x8', 'IVF64,PQ48x8', 'OPQ48,PQ48x8' (https://github.com/facebookresearch/faiss/wiki/The-index-factory); "
     "or, with multivector=True, a MultiVectorIndex spec: 'Flat', 'FP16', 'KMeans<K>', 'KMeans<K>r<bits>', "
+    "'KMeans' / 'KMeansr<bits>' (K sized to the corpus), "
     "'Binary', 'BinaryITQ', optionally after 'Prune<p>,' (e.g. 'Prune0.6,KMeans256r2')"
 )
 _MULTIVECTOR_PREFIXES = ("Prune", "KMeans", "FP16", "Binary")
@@ -67,7 +68,7 @@ def make_index(
           ``IndexFlat``: also exact, FAISS kernels), ``"HNSW32"``, ``"IVF64,PQ48x8"``.
         - with ``multivector=True``: a :class:`~indexes.MultiVectorIndex` spec, ``"<codec>"``
           or ``"Prune<p>,<codec>"`` with codec ``Flat``, ``FP16``, ``KMeans<K>``,
-          ``KMeans<K>r<b>``, ``Binary`` or ``BinaryITQ``.
+          ``KMeans<K>r<b>`` (``<K>`` may be left out: sized to the corpus), ``Binary`` or ``BinaryITQ``.
     metric : {"ip", "l2"}
         Similarity of single-vector indexes. Multi-vector indexes score by MaxSim, an inner
         product, and accept ``"ip"`` only.

@@ -13,7 +13,6 @@ Layout on disk (one directory, manifest written last, as for every index)::
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +20,13 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._ids import read_id_list, write_id_list
-from indexes._io import atomic_directory, file_table, load_array, save_array
+from indexes._embeddings_io import load_embeddings, save_embeddings
+from indexes._io import load_array, save_array
 from indexes._lock import reads, writes
-from indexes._paths import load_pinned
-from indexes.base import Metric, StoredIndex, check_k, format_errors, open_manifest, register_index
-from indexes.manifest import MANIFEST_NAME, Manifest, write_manifest
+from indexes.base import Metric, StoredIndex, check_k, register_index
+from indexes.binary_ann import BinaryEngine, BinaryIndexKind, BinaryParams
+from indexes.manifest import MANIFEST_NAME, Manifest
 from indexes.plaid import PlaidEngine, PlaidParams
-from retrieval._optional import require
 from retrieval.compress.base import Codec
 from retrieval.compress.binary import BinaryQuantizer
 from retrieval.compress.kmeans import PatchKMeans
@@ -73,20 +71,28 @@ class MultiVectorIndex(StoredIndex):
           Each query vector probes its ``nprobe`` best centroids; the documents holding
           them are scored with centroid-only MaxSim and the best ``n_candidates`` are
           re-scored with the full codes (PLAID's pipeline, without its pruning heuristics).
-        - ``"binary"``: FAISS binary flat index over sign codes of every stored vector;
-          each query vector's ``token_k`` nearest codes by Hamming distance nominate their
-          documents, which are then scored by MaxSim over the stored codes. With a
-          ``Binary`` codec the codes are shared, otherwise a separate sign quantizer is kept.
+        - ``"binary"``: the binary engine (:mod:`indexes.binary_ann`): a FAISS binary index
+          (``binary_index``) over sign codes of every stored vector gives each query vector's
+          ``token_k`` nearest codes by Hamming distance; their documents are scored by
+          asymmetric MaxSim (float query, bit document) through byte lookup tables. With a
+          ``Binary`` codec the codes are shared and that score is final; otherwise a separate
+          sign quantizer is kept and the best ``ndocs`` are re-scored with the stored codes.
     n_candidates : int
         Documents re-scored after centroid-only scoring (``"centroid"``).
     nprobe : int, optional
-        Centroids probed per query vector (``"plaid"``, default 1; ``"centroid"``, default 4).
+        Centroids probed per query vector (``"plaid"``, default 1; ``"centroid"``, default 4), or
+        IVF lists probed per query vector (``"binary"`` with ``binary_index="ivf"``, default 16).
     ndocs : int
-        Documents decoded and scored exactly per query (``"plaid"``).
+        Documents decoded and scored exactly per query (``"plaid"``); documents re-scored with the
+        stored codes after the table scoring (``"binary"`` with a codec that is not binary).
     centroid_score_threshold : float or None
         Centroid pruning of ``"plaid"``'s stage 2 (None: no pruning).
     token_k : int
         Hamming neighbours per query vector (``"binary"``).
+    binary_index : {"ivf", "hnsw", "flat"}
+        The FAISS binary index of ``"binary"``: IVF (``nprobe``), HNSW (``ef_search``) or a flat scan.
+    ef_search : int
+        HNSW search breadth (``binary_index="hnsw"``).
     seed : int
         Seed for codec training.
 
@@ -114,8 +120,9 @@ class MultiVectorIndex(StoredIndex):
 
     def __init__(
         self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage | None = None,
-        n_candidates: int = 256, nprobe: int | None = None, token_k: int = 64, seed: int = 0,
+        n_candidates: int = 256, nprobe: int | None = None, token_k: int = BinaryParams.token_k, seed: int = 0,
         ndocs: int = PlaidParams.ndocs, centroid_score_threshold: float | None = PlaidParams.centroid_score_threshold,
+        binary_index: BinaryIndexKind = "ivf", ef_search: int = BinaryParams.ef_search,
     ) -> None:
         super().__init__()
         keep, codec_spec = split_prune(spec)
@@ -125,7 +132,7 @@ class MultiVectorIndex(StoredIndex):
         if first_stage is None:
             first_stage = "plaid" if isinstance(self.codec, PatchKMeans) else "exhaustive"
         if nprobe is None:
-            nprobe = PlaidParams.nprobe if first_stage == "plaid" else 4
+            nprobe = {"plaid": PlaidParams.nprobe, "binary": BinaryParams.nprobe}.get(first_stage, 4)
         if first_stage not in _FIRST_STAGES:
             raise ConfigError(f"first_stage must be one of {_FIRST_STAGES}; got {first_stage!r}.")
         if first_stage in ("centroid", "plaid") and not isinstance(self.codec, PatchKMeans):
@@ -140,6 +147,11 @@ class MultiVectorIndex(StoredIndex):
         self.n_candidates, self.nprobe, self.token_k, self.seed = n_candidates, nprobe, token_k, seed
         self.plaid_params = PlaidParams(nprobe=nprobe, ndocs=ndocs, centroid_score_threshold=centroid_score_threshold)
         self.ndocs, self.centroid_score_threshold = ndocs, centroid_score_threshold
+        self.binary_params = BinaryParams(token_k=token_k, nprobe=nprobe, ef_search=ef_search, ndocs=ndocs)
+        if binary_index not in ("ivf", "hnsw", "flat"):
+            raise ConfigError(f"binary_index must be 'ivf', 'hnsw' or 'flat'; got {binary_index!r}.")
+        self.binary_index: BinaryIndexKind = binary_index
+        self.ef_search = ef_search
         self.hamming: BinaryQuantizer | None = None
         if first_stage == "binary":
             self.hamming = self.codec if isinstance(self.codec, BinaryQuantizer) else BinaryQuantizer(dim, seed=seed)
@@ -147,7 +159,7 @@ class MultiVectorIndex(StoredIndex):
         self._hamming_codes = np.zeros((0, self.hamming.code_size if self.hamming else 0), dtype=np.uint8)
         self._offsets = np.zeros(1, dtype=np.int64)
         self._lists: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # centroid -> doc rows (CSR)
-        self._binary_index: Any = None
+        self._binary: BinaryEngine | None = None
         self._plaid: PlaidEngine | None = None
 
     # ------------------------------------------------------------------ description
@@ -174,12 +186,13 @@ class MultiVectorIndex(StoredIndex):
 
     def memory_bytes(self) -> int:
         """Bytes in memory: the codes, the offsets, the trained codec's arrays, a separate binary
-        first stage's codes and quantizer, the PLAID engine's lists once a search built them, plus
-        the ids (:meth:`ids_memory_bytes`: the id store's arrays; no tombstones: deleted documents
-        are dropped) and the attributes."""
+        first stage's codes and quantizer, the PLAID engine's lists and the binary engine's FAISS
+        index once a search built them, plus the ids (:meth:`ids_memory_bytes`: the id store's
+        arrays; no tombstones: deleted documents are dropped) and the attributes."""
         trained = sum(a.nbytes for a in self.trained_state().values())
         side = self._hamming_codes.nbytes if self._separate_hamming() else 0
         side += self._plaid.memory_bytes() if self._plaid is not None else 0
+        side += self._binary.memory_bytes() if self._binary is not None else 0
         payload = int(self._codes.nbytes + self._offsets.nbytes + trained + side)
         return payload + self._table.memory_bytes() + self._attrs.memory_bytes()
 
@@ -217,7 +230,7 @@ class MultiVectorIndex(StoredIndex):
         self.codec.fit(mv.vectors)
         if self.hamming is not None and self.hamming is not self.codec:
             self.hamming.fit(mv.vectors)
-        self._lists, self._binary_index, self._plaid = None, None, None
+        self._lists, self._binary, self._plaid = None, None, None
         return self
 
     @writes
@@ -246,7 +259,7 @@ class MultiVectorIndex(StoredIndex):
         self._offsets = np.concatenate([self._offsets, base + mv.offsets[1:]])
         self._table.append(mv.ids)
         self._attrs.commit(prepared)
-        self._lists, self._binary_index, self._plaid = None, None, None
+        self._lists, self._binary, self._plaid = None, None, None
         return self
 
     @writes
@@ -265,14 +278,14 @@ class MultiVectorIndex(StoredIndex):
         self._offsets = offsets_from_lengths(self.lengths[kept])
         self._table.remove(ids, rows)
         self._attrs.keep(keep_docs)
-        self._lists, self._binary_index, self._plaid = None, None, None
+        self._lists, self._binary, self._plaid = None, None, None
         return int(rows.size)
 
     # ------------------------------------------------------------------ search
     @reads
     def search(
         self, queries: MultiVectorEmbeddings, k: int = 10, *, subset: Iterable[str] | None = None,
-        query_ids: Sequence[str] | None = None, params: PlaidParams | Mapping[str, Any] | None = None,
+        query_ids: Sequence[str] | None = None, params: PlaidParams | BinaryParams | Mapping[str, Any] | None = None,
         where: dict[str, Any] | None = None,
     ) -> SearchResult:
         """Top-``k`` documents per query by MaxSim over the stored codes.
@@ -293,16 +306,18 @@ class MultiVectorIndex(StoredIndex):
             is completed by exact MaxSim over the matching documents.
         query_ids : sequence of str, optional
             Stored on the result (defaults to ``queries.ids``).
-        params : dict or PlaidParams, optional
-            ``"plaid"`` settings for this call only (``nprobe``, ``centroid_score_threshold``,
-            ``ndocs``); omitted ones keep the index's own (:attr:`plaid_params`).
+        params : dict, PlaidParams or BinaryParams, optional
+            Settings for this call only: ``"plaid"``'s (``nprobe``, ``centroid_score_threshold``,
+            ``ndocs``) or ``"binary"``'s (``token_k``, ``nprobe``, ``ef_search``, ``ndocs``);
+            omitted ones keep the index's own (:attr:`plaid_params`, :attr:`binary_params`).
         """
         k = min(check_k(k), len(self))  # at most one column per document, whatever k is
         q = self.check_queries(queries)
-        if params is not None and self.first_stage != "plaid":
-            raise ConfigError(f"search params apply to first_stage='plaid'; this index uses {self.first_stage!r}. "
-                              "Set nprobe / n_candidates / token_k on the index instead.")
-        plaid = self.plaid_params.updated(params)
+        if params is not None and self.first_stage not in ("plaid", "binary"):
+            raise ConfigError(f"search params apply to first_stage 'plaid' or 'binary'; this index uses "
+                              f"{self.first_stage!r}. Set nprobe / n_candidates on the index instead.")
+        current: Any = self.binary_params if self.first_stage == "binary" else self.plaid_params
+        settings = current.updated(params)
         if self._codes.shape[0] and not self.is_trained:
             raise NotTrainedError("the index holds codes but its codec is not trained; the index is corrupt.")
         allowed = self._allowed(subset, where) if subset is not None or where is not None else None
@@ -312,7 +327,7 @@ class MultiVectorIndex(StoredIndex):
             with np.errstate(over="ignore", invalid="ignore"):  # huge inputs overflow; reported below
                 for s in range(0, len(q), _QUERY_BATCH):
                     batch = q.select(np.arange(s, min(s + _QUERY_BATCH, len(q))))
-                    scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed, plaid)
+                    scores[s : s + len(batch)], labels[s : s + len(batch)] = self._search_batch(batch, k, allowed, settings)
             if allowed is not None:  # guaranteed k: exact MaxSim over the allowed rows for short rows
                 short = np.flatnonzero((labels >= 0).sum(axis=1) < min(k, int(np.count_nonzero(allowed))))
                 if short.size:
@@ -367,6 +382,7 @@ class MultiVectorIndex(StoredIndex):
             "spec": self.spec, "first_stage": self.first_stage, "n_candidates": self.n_candidates,
             "nprobe": self.nprobe, "token_k": self.token_k, "seed": self.seed, "trained": self.codec.is_trained,
             "ndocs": self.ndocs, "centroid_score_threshold": self.centroid_score_threshold,
+            "binary_index": self.binary_index, "ef_search": self.ef_search,
         }
 
     @classmethod
@@ -377,7 +393,8 @@ class MultiVectorIndex(StoredIndex):
             raise IndexFormatError(f"{directory / MANIFEST_NAME}: params.seed must be a 64-bit integer and "
                                    f"params.trained a boolean; got {seed!r:.40} and {trained!r:.40}.")
         try:
-            plaid = {name: p[name] for name in ("ndocs", "centroid_score_threshold") if name in p}  # absent in manifests older than the PLAID engine
+            optional = ("ndocs", "centroid_score_threshold", "binary_index", "ef_search")  # absent in older manifests
+            plaid = {name: p[name] for name in optional if name in p}
             return cls(manifest.dim, spec=p["spec"], first_stage=p["first_stage"], n_candidates=p["n_candidates"],
                        nprobe=p["nprobe"], token_k=p["token_k"], seed=p["seed"], **plaid)
         except (KeyError, ConfigError) as exc:
@@ -464,9 +481,11 @@ class MultiVectorIndex(StoredIndex):
         return s, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
 
     def _search_batch(self, q: MultiVectorEmbeddings, k: int, allowed: NDArray[np.bool_] | None,
-                      plaid: PlaidParams) -> tuple[Any, Any]:
+                      settings: Any) -> tuple[Any, Any]:
         if self.first_stage == "plaid":
-            return self.plaid_engine().search(q.vectors, q.offsets, k, plaid, allowed)
+            return self.plaid_engine().search(q.vectors, q.offsets, k, settings, allowed)
+        if self.first_stage == "binary":
+            return self._binary_search(q, k, allowed, settings)
         if self.first_stage == "exhaustive":
             s = self.score(q)
             if allowed is not None:
@@ -476,14 +495,13 @@ class MultiVectorIndex(StoredIndex):
         labels = np.full((len(q), k), -1, np.int64)
         for qi in range(len(q)):
             one = q.select([qi])
-            rows = self._centroid_candidates(one) if self.first_stage == "centroid" else self._binary_candidates(one)
+            rows = self._centroid_candidates(one)
             if allowed is not None:
                 rows = rows[allowed[rows]]
-            if self.first_stage == "centroid":
-                assert isinstance(self.codec, PatchKMeans)
-                if self.codec.residual_bits and rows.size > self.n_candidates:
-                    approx = self._centroid_scores(one, rows)
-                    rows = np.sort(rows[np.argpartition(-approx, self.n_candidates - 1)[: self.n_candidates]])
+            assert isinstance(self.codec, PatchKMeans)
+            if self.codec.residual_bits and rows.size > self.n_candidates:
+                approx = self._centroid_scores(one, rows)
+                rows = np.sort(rows[np.argpartition(-approx, self.n_candidates - 1)[: self.n_candidates]])
             scores[qi], labels[qi] = self._score_rows(one, rows, k)
         return scores, labels
 
@@ -525,20 +543,26 @@ class MultiVectorIndex(StoredIndex):
         return maxsim_scores(lambda lo, hi, qv: table[ids[lo:hi]], offsets_from_lengths(self.lengths[rows]), q)[0]
 
     # binary first stage --------------------------------------------------------------
-    def _binary_candidates(self, q: MultiVectorEmbeddings) -> NDArray[np.int64]:
-        assert self.hamming is not None
-        if q.num_vectors == 0 or self.num_vectors == 0:
-            return np.zeros(0, np.int64)
-        codes = self._codes if self.hamming is self.codec else self._hamming_codes
-        if self._binary_index is None:
-            faiss = require("faiss", extra="cpu", feature="MultiVectorIndex(first_stage='binary')")
-            index = faiss.IndexBinaryFlat(self.hamming.code_size * 8)
-            index.add(np.ascontiguousarray(codes))
-            self._binary_index = index
-        _, hits = self._binary_index.search(self.hamming.encode(q.vectors), min(self.token_k, self.num_vectors))
-        hits = hits[hits >= 0]
-        return np.unique(np.searchsorted(self._offsets, hits, side="right") - 1)
+    def binary_engine(self) -> BinaryEngine:
+        """The binary engine over the current sign codes (built on first use, rebuilt after an edit)."""
+        engine = self._binary
+        if engine is None:
+            assert self.hamming is not None
+            codes = self._codes if self.hamming is self.codec else self._hamming_codes
+            engine = self._binary = BinaryEngine(self.hamming, codes, self._offsets, self.binary_index, self.seed)
+        return engine
 
+    def _binary_search(self, q: MultiVectorEmbeddings, k: int, allowed: NDArray[np.bool_] | None,
+                       params: BinaryParams) -> tuple[Any, Any]:
+        """Table MaxSim over the sign codes; with codes of another codec its best ``ndocs`` are re-scored."""
+        engine = self.binary_engine()
+        if self.hamming is self.codec:
+            return engine.search(q.vectors, q.offsets, k, params, allowed)
+        _, rows = engine.search(q.vectors, q.offsets, max(k, params.ndocs), params, allowed)
+        scores, labels = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        for qi in range(len(q)):  # one exact MaxSim over the stored codes per query
+            scores[qi], labels[qi] = self._score_rows(q.select([qi]), np.sort(rows[qi][rows[qi] >= 0]), k)
+        return scores, labels
 
 def _no_match_for_empty(q: MultiVectorEmbeddings, scores: NDArray[np.float32], labels: NDArray[np.int64]) -> None:
     """A query with no vectors matches nothing: its row is all padding, whatever the first stage.
@@ -549,45 +573,3 @@ def _no_match_for_empty(q: MultiVectorEmbeddings, scores: NDArray[np.float32], l
     empty = q.lengths == 0
     if empty.any():
         scores[empty], labels[empty] = -np.inf, -1
-
-
-# ---------------------------------------------------------------------- raw embeddings on disk
-def save_embeddings(mv: MultiVectorEmbeddings, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Save multi-vector embeddings in CSR layout (``vectors.npy``, ``offsets.npy``, ``saliency.npy``)
-    with their ids as arrays (str: ``ids_utf8.npy`` + ``ids_offsets.npy``; int64: ``ids_int64.npy``).
-
-    The directory has the same manifest, checksums and atomic write as a saved index
-    (``index_type`` ``"MultiVectorEmbeddings"``), so a half-written copy is never mistaken
-    for a complete one. Reload with :func:`load_embeddings`, memory-mapped by default.
-    """
-    if not isinstance(mv, MultiVectorEmbeddings):
-        raise ConfigError(f"save_embeddings takes MultiVectorEmbeddings; got {type(mv).__name__}.")
-    target = Path(path)
-    with atomic_directory(target, overwrite=overwrite) as tmp:
-        arrays = {"vectors": save_array(tmp, "vectors", mv.vectors), "offsets": save_array(tmp, "offsets", mv.offsets)}
-        if mv.saliency is not None:
-            arrays["saliency"] = save_array(tmp, "saliency", mv.saliency)
-        write_id_list(tmp, mv.ids, arrays)
-        write_manifest(tmp, Manifest(index_type="MultiVectorEmbeddings", dim=mv.dim, metric="ip", count=len(mv),
-                                     arrays=arrays, files=file_table(tmp)))
-    return target
-
-
-def load_embeddings(path: str | os.PathLike[str], *, mmap: bool = True, verify: bool = True) -> MultiVectorEmbeddings:
-    """Load embeddings written by :func:`save_embeddings`; ``mmap=True`` maps the vectors read-only."""
-    with format_errors(path):
-        return load_pinned(path, lambda d: _load_embeddings(d, mmap=mmap, verify=verify))
-
-
-def _load_embeddings(directory: Path, *, mmap: bool, verify: bool) -> MultiVectorEmbeddings:
-    manifest = open_manifest(directory, "MultiVectorEmbeddings", verify=verify, other="not saved MultiVectorEmbeddings")
-    vectors = load_array(directory, manifest.arrays.get("vectors"), name="vectors", mmap=mmap)
-    offsets = load_array(directory, manifest.arrays.get("offsets"), name="offsets")
-    saliency = None
-    if "saliency" in manifest.arrays:
-        saliency = load_array(directory, manifest.arrays["saliency"], name="saliency", mmap=mmap)
-    ids = read_id_list(directory, manifest)
-    try:
-        return MultiVectorEmbeddings(vectors=vectors, offsets=offsets, ids=ids, saliency=saliency)
-    except ShapeError as exc:
-        raise IndexFormatError(f"{directory}: the saved arrays are inconsistent ({exc}).") from exc

@@ -41,7 +41,7 @@ from retrieval.errors import ConfigError
 from retrieval.scores import top_k
 from retrieval.types import _ranges
 
-__all__ = ["PlaidEngine", "PlaidParams"]
+__all__ = ["PlaidEngine", "PlaidParams", "updated_params"]
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,23 @@ class PlaidParams:
 
     def updated(self, params: PlaidParams | Mapping[str, Any] | None) -> PlaidParams:
         """These settings with ``params`` (a PlaidParams, or a dict of some of its fields) applied."""
-        if params is None:
-            return self
-        if isinstance(params, PlaidParams):
-            return params
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"params must be a dict or PlaidParams; got {type(params).__name__}.")
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(f"unknown search params {unknown}; the PLAID engine accepts {sorted(known)}.")
-        return replace(self, **params)
+        return updated_params(self, params, "the PLAID engine")
+
+
+def updated_params(current: Any, params: Any, engine: str) -> Any:
+    """The frozen dataclass ``current`` with ``params`` applied: an instance of its class replaces
+    it, a dict replaces some of its fields, None keeps it; anything else is a clear error."""
+    if params is None:
+        return current
+    if isinstance(params, type(current)):
+        return params
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"params must be a dict or {type(current).__name__}; got {type(params).__name__}.")
+    known = {f.name for f in fields(current)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"unknown search params {unknown}; {engine} accepts {sorted(known)}.")
+    return replace(current, **params)
 
 
 class PlaidEngine:

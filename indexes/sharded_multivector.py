@@ -38,7 +38,8 @@ __all__ = ["MultiVectorShardServer", "ShardedMultiVectorIndex"]
 
 logger = logging.getLogger(__name__)
 
-_PARAMS = ("spec", "first_stage", "n_candidates", "nprobe", "token_k", "seed", "ndocs", "centroid_score_threshold")
+_PARAMS = ("spec", "first_stage", "n_candidates", "nprobe", "token_k", "seed", "ndocs", "centroid_score_threshold",
+           "binary_index", "ef_search")
 
 
 class MultiVectorShardServer(ShardServer):

@@ -13,11 +13,30 @@ from retrieval._optional import require
 from retrieval.compress.base import Codec
 from retrieval.errors import ConfigError, ShapeError
 
-__all__ = ["PatchKMeans"]
+__all__ = ["PatchKMeans", "corpus_k"]
 
 logger = logging.getLogger(__name__)
 
 _ASSIGN_CHUNK = 65536
+MAX_K = 65536  # 2-byte centroid ids
+
+
+def corpus_k(n_vectors: int) -> int:
+    """Centroids for a corpus of ``n_vectors`` token vectors: ``2**floor(log2(16 * sqrt(n)))``.
+
+    PLAID's rule (about 16 * sqrt(T) centroids, rounded down to a power of two), capped at
+    65,536 (2-byte ids) and at the largest power of two not above ``n`` (k-means needs at least
+    one vector per centroid). 1M vectors: 8,192; 10M: 32,768; 100M: 65,536.
+
+    Examples
+    --------
+    >>> corpus_k(1_000_000), corpus_k(10_000_000), corpus_k(10**9), corpus_k(100)
+    (8192, 32768, 65536, 64)
+    """
+    if isinstance(n_vectors, bool) or not isinstance(n_vectors, (int, np.integer)) or n_vectors < 2:
+        raise ConfigError(f"sizing k-means to the corpus needs at least 2 vectors; got {n_vectors!r}.")
+    k = 1 << int(np.floor(np.log2(16 * np.sqrt(float(n_vectors)))))
+    return int(min(k, MAX_K, 1 << int(np.floor(np.log2(n_vectors)))))
 
 
 class PatchKMeans(Codec):
@@ -35,14 +54,19 @@ class PatchKMeans(Codec):
     ----------
     dim : int
         Vector dimension ``d``.
-    k : int
+    k : int or None
         Number of centroids ``K`` (2 ... 65,536). The HPC-ColPali paper uses 128 / 256 / 512.
+        ``None`` (spec ``"KMeans"`` / ``"KMeansr<b>"``) sizes it to the vectors ``fit`` is given:
+        ``K = corpus_k(T)``, PLAID's ``~16 * sqrt(T)`` rounded down to a power of two, at most
+        65,536 (see :func:`corpus_k`). Until then the codec counts 2-byte ids; once fitted, ``k``
+        and ``spec`` give the K chosen (a saved index records it), and refitting sizes it again.
     residual_bits : int
         Bits per dimension for the residual (0, 1, 2, 4 or 8). ColBERTv2 calls it ``nbits``.
     niter : int
         K-means iterations.
     max_train_points : int
         Training sample size (drawn with the seed); FAISS's own default is 256 per centroid.
+        The sample bounds k-means' memory (``max_train_points x d`` floats) whatever the corpus.
     seed : int
 
     References
@@ -64,15 +88,18 @@ class PatchKMeans(Codec):
     kind = "kmeans"
 
     def __init__(
-        self, dim: int, *, k: int = 256, residual_bits: int = 0, niter: int = 20,
+        self, dim: int, *, k: int | None = 256, residual_bits: int = 0, niter: int = 20,
         max_train_points: int = 262144, seed: int = 0,
     ) -> None:
         super().__init__(dim)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= 65536:
-            raise ConfigError(f"PatchKMeans k must be an integer in [2, 65536]; got {k!r}.")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= MAX_K):
+            raise ConfigError(f"PatchKMeans k must be an integer in [2, 65536], or None to size it to the corpus; "
+                              f"got {k!r}.")
         if residual_bits not in (0, 1, 2, 4, 8):
             raise ConfigError(f"residual_bits must be one of 0, 1, 2, 4, 8; got {residual_bits!r}.")
-        self.k = int(k)
+        #: K sized to the training vectors by ``fit`` (``k=None``); ``k`` is 0 until then.
+        self.auto_k = k is None
+        self.k = 0 if k is None else int(k)
         self.residual_bits = int(residual_bits)
         self.niter = int(niter)
         self.max_train_points = int(max_train_points)
@@ -86,11 +113,11 @@ class PatchKMeans(Codec):
     # ------------------------------------------------------------------ description
     @property
     def spec(self) -> str:
-        return f"KMeans{self.k}" + (f"r{self.residual_bits}" if self.residual_bits else "")
+        return f"KMeans{self.k or ''}" + (f"r{self.residual_bits}" if self.residual_bits else "")
 
     @property
     def id_bytes(self) -> int:
-        return 1 if self.k <= 256 else 2
+        return 1 if 0 < self.k <= 256 else 2  # an unsized K (0) may need 2 bytes
 
     @property
     def residual_bytes(self) -> int:
@@ -108,6 +135,9 @@ class PatchKMeans(Codec):
     def fit(self, vectors: NDArray[np.floating]) -> PatchKMeans:
         faiss = require("faiss", extra="cpu", feature="PatchKMeans")
         x = self._check_vectors(vectors)
+        if self.auto_k:
+            self.k = corpus_k(x.shape[0])
+            logger.info("k-means sized to %d vectors: K = %d", x.shape[0], self.k)
         if x.shape[0] < self.k:
             raise ConfigError(
                 f"PatchKMeans with k={self.k} needs at least {self.k} training vectors; got {x.shape[0]}. "
@@ -203,6 +233,9 @@ class PatchKMeans(Codec):
 
     def load_state(self, arrays: dict[str, NDArray[Any]]) -> None:
         levels = 1 << self.residual_bits
+        if self.auto_k:  # an unsized codec takes K from the saved centroids
+            k = np.shape(arrays.get("centroids", ()))
+            self.k = int(k[0]) if len(k) == 2 and 2 <= k[0] <= MAX_K else self.k
         expected: dict[str, tuple[int, ...]] = {"centroids": (self.k, self.dim)}
         if self.residual_bits:
             expected.update(cutoffs=(self.dim, levels - 1), levels=(self.dim, levels))

@@ -1,5 +1,7 @@
 """Spec strings for codecs: ``"Flat"``, ``"FP16"``, ``"KMeans<K>"``, ``"KMeans<K>r<b>"``,
 ``"Binary"``, ``"BinaryITQ"``, optionally behind ``"Prune<p>,"`` for multi-vector indexes.
+``K`` may be left out (``"KMeans"``, ``"KMeansr2"``): it is then sized to the training vectors
+(:func:`retrieval.compress.kmeans.corpus_k`).
 
 The one place that turns a spec into a codec (:func:`parse_codec`), re-creates a fitted
 codec from saved arrays (:func:`codec_from_state`) and splits off the pruning share
@@ -21,7 +23,7 @@ from retrieval.errors import ConfigError, IndexFormatError
 __all__ = ["codec_from_state", "parse_codec", "split_prune"]
 
 _PRUNE = re.compile(r"^Prune(?P<p>[0-9]*\.?[0-9]+)$")
-_SPEC = re.compile(r"^(?:(?P<flat>Flat)|(?P<fp16>FP16)|KMeans(?P<k>\d+)(?:r(?P<r>\d+))?|(?P<binary>Binary)(?P<itq>ITQ)?)$")
+_SPEC = re.compile(r"^(?:(?P<flat>Flat)|(?P<fp16>FP16)|KMeans(?P<k>\d+)?(?:r(?P<r>\d+))?|(?P<binary>Binary)(?P<itq>ITQ)?)$")
 
 
 def parse_codec(spec: str, dim: int, *, seed: int = 0) -> Codec:
@@ -31,6 +33,7 @@ def parse_codec(spec: str, dim: int, *, seed: int = 0) -> Codec:
     ----------
     spec : str
         ``"Flat"``, ``"FP16"``, ``"KMeans{K}"``, ``"KMeans{K}r{b}"``, ``"Binary"`` or ``"BinaryITQ"``.
+        Without ``{K}`` (``"KMeans"``, ``"KMeansr2"``) k-means is sized to the vectors it is fitted on.
     dim : int
         Vector dimension ``d``.
     seed : int
@@ -42,12 +45,15 @@ def parse_codec(spec: str, dim: int, *, seed: int = 0) -> Codec:
     33
     >>> parse_codec("BinaryITQ", 128).spec
     'BinaryITQ'
+    >>> parse_codec("KMeansr2", 128).spec  # K chosen by fit: corpus_k(number of vectors)
+    'KMeansr2'
     """
     m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
     if m is None:
         raise ConfigError(
             f"unknown codec spec {spec!r}; expected one of 'Flat', 'FP16', 'KMeans<K>' (e.g. 'KMeans256'), "
-            "'KMeans<K>r<bits>' (e.g. 'KMeans256r2'), 'Binary', 'BinaryITQ'."
+            "'KMeans<K>r<bits>' (e.g. 'KMeans256r2'), 'KMeans' / 'KMeansr<bits>' (K sized to the corpus), "
+            "'Binary', 'BinaryITQ'."
         )
     if m["flat"]:
         return FloatCodec(dim)
@@ -55,7 +61,7 @@ def parse_codec(spec: str, dim: int, *, seed: int = 0) -> Codec:
         return FloatCodec(dim, dtype="float16")
     if m["binary"]:
         return BinaryQuantizer(dim, rotation="itq" if m["itq"] else None, seed=seed)
-    return PatchKMeans(dim, k=int(m["k"]), residual_bits=int(m["r"] or 0), seed=seed)
+    return PatchKMeans(dim, k=int(m["k"]) if m["k"] else None, residual_bits=int(m["r"] or 0), seed=seed)
 
 
 def codec_from_state(spec: str, dim: int, arrays: dict[str, NDArray[Any]]) -> Codec:

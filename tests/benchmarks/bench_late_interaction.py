@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python tests/benchmarks/bench_late_interaction.py [--spec KMeans4096r4 ...] [--threads 2]
       [--sweep] [--json out.json]
+      .venv/bin/python tests/benchmarks/bench_late_interaction.py --binary BinaryITQ [--threads 2] [--json out.json]
 
 Data (seeded, cached under $DENSEZIP_CACHE/bench or ~/.cache/densezip/bench): 10,000 documents
 x 100 token vectors x 128-d from a Gaussian mixture with topics. 32,768 "word" directions;
@@ -16,6 +17,11 @@ batch 1, queries per second at batch 32; the old default (``first_stage="exhaust
 code decoded) and the centroid lists (``"centroid"``) next to the PLAID engine, a sweep of
 its ``nprobe`` / ``centroid_score_threshold`` / ``ndocs``, and a per-stage time breakdown of
 one batch-1 search next to each stage's arithmetic floor.
+
+``--binary SPEC`` measures the binary path instead (``first_stage="binary"``, codes cached as
+``index-SPEC``): the old flat Hamming scan with decoded MaxSim (``token_k`` 64, replayed here
+from public pieces) next to the binary engine over a flat scan, IVF and HNSW token indexes,
+swept over ``token_k`` / ``nprobe`` / ``ef_search``, one configuration after another in one run.
 """
 
 from __future__ import annotations
@@ -91,14 +97,14 @@ def _exact_top10(docs: Any, queries: Any, cache: Path) -> np.ndarray:
     return out
 
 
-def _index(spec: str, docs: Any, cache: Path) -> tuple[Any, float | None]:
+def _index(spec: str, docs: Any, cache: Path, **options: Any) -> tuple[Any, float | None]:
     from indexes import MultiVectorIndex, load_index
 
     path = cache / f"index-{spec}"
     if (path / "manifest.json").is_file():
         return load_index(path), None
     t0 = time.perf_counter()
-    index = MultiVectorIndex(DIM, spec=spec).add(docs)
+    index = MultiVectorIndex(DIM, spec=spec, **options).add(docs)
     build_s = time.perf_counter() - t0
     print(f"built {spec} in {build_s:.0f} s", flush=True)
     index.save(path, overwrite=True)
@@ -179,6 +185,62 @@ def _floors(index: Any, params: Any, queries: Any, n: int) -> dict[str, Any]:
             "gflops": gflops, "gbps": gbps, "candidates": n_cands, "distinct_centroids_per_doc": cents}
 
 
+def _old_flat_binary(index: Any, flat: Any, token_k: int = 64) -> Any:
+    """The binary first stage before the engine: a FAISS flat Hamming scan of every code per query,
+    then exact MaxSim over the decoded codes of the documents hit (one query at a time)."""
+    from retrieval.scores import top_k
+
+    def search(q: Any) -> np.ndarray:
+        out = np.full((len(q), 10), -1, np.int64)
+        for qi in range(len(q)):
+            one = q.select([qi])
+            _, hits = flat.search(index.hamming.encode(one.vectors), token_k)
+            rows = np.unique(np.searchsorted(index._offsets, hits[hits >= 0], side="right") - 1)
+            _, local = top_k(index.score(one, rows), 10)
+            out[qi] = np.where(local[0] >= 0, rows[np.maximum(local[0], 0)], -1)
+        return out
+
+    return search
+
+
+def _binary_searcher(index: Any, engine: Any, params: dict[str, Any]) -> Any:
+    def search(q: Any) -> np.ndarray:
+        index._binary = engine  # one loaded index, one engine per token index kind
+        return index.search(q, k=10, params=params).labels
+
+    return search
+
+
+def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: Path, args: Any, record: Any) -> None:
+    from indexes.binary_ann import BinaryEngine
+
+    index, build_s = _index(spec, docs, cache, first_stage="binary")
+    codes = index._codes if index.hamming is index.codec else index._hamming_codes
+    engines, n_lat = {}, args.latency_queries
+    for kind in ("flat", "ivf", "hnsw"):
+        t0 = time.perf_counter()
+        engines[kind] = BinaryEngine(index.hamming, codes, index._offsets, kind, seed=0)
+        engine_s = time.perf_counter() - t0
+        record({"spec": spec, "engine": f"build {kind}", "build_s": build_s, "engine_s": engine_s,
+                "engine_bytes_per_token": engines[kind].memory_bytes() / index.num_vectors,
+                "codes_bytes_per_token": codes.shape[1]})
+        print(f"{spec}: {kind} token index built in {engine_s:.1f} s, "
+              f"{engines[kind].memory_bytes() / index.num_vectors:.1f} B/token beside the codes", flush=True)
+    res = _measure(_old_flat_binary(index, engines["flat"].index), queries, truth, n_lat=min(n_lat, 5), n_qps=32)
+    record({"spec": spec, "engine": "old flat scan + decoded MaxSim, token_k=64", "threads": args.threads, **res})
+    res = _measure(_binary_searcher(index, engines["flat"], {"token_k": index.num_vectors}), queries, truth, n_lat=2,
+                   n_qps=0)
+    record({"spec": spec, "engine": "table MaxSim over every document (the codes' ceiling)", "threads": args.threads,
+            **res})
+    grid: list[tuple[str, dict[str, Any]]] = [("flat", {"token_k": t}) for t in (16, 64)]
+    grid += [("ivf", {"token_k": t, "nprobe": p}) for t in (16, 32, 64) for p in (2, 4, 8, 16)]
+    grid += [("hnsw", {"token_k": t, "ef_search": e}) for t in (16, 32, 64) for e in (32, 64, 128)]
+    for kind, params in grid:
+        res = _measure(_binary_searcher(index, engines[kind], params), queries, truth, n_lat=n_lat, n_qps=64)
+        record({"spec": spec, "engine": f"binary {kind} {params}", "kind": kind, "threads": args.threads, **params,
+                **res})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", nargs="+", default=["KMeans4096r4"])
@@ -189,6 +251,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sweep", action="store_true", help="also sweep nprobe x threshold x ndocs")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--binary", nargs="+", default=None, metavar="SPEC",
+                        help="measure the binary path (e.g. BinaryITQ) instead of the PLAID engine")
     args = parser.parse_args()
 
     import faiss
@@ -208,12 +272,15 @@ def main() -> None:
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
-        print(f"{row['spec']:<14} {row['engine']:<58} R@10 {row['recall@10']:.3f}  p50 {row['p50_ms']:8.1f} ms  "
-              f"p95 {row['p95_ms']:8.1f} ms  QPS@32 {row['qps_b32']:7.1f}", flush=True)
+        if "recall@10" in row:
+            print(f"{row['spec']:<14} {row['engine']:<58} R@10 {row['recall@10']:.3f}  p50 {row['p50_ms']:8.1f} ms  "
+                  f"p95 {row['p95_ms']:8.1f} ms  QPS@32 {row['qps_b32']:7.1f}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
 
-    for spec in args.spec:
+    for spec in args.binary or []:
+        _binary_rows(spec, docs, queries, truth, cache, args, record)
+    for spec in [] if args.binary else args.spec:
         index, build_s = _index(spec, docs, cache)
         if args.build_only:
             continue

@@ -62,7 +62,7 @@ def test_multivector_specs_and_options(rng):
     ("Flat", {"token_k": 3, "seed": 1}, r"\['seed', 'token_k'\] apply to multi-vector"),
     ("HNSW16", {"nprobe": 2}, "nprobe applies to IVF indexes"),
     ("Flat", {"metric": "cosine"}, "metric"),
-    ("KMeans", {"multivector": True}, "unknown multi-vector spec 'KMeans'. Accepted: .*Prune<p>"),
+    ("KMeans8x", {"multivector": True}, "unknown multi-vector spec 'KMeans8x'. Accepted: .*Prune<p>"),
     ("Prune2x,FP16", {"multivector": True}, "unknown multi-vector spec"),
     ("Prune0.5,FP16,Flat", {"multivector": True}, "unknown multi-vector spec"),
     ("HNSW32", {"multivector": True}, "unknown multi-vector spec 'HNSW32'"),

@@ -276,7 +276,8 @@ def _queries(index: object) -> object:
 
 
 #: Manifest settings that steer a search, not what the index holds: a valid new value may change the hits.
-SEARCH_TIME = ("n_candidates", "nprobe", "token_k", "first_stage", "ef_search", "ndocs", "centroid_score_threshold")
+SEARCH_TIME = ("n_candidates", "nprobe", "token_k", "first_stage", "ef_search", "ndocs", "centroid_score_threshold",
+               "binary_index")
 
 
 def _check_field_case(directory: Path, text: bytes, what: str, original: object) -> None:

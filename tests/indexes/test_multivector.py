@@ -131,7 +131,7 @@ def test_load_rejects_damaged_files(data, tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="sha256"):
         MultiVectorIndex.load(path)
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["params"]["spec"] = "KMeans"
+    manifest["params"]["spec"] = "KMeans32x"
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="params"):
         MultiVectorIndex.load(path, verify=False)

@@ -192,7 +192,7 @@ def test_per_call_params_match_index_settings(data) -> None:
         index.search(queries, k=5, params={"ndocs": 0})
     with pytest.raises(ConfigError, match="centroid_score_threshold"):
         index.search(queries, k=5, params={"centroid_score_threshold": float("nan")})
-    with pytest.raises(ConfigError, match="apply to first_stage='plaid'"):
+    with pytest.raises(ConfigError, match="apply to first_stage 'plaid' or 'binary'"):
         MultiVectorIndex(D, spec="FP16").add(docs).search(queries, k=5, params={"nprobe": 2})
 
 

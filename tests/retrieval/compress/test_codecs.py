@@ -18,12 +18,12 @@ def _unit(rng: np.random.Generator, n: int, d: int, rank: int = 8) -> np.ndarray
 
 
 @pytest.mark.parametrize("spec", ["Flat", "FP16", "KMeans16", "KMeans300", "KMeans16r1", "KMeans16r2", "KMeans16r4",
-                                  "Binary", "BinaryITQ"])
+                                  "Binary", "BinaryITQ", "KMeans", "KMeansr2"])
 def test_spec_round_trip(spec: str) -> None:
     assert parse_codec(spec, 32).spec == spec
 
 
-@pytest.mark.parametrize("spec", ["", "KMeans", "KMeans16r3", "KMeans1", "PQ8", "binary", "KMeans70000"])
+@pytest.mark.parametrize("spec", ["", "KMeansr", "KMeans-auto", "KMeans16r3", "KMeans1", "PQ8", "binary", "KMeans70000"])
 def test_bad_spec_is_rejected_with_the_choices(spec: str) -> None:
     with pytest.raises(ConfigError, match=r"expected|residual_bits must be one of|k must be"):
         parse_codec(spec, 32)
@@ -87,7 +87,10 @@ def test_kmeans_state_round_trip_and_validation(rng: np.random.Generator) -> Non
     with pytest.raises(IndexFormatError, match=r"cutoffs.*missing"):
         codec_from_state("KMeans16r2", 16, {"centroids": q.state()["centroids"]})
     with pytest.raises(IndexFormatError, match="not understood"):
-        codec_from_state("KMeans", 16, {})
+        codec_from_state("KMeansX", 16, {})
+    unsized = codec_from_state("KMeansr2", 16, q.state())  # K read from the saved centroids
+    assert unsized.k == 16 and unsized.spec == "KMeans16r2"
+    np.testing.assert_array_equal(unsized.decode(q.encode(x)), q.decode(q.encode(x)))
 
 
 def test_kmeans_needs_training_and_enough_points(rng: np.random.Generator) -> None:
