@@ -192,6 +192,7 @@ class JPQTrainingArgs:
 #: What ``densezip train-jpq`` uses without judgments and without a ``--config``: centroids and
 #: a query adapter trained on cached query vectors (no gradient through the encoder), so that
 #: thousands of pseudo-queries train in minutes on a CPU. Chosen on SciFact by agreement with the
-#: teacher on held-out pseudo-queries and training time, no judgment involved (docs/BENCHMARKS.md 3c).
+#: teacher on held-out pseudo-queries and training time, no judgment involved (docs/BENCHMARKS.md 3c;
+#: the pseudo-query count is training.queries.DEFAULT_PSEUDO_QUERIES).
 LABEL_FREE_DEFAULTS = {"teacher": "exact", "train_encoder": False, "query_adapter": True, "epochs": 3,
                        "lr_centroids": 3e-4, "lr_adapter": 1e-4}
