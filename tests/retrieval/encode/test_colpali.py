@@ -12,7 +12,6 @@ import os
 import string
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,8 @@ COLPALI_TOKENS = (PAGE_PX // 16) ** 2
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch thread (tests/retrieval/conftest.py)."""
 
 
 def _tiny_colpali(attn_implementation: str = "eager") -> tuple[Any, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +34,8 @@ FAST = RenderOptions(dpi=36)  # 306 x 396 px pages: the tiny processors resize t
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def colpali_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, processor = tiny_colvision("colpali")
-    path = tmp_path_factory.mktemp("tiny-colpali")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch thread (tests/retrieval/conftest.py)."""
 
 
 def _folder(root: Path) -> Path:

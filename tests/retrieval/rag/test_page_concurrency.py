@@ -13,11 +13,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from page_fixtures import make_pdf, tiny_colvision
+from page_fixtures import make_pdf
 
 from indexes._update_lock import lock_path, update_lock
 from retrieval.app.cli import main
@@ -58,20 +57,8 @@ with update_lock(sys.argv[1]):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def colpali_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model, processor = tiny_colvision("colpali")
-    path = tmp_path_factory.mktemp("tiny-colpali")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs with one torch thread (tests/retrieval/conftest.py)."""
 
 
 def _one_pdf_folder(root: Path, name: str, pages: int) -> Path:
