@@ -165,3 +165,27 @@ def minilm_encoder(tmp_path_factory: pytest.TempPathFactory) -> DenseEncoder:
     encoder = DenseEncoder(cache_dir=tmp_path_factory.mktemp("minilm-cache"))
     _ = encoder.dim  # load now, so the first test that uses it is not charged for it
     return encoder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-model tests (restored afterwards): on 2 shared
+    cores, torch's own thread pool only adds contention for models this small."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def colpali_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised ColPali checkpoint saved to disk (model and processor), for
+    the page-collection tests (tests/retrieval/rag/page_fixtures.py builds it)."""
+    from page_fixtures import tiny_colvision
+
+    model, processor = tiny_colvision("colpali")
+    path = tmp_path_factory.mktemp("tiny-colpali")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -37,7 +37,7 @@ COLPALI_TOKENS = (PAGE_PX // 16) ** 2
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread(one_torch_thread: None) -> None:
-    """Every test of this module runs with one torch thread (tests/retrieval/conftest.py)."""
+    """Every test of this module runs with one torch thread (tests/conftest.py)."""
 
 
 def _tiny_colpali(attn_implementation: str = "eager") -> tuple[Any, Any]:

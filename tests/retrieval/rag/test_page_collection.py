@@ -35,7 +35,7 @@ FAST = RenderOptions(dpi=36)  # 306 x 396 px pages: the tiny processors resize t
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread(one_torch_thread: None) -> None:
-    """Every test of this module runs with one torch thread (tests/retrieval/conftest.py)."""
+    """Every test of this module runs with one torch thread (tests/conftest.py)."""
 
 
 def _folder(root: Path) -> Path:

@@ -58,7 +58,7 @@ with update_lock(sys.argv[1]):
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread(one_torch_thread: None) -> None:
-    """Every test of this module runs with one torch thread (tests/retrieval/conftest.py)."""
+    """Every test of this module runs with one torch thread (tests/conftest.py)."""
 
 
 def _one_pdf_folder(root: Path, name: str, pages: int) -> Path:
