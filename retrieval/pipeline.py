@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -142,11 +142,7 @@ class Retriever:
         """
         texts = _as_queries(queries)
         filters: dict[str, Any] = {} if where is None else {"where": where}
-        if where is not None and hasattr(self.index, "attribute_schema"):
-            from indexes._attributes import AttributeTable
-            from indexes._predicates import evaluate
-
-            evaluate(where, AttributeTable.like(self.index.attribute_schema))  # a bad predicate fails before encoding
+        _check_where(self.index, where)  # a bad predicate fails before encoding
         options = {} if batch_size is None else {"batch_size": batch_size}
         vectors = self.encoder.encode_queries(texts, **options)
         if self.reranker is None:
@@ -171,13 +167,16 @@ class Retriever:
         encoder: Encoder | None = None,
         device: str = "auto",
         verify: bool = True,
+        where: Mapping[str, Any] | None = None,
     ) -> Retriever:
         """Open a saved index and re-create the encoder recorded in its manifest.
 
         The encoder is re-created by :func:`~retrieval.encode.registry.encoder_from_description`
         from ``metadata["encoder"]``; a model recorded relative to the index (``"../query_encoder"``
         in a JPQ export) is found beside it. Pass ``encoder`` to use another (compatible) encoder
-        instead, e.g. for an encoder kind the registry does not know.
+        instead, e.g. for an encoder kind the registry does not know. ``where``, a predicate the
+        caller is about to search with, is checked against the index's attribute columns before
+        the encoder is built, so an unknown field or a wrong type fails without loading a model.
         """
         from indexes import VectorIndex, load_index
 
@@ -187,6 +186,7 @@ class Retriever:
                 f"{path} holds a {type(index).__name__}; Retriever serves single-vector indexes. Search a "
                 "MultiVectorIndex with MultiVectorEncoder queries, or use it through MaxSimReranker."
             )
+        _check_where(index, where)
         if encoder is None:
             description = index.metadata.get("encoder")
             if not isinstance(description, dict):
@@ -197,3 +197,13 @@ class Retriever:
 
             encoder = encoder_from_description(description, device=device, base_dir=path)
         return cls(encoder, index)
+
+
+def _check_where(index: Any, where: Mapping[str, Any] | None) -> None:
+    """Raise the predicate's own error if ``where`` cannot apply to ``index``'s attribute columns."""
+    if where is None or not hasattr(index, "attribute_schema"):
+        return
+    from indexes._attributes import AttributeTable
+    from indexes._predicates import evaluate
+
+    evaluate(where, AttributeTable.like(index.attribute_schema))

@@ -102,7 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if is_collection(args.index):
         _emit(args, *search_collection(args))
         return 0
-    retriever = Retriever.load(args.index, device=args.device, verify=not args.no_verify)
+    retriever = Retriever.load(args.index, device=args.device, verify=not args.no_verify, where=args.where)
     result = retriever.search(args.query, k=args.k, where=args.where)
     hits = result.to_list()
     payload = {"results": [

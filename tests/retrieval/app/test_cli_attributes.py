@@ -67,8 +67,26 @@ def test_attribute_file_then_search_where(tmp_path, capsys):
         sorted(d for d, (_, y, _k, _p) in DOCS.items() if y > 2020 or y % 7 == 3)
     assert search(capsys, out, {"year": 1990}) == []
     assert main(["search", str(out), "x", "--where", '{"colour": "red"}']) == 2
-    err = capsys.readouterr().err.splitlines()[-1]  # after the model's loading progress (Retriever.load)
+    err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("error: ") and "field 'colour', which this index does not store" in err
+
+
+def test_search_where_is_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    data = write_corpus(tmp_path / "beir")
+    attrs = write_attributes(tmp_path / "attrs.jsonl", good_records())
+    out = tmp_path / "ix"
+    run_json(capsys, "index", str(data), "--out", str(out), "--spec", "Flat", "--device", "cpu", "--attributes", str(attrs))
+    import retrieval.encode.registry as registry
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the encoder was built before the predicate was checked")
+
+    monkeypatch.setattr(registry, "encoder_from_description", no_model)
+    for where, message in (('{"colour": "red"}', "field 'colour', which this index does not store"),
+                           ('{"year": {"$gte": "soon"}}', "year")):
+        assert main(["search", str(out), "x", "--where", where]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_corpus_metadata_fields_on_a_sharded_index(tmp_path, capsys):
