@@ -94,23 +94,15 @@ def scifact_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     with tempfile.TemporaryDirectory(prefix="bench-filters-") as work:
         npz = Path(work) / "scifact.npz"
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONPATH": str(ROOT)}
-        subprocess.run([sys.executable, __file__, "--encode-scifact", str(npz)], check=True, env=env)
+        # bench_sharded.py --encode-scifact writes the same .npz (cached corpus vectors, test queries)
+        subprocess.run([sys.executable, str(Path(__file__).with_name("bench_sharded.py")), "--encode-scifact", str(npz)],
+                       check=True, env=env)
         with np.load(npz) as z:
             x, q = z["docs"].astype(np.float32), z["queries"].astype(np.float32)
     rng = np.random.default_rng(seed)
     attrs = {"bucket": rng.integers(0, 1000, len(x)),
              "topic": np.array([f"t{i}" for i in range(100)])[rng.integers(0, 100, len(x))]}
     return x, q, attrs
-
-
-def _encode_scifact(out: str) -> None:
-    """Subprocess: the cached document vectors (the encoder's embedding cache) and the test queries."""
-    import retrieval as rt  # pylint: disable=import-outside-toplevel
-
-    beir = rt.load_beir("scifact", split="test")
-    enc = rt.DenseEncoder(device="cpu")
-    docs = enc.encode_documents(beir.doc_texts(), ids=beir.doc_ids())
-    np.savez(out, docs=docs.vectors, queries=enc.encode_queries(beir.query_texts()))
 
 
 def matching(attrs: dict[str, Any], name: str) -> np.ndarray:
@@ -279,11 +271,7 @@ def main() -> None:
     parser.add_argument("--crossover-n", type=int, action="append", default=None)
     parser.add_argument("--crossover-m", type=int, action="append", default=None)
     parser.add_argument("--json", default=None)
-    parser.add_argument("--encode-scifact", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.encode_scifact:
-        _encode_scifact(args.encode_scifact)
-        return
     args.spec = args.spec or ["Flat", "HNSW32", "IVF1024,PQ16x8", "PQ16x8"]
     args.scifact_spec = args.scifact_spec or ["Flat", "HNSW32", "IVF64,PQ48x8", "PQ48x8"]
     if args.crossover:
