@@ -108,8 +108,11 @@ def main() -> None:
                 encoded = query_encoder.encode_documents([queries[q] for q in group], ids=group)
                 shared_vectors.update(zip(encoded.ids, encoded.vectors, strict=True))
 
+    def quality(index: Any, queries: Any) -> dict[str, float]:
+        return rt.evaluate(index.search(queries, 100, query_ids=qids).to_trec_dict(), test.qrels)
+
     def measure(index: Any, queries: Any) -> dict[str, float]:
-        metrics = rt.evaluate(index.search(queries, 100, query_ids=qids).to_trec_dict(), test.qrels)
+        metrics = quality(index, queries)
         qps64 = time_search(lambda q: index.search(q, 10), queries, batch_size=64, repeats=5).qps
         qps1 = time_search(lambda q: index.search(q, 10), queries[:100], batch_size=1, repeats=3).qps
         return {**metrics, "bytes_per_doc": saved_bytes(index) / len(index), "qps_batch64": qps64,
@@ -127,11 +130,11 @@ def main() -> None:
                  f"by {sel.get('by')}: " + " ".join(f"{k} {v:.4f}" for k, v in sel.items() if k not in ("by", "step"))
                  + ("  [chosen]" if row.get("selected") else "") if "train_s" in row else ""), flush=True)
 
-    def quality(trainer: Any, fast_scan: bool = False) -> dict[str, float]:
+    def served(trainer: Any, fast_scan: bool) -> tuple[Any, str, Any]:
+        """The trainer's exported index, its factory string and the test queries through its encoder."""
         exported, spec = trainer.export_faiss(fast_scan=fast_scan)
         index = FaissIndex.from_faiss(exported, trainer.doc_ids, spec=spec)
-        run = index.search(trainer.encode_queries(test.query_texts()), 100, query_ids=qids)
-        return rt.evaluate(run.to_trec_dict(), test.qrels)
+        return index, spec, trainer.encode_queries(test.query_texts())
 
     def train_jpq(name: str, m: int, nbits: int, lr_c: float, enc_on: bool = True, cent_on: bool = True,
                   fast_scan: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -142,13 +145,12 @@ def main() -> None:
         trainer = JPQTrainer(JPQTrainingArgs(**settings), doc_ids=docs.ids, doc_vectors=docs.vectors,
                              queries=queries, qrels=qrels, query_vectors=shared_vectors or None)
         start_s = time.perf_counter() - t0
-        start = quality(trainer, fast_scan)  # the OPQ+PQ fit this run starts from (same seed), before training
+        index, _, encoded = served(trainer, fast_scan)
+        start = quality(index, encoded)  # the OPQ+PQ fit this run starts from (same seed), before training
         t0 = time.perf_counter()
         history = trainer.train()
         train_s = time.perf_counter() - t0 + start_s
-        exported, spec = trainer.export_faiss(fast_scan=fast_scan)
-        index = FaissIndex.from_faiss(exported, trainer.doc_ids, spec=spec)
-        encoded = trainer.encode_queries(test.query_texts())
+        index, spec, encoded = served(trainer, fast_scan)
         score_key = "nDCG@10" if trainer.selection == "dev" else "teacher-nDCG@10"
         return {"method": name, "spec": spec, "m": m, **measure(index, encoded), "train_s": train_s,
                 "dev": history.dev, "selected_state": history.selected, "lr_centroids": lr_c,
