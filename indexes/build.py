@@ -34,7 +34,7 @@ from indexes.base import Metric, check_new_ids
 from retrieval.errors import ConfigError, ShapeError
 from retrieval.types import Embeddings, as_float32_matrix
 
-__all__ = ["SpillFile", "build_from_batches"]
+__all__ = ["SpillFile", "build_from_batches", "build_multivector_from_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,17 @@ class SpillFile:
                     raise OSError(f"{self.path} is shorter than the {self.rows} rows written to it")
                 yield start, view
                 start += n
+
+    def read(self, start: int, out: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Rows ``start : start + len(out)`` read into ``out`` (a plain file read, see the module docstring)."""
+        self.close()
+        if start < 0 or start + out.shape[0] > self.rows:
+            raise ValueError(f"rows {start}:{start + out.shape[0]} are outside the {self.rows} rows of {self.path}")
+        with open(self.path, "rb") as f:
+            f.seek(start * self.dim * 4)
+            if f.readinto(out.data.cast("B")) != out.nbytes:
+                raise OSError(f"{self.path} is shorter than the {self.rows} rows written to it")
+        return out
 
     def memmap(self) -> np.memmap:
         """All rows as a read-only memory map, shape (rows, dim)."""
@@ -204,3 +215,122 @@ def _reservoir(
         keep = slots < size
         sample[slots[keep]] = rest[keep]
     return sample
+
+
+def build_multivector_from_batches(
+    batches: Iterable[Any],
+    *,
+    dim: int,
+    spec: str,
+    train_size: int = 262_144,
+    add_chunk: int = 1 << 20,
+    spill_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Any:
+    """Build a :class:`~indexes.MultiVectorIndex` from batches of documents in bounded memory.
+
+    The token-vector counterpart of :func:`build_from_batches`: each batch is pruned as the
+    spec says, its vectors spilled to a float32 file on disk while a uniform reservoir sample
+    of ``train_size`` of them is kept; the codec is trained on the sample once the stream
+    ends; then the spilled documents are read back, about ``add_chunk`` vectors at a time,
+    encoded and appended. Memory is the sample, one batch, one chunk and the index (codes,
+    offsets, ids), never all the float vectors: a 10M x 128-d stream spills 5 GB to disk and
+    holds about 160 MB of floats at once.
+
+    Parameters
+    ----------
+    batches : iterable of MultiVectorEmbeddings
+        Consumed once, in order; document order in the index follows them. Ids must be unique
+        across the whole stream.
+    dim, spec, **options
+        As for :class:`~indexes.MultiVectorIndex` (e.g. ``spec="KMeansr4"``, ``first_stage=...``).
+    train_size : int
+        Vectors in the sample the codec is fitted on (k-means samples at most its own
+        ``max_train_points`` of them).
+    add_chunk : int
+        Vectors read back and encoded per step (whole documents: a step may hold more when a
+        document is longer).
+    spill_dir : path-like, optional
+        Directory for the spill file (default: the system temporary directory); it needs
+        ``4 * dim`` bytes per kept vector and is removed afterwards.
+    seed : int
+        Seed of the reservoir sample.
+
+    Examples
+    --------
+    >>> from retrieval.types import MultiVectorEmbeddings
+    >>> rng = np.random.default_rng(0)
+    >>> def batch(b):
+    ...     x = rng.standard_normal((40, 8)).astype(np.float32)
+    ...     return MultiVectorEmbeddings(x, np.arange(0, 41, 4), [f"d{b}-{i}" for i in range(10)])
+    >>> index = build_multivector_from_batches((batch(b) for b in range(5)), dim=8, spec="KMeans16r2", train_size=100)
+    >>> len(index), index.num_vectors, index.is_trained
+    (50, 200, True)
+    """
+    from indexes.multivector import MultiVectorIndex
+    from retrieval.types import MultiVectorEmbeddings
+
+    for name, value in (("train_size", train_size), ("add_chunk", add_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive int; got {value!r}.")
+    index = MultiVectorIndex(dim, spec=spec, **options)  # validates dim / spec / options first
+    rng = np.random.default_rng(seed)
+    sample = np.empty((0, index.dim), dtype=np.float32)
+    ids: list[Any] = []
+    lengths: list[NDArray[np.int64]] = []
+    seen: set[Any] = set()
+    workdir = Path(tempfile.mkdtemp(prefix="densezip-spill-", dir=spill_dir))
+    spill = SpillFile(workdir / "vectors.f32", index.dim)
+    try:
+        for b, batch in enumerate(batches):
+            if not isinstance(batch, MultiVectorEmbeddings):
+                raise ConfigError(f"batch {b} must be MultiVectorEmbeddings (e.g. from "
+                                  f"MultiVectorEncoder.encode_documents); got {type(batch).__name__}.")
+            mv = index._prepare(batch)  # checks width and values, prunes as the spec says
+            batch_ids = mv.ids.tolist() if isinstance(mv.ids, np.ndarray) else list(mv.ids)
+            if ids and batch_ids and isinstance(batch_ids[0], str) != isinstance(ids[0], str):
+                raise ConfigError(f"batch {b} has {type(batch_ids[0]).__name__} ids after batches of "
+                                  f"{type(ids[0]).__name__} ids; use one kind of id for the whole stream.")
+            check_new_ids(batch_ids, seen)
+            seen.update(batch_ids)
+            ids.extend(batch_ids)
+            lengths.append(np.diff(mv.offsets))
+            vectors = np.asarray(mv.vectors, dtype=np.float32)
+            first = spill.rows
+            spill.append(vectors)
+            sample = _reservoir(sample, vectors, first, train_size, rng)
+        if not ids:
+            raise ConfigError("build_multivector_from_batches received no documents; the batch stream was empty.")
+        if sample.shape[0] == 0:
+            raise ConfigError("build_multivector_from_batches received documents but no vectors to train on.")
+        del seen
+        logger.info("spilled %d vectors of %d documents to %s; training %s on %d", spill.rows, len(ids), spill.path,
+                    spec, sample.shape[0])
+        index.train_vectors(sample)
+        del sample
+        _add_spilled(index, spill, np.concatenate(lengths), ids, add_chunk)
+        return index
+    finally:
+        spill.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _add_spilled(index: Any, spill: SpillFile, lengths: NDArray[np.int64], ids: list[Any], add_chunk: int) -> None:
+    """Read the spilled documents back in steps of about ``add_chunk`` vectors and add them (already pruned)."""
+    from retrieval.types import MultiVectorEmbeddings
+
+    ends = np.cumsum(lengths)
+    as_ints = bool(ids) and isinstance(ids[0], int)
+    doc = 0
+    while doc < len(ids):
+        start = int(ends[doc - 1]) if doc else 0
+        # the documents ending within add_chunk vectors of start, at least one
+        last = max(doc + 1, int(np.searchsorted(ends, start + add_chunk, side="right")))
+        stop = int(ends[last - 1])
+        # a new buffer per step: a float codec may keep the very array it encodes
+        vectors = spill.read(start, np.empty((stop - start, index.dim), dtype=np.float32))
+        offsets = np.concatenate([[0], ends[doc:last] - start]).astype(np.int64)
+        chunk_ids = np.asarray(ids[doc:last], dtype=np.int64) if as_ints else ids[doc:last]
+        index.add_pruned(MultiVectorEmbeddings(vectors, offsets, chunk_ids))
+        doc = last

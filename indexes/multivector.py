@@ -227,9 +227,15 @@ class MultiVectorIndex(StoredIndex):
         mv = self._prepare(data)
         if mv.num_vectors == 0:
             raise ConfigError("train() needs at least one vector; the documents hold none.")
-        self.codec.fit(mv.vectors)
+        return self.train_vectors(mv.vectors)
+
+    @writes
+    def train_vectors(self, vectors: NDArray[np.floating]) -> MultiVectorIndex:
+        """Fit the codec (and the Hamming quantizer) on token vectors already pruned as at add
+        time, e.g. a sample drawn from a stream (:func:`indexes.build.build_multivector_from_batches`)."""
+        self.codec.fit(vectors)
         if self.hamming is not None and self.hamming is not self.codec:
-            self.hamming.fit(mv.vectors)
+            self.hamming.fit(vectors)
         self._lists, self._binary, self._plaid = None, None, None
         return self
 
@@ -242,7 +248,14 @@ class MultiVectorIndex(StoredIndex):
         Codecs that learn (``KMeans``, ``Binary``) are trained on this batch first when the
         index is not trained yet. A document may hold no vector (it then never matches).
         """
-        mv = self._prepare(data)
+        return self._add_prepared(self._prepare(data), attributes)
+
+    @writes
+    def add_pruned(self, data: MultiVectorEmbeddings, *, attributes: Any = None) -> MultiVectorIndex:
+        """:meth:`add` for documents already pruned as the spec says (no pruning is applied again)."""
+        return self._add_prepared(self.check_documents(data), attributes)
+
+    def _add_prepared(self, mv: MultiVectorEmbeddings, attributes: Any) -> MultiVectorIndex:
         self._check_new_ids(mv.ids)
         prepared = self._attrs.prepare(attributes, len(mv))
         if len(mv) == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,11 @@ logger = logging.getLogger(__name__)
 
 _ASSIGN_CHUNK = 65536
 MAX_K = 65536  # 2-byte centroid ids
+#: From this many centroids on, k-means trains in two levels and vectors are assigned through
+#: cells of centroids (see :func:`_two_level_kmeans`, :class:`_CellAssigner`).
+TWO_LEVEL_K = 4096
+#: Cells of centroids probed per vector when assigning (out of ~sqrt(K), see :class:`_CellAssigner`).
+ASSIGN_NPROBE = 16
 
 
 def corpus_k(n_vectors: int) -> int:
@@ -145,11 +151,11 @@ class PatchKMeans(Codec):
             )
         rng = np.random.default_rng(self.seed)
         sample = x if x.shape[0] <= self.max_train_points else x[np.sort(rng.choice(x.shape[0], self.max_train_points, replace=False))]
-        km = faiss.Kmeans(self.dim, self.k, niter=self.niter, seed=self.seed, spherical=True,
-                          max_points_per_centroid=max(1, sample.shape[0] // self.k + 1), verbose=False)
-        with native_stderr_to_log(logger):  # FAISS prints its "too few points" warning from C++
-            km.train(sample)
-        self.centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        if self.k >= TWO_LEVEL_K:
+            centroids = _two_level_kmeans(faiss, sample, self.k, self.niter, self.seed)
+        else:
+            centroids = _spherical_kmeans(faiss, sample, self.k, self.niter, self.seed)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self._assigner, self._table = None, None
         if self.residual_bits:
             ids = self._assign(sample)
@@ -249,12 +255,113 @@ class PatchKMeans(Codec):
         if self._assigner is None:
             faiss = require("faiss", extra="cpu", feature="PatchKMeans")
             assert self.centroids is not None
-            self._assigner = faiss.IndexFlatIP(self.dim)
-            self._assigner.add(self.centroids)
+            self._assigner = _assigner(faiss, self.centroids, self.seed)
         if x.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         _, ids = self._assigner.search(x, 1)
         return ids[:, 0].astype(np.int64)
+
+
+def _spherical_kmeans(faiss: Any, x: NDArray[np.float32], k: int, niter: int, seed: int,
+                      per_centroid: int | None = None) -> NDArray[np.float32]:
+    """FAISS spherical k-means of ``x`` into ``k`` centroids, on every point or on a sample of
+    ``per_centroid`` points per centroid."""
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True,
+                      max_points_per_centroid=per_centroid or max(1, x.shape[0] // k + 1), verbose=False)
+    with native_stderr_to_log(logger):  # FAISS prints its "too few points" warning from C++
+        km.train(x)
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def _coarse_k(k: int) -> int:
+    """Cells of the first level for ``k`` centroids: the power of two nearest ``sqrt(k)``."""
+    return 1 << round(np.log2(np.sqrt(k)))
+
+
+def _two_level_kmeans(faiss: Any, x: NDArray[np.float32], k: int, niter: int, seed: int) -> NDArray[np.float32]:
+    """``k`` centroids in two levels: ``~sqrt(k)`` coarse cells, then each cell's points clustered
+    into a share of ``k`` proportional to its size (largest remainders, never more than its points).
+
+    Each iteration then costs ``n * 2 * sqrt(k) * d`` instead of ``n * k * d``: 64x less at K=16,384.
+    The coarse level trains on 256 points per cell (FAISS's own default); the cells are
+    clustered side by side, one thread each (FAISS's OpenMP threads cost more than they give on
+    a few thousand points, and much more when the cores are shared).
+    """
+    coarse = _spherical_kmeans(faiss, x, _coarse_k(k), niter, seed, per_centroid=256)
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(coarse)
+    cell = flat.search(x, 1)[1][:, 0]
+    sizes = np.bincount(cell, minlength=coarse.shape[0])
+    share = sizes * (k / x.shape[0])
+    alloc = np.floor(share).astype(np.int64)
+    extra = np.argsort(-(share - alloc), kind="stable")[: k - int(alloc.sum())]
+    alloc[extra] += 1  # a cell gains at most 1, and share < size unless k == n (then no remainder)
+    order = np.argsort(cell, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+
+    def cluster(c: int) -> NDArray[np.float32]:
+        points = x[order[bounds[c] : bounds[c + 1]]]
+        if alloc[c] >= points.shape[0]:
+            return points
+        faiss.omp_set_num_threads(1)  # this worker thread's own OpenMP setting
+        return _spherical_kmeans(faiss, points, int(alloc[c]), niter, seed + c)
+
+    cells = [int(c) for c in np.flatnonzero(alloc)]
+    with ThreadPoolExecutor(max_workers=max(1, faiss.omp_get_max_threads())) as pool:
+        return np.concatenate(list(pool.map(cluster, cells)))
+
+
+def _assigner(faiss: Any, centroids: NDArray[np.float32], seed: int) -> Any:
+    """An object whose ``search(x, 1)`` gives each vector's centroid, as FAISS indexes do: exact
+    below :data:`TWO_LEVEL_K` centroids, a :class:`_CellAssigner` from there on."""
+    k, d = centroids.shape
+    if k < TWO_LEVEL_K:
+        index = faiss.IndexFlatIP(d)
+        index.add(centroids)
+        return index
+    coarse = _spherical_kmeans(faiss, centroids, _coarse_k(k), 10, seed)
+    return _CellAssigner(centroids, coarse, ASSIGN_NPROBE)
+
+
+class _CellAssigner:
+    """Nearest centroid through cells, in matrix products only.
+
+    The K centroids are grouped into ``~sqrt(K)`` cells (k-means of the centroids). Each vector
+    probes its ``nprobe`` best cells; then, cell by cell, every vector probing that cell is
+    scored against the cell's centroids in one matmul, and each keeps its best centroid over
+    its cells. That is ``sqrt(K) + nprobe * sqrt(K)`` products per vector instead of ``K``
+    (K=32,768, nprobe 16: 14x fewer), at BLAS's speed, which a per-vector scan of an IVF over
+    the centroids does not reach.
+    """
+
+    def __init__(self, centroids: NDArray[np.float32], coarse: NDArray[np.float32], nprobe: int) -> None:
+        self.centroids, self.coarse = centroids, np.ascontiguousarray(coarse, dtype=np.float32)
+        self.nprobe = min(nprobe, len(coarse))
+        cell = np.argmax(centroids @ self.coarse.T, axis=1)
+        members = np.argsort(cell, kind="stable")
+        bounds = np.searchsorted(cell[members], np.arange(len(coarse) + 1))
+        self.members = [members[bounds[c] : bounds[c + 1]] for c in range(len(coarse))]
+        self.blocks = [np.ascontiguousarray(centroids[m].T) for m in self.members]  # (d, members) each
+
+    def search(self, x: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        assert k == 1
+        n = x.shape[0]
+        probe = np.argpartition(-(x @ self.coarse.T), self.nprobe - 1, axis=1)[:, : self.nprobe].reshape(-1)
+        order = np.argsort(probe, kind="stable")
+        bounds = np.searchsorted(probe[order], np.arange(len(self.coarse) + 1))
+        scores = np.full((n, 1), -np.inf, dtype=np.float32)
+        ids = np.zeros((n, 1), dtype=np.int64)
+        for c in np.flatnonzero(np.diff(bounds) > 0):
+            if not len(self.members[c]):
+                continue
+            rows = order[bounds[c] : bounds[c + 1]] // self.nprobe  # each row probes a cell once
+            sims = x[rows] @ self.blocks[c]
+            pick = np.argmax(sims, axis=1)
+            best = sims[np.arange(len(rows)), pick]
+            better = best > scores[rows, 0]
+            scores[rows[better], 0] = best[better]
+            ids[rows[better], 0] = self.members[c][pick[better]]
+        return scores, ids
 
 
 def _pack(values: NDArray[np.uint8], bits: int) -> NDArray[np.uint8]:

@@ -146,3 +146,45 @@ def test_residual_decoding_table_matches_bit_unpacking(bits: int, dim: int, rng:
     buckets = _unpack(codes[:, 1:], bits, dim)
     slow = q.centroids[q.ids(codes)] + q.levels[np.arange(dim)[None, :], buckets]
     np.testing.assert_allclose(q.decode(codes), slow, rtol=1e-6, atol=1e-6)
+
+
+def _clustered(rng: np.random.Generator, n: int, d: int, groups: int) -> np.ndarray:
+    centers = rng.standard_normal((groups, d)).astype(np.float32)
+    x = centers[rng.integers(0, groups, n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_cell_assigner_probing_every_cell_is_exact(rng: np.random.Generator) -> None:
+    import faiss
+
+    from retrieval.compress import kmeans
+
+    centroids = _clustered(rng, 600, 12, 40)
+    x = _clustered(rng, 3000, 12, 40)
+    coarse = kmeans._spherical_kmeans(faiss, centroids, 16, 10, 0)
+    exact = np.argmax(x @ centroids.T, axis=1)
+    scores, ids = kmeans._CellAssigner(centroids, coarse, nprobe=16).search(x, 1)
+    np.testing.assert_array_equal(ids[:, 0], exact)
+    np.testing.assert_allclose(scores[:, 0], (x * centroids[exact]).sum(1), rtol=1e-5)
+    few = kmeans._CellAssigner(centroids, coarse, nprobe=4).search(x, 1)[1][:, 0]
+    assert np.mean(few == exact) > 0.8  # probing 4 of 16 cells finds most nearest centroids
+    assert ((x * centroids[few]).sum(1) <= (x * centroids[exact]).sum(1) + 1e-5).all()
+
+
+def test_two_level_kmeans_from_the_threshold_on(rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From TWO_LEVEL_K centroids on, k-means trains in two levels and assigns through cells:
+    the codebook has K unit centroids, and the codes decode about as well as a flat k-means'."""
+    from retrieval.compress import kmeans
+
+    x = _clustered(rng, 6000, 16, 300)
+    flat = PatchKMeans(16, k=256, residual_bits=2, niter=10).fit(x)
+    monkeypatch.setattr(kmeans, "TWO_LEVEL_K", 256)
+    two = PatchKMeans(16, k=256, residual_bits=2, niter=10).fit(x)
+    assert two.centroids.shape == (256, 16)
+    np.testing.assert_allclose(np.linalg.norm(two.centroids, axis=1), 1, rtol=1e-4)
+    assert type(two._assigner).__name__ == "_CellAssigner"
+    exact = np.argmax(x @ two.centroids.T, axis=1)
+    assert np.mean(two.assign(x) == exact) > 0.9
+    err_flat = np.linalg.norm(flat.decode(flat.encode(x)) - x, axis=1).mean()
+    err_two = np.linalg.norm(two.decode(two.encode(x)) - x, axis=1).mean()
+    assert err_two < 1.15 * err_flat

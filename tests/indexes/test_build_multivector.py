@@ -1,0 +1,76 @@
+"""Bounded-memory multi-vector builds from a stream of document batches (indexes.build)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexes import MultiVectorIndex
+from indexes.build import build_multivector_from_batches
+from retrieval.errors import ConfigError, ShapeError
+from retrieval.types import MultiVectorEmbeddings
+
+RNG = np.random.default_rng(0)
+LENGTHS = RNG.integers(1, 9, 120)
+OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)])
+X = RNG.standard_normal((int(OFFSETS[-1]), 16)).astype(np.float32)
+X /= np.linalg.norm(X, axis=1, keepdims=True)
+SAL = RNG.random(X.shape[0]).astype(np.float32)
+IDS = [f"d{i}" for i in range(len(LENGTHS))]
+ALL = MultiVectorEmbeddings(X, OFFSETS, IDS, saliency=SAL)
+
+
+def _stream(batch: int = 25, ids=IDS):
+    for s in range(0, len(ids), batch):
+        yield MultiVectorEmbeddings(*_slice(s, min(s + batch, len(ids)), ids))
+
+
+def _slice(a: int, b: int, ids):
+    lo, hi = OFFSETS[a], OFFSETS[b]
+    return X[lo:hi], OFFSETS[a : b + 1] - lo, list(ids[a:b]) if isinstance(ids, list) else ids[a:b], SAL[lo:hi]
+
+
+@pytest.mark.parametrize("spec", ["KMeans16r2", "Prune0.5,KMeans16r2", "BinaryITQ", "Flat"])
+def test_same_index_as_one_add(tmp_path, spec):
+    """Trained on the whole stream as one sample, the streamed index stores what add() stores."""
+    streamed = build_multivector_from_batches(_stream(), dim=16, spec=spec, train_size=10_000, add_chunk=50,
+                                              spill_dir=tmp_path)
+    whole = MultiVectorIndex(16, spec=spec)
+    whole.train_vectors(whole._prepare(ALL).vectors)  # the same sample: every (pruned) vector, in order
+    whole.add(ALL)
+    assert streamed.doc_ids == IDS and streamed.num_vectors == whole.num_vectors
+    np.testing.assert_array_equal(streamed.lengths, whole.lengths)
+    q = ALL.select([3, 50])
+    a, b = streamed.search(q, 5), whole.search(q, 5)
+    assert a.doc_ids == b.doc_ids
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+    assert list(tmp_path.iterdir()) == []  # the spill is removed
+
+
+def test_int_ids_and_a_sample_smaller_than_the_stream(tmp_path):
+    ids = np.arange(1000, 1000 + len(LENGTHS), dtype=np.int64)
+    index = build_multivector_from_batches(_stream(ids=ids), dim=16, spec="KMeans8r1", train_size=64,
+                                           spill_dir=tmp_path)
+    assert index.doc_ids == ids.tolist() and index.is_trained and index.num_vectors == X.shape[0]
+    q = ALL.select([7])
+    exhaustive = index.score(q)[0]  # MaxSim against every stored document
+    assert index.search(q, 1, params={"nprobe": 8, "ndocs": 1000}).doc_ids == [[int(ids[np.argmax(exhaustive)])]]
+
+
+def test_bad_streams_give_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="empty"):
+        build_multivector_from_batches(iter([]), dim=16, spec="KMeans8", spill_dir=tmp_path)
+    with pytest.raises(ConfigError, match="MultiVectorEmbeddings"):
+        build_multivector_from_batches(iter([X]), dim=16, spec="KMeans8", spill_dir=tmp_path)
+    dup = [MultiVectorEmbeddings(*_slice(0, 10, IDS)), MultiVectorEmbeddings(*_slice(5, 15, IDS))]
+    with pytest.raises(ConfigError, match="d5"):
+        build_multivector_from_batches(iter(dup), dim=16, spec="KMeans8", spill_dir=tmp_path)
+    mixed = [MultiVectorEmbeddings(*_slice(0, 10, IDS)),
+             MultiVectorEmbeddings(*_slice(10, 20, np.arange(len(IDS), dtype=np.int64)))]
+    with pytest.raises(ConfigError, match="one kind of id"):
+        build_multivector_from_batches(iter(mixed), dim=16, spec="KMeans8", spill_dir=tmp_path)
+    with pytest.raises(ShapeError, match="d=16"):
+        build_multivector_from_batches(_stream(), dim=8, spec="KMeans8", spill_dir=tmp_path)
+    with pytest.raises(ConfigError, match="add_chunk"):
+        build_multivector_from_batches(_stream(), dim=16, spec="KMeans8", add_chunk=0, spill_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
