@@ -118,10 +118,18 @@ def lookup_tables(quantizer: BinaryQuantizer, qv: NDArray[np.float32]) -> tuple[
 
 
 def per_query_tables(table: NDArray[np.float32], q_offsets: NDArray[np.int64]) -> NDArray[np.float32]:
-    """``table`` (code_size, 256, Tq) re-laid flat, one (code_size, 256, Lq) block per query, in order:
-    the layout :func:`indexes._binary_kernels.lut_maxsim` reads (a query's rows stay contiguous)."""
-    blocks = [table[:, :, q_offsets[q] : q_offsets[q + 1]].reshape(-1) for q in range(q_offsets.shape[0] - 1)]
-    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    """``table`` (code_size, 256, Tq) re-laid flat, one (code_size, 256, W) block per query, in order:
+    the layout :func:`indexes._binary_kernels.lut_maxsim` reads. ``W`` is the longest query's length
+    rounded up to a multiple of :data:`indexes._binary_kernels.LANES`; a shorter query's extra
+    columns are zero (a query's rows stay contiguous, and every row is whole vector steps)."""
+    from indexes._binary_kernels import LANES
+
+    lengths = np.diff(q_offsets)
+    width = -(-max(int(lengths.max(initial=0)), 1) // LANES) * LANES
+    out = np.zeros((lengths.shape[0], table.shape[0], table.shape[1], width), dtype=np.float32)
+    for q in range(lengths.shape[0]):
+        out[q, :, :, : lengths[q]] = table[:, :, q_offsets[q] : q_offsets[q + 1]]
+    return out.reshape(-1)
 
 
 class BinaryEngine:
