@@ -25,8 +25,14 @@ from indexes._embeddings_io import load_embeddings, save_embeddings
 from indexes._io import load_array, save_array
 from indexes._lock import reads, writes
 from indexes.base import Metric, StoredIndex, check_k, register_index
-from indexes.binary_ann import (TOKEN_INDEX_ARRAY, BinaryEngine, BinaryIndexKind, BinaryParams, restore_engine,
-                                save_token_index)
+from indexes.binary_ann import (
+    TOKEN_INDEX_ARRAY,
+    BinaryEngine,
+    BinaryIndexKind,
+    BinaryParams,
+    restore_engine,
+    save_token_index,
+)
 from indexes.manifest import MANIFEST_NAME, Manifest
 from indexes.plaid import PlaidEngine, PlaidParams
 from retrieval.compress.base import Codec
