@@ -110,7 +110,8 @@ def ivf_nlist(n_vectors: int) -> int:
 
     Few, long lists: scanning a list costs one popcount per 64 bits, so lists of ~2,000 codes
     (1M vectors: 512 lists) are cheap to search, and the k-means that trains them (at most
-    64 codes per list) takes seconds, which matters because the engine is rebuilt on load.
+    64 codes per list) takes seconds, which matters for indexes saved without their token index
+    (they rebuild it on load) and after every edit.
     """
     return 1 << max(0, int(np.floor(np.log2(max(1.0, np.sqrt(n_vectors))))))
 
