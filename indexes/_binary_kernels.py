@@ -111,7 +111,7 @@ def lut_maxsim(
             for b in range(n_bytes):
                 rows[b] = base + (b * 256 + codes[t, b]) * w
             for c in range(0, w, LANES):
-                _rows_max(tables, rows, n_bytes, best, c)
+                _rows_max(tables, rows, n_bytes, best, c)  # type: ignore[call-arg]  # typingctx is Numba's
         total = np.float32(0.0)
         for i in range(lq):
             total += best[i] + const[q0 + i]
