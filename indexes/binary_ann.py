@@ -23,7 +23,13 @@ before scoring; the index completes rows left short by exact MaxSim over the all
 When the mask admits at most ``ndocs`` documents they are all scored directly.
 
 The engine is derived from the stored codes (the IVF centroids are trained on a seeded sample
-of them), so nothing of it is saved: a loaded or edited index rebuilds it on its next search.
+of them). A saved index keeps its FAISS index as ``binary.token_index.npy`` (the bytes of
+``faiss.serialize_index_binary``, uint8, checksummed in the manifest like every file) with a
+description in ``params.binary_token_index`` (:data:`TOKEN_INDEX_FORMAT`, kind, vector count,
+code size, seed, nlist / M); a load whose description matches the index reads it back instead of
+rebuilding (:func:`restore_engine`). Indexes saved without it, or with a description that does
+not match, rebuild it on their first search (logged); an edit (add / delete) drops it and the
+next search or save builds it again, so a saved token index always covers the saved codes.
 """
 
 from __future__ import annotations
@@ -31,19 +37,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes._io import file_sha256, load_array, save_array
+from indexes._paths import member
 from indexes.plaid import updated_params
 from retrieval._native_log import native_stderr_to_log
 from retrieval._optional import require
 from retrieval.compress.binary import BinaryQuantizer
-from retrieval.errors import ConfigError
+from retrieval.errors import ConfigError, IndexFormatError
 from retrieval.scores import top_k
 
-__all__ = ["BINARY_INDEXES", "BinaryEngine", "BinaryIndexKind", "BinaryParams", "ivf_nlist", "lookup_tables", "per_query_tables"]
+__all__ = ["BINARY_INDEXES", "TOKEN_INDEX_ARRAY", "TOKEN_INDEX_FORMAT", "BinaryEngine", "BinaryIndexKind", "BinaryParams",
+           "ivf_nlist", "lookup_tables", "per_query_tables", "restore_engine", "save_token_index"]
 
 BinaryIndexKind = Literal["ivf", "hnsw", "flat"]
 BINARY_INDEXES = ("ivf", "hnsw", "flat")
@@ -52,6 +62,12 @@ logger = logging.getLogger(__name__)
 _HNSW_M = 16  # links per vector: 128 bytes of graph per vector at level 0 (int32)
 _HNSW_EF_CONSTRUCTION = 40
 _TRAIN_PER_LIST = 64  # IVF training sample: this many codes per centroid at most
+#: Version of the saved token index (``params.binary_token_index.format``); a load that finds
+#: another one rebuilds the index from the codes instead of reading it.
+TOKEN_INDEX_FORMAT = 1
+#: Manifest array name (and file stem) of the saved token index.
+TOKEN_INDEX_ARRAY = "binary.token_index"
+_FAISS_TYPES = {"ivf": "IndexBinaryIVF", "hnsw": "IndexBinaryHNSW", "flat": "IndexBinaryFlat"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,8 @@ def ivf_nlist(n_vectors: int) -> int:
 
     Few, long lists: scanning a list costs one popcount per 64 bits, so lists of ~2,000 codes
     (1M vectors: 512 lists) are cheap to search, and the k-means that trains them (at most
-    64 codes per list) takes seconds, which matters because the engine is rebuilt on load.
+    64 codes per list) takes seconds, which matters for indexes saved without their token index
+    (they rebuild it on load) and after every edit.
     """
     return 1 << max(0, int(np.floor(np.log2(max(1.0, np.sqrt(n_vectors))))))
 
@@ -118,10 +135,18 @@ def lookup_tables(quantizer: BinaryQuantizer, qv: NDArray[np.float32]) -> tuple[
 
 
 def per_query_tables(table: NDArray[np.float32], q_offsets: NDArray[np.int64]) -> NDArray[np.float32]:
-    """``table`` (code_size, 256, Tq) re-laid flat, one (code_size, 256, Lq) block per query, in order:
-    the layout :func:`indexes._binary_kernels.lut_maxsim` reads (a query's rows stay contiguous)."""
-    blocks = [table[:, :, q_offsets[q] : q_offsets[q + 1]].reshape(-1) for q in range(q_offsets.shape[0] - 1)]
-    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    """``table`` (code_size, 256, Tq) re-laid flat, one (code_size, 256, W) block per query, in order:
+    the layout :func:`indexes._binary_kernels.lut_maxsim` reads. ``W`` is the longest query's length
+    rounded up to a multiple of :data:`indexes._binary_kernels.LANES`; a shorter query's extra
+    columns are zero (a query's rows stay contiguous, and every row is whole vector steps)."""
+    from indexes._binary_kernels import LANES
+
+    lengths = np.diff(q_offsets)
+    width = -(-max(int(lengths.max(initial=0)), 1) // LANES) * LANES
+    out = np.zeros((lengths.shape[0], table.shape[0], table.shape[1], width), dtype=np.float32)
+    for q in range(lengths.shape[0]):
+        out[q, :, :, : lengths[q]] = table[:, :, q_offsets[q] : q_offsets[q + 1]]
+    return out.reshape(-1)
 
 
 class BinaryEngine:
@@ -138,10 +163,13 @@ class BinaryEngine:
     kind : {"ivf", "hnsw", "flat"}
     seed : int
         Seed of the IVF training sample and k-means.
+    index : faiss.IndexBinary, optional
+        A FAISS index already built over exactly these codes (read back from a save by
+        :func:`restore_engine`); None builds one.
     """
 
     def __init__(self, quantizer: BinaryQuantizer, codes: NDArray[np.uint8], offsets: NDArray[np.int64],
-                 kind: BinaryIndexKind = "ivf", seed: int = 0) -> None:
+                 kind: BinaryIndexKind = "ivf", seed: int = 0, index: Any = None) -> None:
         from indexes import _binary_kernels
 
         if kind not in BINARY_INDEXES:
@@ -154,7 +182,13 @@ class BinaryEngine:
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.n_docs, self.n_vectors = self.offsets.shape[0] - 1, int(self.codes.shape[0])
         self.lengths = np.diff(self.offsets)
-        self.index = self._build(seed) if self.n_vectors else None
+        self.seed = seed
+        self.index = index if index is not None or not self.n_vectors else self._build(seed)
+
+    def describe(self) -> dict[str, Any]:
+        """What the token index was built from and with: the manifest's ``params.binary_token_index``."""
+        nlist = int(self.index.nlist) if self.kind == "ivf" and self.index is not None else None
+        return _description(self.kind, self.n_vectors, self.quantizer.code_size, self.seed, nlist)
 
     def _build(self, seed: int) -> Any:
         faiss = require("faiss", extra="cpu", feature="MultiVectorIndex(first_stage='binary')")
@@ -261,3 +295,73 @@ class BinaryEngine:
             p.sel = faiss.IDSelectorBitmap(self.n_vectors, faiss.swig_ptr(bitmap))
             p._keep = (bitmap, p.sel)  # the selector points into the array: keep both alive with p
         return p
+
+
+def _description(kind: str, n_vectors: int, code_size: int, seed: int, nlist: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"format": TOKEN_INDEX_FORMAT, "kind": kind, "vectors": n_vectors, "code_size": code_size,
+                           "seed": seed}
+    if kind == "ivf":
+        out["nlist"] = nlist if nlist is not None else ivf_nlist(n_vectors)
+    if kind == "hnsw":
+        out["m"], out["ef_construction"] = _HNSW_M, _HNSW_EF_CONSTRUCTION
+    return out
+
+
+def save_token_index(engine: BinaryEngine, directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write ``engine``'s FAISS index as ``binary.token_index.npy``; returns (array entry, description)."""
+    faiss = require("faiss", extra="cpu", feature="MultiVectorIndex(first_stage='binary')")
+    blob = faiss.serialize_index_binary(engine.index) if engine.index is not None else np.zeros(0, np.uint8)
+    return save_array(directory, TOKEN_INDEX_ARRAY, np.asarray(blob, dtype=np.uint8)), engine.describe()
+
+
+def restore_engine(directory: Path, manifest: Any, quantizer: BinaryQuantizer, codes: NDArray[np.uint8],
+                   offsets: NDArray[np.int64], kind: BinaryIndexKind, seed: int, *, mmap: bool) -> BinaryEngine | None:
+    """The engine over ``codes`` with the token index a save left in ``directory``, or None to rebuild it.
+
+    None (with the reason logged) when the directory holds no token index (saved before it was
+    kept) or its description (``params.binary_token_index``) does not match this index: another
+    format version, kind, vector count, code size or seed. The bytes are checked against the
+    manifest's sha256 here even when the load skips hashing (``verify=False``), so FAISS never
+    reads a file other than the one saved.
+
+    Raises
+    ------
+    IndexFormatError
+        If the file fails its checksum, cannot be read by FAISS, or holds an index of another
+        type, width or size than its description says.
+    """
+    entry, recorded = manifest.arrays.get(TOKEN_INDEX_ARRAY), manifest.params.get("binary_token_index")
+    if entry is None:
+        logger.info("%s holds no saved binary token index (saved by an older version); the %s index is built "
+                    "from the codes on the first search", directory, kind)
+        return None
+    expected = _description(kind, int(codes.shape[0]), quantizer.code_size, seed)  # what a rebuild would make
+    if not isinstance(recorded, dict) or recorded != expected:
+        logger.warning("%s: the saved binary token index does not match this index (saved %r, expected %r); it is "
+                       "rebuilt from the codes on the first search", directory, recorded, expected)
+        return None
+    path = member(directory, entry.get("file") if isinstance(entry, dict) else None, what=f"arrays.{TOKEN_INDEX_ARRAY}.file")
+    listed = manifest.files.get(path.name)
+    size = path.stat().st_size
+    if not isinstance(listed, dict) or listed.get("bytes") != size or file_sha256(path, limit=size) != listed.get("sha256"):
+        raise IndexFormatError(f"{path} fails its sha256 check against the manifest; the saved binary token index is "
+                               "corrupt. Restore the index, or delete the file and its manifest entries to rebuild it.")
+    blob = load_array(directory, entry, name=TOKEN_INDEX_ARRAY, mmap=mmap)
+    if blob.ndim != 1 or blob.dtype != np.uint8:
+        raise IndexFormatError(f"{path} must hold a 1-D uint8 array (serialized FAISS index); got {blob.dtype} {blob.shape}.")
+    if not codes.shape[0]:
+        return BinaryEngine(quantizer, codes, offsets, kind, seed)
+    faiss = require("faiss", extra="cpu", feature="MultiVectorIndex(first_stage='binary')")
+    try:
+        index = faiss.deserialize_index_binary(np.ascontiguousarray(blob))
+    except RuntimeError as exc:
+        raise IndexFormatError(f"{path} cannot be read by FAISS as a binary index ({str(exc)[-160:]}); the file is "
+                               "damaged. Restore the index, or delete the file and its manifest entries to rebuild it.") from exc
+    got = (type(index).__name__, int(index.d), int(index.ntotal))
+    want = (_FAISS_TYPES[kind], quantizer.code_size * 8, int(codes.shape[0]))
+    if got != want or (kind == "ivf" and int(index.nlist) != expected["nlist"]):
+        raise IndexFormatError(f"{path} holds a FAISS {got[0]} of {got[1]} bits over {got[2]} codes; this index needs "
+                               f"{want[0]} of {want[1]} bits over {want[2]} codes (nlist {recorded.get('nlist')}). "
+                               "The file does not belong to this index.")
+    logger.info("%s: read the saved binary %s token index (%d codes)", directory, kind, got[2])
+    return BinaryEngine(quantizer, codes, offsets, kind, seed, index=index)

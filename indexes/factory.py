@@ -23,6 +23,7 @@ from retrieval.errors import ConfigError
 
 if TYPE_CHECKING:
     from indexes.base import Metric, VectorIndex
+    from indexes.binary_ann import BinaryIndexKind
     from indexes.multivector import FirstStage, MultiVectorIndex
 
 __all__ = ["EXACT", "make_index"]
@@ -53,6 +54,8 @@ def make_index(
     n_candidates: int | None = None,
     token_k: int | None = None,
     seed: int | None = None,
+    binary_index: BinaryIndexKind | None = None,
+    ndocs: int | None = None,
 ) -> VectorIndex | MultiVectorIndex:
     """An empty (untrained) index for ``spec``.
 
@@ -75,17 +78,21 @@ def make_index(
     nprobe : int, optional
         IVF lists probed per query (FAISS ``IVF`` specs), or centroids probed per query
         vector (multi-vector ``first_stage="plaid"``, the default for ``KMeans`` codecs, or
-        ``"centroid"``). Default: the index's own.
+        ``"centroid"``), or binary IVF lists probed per query vector (multi-vector
+        ``first_stage="binary"``). Default: the index's own.
     ef_search : int, optional
-        HNSW search beam width (FAISS ``HNSW`` specs).
+        HNSW search beam width: FAISS ``HNSW`` specs, or the binary HNSW token index of a
+        multi-vector ``first_stage="binary"`` with ``binary_index="hnsw"``.
     multivector : bool
         Build a :class:`~indexes.MultiVectorIndex` (several vectors per document, MaxSim)
         instead of a single-vector index. ``"Flat"`` is a valid spec of both kinds, so the
         kind is chosen here, never guessed from the spec.
-    first_stage, n_candidates, token_k, seed : optional
+    first_stage, n_candidates, token_k, seed, binary_index, ndocs : optional
         :class:`~indexes.MultiVectorIndex` options (candidate generation, re-scored
-        documents, Hamming neighbours per query vector, codec training seed); multi-vector
-        only. Omitted ones keep the MultiVectorIndex defaults.
+        documents, Hamming neighbours per query vector, codec training seed, the FAISS
+        binary token index of ``first_stage="binary"``: ``"ivf"``, ``"hnsw"`` or ``"flat"``,
+        documents scored exactly per query); multi-vector only. Omitted ones keep the
+        MultiVectorIndex defaults.
 
     Returns
     -------
@@ -110,7 +117,8 @@ def make_index(
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"spec must be a non-empty string; got {spec!r}. Accepted: {ACCEPTED_SPECS}.")
     mv_options = {name: value for name, value in (("first_stage", first_stage), ("n_candidates", n_candidates),
-                                                  ("token_k", token_k), ("seed", seed)) if value is not None}
+                                                  ("token_k", token_k), ("seed", seed), ("binary_index", binary_index),
+                                                  ("ndocs", ndocs)) if value is not None}
     if multivector:
         return _multivector(dim, spec, metric=metric, nprobe=nprobe, ef_search=ef_search, options=mv_options)
     if mv_options:
@@ -156,8 +164,16 @@ def _multivector(
         )
     if metric != "ip":
         raise ConfigError(f"multi-vector indexes score by MaxSim (inner products): metric must be 'ip'; got {metric!r}.")
+    binary = options.get("first_stage") == "binary"
+    if "binary_index" in options and not binary:
+        raise ConfigError(f"binary_index={options['binary_index']!r} is the token index of first_stage='binary'; got "
+                          f"first_stage={options.get('first_stage')!r}. Pass first_stage='binary', or drop binary_index.")
     if ef_search is not None:
-        raise ConfigError("ef_search applies to FAISS HNSW specs only, not to multi-vector indexes.")
+        if not binary or options.get("binary_index") != "hnsw":
+            raise ConfigError("ef_search applies to FAISS HNSW specs, and to multi-vector indexes with "
+                              "first_stage='binary' and binary_index='hnsw' (the binary HNSW token index); got "
+                              f"first_stage={options.get('first_stage')!r}, binary_index={options.get('binary_index')!r}.")
+        options["ef_search"] = ef_search
     if nprobe is not None:
         options["nprobe"] = nprobe
     try:

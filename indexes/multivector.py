@@ -8,6 +8,7 @@ Layout on disk (one directory, manifest written last, as for every index)::
     doc_ids.txt        one id per line
     codec.*.npy        the fitted codec (centroids, residual levels, rotation, ...)
     hamming.*.npy      the binary first-stage quantizer and its codes, when it is separate
+    binary.token_index.npy   the binary first stage's FAISS index, serialized (indexes.binary_ann)
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from indexes._embeddings_io import load_embeddings, save_embeddings
 from indexes._io import load_array, save_array
 from indexes._lock import reads, writes
 from indexes.base import Metric, StoredIndex, check_k, register_index
-from indexes.binary_ann import BinaryEngine, BinaryIndexKind, BinaryParams
+from indexes.binary_ann import (
+    TOKEN_INDEX_ARRAY,
+    BinaryEngine,
+    BinaryIndexKind,
+    BinaryParams,
+    restore_engine,
+    save_token_index,
+)
 from indexes.manifest import MANIFEST_NAME, Manifest
 from indexes.plaid import PlaidEngine, PlaidParams
 from retrieval.compress.base import Codec
@@ -391,12 +399,15 @@ class MultiVectorIndex(StoredIndex):
             arrays[name] = save_array(directory, name, arr)
         if self._separate_hamming():
             arrays["hamming.codes"] = save_array(directory, "hamming.codes", self._hamming_codes)
-        return {
+        params = {
             "spec": self.spec, "first_stage": self.first_stage, "n_candidates": self.n_candidates,
             "nprobe": self.nprobe, "token_k": self.token_k, "seed": self.seed, "trained": self.codec.is_trained,
             "ndocs": self.ndocs, "centroid_score_threshold": self.centroid_score_threshold,
             "binary_index": self.binary_index, "ef_search": self.ef_search,
         }
+        if self.first_stage == "binary" and self.is_trained:  # built here if no search did: a load then reads it
+            arrays[TOKEN_INDEX_ARRAY], params["binary_token_index"] = save_token_index(self.binary_engine(), directory)
+        return params
 
     @classmethod
     def _from_manifest(cls, manifest: Manifest, directory: Path) -> MultiVectorIndex:
@@ -436,6 +447,11 @@ class MultiVectorIndex(StoredIndex):
             raise IndexFormatError(f"{directory / MANIFEST_NAME}: the index holds {codes.shape[0]} codes but no trained "
                                    "codec (params.trained or the codec arrays are missing); the manifest is damaged.")
         self._codes, self._offsets = codes, np.array(offsets)
+        if self.first_stage == "binary" and self.is_trained:
+            assert self.hamming is not None
+            sign = self._codes if self.hamming is self.codec else self._hamming_codes
+            self._binary = restore_engine(directory, manifest, self.hamming, sign, self._offsets, self.binary_index,
+                                          self.seed, mmap=mmap)
 
     # ------------------------------------------------------------------ internals
     def check_documents(self, data: Any) -> MultiVectorEmbeddings:

@@ -33,6 +33,8 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
                         "Binary|BinaryITQ")
     p.add_argument("--first-stage", choices=("exhaustive", "centroid", "binary"), default="exhaustive",
                    help="candidate generation before exact MaxSim (default exhaustive)")
+    p.add_argument("--binary-index", choices=("ivf", "hnsw", "flat"), default=None,
+                   help="FAISS token index of --first-stage binary (default ivf); saved with the collection")
     p.add_argument("--dpi", type=int_in(10, 1200), default=None, help="PDF rendering resolution (default 100)")
     p.add_argument("--max-side", type=int_in(32, 20_000), default=None,
                    help="longest side of a page image in pixels (default 1400)")
@@ -91,6 +93,7 @@ def index_page_folder(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     build = index_pages(
         args.data, args.out, model=args.model, spec=args.spec, first_stage=args.first_stage,
+        binary_index=args.binary_index,
         options=_render_options(args), images=None if args.images == "none" else args.images,
         image_quality=args.image_quality, batch_size=args.batch_size, train_pages=args.train_pages,
         device=args.device, update=args.update, overwrite=args.overwrite, max_image_side=args.max_image_side,

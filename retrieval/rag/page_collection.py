@@ -208,6 +208,7 @@ def index_pages(
     model: Any = None,
     spec: str | None = None,
     first_stage: str = "exhaustive",
+    binary_index: str | None = None,
     options: RenderOptions | None = None,
     metadata: PageMetadata = None,
     images: str | None = "jpeg",
@@ -237,6 +238,8 @@ def index_pages(
         keeps the collection's spec (a different one is an error).
     first_stage : {"exhaustive", "centroid", "binary"}
         Candidate generation of a new index (see :class:`~indexes.MultiVectorIndex`).
+    binary_index : {"ivf", "hnsw", "flat"}, optional
+        The FAISS token index of ``first_stage="binary"`` (default: the index's own, IVF).
     options : RenderOptions, optional
         DPI, maximum side, page limit; an update reuses the recorded ones by default.
     metadata : mapping or callable, optional
@@ -317,7 +320,8 @@ def index_pages(
             _same_model(encoder, recorded_encoder, target)
         dim = encoder.dim  # loads a recorded model now: a bad checkpoint fails before any page is rendered
         if old_store is None:
-            index = make_index(dim, spec or DEFAULT_PAGE_SPEC, multivector=True, first_stage=first_stage)  # type: ignore[arg-type]
+            index = make_index(dim, spec or DEFAULT_PAGE_SPEC, multivector=True,
+                               first_stage=first_stage, binary_index=binary_index)  # type: ignore[arg-type]
         known = {p.doc_id: p.metadata.get("sha256") for p in old_store.pages} if old_store is not None else {}
         replaced: set[str] = set()
         removed = 0

@@ -22,6 +22,13 @@ one batch-1 search next to each stage's arithmetic floor.
 ``index-SPEC``): the old flat Hamming scan with decoded MaxSim (``token_k`` 64, replayed here
 from public pieces) next to the binary engine over a flat scan, IVF and HNSW token indexes,
 swept over ``token_k`` / ``nprobe`` / ``ef_search``, one configuration after another in one run.
+``--kinds`` limits the token indexes, ``--skip-old`` drops the old path and the ceiling rows.
+For each token index kind it also times a load: the cached index saved without a token index
+(rebuilt on its first search) against the same index saved with it (read back), load plus
+first search. ``--kernel-baseline REV`` adds the table kernel of git revision REV
+(``indexes/_binary_kernels.py`` there, fed the layout it expects), interleaved with the current
+one: the kernel alone on the same candidates, and whole searches, at the loaded index's own
+settings (those saved in the cache).
 """
 
 from __future__ import annotations
@@ -211,13 +218,98 @@ def _binary_searcher(index: Any, engine: Any, params: dict[str, Any]) -> Any:
     return search
 
 
+class _BaselineKernels:
+    """The table kernel of another git revision, fed the unpadded (code_size, 256, Lq) blocks it reads."""
+
+    def __init__(self, rev: str) -> None:
+        import subprocess
+        import types
+
+        root = Path(__file__).resolve().parents[2]
+        src = subprocess.run(["git", "show", f"{rev}:indexes/_binary_kernels.py"], cwd=root, check=True,
+                             capture_output=True, text=True).stdout.replace("cache=True", "cache=False")
+        self.module = types.ModuleType(f"binary_kernels_{rev}")
+        exec(compile(src, f"{rev}:indexes/_binary_kernels.py", "exec"), self.module.__dict__)
+
+    def lut_maxsim(self, tables: Any, const: Any, q_offsets: Any, *rest: Any) -> Any:
+        lengths = np.diff(q_offsets)
+        blocks = tables.reshape(len(lengths), rest[2].shape[1], 256, -1)
+        flat = np.concatenate([blocks[q, :, :, : lengths[q]].reshape(-1) for q in range(len(lengths))])
+        return self.module.lut_maxsim(flat, const, q_offsets, *rest)
+
+
+def _kernel_ab(index: Any, engine: Any, queries: Any, baseline: _BaselineKernels, record: Any, spec: str,
+               threads: int) -> None:
+    """The table kernel alone, current against ``baseline``, on the same candidates (the index's own settings)."""
+    from indexes.binary_ann import lookup_tables, per_query_tables
+
+    params = index.binary_params
+    for batch in (1, 32):
+        cur_ms: list[float] = []
+        old_ms: list[float] = []
+        vectors, diff = 0, 0.0
+        for s in range(0, 32 if batch == 1 else 64, batch):
+            q = queries.select(np.arange(s, s + batch))
+            qv, q_off = np.ascontiguousarray(q.vectors, np.float32), q.offsets
+            c_off, c_docs = engine.candidates(qv, q_off, params)
+            table, const = lookup_tables(engine.quantizer, qv)
+            padded = per_query_tables(table, q_off)
+            vectors += int(engine.lengths[c_docs].sum())
+            got = {}
+            if s == 0 and batch == 1:  # compile / load from the cache outside the timings
+                for kernels in (engine._kernels, baseline):
+                    kernels.lut_maxsim(padded, const, q_off, c_off, c_docs, engine.codes, engine.offsets)
+            for name, kernels, out in (("now", engine._kernels, cur_ms), ("old", baseline, old_ms)) * 2:
+                t0 = time.perf_counter()
+                got[name] = kernels.lut_maxsim(padded, const, q_off, c_off, c_docs, engine.codes, engine.offsets)
+                out.append(1000 * (time.perf_counter() - t0))
+            diff = max(diff, float(np.abs(got["now"] - got["old"]).max(initial=0.0)))
+        n_q = 32 if batch == 1 else 64
+        record({"spec": spec, "engine": f"table kernel alone, batch {batch}", "threads": threads,
+                "current_ms_per_query": float(np.sum(cur_ms)) / 2 / n_q, "baseline_ms_per_query": float(np.sum(old_ms)) / 2 / n_q,
+                "doc_vectors_per_query": vectors / n_q, "max_abs_diff": diff})
+        print(f"table kernel, batch {batch}: {np.sum(cur_ms) / 2 / n_q:.2f} ms/query now, "
+              f"{np.sum(old_ms) / 2 / n_q:.2f} ms/query at the baseline ({vectors / n_q:.0f} document vectors "
+              f"per query; max |diff| {diff:.2g})", flush=True)
+
+
+def _load_times(index: Any, engine: Any, kind: str, cache: Path, spec: str, record: Any) -> None:
+    """Load + first search of the cached index saved without a token index (rebuild) and with one (read)."""
+    import shutil
+
+    from indexes import load_index
+
+    with_file = cache / f"index-{spec}-{kind}-token-index"
+    index.binary_index, index._binary = kind, engine
+    t0 = time.perf_counter()
+    index.save(with_file, overwrite=True)  # writes the token index built above
+    save_s = time.perf_counter() - t0
+    times = {}
+    for label, path in (("rebuilt", cache / f"index-{spec}"), ("read back", with_file)):
+        t0 = time.perf_counter()
+        loaded = load_index(path)
+        loaded.binary_index = kind
+        load_s = time.perf_counter() - t0
+        loaded.binary_engine()
+        one = time.perf_counter() - t0
+        times[label] = (load_s, one)
+    record({"spec": spec, "engine": f"load {kind}", "save_with_token_index_s": save_s,
+            "rebuilt_load_s": times["rebuilt"][0], "rebuilt_ready_s": times["rebuilt"][1],
+            "read_load_s": times["read back"][0], "read_ready_s": times["read back"][1],
+            "token_index_bytes": (with_file / "binary.token_index.npy").stat().st_size})
+    print(f"{spec} {kind}: load + token index ready: {times['rebuilt'][1]:.2f} s rebuilt, {times['read back'][1]:.2f} s "
+          f"read back (save with it {save_s:.1f} s)", flush=True)
+    shutil.rmtree(with_file, ignore_errors=True)
+    index.binary_index, index._binary = "ivf", None
+
+
 def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: Path, args: Any, record: Any) -> None:
     from indexes.binary_ann import BinaryEngine
 
     index, build_s = _index(spec, docs, cache, first_stage="binary")
     codes = index._codes if index.hamming is index.codec else index._hamming_codes
     engines, n_lat = {}, args.latency_queries
-    for kind in ("flat", "ivf", "hnsw"):
+    for kind in args.kinds:
         t0 = time.perf_counter()
         engines[kind] = BinaryEngine(index.hamming, codes, index._offsets, kind, seed=0)
         engine_s = time.perf_counter() - t0
@@ -226,16 +318,30 @@ def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: P
                 "codes_bytes_per_token": codes.shape[1]})
         print(f"{spec}: {kind} token index built in {engine_s:.1f} s, "
               f"{engines[kind].memory_bytes() / index.num_vectors:.1f} B/token beside the codes", flush=True)
-    res = _measure(_old_flat_binary(index, engines["flat"].index), queries, truth, n_lat=min(n_lat, 5), n_qps=32)
-    record({"spec": spec, "engine": "old flat scan + decoded MaxSim, token_k=64", "threads": args.threads, **res})
-    res = _measure(_binary_searcher(index, engines["flat"], {"token_k": index.num_vectors}), queries, truth, n_lat=2,
-                   n_qps=0)
-    record({"spec": spec, "engine": "table MaxSim over every document (the codes' ceiling)", "threads": args.threads,
-            **res})
+    for kind in args.kinds:
+        _load_times(index, engines[kind], kind, cache, spec, record)
+    if args.kernel_baseline and "ivf" in engines:
+        baseline = _BaselineKernels(args.kernel_baseline)
+        _kernel_ab(index, engines["ivf"], queries, baseline, record, spec, args.threads)
+        current = engines["ivf"]._kernels
+        for label, kernels in (("current", current), ("baseline", baseline)) * 2:  # interleaved, twice
+            engines["ivf"]._kernels = kernels
+            res = _measure(_binary_searcher(index, engines["ivf"], {}), queries, truth, n_lat=n_lat, n_qps=64)
+            own = {"token_k": index.binary_params.token_k, "nprobe": index.binary_params.nprobe}
+            record({"spec": spec, "engine": f"binary ivf {own} (the index's own), {label} table kernel",
+                    "threads": args.threads, **res})
+        engines["ivf"]._kernels = current
+    if not args.skip_old and "flat" in engines:
+        res = _measure(_old_flat_binary(index, engines["flat"].index), queries, truth, n_lat=min(n_lat, 5), n_qps=32)
+        record({"spec": spec, "engine": "old flat scan + decoded MaxSim, token_k=64", "threads": args.threads, **res})
+        res = _measure(_binary_searcher(index, engines["flat"], {"token_k": index.num_vectors}), queries, truth,
+                       n_lat=2, n_qps=0)
+        record({"spec": spec, "engine": "table MaxSim over every document (the codes' ceiling)",
+                "threads": args.threads, **res})
     grid: list[tuple[str, dict[str, Any]]] = [("flat", {"token_k": t}) for t in (16, 64)]
     grid += [("ivf", {"token_k": t, "nprobe": p}) for t in (16, 32, 64) for p in (2, 4, 8, 16)]
     grid += [("hnsw", {"token_k": t, "ef_search": e}) for t in (16, 32, 64) for e in (32, 64, 128)]
-    for kind, params in grid:
+    for kind, params in [(k, p) for k, p in grid if k in engines]:
         res = _measure(_binary_searcher(index, engines[kind], params), queries, truth, n_lat=n_lat, n_qps=64)
         record({"spec": spec, "engine": f"binary {kind} {params}", "kind": kind, "threads": args.threads, **params,
                 **res})
@@ -253,6 +359,11 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--binary", nargs="+", default=None, metavar="SPEC",
                         help="measure the binary path (e.g. BinaryITQ) instead of the PLAID engine")
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"], choices=("flat", "ivf", "hnsw"),
+                        help="binary token indexes to build and sweep (default all three)")
+    parser.add_argument("--skip-old", action="store_true", help="binary: skip the old flat scan and the ceiling rows")
+    parser.add_argument("--kernel-baseline", default=None, metavar="REV",
+                        help="binary: also time the table kernel of git revision REV, interleaved with the current one")
     args = parser.parse_args()
 
     import faiss

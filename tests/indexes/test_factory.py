@@ -41,7 +41,13 @@ def test_multivector_specs_and_options(rng):
     assert isinstance(index, MultiVectorIndex) and index.spec == "Prune0.5,KMeans16r2"
     assert (index.first_stage, index.nprobe, index.n_candidates, index.seed) == ("centroid", 2, 7, 3)
     binary = make_index(8, "BinaryITQ", multivector=True, first_stage="binary", token_k=5)
-    assert binary.first_stage == "binary" and binary.token_k == 5
+    assert binary.first_stage == "binary" and binary.token_k == 5 and binary.binary_index == "ivf"
+    hnsw = make_index(8, "Binary", multivector=True, first_stage="binary", binary_index="hnsw", ef_search=24,
+                      nprobe=3, ndocs=40)
+    assert (hnsw.binary_index, hnsw.ef_search, hnsw.binary_params.ef_search) == ("hnsw", 24, 24)
+    assert (hnsw.binary_params.nprobe, hnsw.binary_params.ndocs) == (3, 40)
+    flat = make_index(8, "FP16", multivector=True, first_stage="binary", binary_index="flat")
+    assert flat.binary_index == "flat" and flat.hamming is not None
     # "Flat" is a spec of both kinds: the flag decides, defaults are MultiVectorIndex's own.
     plain = make_index(8, "Flat", multivector=True)
     assert isinstance(plain, MultiVectorIndex) and plain.first_stage == "exhaustive" and plain.nprobe == 4
@@ -67,7 +73,16 @@ def test_multivector_specs_and_options(rng):
     ("Prune0.5,FP16,Flat", {"multivector": True}, "unknown multi-vector spec"),
     ("HNSW32", {"multivector": True}, "unknown multi-vector spec 'HNSW32'"),
     ("exact", {"multivector": True}, "use spec 'Flat'"),
-    ("FP16", {"multivector": True, "ef_search": 8}, "ef_search applies to FAISS HNSW specs only"),
+    ("FP16", {"multivector": True, "ef_search": 8}, "ef_search applies to FAISS HNSW specs, and to multi-vector"),
+    ("Binary", {"multivector": True, "first_stage": "binary", "ef_search": 8}, r"binary_index='hnsw'.*got .*'ivf'|"
+     r"binary_index='hnsw'.*binary_index=None"),
+    ("Binary", {"multivector": True, "first_stage": "binary", "binary_index": "ivf", "ef_search": 8},
+     "binary_index='hnsw'"),
+    ("Binary", {"multivector": True, "binary_index": "hnsw"}, "binary_index='hnsw' is the token index of "
+     "first_stage='binary'"),
+    ("Binary", {"multivector": True, "first_stage": "binary", "binary_index": "lsh"}, "binary_index must be"),
+    ("Flat", {"binary_index": "hnsw"}, r"\['binary_index'\] apply to multi-vector"),
+    ("Flat", {"ndocs": 8}, r"\['ndocs'\] apply to multi-vector"),
     ("FP16", {"multivector": True, "metric": "l2"}, "metric must be 'ip'"),
     ("FP16", {"multivector": True, "first_stage": "centroid"}, "needs a KMeans codec"),
     ("KMeans16", {"multivector": True, "first_stage": "sideways"}, "first_stage must be one of"),

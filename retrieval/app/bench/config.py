@@ -67,7 +67,7 @@ TextKind = Literal["exact", "faiss", "jpq", "multivector"]
 SEARCH_PARAMS = ("nprobe", "ef_search")
 _TEXT_KINDS = ("exact", "faiss", "jpq", "multivector")
 _JPQ_KEYS = ("m", "nbits", "opq", "epochs", "batch_size", "lr_encoder", "lr_centroids", "seed")
-_MV_KEYS = ("first_stage", "n_candidates", "token_k")
+_MV_KEYS = ("first_stage", "n_candidates", "token_k", "binary_index", "ndocs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,13 +87,15 @@ class TextIndexConfig:
         FAISS factory string (``faiss``) or MultiVectorIndex spec (``multivector``, e.g.
         ``"Prune0.4,KMeans256r2"``).
     nprobe, ef_search : int, optional
-        Search-time parameters of IVF / HNSW specs; ``nprobe`` is also the centroids
-        probed per query token of a multi-vector ``first_stage="centroid"``.
+        Search-time parameters of IVF / HNSW specs; ``nprobe`` is also the centroids (or
+        binary IVF lists) probed per query token of a multi-vector index, and ``ef_search`` the
+        breadth of a multi-vector ``first_stage="binary"``, ``binary_index="hnsw"`` token index.
     jpq : dict
         :class:`~training.jpq.JPQTrainingArgs` fields for ``kind="jpq"`` (m, nbits, opq,
         epochs, batch_size, lr_encoder, lr_centroids, seed).
     multivector : dict
-        MultiVectorIndex options for ``kind="multivector"``: first_stage, n_candidates, token_k.
+        MultiVectorIndex options for ``kind="multivector"``: first_stage, n_candidates, token_k,
+        binary_index, ndocs (``ef_search`` above also reaches a binary HNSW token index).
     timing_queries : int, optional
         Time only the first this many queries (quality always uses all); for slow kinds.
     shards : int, optional
@@ -333,8 +335,9 @@ def _text_index(raw: Any, where: str) -> TextIndexConfig:
         raise ConfigError(f"{where}: kind {kind!r} needs spec = '...', e.g. {example}.")
     if kind in ("exact", "jpq") and (spec or "nprobe" in t or "ef_search" in t):
         raise ConfigError(f"{where}: spec / nprobe / ef_search do not apply to kind {kind!r}.")
-    if kind == "multivector" and "ef_search" in t:
-        raise ConfigError(f"{where}: ef_search applies to kind 'faiss' only; got kind 'multivector'.")
+    if kind == "multivector" and "ef_search" in t and (mv.get("first_stage"), mv.get("binary_index")) != ("binary", "hnsw"):
+        raise ConfigError(f"{where}: ef_search applies to kind 'faiss', and to kind 'multivector' with "
+                          "first_stage = 'binary' and binary_index = 'hnsw' only.")
     if kind != "jpq" and jpq:
         raise ConfigError(f"{where}: {sorted(jpq)} apply to kind 'jpq' only; got kind {kind!r}.")
     if kind != "multivector" and mv:

@@ -64,7 +64,8 @@ def _build(cfg: TextIndexConfig, docs: Embeddings, ds: TextDataset, data: BEIRDa
         return index.add(docs), None, {}
     if cfg.kind == "multivector":
         assert mv_docs is not None  # loaded by the caller for this kind
-        single: Any = make_index(mv_docs.dim, cfg.spec, multivector=True, nprobe=cfg.nprobe, **cfg.multivector)
+        single: Any = make_index(mv_docs.dim, cfg.spec, multivector=True, nprobe=cfg.nprobe, ef_search=cfg.ef_search,
+                                 **cfg.multivector)
         if cfg.shards is not None:
             from indexes.sharded_multivector import ShardedMultiVectorIndex
 

@@ -210,6 +210,21 @@ def test_cli_index_pages_search_and_delete(folder: Path, colpali_dir: Path, tmp_
     assert "removed 3 pages; 3 pages of 2 documents remain" in capsys.readouterr().out
 
 
+def test_cli_binary_first_stage_options_reach_the_saved_index(folder: Path, colpali_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "col"
+    args = ["index-pages", str(folder), "--model", str(colpali_dir), "--out", str(out), "--device", "cpu",
+            "--dpi", "36", "--spec", "Binary", "--first-stage", "binary"]
+    assert main([*args, "--binary-index", "hnsw"]) == 0
+    capsys.readouterr()
+    index, _ = load_page_collection(out)
+    assert (index.first_stage, index.binary_index) == ("binary", "hnsw")
+    assert index._binary is not None  # the saved token index was read back, not rebuilt
+    assert main(["search", str(out), "churn by region", "-k", "2", "--device", "cpu"]) == 0
+    assert main([*args[:-4], "--binary-index", "flat", "--overwrite"]) == 2
+    assert "binary_index='flat' is the token index of first_stage='binary'" in capsys.readouterr().err
+
+
 def test_cli_bad_model_is_a_clear_error(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["index-pages", str(folder), "--out", str(tmp_path / "col"), "--device", "cpu"]
     assert main([*base, "--model", str(tmp_path / "missing-model")]) == 2

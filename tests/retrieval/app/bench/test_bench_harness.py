@@ -273,6 +273,12 @@ def test_yaml_config_matches_toml(tmp_path: Path, data_root: Path) -> None:
          "shards applies to kinds exact, faiss and multivector"),
         ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "exact", "shards": 0}]}]},
          "shards must be an integer >= 1"),
+        ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [
+            {"kind": "multivector", "spec": "Binary", "first_stage": "binary", "ef_search": 8}]}]},
+         "ef_search applies to kind 'faiss', and to kind 'multivector' with first_stage = 'binary'"),
+        ({"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "faiss", "spec": "HNSW8",
+                                                                             "binary_index": "hnsw"}]}]},
+         "['binary_index'] apply to kind 'multivector' only"),
         ({"name": "x", "repeats": 0, "text": [{"name": "t", "path": "scifact", "indexes": [{"kind": "exact"}]}]},
          "repeats must be an integer >= 1"),
         ({"name": "x", "vectors": [{"name": "v", "base": "/b", "queries": "/q", "groundtruth": "/g",
@@ -285,6 +291,20 @@ def test_bad_configs_fail_loudly(raw: dict[str, Any], message: str, tmp_path: Pa
     with pytest.raises(ConfigError) as info:
         parse_config(raw, roots=[tmp_path])
     assert message in str(info.value)
+
+
+def test_multivector_binary_options_reach_the_index(tmp_path: Path) -> None:
+    from indexes.factory import make_index
+
+    raw = {"name": "x", "text": [{"name": "t", "path": "scifact", "indexes": [
+        {"kind": "multivector", "spec": "BinaryITQ", "first_stage": "binary", "binary_index": "hnsw", "ef_search": 48,
+         "nprobe": 4, "ndocs": 64, "token_k": 8}]}]}
+    cfg = parse_config(raw, roots=[tmp_path]).text[0].indexes[0]
+    assert cfg.ef_search == 48 and cfg.multivector == {"first_stage": "binary", "binary_index": "hnsw", "ndocs": 64,
+                                                       "token_k": 8}
+    index = make_index(8, cfg.spec, multivector=True, nprobe=cfg.nprobe, ef_search=cfg.ef_search, **cfg.multivector)
+    assert (index.binary_index, index.binary_params.ef_search, index.binary_params.nprobe) == ("hnsw", 48, 4)
+    assert (index.binary_params.ndocs, index.binary_params.token_k) == (64, 8)
 
 
 def test_unknown_config_name_lists_shipped_ones() -> None:
