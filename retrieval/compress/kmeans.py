@@ -22,9 +22,11 @@ _ASSIGN_CHUNK = 65536
 MAX_K = 65536  # 2-byte centroid ids
 #: From this many centroids on, k-means trains in two levels and vectors are assigned through
 #: cells of centroids (see :func:`_two_level_kmeans`, :class:`_CellAssigner`).
-TWO_LEVEL_K = 4096
+TWO_LEVEL_K = 8192
 #: Cells of centroids probed per vector when assigning (out of ~sqrt(K), see :class:`_CellAssigner`).
 ASSIGN_NPROBE = 16
+#: Lloyd iterations over all centroids after the two levels (see :func:`_refine`).
+REFINE_ITERS = 8
 
 
 def corpus_k(n_vectors: int) -> int:
@@ -69,7 +71,14 @@ class PatchKMeans(Codec):
     residual_bits : int
         Bits per dimension for the residual (0, 1, 2, 4 or 8). ColBERTv2 calls it ``nbits``.
     niter : int
-        K-means iterations.
+        K-means iterations. From ``K = TWO_LEVEL_K`` (8,192) on, flat k-means costs
+        ``sample x K x d`` per iteration (66 TFLOP in all for K=16,384, d=384, 20 iterations), so
+        it trains in two levels instead (``~sqrt(K)`` cells, each clustered into its share of
+        K, ``niter`` iterations each), then :data:`REFINE_ITERS` Lloyd passes over all K, and
+        assigns vectors through cells of centroids (:data:`ASSIGN_NPROBE` of ``~sqrt(K)``
+        probed: 97% of vectors get their exact nearest centroid on the 1M synthetic set, the
+        rest a near one). On that set (K=4,096, forced) the codes' ceiling was unchanged
+        (recall@10 0.945 against 0.949 flat) and the PLAID defaults gave 0.938 against 0.945.
     max_train_points : int
         Training sample size (drawn with the seed); FAISS's own default is 256 per centroid.
         The sample bounds k-means' memory (``max_train_points x d`` floats) whatever the corpus.
@@ -308,7 +317,28 @@ def _two_level_kmeans(faiss: Any, x: NDArray[np.float32], k: int, niter: int, se
 
     cells = [int(c) for c in np.flatnonzero(alloc)]
     with ThreadPoolExecutor(max_workers=max(1, faiss.omp_get_max_threads())) as pool:
-        return np.concatenate(list(pool.map(cluster, cells)))
+        centroids = np.concatenate(list(pool.map(cluster, cells)))
+    return _refine(faiss, x, centroids, REFINE_ITERS, seed)
+
+
+def _refine(faiss: Any, x: NDArray[np.float32], centroids: NDArray[np.float32], niter: int,
+            seed: int) -> NDArray[np.float32]:
+    """Lloyd iterations over all ``k`` centroids at once (spherical: means re-normalised), each
+    vector assigned through cells (:class:`_CellAssigner`): the two-level start leaves cell
+    borders that cut through clusters, and these passes move centroids across them."""
+    k = centroids.shape[0]
+    for _ in range(niter):
+        ids = _CellAssigner(centroids, _spherical_kmeans(faiss, centroids, _coarse_k(k), 5, seed),
+                            ASSIGN_NPROBE).search(x, 1)[1][:, 0]
+        order = np.argsort(ids, kind="stable")
+        present, starts = np.unique(ids[order], return_index=True)
+        sums = np.zeros_like(centroids)
+        sums[present] = np.add.reduceat(x[order], starts, axis=0)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        used = norms[:, 0] > 0
+        centroids = centroids.copy()
+        centroids[used] = sums[used] / norms[used]  # an empty centroid stays where it was
+    return centroids
 
 
 def _assigner(faiss: Any, centroids: NDArray[np.float32], seed: int) -> Any:
