@@ -14,7 +14,8 @@ import pytest
 import indexes._ids as ids_module
 import indexes._idstore as store_module
 from indexes._ids import IdTable, _read_id_lines
-from indexes._idstore import fnv1a
+from indexes._idfixed import FixedStore
+from indexes._idstore import StrStore, fnv1a
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 
 
@@ -122,12 +123,19 @@ def test_a_view_handed_out_is_a_snapshot() -> None:
 def test_memory_counts_the_arrays_and_a_copy_is_independent() -> None:
     table = IdTable(tombstones=True)
     table.append([f"doc-{i:06d}" for i in range(1000)])
-    assert table.memory_bytes() == 1000 * (10 + 4 + 8 + 4 + 1) + 4  # uint32 offsets and permutation
+    assert isinstance(table._merged(), FixedStore)
+    assert table.memory_bytes() == 1000 * (10 + 4)  # 10-byte rows and a uint32 permutation, no tombstones yet
+    uneven = IdTable(tombstones=True)
+    uneven.append(["x" * 40] + [f"d{i}" for i in range(999)])  # padding all to 40 bytes would cost more
+    raw = 40 + sum(len(f"d{i}") for i in range(999))
+    assert isinstance(uneven._merged(), StrStore)
+    assert uneven.memory_bytes() == raw + 1000 * (4 + 8 + 4) + 4  # uint32 offsets (rows + 1), hashes, permutation
     clone = table.copy()
     clone.remove(["doc-000001"], np.array([1]))
     clone.append(["new"])
     assert "doc-000001" in table and "new" not in table and table.ntotal == 1000
     assert "doc-000001" not in clone and "new" in clone
+    assert clone.memory_bytes() == clone._merged().nbytes() + 126  # the tombstones: ceil(1001 / 8) bytes of bits
     for other in (copy.deepcopy(clone), pickle.loads(pickle.dumps(clone))):
         assert other.ids == clone.ids and other.live_ids() == clone.live_ids() and other.id_array()
 
