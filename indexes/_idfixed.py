@@ -279,8 +279,8 @@ def fixed_problems(store: FixedStore, *, full: bool) -> list[str]:
 
     Always (O(1)): ``id_block`` is 2-d uint8 with a width of at least 1, ``id_perm`` 1-d of
     integers with one entry per row. With ``full`` (O(rows x width)): ``id_perm`` is a
-    permutation, the rows are sorted along it, no id holds a NUL byte before its padding,
-    and the bytes are valid UTF-8.
+    permutation, no id holds a NUL byte before its padding, the bytes are valid UTF-8, and
+    the rows are sorted along the permutation.
     """
     block, perm = store.block, store.perm
     if block.ndim != 2 or block.dtype != np.uint8 or block.shape[1] < 1:
@@ -293,13 +293,11 @@ def fixed_problems(store: FixedStore, *, full: bool) -> list[str]:
     if problems:
         return problems
     block = np.ascontiguousarray(block)
-    ordered = _keys(block)[perm]
-    if (ordered[1:] < ordered[:-1]).any():
-        return ["id_block is not sorted along id_perm"]
     if ((block[:, 1:] != 0) & (block[:, :-1] == 0)).any():
         return ["an id in id_block holds a NUL byte before its end"]
     try:
         block[block != 0].tobytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         return [f"id_block is not valid UTF-8 ({exc})"]
-    return []
+    ordered = _keys(block)[perm]
+    return ["id_block is not sorted along id_perm"] if (ordered[1:] < ordered[:-1]).any() else []

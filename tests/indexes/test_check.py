@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes import FaissIndex, FlatIndex
+from indexes import FaissIndex, FlatIndex, load_index
 from indexes._idfixed import build_strings
 from indexes._idstore import encode
 from indexes._io import file_sha256
 from indexes.check import check_index
 from retrieval.app.cli import main
+from retrieval.errors import IndexFormatError
 
 
 def _flat(path: Path, *, variable: bool = False) -> Path:
@@ -279,3 +280,23 @@ def test_rag_collection_checks_index_and_passages(tmp_path, fake_encoder):
     report = check_collection(path)
     assert not report.healthy and [p.code for p in report.problems] == ["bad-passages"]
     assert main(["check", str(path)]) == 1
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unsorted-block", "not sorted along id_perm"),
+    ("not-a-permutation", "not a permutation"),
+    ("nul-inside-an-id", "holds a NUL byte"),
+    ("block-not-utf8", "not valid UTF-8"),
+    ("duplicate-id", "duplicate live ids"),
+    ("block-1d", r"id_block.npy must be 2-d uint8 of 30 rows at least 1 wide; got uint8 \(90,\)"),
+    ("block-uint16", r"id_block.npy must be 2-d uint8 .*got uint16 \(30, 3\)"),
+    ("block-zero-width", r"at least 1 wide; got uint8 \(30, 0\)"),
+    ("perm-short", r"id_perm.npy must be 1-d uint32/int64 of 30 rows; got uint32 \(29,\)"),
+    ("deleted-bits-past-the-rows", "marks rows past the 30 of the index as deleted"),
+])
+def test_damaged_fixed_ids_are_a_clear_load_error(case, message, tmp_path):
+    """A forged fixed-width id store with a consistent file table: the verified load names the damage."""
+    path = _flat(tmp_path / "ix")
+    DAMAGE[case][0](path)
+    with pytest.raises(IndexFormatError, match=message):
+        load_index(path)
