@@ -14,9 +14,9 @@ import pytest
 
 import indexes._ids as ids_module
 import indexes._idstore as store_module
-from indexes._ids import IdTable, _read_id_lines
 from indexes import FlatIndex, read_manifest
 from indexes._idfixed import FixedStore, build_strings, fits
+from indexes._ids import IdTable, _read_id_lines
 from indexes._idstore import StrStore, encode, fnv1a
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 
@@ -293,7 +293,7 @@ def test_fixed_layout_matches_a_set_on_random_unicode_ids() -> None:
             for d in gone:
                 del model[d]
     assert isinstance(table._merged(), FixedStore)
-    probes = sorted(model)[:200] + ["zzzz", "a", "é文é文é文é文"]
+    probes = [*sorted(model)[:200], "zzzz", "a", "é文é文é文é文"]
     assert table.rows_of(sorted(model)) == [model[d] for d in sorted(model)]
     assert table.missing(probes) == [p for p in probes if p not in model]
     assert all((p in table) == (p in model) for p in probes)
