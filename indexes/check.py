@@ -307,7 +307,8 @@ def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
                        f"arrays.{name:.100} must have 'file' (a plain file name), 'dtype' (a string) and 'shape' "
                        "(a list of integers >= 0).")
             continue
-        listed = entry["file"] in (raw.get("files") or {})  # then _files reported it already
+        files = raw.get("files")
+        listed = isinstance(files, dict) and entry["file"] in files  # then _files reported it already
         p = _safe(directory, entry["file"], report, what=f"arrays.{name}.file",
                   missing=None if listed else f"array {name!r} is absent.")
         if p is None:
