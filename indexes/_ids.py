@@ -58,6 +58,7 @@ _BAD_ID = re.compile(r"[\n\r]")
 #: ids and more than 1/_MERGE_SHARE of the merged rows.
 _MERGE_MIN, _MERGE_SHARE = 4096, 8
 _I64 = np.iinfo(np.int64)
+_I64_MIN, _I64_MAX = int(_I64.min), int(_I64.max)  # plain ints: np.iinfo computes its fields at each access
 
 IdKind = Literal["str", "int"]
 #: A batch of ids as the table takes them: a list of str, or a 1-d int64 array.
@@ -536,7 +537,7 @@ _POSITIONS = (np.uint32, np.int64)
 
 
 def _is_int64(value: object) -> bool:
-    return is_int(value) and _I64.min <= value <= _I64.max  # type: ignore[operator]
+    return is_int(value) and _I64_MIN <= value <= _I64_MAX  # type: ignore[operator]
 
 
 def _is_str(value: object) -> bool:
