@@ -15,7 +15,7 @@ import pytest
 import indexes._ids as ids_module
 import indexes._idstore as store_module
 from indexes import FlatIndex, read_manifest
-from indexes._idfixed import FixedStore, build_strings, fits
+from indexes._idfixed import FixedStore, build_strings, fits, search
 from indexes._ids import IdTable, _read_id_lines
 from indexes._idstore import StrStore, encode, fnv1a
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
@@ -320,3 +320,24 @@ def test_fixed_layout_saves_and_memory_maps(tmp_path: Path) -> None:
     again = FlatIndex.load(loaded.save(tmp_path / "ix2"))
     assert again.doc_ids == loaded.doc_ids and "doc-00000-longer" in again and "dé" not in again
     assert again._table._merged().width == 16 and FlatIndex.load(path).doc_ids == index.doc_ids
+
+
+@pytest.mark.parametrize("n", [1, 5, 1023, 1024, 5000])
+def test_the_batched_search_is_searchsorted_along_the_permutation(n: int) -> None:
+    """Many equal keys, queries of every width (shorter, longer, absent): with and without the
+    sorted sample (``fence``, from 1,024 rows), from either side, one query or 3,000."""
+    rng = np.random.default_rng(n)
+    ids = ["".join(rng.choice(list("abc"), rng.integers(1, 6))) for _ in range(n)]
+    store = build_strings(*encode(ids))
+    assert isinstance(store, FixedStore) and (store.fence() is not None) == (n >= 1024)
+    ordered = np.sort(store.keys(), kind="stable")
+    queries = np.array(["".join(rng.choice(list("abcd"), rng.integers(0, 7))).encode() for _ in range(3000)],
+                       dtype=f"S{store.width + 2}")
+    for right in (False, True):
+        want = np.searchsorted(ordered, queries, side="right" if right else "left")
+        for fence in (None, store.fence()):
+            assert (search(store.keys(), store.perm, queries, right=right, fence=fence) == want).all()
+            assert (search(store.keys(), store.perm, queries[:7], right=right, fence=fence) == want[:7]).all()
+    probes = [q.decode() for q in queries[:300].tolist()]
+    assert [store.contains(p, None) for p in probes] == [p in set(ids) for p in probes]
+    assert pickle.loads(pickle.dumps(store)).ids() == ids
