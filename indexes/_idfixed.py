@@ -338,7 +338,8 @@ def fixed_problems(store: FixedStore, *, full: bool) -> list[str]:
     if ((block[:, 1:] != 0) & (block[:, :-1] == 0)).any():
         return ["an id in id_block holds a NUL byte before its end"]
     try:
-        block[block != 0].tobytes().decode("utf-8")
+        if len(block) and int(block.max()) >= 0x80:  # ASCII (the usual case) is valid UTF-8 as it is
+            block[block != 0].tobytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         return [f"id_block is not valid UTF-8 ({exc})"]
     ordered = _keys(block)[perm]

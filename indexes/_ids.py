@@ -63,6 +63,8 @@ _I64_MIN, _I64_MAX = int(_I64.min), int(_I64.max)  # plain ints: np.iinfo comput
 IdKind = Literal["str", "int"]
 #: A batch of ids as the table takes them: a list of str, or a 1-d int64 array.
 Ids = list[str] | NDArray[np.int64]
+#: The arrays behind a table: one of the two string layouts, or integer ids.
+Store = StrStore | FixedStore | IntStore
 
 
 def is_int(value: object) -> bool:
@@ -502,9 +504,6 @@ class IdTable:
         dead = 0 if table._bits is None else int(np.bitwise_count(table._bits).sum())
         table._ntotal, table._live = n, n - dead
         return table
-
-
-Store = StrStore | FixedStore | IntStore
 
 
 def problems_of(store: Store, *, full: bool) -> list[str]:
