@@ -14,7 +14,8 @@ an IVF index's int64 list ids); RSS after
 ``load`` minus RSS before and the peak RSS of the load (VmHWM, reset just before, minus RSS before); the
 load time without and with sha256 verification; 10,000 id lookups (one batched ``rows_of``
 and a loop of ``in``); a search of ``--queries`` queries restricted to a random 1% of the ids
-(``subset=``) and reading its ``doc_ids``; RSS after all that.
+(``subset=``), the median of 3 resolutions of that subset's ids to a row mask (the id
+store's share of the subset search, once per search call) and reading its ``doc_ids``; RSS after all that.
 
 Variants: ``list+dict`` is the ``IdTable`` of commit 64266e7 (a list of str, a dict, an
 object array) reading format 1; ``compact`` is that of commit 3727e62 (the compact arrays of
@@ -143,11 +144,17 @@ def probe(path: str, variant: str, n: int, nq: int) -> dict[str, float | str]:
     t = time.perf_counter()
     hits = result.doc_ids
     ids_s = time.perf_counter() - t
+    resolve = []
+    for _ in range(3):  # the id half of the subset search: the subset's ids -> a mask over the rows
+        t = time.perf_counter()
+        index._table.subset_mask(subset)
+        resolve.append(time.perf_counter() - t)
     assert set(hits[0]) <= set(subset)
     return {"variant": variant, "bytes_per_doc": total / n, "codes_per_doc": codes / n,
             "ids_bytes_per_doc": ids_bytes / n, "structure_per_doc": (total - codes - ids_bytes) / n, "rss_after_load_per_doc": rss / n, "peak_load_per_doc": peak / n,
             "load_s": load_s, "load_verified_s": verified_s, "lookup_batch_ms": batch_s * 1e3,
             "lookup_loop_ms": loop_s * 1e3, "subset_search_ms_per_query": subset_s * 1e3 / nq,
+            "subset_ids_to_rows_ms": sorted(resolve)[1] * 1e3,
             "doc_ids_ms": ids_s * 1e3, "rss_at_end_per_doc": (_rss() - before) / n}
 
 
