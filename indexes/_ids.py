@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from indexes._idfixed import FIXED_ARRAYS, FixedStore, build_strings, fixed_problems, refit
-from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, Mask, StrStore, encode, store_problems
+from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, Mask, StrStore, count_dead, encode, store_problems
 from indexes._io import load_array, save_array
 from indexes._paths import member, open_member
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
@@ -501,8 +501,7 @@ class IdTable:
         if problems:
             raise IndexFormatError(f"{directory}: the saved ids are damaged: {problems[0]}. "
                                    "Run `densezip check` on it, then rebuild or restore the index.")
-        dead = 0 if table._bits is None else int(np.bitwise_count(table._bits).sum())
-        table._ntotal, table._live = n, n - dead
+        table._ntotal, table._live = n, n - count_dead(table._bits)
         return table
 
 

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["IntStore", "IntView", "StrStore", "StrView", "dead_rows", "fnv1a", "fnv1a_one", "is_dead", "store_problems"]
+__all__ = ["IntStore", "IntView", "StrStore", "StrView", "count_dead", "dead_rows", "fnv1a", "fnv1a_one", "is_dead",
+           "store_problems"]
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -52,6 +53,14 @@ def dead_rows(dead: Mask, rows: NDArray[Any]) -> NDArray[np.bool_]:
         return np.zeros(len(rows), dtype=bool)
     rows = np.asarray(rows, dtype=np.int64)
     return (dead[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1 != 0  # type: ignore[no-any-return]
+
+
+_BITS_SET = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def count_dead(dead: Mask) -> int:
+    """How many rows the bit mask marks deleted (a table lookup: ``np.bitwise_count`` needs NumPy 2)."""
+    return 0 if dead is None else int(_BITS_SET[dead].sum())
 
 
 def is_dead(dead: Mask, row: int) -> bool:
