@@ -12,11 +12,19 @@ the last merge wait in a small Python side table (a list and a dict) and are mer
 arrays once the side table outgrows a share of them, so a long run of small ``add`` calls
 costs amortised O(1) per id.
 
-On disk (format version 2) the ids are the store's arrays as ``.npy`` files (``id_bytes``,
-``id_offsets``, ``id_hashes``, ``id_perm``; or ``id_keys``, ``id_perm``) plus ``deleted.npy``
-(the tombstone mask) for kinds that keep deleted rows; a load memory-maps them, so opening
-an index neither decodes nor hashes nor sorts its ids. Version 1 saved ``doc_ids.txt``, one
-id per line; such an index still loads (the ids are read and hashed then).
+String ids take the smaller of two layouts (:func:`indexes._idfixed.build_strings`): NUL-padded
+rows of one width plus a sorting permutation (:class:`~indexes._idfixed.FixedStore`) when the
+ids are of similar lengths, else a UTF-8 buffer with offsets, sorted hashes and a permutation
+(:class:`~indexes._idstore.StrStore`). Tombstones are bits, allocated at the first delete: an
+index that never deleted a row pays nothing for them.
+
+On disk (format version 3) the ids are the store's arrays as ``.npy`` files (``id_block``,
+``id_perm``; or ``id_bytes``, ``id_offsets``, ``id_hashes``, ``id_perm``; or ``id_keys``,
+``id_perm``): the names say the layout. ``deleted_bits.npy`` holds the tombstone bits of kinds
+that keep deleted rows, once a row is deleted. A load memory-maps them, so opening an index
+neither decodes nor hashes nor sorts its ids. Version 2 had no fixed layout and saved the
+tombstones as ``deleted.npy`` (bool, one per row; packed into bits by the load); version 1
+saved ``doc_ids.txt``, one id per line. Both still load.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore, decode_rows, encode, store_problems
-from indexes._io import load_array, read_lines, save_array
+from indexes._idfixed import FIXED_ARRAYS, FixedStore, build_strings, fixed_problems, refit
+from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, Mask, StrStore, count_dead, encode, store_problems
+from indexes._io import load_array, save_array
 from indexes._paths import member, open_member
 from retrieval.errors import ConfigError, IndexFormatError, UnknownIdError
 
@@ -39,24 +48,23 @@ if TYPE_CHECKING:
     from indexes.manifest import Manifest
 
 __all__ = [
-    "IDS_FILE", "LIST_ARRAYS", "IdTable", "as_ids", "check_new_ids", "check_storable_ids", "is_int", "one_or_many",
-    "read_id_list", "write_id_list",
+    "IDS_FILE", "IdTable", "as_ids", "check_new_ids", "check_storable_ids", "is_int", "one_or_many",
 ]
 
 #: The file of format version 1 holding one document id per row, in row order.
 IDS_FILE = "doc_ids.txt"
-#: Arrays of a plain id list in row order (saved raw embeddings, whose ids may repeat and are
-#: never looked up): UTF-8 buffer + int64 offsets for str ids, or the int64 ids.
-LIST_ARRAYS = ("ids_utf8", "ids_offsets", "ids_int64")
 _BAD_ID = re.compile(r"[\n\r]")
 #: The side table of appended ids is merged into the arrays once it holds more than this many
 #: ids and more than 1/_MERGE_SHARE of the merged rows.
 _MERGE_MIN, _MERGE_SHARE = 4096, 8
 _I64 = np.iinfo(np.int64)
+_I64_MIN, _I64_MAX = int(_I64.min), int(_I64.max)  # plain ints: np.iinfo computes its fields at each access
 
 IdKind = Literal["str", "int"]
 #: A batch of ids as the table takes them: a list of str, or a 1-d int64 array.
 Ids = list[str] | NDArray[np.int64]
+#: The arrays behind a table: one of the two string layouts, or integer ids.
+Store = StrStore | FixedStore | IntStore
 
 
 def is_int(value: object) -> bool:
@@ -176,7 +184,8 @@ class IdTable:
     Attributes
     ----------
     deleted : np.ndarray of bool, shape (rows,)
-        The tombstone mask; empty (and saved nowhere) without tombstones.
+        The tombstone mask, unpacked from the bits on each access (all False without tombstones
+        or before the first delete); :meth:`live_mask` is its negation.
     kind : "str", "int" or None
         The type of the ids, fixed by the first ``append``; None while nothing was added.
 
@@ -188,17 +197,18 @@ class IdTable:
     reader sees every id in one of them.
     """
 
-    __slots__ = ("_live", "_merge_lock", "_ntotal", "_pending", "_store", "deleted", "kind", "tombstones")
+    __slots__ = ("_bits", "_live", "_merge_lock", "_ntotal", "_pending", "_store", "kind", "tombstones")
 
     def __init__(self, *, tombstones: bool) -> None:
         self.tombstones = tombstones
         self.kind: IdKind | None = None
-        self._store: StrStore | IntStore = _EMPTY_STR
+        self._store: Store = _EMPTY_STR
         # Appended ids not merged yet (rows _store.rows ...) and the live ones among them -> row.
         self._pending: tuple[list[Any], dict[Any, int]] = ([], {})
         self._live = self._ntotal = 0
         self._merge_lock = threading.Lock()
-        self.deleted: NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        # The tombstones as bits (indexes._idstore.Mask); None until the first delete.
+        self._bits: NDArray[np.uint8] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the merge lock (copies and pickles get a new one)."""
@@ -219,8 +229,19 @@ class IdTable:
         """Stored rows, deleted ones included."""
         return self._ntotal
 
-    def _dead(self) -> NDArray[np.bool_] | None:
-        return self.deleted if self.tombstones else None
+    def _dead(self) -> Mask:
+        return self._bits if self.tombstones else None
+
+    @property
+    def deleted(self) -> NDArray[np.bool_]:
+        """The tombstone mask, one bool per row (a new array)."""
+        if self._bits is None:
+            return np.zeros(self._ntotal, dtype=bool)
+        return np.unpackbits(self._bits, count=self._ntotal, bitorder="little").view(bool)
+
+    def live_mask(self) -> NDArray[np.bool_]:
+        """True at the rows of live documents (a new array)."""
+        return ~self.deleted
 
     def __contains__(self, doc_id: object) -> bool:
         if not (isinstance(doc_id, str) if self.kind != "int" else _is_int64(doc_id)):
@@ -240,7 +261,7 @@ class IdTable:
         """A new list of the live ids in row order."""
         if not self.tombstones or self._live == self._ntotal:
             return self.ids
-        store, live = self._merged(), np.flatnonzero(~self.deleted)
+        store, live = self._merged(), np.flatnonzero(self.live_mask())
         if isinstance(store, IntStore):
             return store.keys[live].tolist()  # type: ignore[no-any-return]
         return store.view()[live].tolist()  # type: ignore[no-any-return]
@@ -256,15 +277,17 @@ class IdTable:
         clone = IdTable(tombstones=self.tombstones)
         tail, tail_row = self._pending
         clone._store, clone._pending, clone.kind = self._store, (list(tail), dict(tail_row)), self.kind
-        clone._live, clone._ntotal, clone.deleted = self._live, self._ntotal, np.array(self.deleted)
+        clone._live, clone._ntotal = self._live, self._ntotal
+        clone._bits = None if self._bits is None else np.array(self._bits)
         return clone
 
     def memory_bytes(self) -> int:
         """Bytes held for the ids, after merging the side table: the store's arrays (string
-        ids: UTF-8 buffer, offsets, sorted hashes, permutation; integer ids: the ids and their
-        sorting permutation) and the tombstone mask (kinds with tombstones). Arrays a load
-        memory-mapped count in full, though the OS reads only the pages lookups touch."""
-        return self._merged().nbytes() + int(self.deleted.nbytes)
+        ids: padded rows and permutation, or UTF-8 buffer, offsets, sorted hashes, permutation;
+        integer ids: the ids and their sorting permutation) and the tombstone bits (once a row
+        was deleted). Arrays a load memory-mapped count in full, though the OS reads only the
+        pages lookups touch."""
+        return self._merged().nbytes() + (0 if self._bits is None else int(self._bits.nbytes))
 
     # ------------------------------------------------------------------ changes
     def check_new(self, new_ids: Any) -> Ids:
@@ -301,18 +324,24 @@ class IdTable:
             tail_row.update((doc_id, start + i) for i, doc_id in enumerate(values))
         self._ntotal += len(values)
         self._live += len(values)
-        if self.tombstones:
-            self.deleted = np.concatenate([self.deleted, np.zeros(len(values), dtype=bool)])
+        if self._bits is not None and len(self._bits) * 8 < self._ntotal:
+            self._bits = np.concatenate([self._bits, np.zeros(-(-self._ntotal // 8) - len(self._bits), np.uint8)])
         return start
 
-    def _merged(self, new_ids: list[Any] | None = None) -> StrStore | IntStore:
+    def _merged(self, new_ids: list[Any] | None = None) -> Store:
         """Move the side table (and ``new_ids`` after it) into the arrays; returns the arrays."""
         with self._merge_lock:
             tail = self._pending[0] + new_ids if new_ids else self._pending[0]
             if tail:
                 store = self._store
-                self._store = (store.extend(np.array(tail, dtype=np.int64)) if isinstance(store, IntStore)
-                               else store.extend(tail))
+                if isinstance(store, IntStore):
+                    self._store = store.extend(np.array(tail, dtype=np.int64))
+                elif isinstance(store, StrStore) and len(tail) >= store.rows:
+                    # Few rows yet (the first merge, or a batch as large as the table): choose the layout afresh.
+                    buf, offsets = encode(store.ids() + tail)
+                    self._store = build_strings(buf, offsets)
+                else:
+                    self._store = store.extend(tail)
                 self._pending = ([], {})
             return self._store
 
@@ -345,9 +374,10 @@ class IdTable:
             tail_row = self._pending[1]
             for i in set(ids):
                 tail_row.pop(i, None)
-            if not self.deleted.flags.writeable:  # memory-mapped by a load: copy before the first change
-                self.deleted = np.array(self.deleted)
-            self.deleted[rows] = True
+            if self._bits is None or not self._bits.flags.writeable:  # none yet, or memory-mapped by a load
+                self._bits = (np.zeros(-(-self._ntotal // 8), dtype=np.uint8) if self._bits is None
+                              else np.array(self._bits))
+            np.bitwise_or.at(self._bits, rows >> 3, np.left_shift(1, rows & 7).astype(np.uint8))
             return
         store = self._merged()
         keep = np.ones(store.rows, dtype=bool)
@@ -413,15 +443,18 @@ class IdTable:
 
     # ------------------------------------------------------------------ persistence
     def write(self, directory: Path, arrays: dict[str, Any]) -> None:
-        """Write the store's arrays and, with tombstones, ``deleted.npy``; their entries go into ``arrays``.
+        """Write the store's arrays and, once a row is deleted, ``deleted_bits.npy``; their
+        entries go into ``arrays``. String ids in the variable layout are written in the fixed
+        one where that fits now (:func:`indexes._idfixed.refit`).
 
         A table that never held an id writes no id array (its kind is chosen by the next add).
         """
-        if self.tombstones:
-            arrays["deleted"] = save_array(directory, "deleted", self.deleted)
+        if self.tombstones and self._bits is not None and self._live < self._ntotal:
+            arrays["deleted_bits"] = save_array(directory, "deleted_bits", self._bits)
         if self.kind is None:
             return
-        for name, array in self._merged().arrays().items():
+        store = self._merged()
+        for name, array in (refit(store) if isinstance(store, StrStore) else store).arrays().items():
             arrays[name] = save_array(directory, name, array)
 
     @classmethod
@@ -429,41 +462,71 @@ class IdTable:
         """Read what :meth:`write` wrote for ``manifest.count`` rows, memory-mapped.
 
         Always checked: every array's dtype and shape against the manifest, the offsets'
-        ends. With ``verify`` (the load hashed every file already) also the structure (see
-        :func:`indexes._idstore.store_problems`) and that no live id repeats. An index of
-        format version 1 (``doc_ids.txt``) is read from its lines.
+        ends, the unused bits of the tombstones. With ``verify`` (the load hashed every file
+        already) also the structure (see :func:`indexes._idstore.store_problems` and
+        :func:`indexes._idfixed.fixed_problems`) and that no live id repeats. An index of
+        format version 1 (``doc_ids.txt``) is read from its lines, one of version 2 may hold
+        its tombstones as ``deleted.npy`` (bool), packed into bits here.
         """
         table = cls(tombstones=tombstones)
         n, entries = manifest.count, manifest.arrays
         if tombstones:
-            table.deleted = _checked(directory, entries, "deleted", n, (np.bool_,))
+            table._bits = _read_tombstones(directory, manifest)
         if INT_ARRAYS[0] in entries:
             table.kind = "int"
-            keys = _checked(directory, entries, "id_keys", n, (np.int64,))
+            keys = read_checked(directory, entries, "id_keys", n, (np.int64,))
             table._store = (IntStore(keys, keys, None) if "id_perm" not in entries else
-                            IntStore(keys, _checked(directory, entries, "id_sorted", n, (np.int64,)),
-                                     _checked(directory, entries, "id_perm", n, _POSITIONS)))
+                            IntStore(keys, read_checked(directory, entries, "id_sorted", n, (np.int64,)),
+                                     read_checked(directory, entries, "id_perm", n, _POSITIONS)))
+        elif FIXED_ARRAYS[0] in entries:
+            table.kind = "str"
+            table._store = FixedStore(read_checked(directory, entries, "id_block", n, (np.uint8,), ndim=2),
+                                      read_checked(directory, entries, "id_perm", n, _POSITIONS))
         elif STR_ARRAYS[0] in entries:
             table.kind = "str"
-            buf = _checked(directory, entries, "id_bytes", None, (np.uint8,))
-            table._store = StrStore(buf, _checked(directory, entries, "id_offsets", n + 1, _POSITIONS),
-                                    _checked(directory, entries, "id_hashes", n, (np.uint64,)),
-                                    _checked(directory, entries, "id_perm", n, _POSITIONS))
+            buf = read_checked(directory, entries, "id_bytes", None, (np.uint8,))
+            table._store = StrStore(buf, read_checked(directory, entries, "id_offsets", n + 1, _POSITIONS),
+                                    read_checked(directory, entries, "id_hashes", n, (np.uint64,)),
+                                    read_checked(directory, entries, "id_perm", n, _POSITIONS))
         elif manifest.format_version < 2 and n:
             table.kind = "str"
-            table._store = StrStore.build(*_read_id_lines(directory / IDS_FILE, expected=n))
+            table._store = build_strings(*_read_id_lines(directory / IDS_FILE, expected=n))
         elif n:
-            raise IndexFormatError(f"{directory / 'manifest.json'} lists no id arrays ({STR_ARRAYS[0]} or "
-                                   f"{INT_ARRAYS[0]}) for its {n} rows; the manifest is damaged.")
-        legacy = table.kind == "str" and STR_ARRAYS[0] not in entries  # built from the lines just now
-        problems = store_problems(table._store, full=verify) if table.kind and not legacy else []
+            raise IndexFormatError(f"{directory / 'manifest.json'} lists no id arrays ({FIXED_ARRAYS[0]}, "
+                                   f"{STR_ARRAYS[0]} or {INT_ARRAYS[0]}) for its {n} rows; the manifest is damaged.")
+        legacy = table.kind == "str" and not {STR_ARRAYS[0], FIXED_ARRAYS[0]} & entries.keys()  # built just now
+        problems = problems_of(table._store, full=verify) if table.kind and not legacy else []
         if not problems and (verify or legacy) and table._store.duplicate_live(table._dead()):
             problems = [f"it holds duplicate {'live ' if tombstones else ''}ids"]
         if problems:
             raise IndexFormatError(f"{directory}: the saved ids are damaged: {problems[0]}. "
                                    "Run `densezip check` on it, then rebuild or restore the index.")
-        table._ntotal, table._live = n, n - int(np.count_nonzero(table.deleted))
+        table._ntotal, table._live = n, n - count_dead(table._bits)
         return table
+
+
+def problems_of(store: Store, *, full: bool) -> list[str]:
+    """:func:`indexes._idfixed.fixed_problems` or :func:`indexes._idstore.store_problems`, by layout."""
+    return fixed_problems(store, full=full) if isinstance(store, FixedStore) else store_problems(store, full=full)
+
+
+def _read_tombstones(directory: Path, manifest: Manifest) -> NDArray[np.uint8] | None:
+    """The saved tombstone bits (memory-mapped), or None where no row is deleted.
+
+    Format version 3 saves ``deleted_bits`` (uint8, ``ceil(count / 8)``, the bits past ``count``
+    zero) once a row is deleted; version 1 and 2 saved ``deleted`` (bool, one per row) always.
+    """
+    n, entries = manifest.count, manifest.arrays
+    if "deleted_bits" in entries:
+        bits = read_checked(directory, entries, "deleted_bits", -(-n // 8), (np.uint8,))
+        if n % 8 and int(bits[-1]) >> (n % 8):
+            raise IndexFormatError(f"{directory / str(entries['deleted_bits']['file'])} marks rows past the "
+                                   f"{n} of the index as deleted; the file is damaged. Run `densezip check` on it.")
+        return bits
+    if "deleted" in entries or manifest.format_version < 3:
+        mask = read_checked(directory, entries, "deleted", n, (np.bool_,))
+        return np.packbits(mask, bitorder="little") if mask.any() else None
+    return None
 
 
 _EMPTY_STR = StrStore.build(np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64))
@@ -472,7 +535,7 @@ _POSITIONS = (np.uint32, np.int64)
 
 
 def _is_int64(value: object) -> bool:
-    return is_int(value) and _I64.min <= value <= _I64.max  # type: ignore[operator]
+    return is_int(value) and _I64_MIN <= value <= _I64_MAX  # type: ignore[operator]
 
 
 def _is_str(value: object) -> bool:
@@ -490,15 +553,18 @@ def one_or_many(ids: Any) -> list[Any]:
     return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
 
 
-def _checked(directory: Path, entries: dict[str, Any], name: str, length: int | None,
-             dtypes: tuple[type, ...]) -> NDArray[Any]:
-    """The array ``name`` of the manifest, memory-mapped, after checking it is 1-d of ``dtypes`` and ``length``."""
+def read_checked(directory: Path, entries: dict[str, Any], name: str, length: int | None,
+                 dtypes: tuple[type, ...], *, ndim: int = 1) -> NDArray[Any]:
+    """The array ``name`` of the manifest, memory-mapped, after checking it is ``ndim``-d of
+    ``dtypes`` and ``length`` rows (and, 2-d, C-contiguous and at least one column wide)."""
     array = load_array(directory, entries.get(name), name=name, mmap=True)
-    if array.ndim != 1 or array.dtype.type not in dtypes or (length is not None and len(array) != length):
+    if array.ndim != ndim or array.dtype.type not in dtypes or (length is not None and len(array) != length) or (
+            ndim == 2 and (array.shape[1] < 1 or not array.flags.c_contiguous)):
         want = "/".join(np.dtype(d).name for d in dtypes)
         raise IndexFormatError(
-            f"{directory / str(entries[name]['file'])} must be 1-d {want}"
-            f"{f' of length {length}' if length is not None else ''}; got {array.dtype} {array.shape}."
+            f"{directory / str(entries[name]['file'])} must be {ndim}-d {want}"
+            f"{f' of {length} rows' if length is not None else ''}{' at least 1 wide' if ndim == 2 else ''}; "
+            f"got {array.dtype} {array.shape}."
         )
     return array.view(np.ndarray)  # still the map, without np.memmap's per-call overhead
 
@@ -523,48 +589,3 @@ def _read_id_lines(path: Path, *, expected: int) -> tuple[NDArray[np.uint8], NDA
     offsets = np.zeros(len(ends) + 1, dtype=np.int64)
     offsets[1:] = ends - np.arange(len(ends))  # each id ends where its newline was, less the newlines before it
     return np.delete(data, newlines), offsets
-
-
-def write_id_list(directory: Path, ids: Any, arrays: dict[str, Any]) -> None:
-    """Save ``ids`` (a list of str, or an int64 array) in row order as :data:`LIST_ARRAYS`; their
-    entries go into ``arrays``. No lookup structure: for data that is read whole (raw embeddings).
-
-    Raises
-    ------
-    ConfigError
-        For a str id that UTF-8 cannot store (:func:`check_storable_ids`).
-    """
-    if isinstance(ids, np.ndarray):
-        arrays["ids_int64"] = save_array(directory, "ids_int64", ids.astype(np.int64, copy=False))
-        return
-    ids = [str(i) for i in ids]
-    check_storable_ids(ids)
-    buf, offsets = encode(ids)
-    arrays["ids_utf8"] = save_array(directory, "ids_utf8", buf)
-    arrays["ids_offsets"] = save_array(directory, "ids_offsets", offsets)
-
-
-def read_id_list(directory: Path, manifest: Manifest) -> list[str] | NDArray[np.int64]:
-    """The ids :func:`write_id_list` saved for ``manifest.count`` rows: a list of str, or the int64
-    array memory-mapped; a directory saved before them holds ``doc_ids.txt`` lines instead.
-
-    Raises
-    ------
-    IndexFormatError
-        For an array of the wrong dtype or length, offsets that do not run from 0 up to the
-        buffer's end, or a buffer that is not UTF-8.
-    """
-    n, entries = manifest.count, manifest.arrays
-    if LIST_ARRAYS[2] in entries:
-        return _checked(directory, entries, "ids_int64", n, (np.int64,))
-    if LIST_ARRAYS[0] not in entries:
-        return read_lines(directory / IDS_FILE, expected=n)
-    buf = _checked(directory, entries, "ids_utf8", None, (np.uint8,))
-    offsets = _checked(directory, entries, "ids_offsets", n + 1, (np.int64,))
-    if int(offsets[0]) != 0 or int(offsets[-1]) != len(buf) or (np.diff(offsets) < 0).any():
-        raise IndexFormatError(f"{directory}: the saved ids are damaged: the offsets must rise from 0 to the "
-                               f"buffer's length {len(buf)}. Run `densezip check` on it, then save it again.")
-    try:
-        return decode_rows(buf, offsets, np.arange(n, dtype=np.int64))
-    except UnicodeDecodeError as exc:
-        raise IndexFormatError(f"{directory}: the saved ids are damaged: not valid UTF-8 ({exc}).") from exc

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["IntStore", "IntView", "StrStore", "StrView", "fnv1a", "fnv1a_one", "store_problems"]
+__all__ = ["IntStore", "IntView", "StrStore", "StrView", "count_dead", "dead_rows", "fnv1a", "fnv1a_one", "is_dead",
+           "store_problems"]
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -41,7 +42,30 @@ _U32 = 2**32
 STR_ARRAYS = ("id_bytes", "id_offsets", "id_hashes", "id_perm")
 INT_ARRAYS = ("id_keys", "id_sorted", "id_perm")  # the last two only when the ids are not ascending
 
-Mask = NDArray[np.bool_] | None  # the tombstone mask, or None for a kind that drops deleted rows
+#: The tombstones as bits (``np.packbits(deleted, bitorder="little")``: row ``r`` is bit ``r % 8``
+#: of byte ``r // 8``), or None where no row is deleted (or the kind drops deleted rows).
+Mask = NDArray[np.uint8] | None
+
+
+def dead_rows(dead: Mask, rows: NDArray[Any]) -> NDArray[np.bool_]:
+    """Whether each of ``rows`` is deleted in the bit mask ``dead``."""
+    if dead is None:
+        return np.zeros(len(rows), dtype=bool)
+    rows = np.asarray(rows, dtype=np.int64)
+    return (dead[rows >> 3] >> (rows & 7).astype(np.uint8)) & 1 != 0  # type: ignore[no-any-return]
+
+
+_BITS_SET = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def count_dead(dead: Mask) -> int:
+    """How many rows the bit mask marks deleted (a table lookup: ``np.bitwise_count`` needs NumPy 2)."""
+    return 0 if dead is None else int(_BITS_SET[dead].sum())
+
+
+def is_dead(dead: Mask, row: int) -> bool:
+    """Whether ``row`` is deleted in the bit mask ``dead`` (one row, in Python)."""
+    return dead is not None and bool((int(dead[row >> 3]) >> (row & 7)) & 1)
 
 
 def _index_dtype(n: int) -> type[np.unsignedinteger[Any]] | type[np.int64]:
@@ -169,7 +193,7 @@ def _walk_run(sorted_keys: Any, perm: NDArray[Any], dead: Mask, pos: int, same: 
     key, n = sorted_keys(pos), len(perm)
     while pos < n and sorted_keys(pos) == key:
         row = int(perm[pos])
-        if (dead is None or not dead[row]) and same(row):
+        if not is_dead(dead, row) and same(row):
             return row
         pos += 1
     return -1
@@ -238,7 +262,7 @@ class StrStore(NamedTuple):
             return False
         row = int(self.perm[pos])  # the usual case: the first row of that hash is the id, live
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
-        if end - start == len(target) and (dead is None or not dead[row]) and self.buf[start:end].tobytes() == target:
+        if end - start == len(target) and not is_dead(dead, row) and self.buf[start:end].tobytes() == target:
             return True
         return self._walk(dead, target, pos) >= 0
 
@@ -259,7 +283,7 @@ class StrStore(NamedTuple):
         start = offsets[cand].astype(np.int64)
         ok = same_hash & (offsets[cand + 1].astype(np.int64) - start == qlen)
         if dead is not None:
-            ok &= ~dead[cand]
+            ok &= ~dead_rows(dead, cand)
         which = np.flatnonzero(ok)
         if which.size:  # compare the bytes of every candidate in one pass
             stored, _ = gather_bytes(self.buf, offsets, cand[which])
@@ -280,8 +304,7 @@ class StrStore(NamedTuple):
         if not same.size:
             return False
         rows = np.unique(self.perm[np.concatenate([same, same + 1])].astype(np.int64))
-        if dead is not None:
-            rows = rows[~dead[rows]]
+        rows = rows[~dead_rows(dead, rows)]
         ids = decode_rows(self.buf, self.offsets, rows)
         return len(set(ids)) != len(ids)
 
@@ -348,7 +371,7 @@ class IntStore(NamedTuple):
         if pos >= self.rows or int(self.sorted[pos]) != doc_id:
             return False
         row = pos if self.perm is None else int(self.perm[pos])
-        if dead is None or not dead[row]:
+        if not is_dead(dead, row):
             return True
         return _walk_run(self.sorted.__getitem__, self._perm_or_range(), dead, pos, lambda r: True) >= 0
 
@@ -362,7 +385,7 @@ class IntStore(NamedTuple):
         pos = np.minimum(_positions(self.sorted, ids), self.rows - 1)
         cand = np.asarray(self._row(pos), dtype=np.int64)
         same = self.sorted[pos] == ids
-        ok = same if dead is None else same & ~dead[cand]
+        ok = same if dead is None else same & ~dead_rows(dead, cand)
         rows[ok] = cand[ok]
         for q in np.flatnonzero(same & ~ok).tolist():  # a deleted row first: walk to a live twin
             if rows[q] < 0:
@@ -370,7 +393,7 @@ class IntStore(NamedTuple):
 
     def duplicate_live(self, dead: Mask) -> bool:
         order = np.arange(self.rows) if self.perm is None else self.perm
-        ordered = self.sorted if dead is None else self.sorted[~dead[order]]
+        ordered = self.sorted if dead is None else self.sorted[~dead_rows(dead, order)]
         return bool((ordered[1:] == ordered[:-1]).any())
 
 

@@ -305,7 +305,7 @@ class StoredIndex(ABC):
         if where is not None:
             matching = evaluate(where, self._attrs)
             if self._tombstones:
-                matching &= ~self._table.deleted
+                matching &= self._table.live_mask()
             mask = matching if mask is None else mask & matching
         return mask if mask is not None else np.ones(self.ntotal, dtype=bool)
 
@@ -511,7 +511,7 @@ class VectorIndex(StoredIndex):
             n_allowed = int(np.count_nonzero(allowed))
         elif n_allowed != table.ntotal and not self._removes_deleted:
             # Some row is deleted (live ids < rows): an O(1) test instead of a scan of the mask.
-            allowed = ~table.deleted
+            allowed = table.live_mask()
         if 0 < k <= n_allowed and nq:
             scores, labels = self._search_rows(q, k, allowed)
         else:

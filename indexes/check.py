@@ -52,7 +52,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore, store_problems
+from indexes._idfixed import FIXED_ARRAYS, FixedStore
+from indexes._ids import problems_of
+from indexes._idstore import INT_ARRAYS, STR_ARRAYS, IntStore, StrStore
 from indexes._io import _valid_array_entry as valid_array_entry
 from indexes._io import file_sha256, leftover_paths
 from indexes._paths import check_name, member, member_dir, open_member, stable_path
@@ -305,7 +307,8 @@ def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
                        f"arrays.{name:.100} must have 'file' (a plain file name), 'dtype' (a string) and 'shape' "
                        "(a list of integers >= 0).")
             continue
-        listed = entry["file"] in (raw.get("files") or {})  # then _files reported it already
+        files = raw.get("files")
+        listed = isinstance(files, dict) and entry["file"] in files  # then _files reported it already
         p = _safe(directory, entry["file"], report, what=f"arrays.{name}.file",
                   missing=None if listed else f"array {name!r} is absent.")
         if p is None:
@@ -327,8 +330,9 @@ def _arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
                                                   for x in report.problems):
             report.add("error", "truncated-file", p.name,
                        f"has {p.stat().st_size} bytes; its header promises {needed}.")
-        if name == "deleted" and report.count is not None and list(shape) != [report.count]:
-            report.add("error", "array-mismatch", p.name, f"must have shape ({report.count},); got {tuple(shape)}.")
+        want = {"deleted": report.count, "deleted_bits": -(-report.count // 8)} if report.count is not None else {}
+        if name in want and list(shape) != [want[name]]:
+            report.add("error", "array-mismatch", p.name, f"must have shape ({want[name]},); got {tuple(shape)}.")
 
 
 def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
@@ -363,20 +367,20 @@ def _ids(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
 
 
 def _id_arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> None:
-    """Check the id arrays of a format-2 index in full (:func:`indexes._idstore.store_problems`)."""
+    """Check the id arrays of a format-2/3 index in full (:func:`indexes._ids.problems_of`)."""
     arrays, n = raw.get("arrays"), report.count
     if not isinstance(arrays, dict) or n is None:
         return
-    names = INT_ARRAYS if INT_ARRAYS[0] in arrays else STR_ARRAYS if STR_ARRAYS[0] in arrays else None
+    names = next((layout for layout in (INT_ARRAYS, FIXED_ARRAYS, STR_ARRAYS) if layout[0] in arrays), None)
     if names is None:
         if n and raw.get("format_version") != 1 and report.index_type in ("FlatIndex", "FaissIndex",
                                                                           "MultiVectorIndex"):
-            report.add("error", "bad-ids", MANIFEST_NAME, f"lists no id arrays ({STR_ARRAYS[0]} / {INT_ARRAYS[0]}) "
-                       f"for its {n} rows.")
+            report.add("error", "bad-ids", MANIFEST_NAME, f"lists no id arrays ({FIXED_ARRAYS[0]} / {STR_ARRAYS[0]} / "
+                       f"{INT_ARRAYS[0]}) for its {n} rows.")
         return
     loaded = {}
-    optional = ("deleted", "id_sorted", "id_perm") if names == INT_ARRAYS else ("deleted",)
-    for name in dict.fromkeys((*names, "deleted")):
+    optional = ("deleted", "deleted_bits", "id_sorted", "id_perm") if names == INT_ARRAYS else ("deleted", "deleted_bits")
+    for name in dict.fromkeys((*names, "deleted", "deleted_bits")):
         entry = arrays.get(name)
         if name in optional and entry is None:
             continue
@@ -392,25 +396,36 @@ def _id_arrays(directory: Path, raw: dict[str, Any], report: CheckReport) -> Non
                 loaded[name] = np.load(stable_path(f, p), mmap_mode="r", allow_pickle=False)
         except Exception:  # reported by _files / _arrays
             return
-    lengths = {"id_offsets": n + 1, "id_bytes": None}
+    lengths = {"id_offsets": n + 1, "id_bytes": None, "deleted_bits": -(-n // 8)}
     for name, array in loaded.items():
-        want = lengths.get(name, n)
-        if array.ndim != 1 or (want is not None and len(array) != want):
-            report.add("error", "id-count", arrays[name]["file"], f"has shape {array.shape}; expected ({want},).")
+        want, ndim = lengths.get(name, n), 2 if name == "id_block" else 1
+        if array.ndim != ndim or (want is not None and len(array) != want):
+            expected = f"({want}, W)" if ndim == 2 else f"({want},)"
+            report.add("error", "id-count", arrays[name]["file"], f"has shape {array.shape}; expected {expected}.")
             return
-    dead = loaded.pop("deleted", None)
-    store = (IntStore(loaded["id_keys"], loaded.get("id_sorted", loaded["id_keys"]), loaded.get("id_perm"))
-             if names == INT_ARRAYS
-             else StrStore(*(loaded[k] for k in STR_ARRAYS)))
     try:
-        problems = store_problems(store, full=True)
-        duplicate = not problems and store.duplicate_live(dead if dead is not None and dead.dtype == np.bool_ else None)
+        dead = _dead_bits(loaded.pop("deleted", None), loaded.pop("deleted_bits", None))
+        store = (IntStore(loaded["id_keys"], loaded.get("id_sorted", loaded["id_keys"]), loaded.get("id_perm"))
+                 if names == INT_ARRAYS else FixedStore(*(loaded[k] for k in FIXED_ARRAYS)) if names == FIXED_ARRAYS
+                 else StrStore(*(loaded[k] for k in STR_ARRAYS)))
+        problems = problems_of(store, full=True)
+        duplicate = not problems and store.duplicate_live(dead)
     except (TypeError, ValueError, IndexError) as exc:  # wrong dtypes: _arrays compared them with the manifest
         problems, duplicate = [f"the arrays cannot be read as ids ({type(exc).__name__}: {exc})"], False
     for text in problems:
         report.add("error", "bad-ids", arrays[names[0]]["file"], f"{text}.")
     if duplicate:
         report.add("error", "duplicate-ids", arrays[names[0]]["file"], "a live id repeats.")
+
+
+def _dead_bits(mask: Any, bits: Any) -> Any:
+    """The tombstones as bits for the duplicate check: ``deleted_bits`` as saved, a bool
+    ``deleted`` (format 2) packed, or None (none saved, or of a dtype _arrays reported)."""
+    if bits is not None and bits.dtype == np.uint8:
+        return bits
+    if mask is not None and mask.dtype == np.bool_:
+        return np.packbits(mask, bitorder="little")
+    return None
 
 
 def _load(directory: Path, report: CheckReport) -> None:

@@ -38,11 +38,13 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "densezip-index"
 #: 2: the ids are arrays (``id_*.npy``, see :mod:`indexes._ids`) instead of ``doc_ids.txt``.
-FORMAT_VERSION = 2
+#: 3: string ids may be fixed-width rows (``id_block.npy`` + ``id_perm.npy``), and the tombstones
+#: are bits (``deleted_bits.npy``, written once a row is deleted) instead of ``deleted.npy``.
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
-#: Versions this densezip reads as they are, without a migration: version 1 differs from 2 only
-#: in how the ids are stored, and :meth:`indexes._ids.IdTable.read` reads both.
-READABLE_VERSIONS = (1, 2)
+#: Versions this densezip reads as they are, without a migration: versions 1, 2 and 3 differ only
+#: in how the ids and tombstones are stored, and :meth:`indexes._ids.IdTable.read` reads all three.
+READABLE_VERSIONS = (1, 2, 3)
 
 # format_version N -> function upgrading a manifest dict from N to N + 1 (for a version outside
 # READABLE_VERSIONS that a migration can bring into it).

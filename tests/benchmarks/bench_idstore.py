@@ -14,13 +14,17 @@ an IVF index's int64 list ids); RSS after
 ``load`` minus RSS before and the peak RSS of the load (VmHWM, reset just before, minus RSS before); the
 load time without and with sha256 verification; 10,000 id lookups (one batched ``rows_of``
 and a loop of ``in``); a search of ``--queries`` queries restricted to a random 1% of the ids
-(``subset=``) and reading its ``doc_ids``; RSS after all that.
+(``subset=``), the median of 3 resolutions of that subset's ids to a row mask (the id
+store's share of the subset search, once per search call) and reading its ``doc_ids``; RSS after all that.
 
 Variants: ``list+dict`` is the ``IdTable`` of commit 64266e7 (a list of str, a dict, an
 object array) reading format 1; ``compact`` is that of commit 3727e62 (the compact arrays of
-issue 18's first half, built from ``doc_ids.txt`` at every load); ``mmap`` is this code on
-format 2 (arrays memory-mapped); ``int`` is this code with integer ids. The old tables are
-read with ``git show`` and swapped in for ``indexes.base.IdTable`` in their process.
+issue 18's first half, built from ``doc_ids.txt`` at every load); ``variable`` is that of
+commit c78e751 (format 2: UTF-8 buffer, offsets, sorted hashes, permutation, bool tombstones,
+memory-mapped); ``fixed`` is this code (format 3: the ids as fixed-width rows plus a
+permutation, tombstone bits only once a row is deleted); ``int`` is this code with integer
+ids. The old tables are read with ``git show`` (with their own ``_idstore.py`` where they had
+one) and swapped in for ``indexes.base.IdTable`` in their process.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-OLD = {"list+dict": "64266e7", "compact": "3727e62"}
+OLD = {"list+dict": "64266e7", "compact": "3727e62", "variable": "c78e751"}
+#: The saved copy each variant opens (the others open the directory named after them).
+COPY = {"list+dict": "format1", "compact": "format1", "variable": "format2"}
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 96  # a multiple of 16 and 48 (PQ16, PQ48)
 
@@ -56,18 +62,33 @@ def _reset_peak() -> None:
         f.write("5")
 
 
+def _old_module(commit: str, name: str, replace: dict[str, str]) -> types.ModuleType:
+    """``indexes/<name>.py`` of ``commit`` as a module of its own (``replace``: import lines to redirect)."""
+    source = subprocess.run(["git", "show", f"{commit}:indexes/{name}.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    for old, new in replace.items():
+        source = source.replace(old, new)
+    module = types.ModuleType(f"{name.strip('_')}_{commit}")
+    sys.modules[module.__name__] = module
+    exec(compile(source, f"{module.__name__}.py", "exec"), module.__dict__)  # our own file at a pinned commit
+    return module
+
+
 def _old_table(commit: str) -> type:
     source = subprocess.run(["git", "show", f"{commit}:indexes/_ids.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    module = types.ModuleType(f"ids_{commit}")
-    sys.modules[module.__name__] = module
-    exec(compile(source, f"ids_{commit}.py", "exec"), module.__dict__)  # our own file at a pinned commit
-    old = module.IdTable
+    replace = {}
+    if "from indexes._idstore import" in source:  # its own store, not today's
+        replace["from indexes._idstore import"] = f"from {_old_module(commit, '_idstore', {}).__name__} import"
+    old = _old_module(commit, "_ids", replace).IdTable
 
     class Table(old):  # type: ignore[misc, valid-type]
         @classmethod
         def read(cls, directory, manifest, *, tombstones, verify=False):  # type: ignore[no-untyped-def]
             return old.read.__func__(cls, directory, manifest, tombstones=tombstones)
+
+        def live_mask(self):  # type: ignore[no-untyped-def]  # what indexes.base asks of a table today
+            return ~self.deleted
 
     return Table
 
@@ -123,11 +144,17 @@ def probe(path: str, variant: str, n: int, nq: int) -> dict[str, float | str]:
     t = time.perf_counter()
     hits = result.doc_ids
     ids_s = time.perf_counter() - t
+    resolve = []
+    for _ in range(3):  # the id half of the subset search: the subset's ids -> a mask over the rows
+        t = time.perf_counter()
+        index._table.subset_mask(subset)
+        resolve.append(time.perf_counter() - t)
     assert set(hits[0]) <= set(subset)
     return {"variant": variant, "bytes_per_doc": total / n, "codes_per_doc": codes / n,
             "ids_bytes_per_doc": ids_bytes / n, "structure_per_doc": (total - codes - ids_bytes) / n, "rss_after_load_per_doc": rss / n, "peak_load_per_doc": peak / n,
             "load_s": load_s, "load_verified_s": verified_s, "lookup_batch_ms": batch_s * 1e3,
             "lookup_loop_ms": loop_s * 1e3, "subset_search_ms_per_query": subset_s * 1e3 / nq,
+            "subset_ids_to_rows_ms": sorted(resolve)[1] * 1e3,
             "doc_ids_ms": ids_s * 1e3, "rss_at_end_per_doc": (_rss() - before) / n}
 
 
@@ -150,8 +177,10 @@ def build(path: Path, n: int, spec: str, train: int, bounded: bool) -> None:
     index.save(path)
 
 
-def _rewrite_ids(src: Path, dst: Path, *, integer: bool) -> None:
-    """A copy of the saved index ``src`` with the same codes: format 1 (``doc_ids.txt``) or integer ids."""
+def _rewrite_ids(src: Path, dst: Path, *, integer: bool, version: int = 1) -> None:
+    """A copy of the saved index ``src`` with the same codes: format 1 (``doc_ids.txt``), format 2 (the
+    variable layout and a bool ``deleted.npy``, as commit c78e751 saved them) or integer ids."""
+    from indexes._idstore import StrStore, encode
     from indexes._io import file_table
     from indexes._io import save_array as save
 
@@ -162,9 +191,15 @@ def _rewrite_ids(src: Path, dst: Path, *, integer: bool) -> None:
     n = raw["count"]
     if integer:
         raw["arrays"]["id_keys"] = save(dst, "id_keys", np.arange(n, dtype=np.int64))  # ascending: no permutation
+    elif version == 2:
+        for name, array in StrStore.build(*encode([_name(i) for i in range(n)])).arrays().items():
+            raw["arrays"][name] = save(dst, name, array)
+        raw["format_version"] = 2
     else:
         (dst / "doc_ids.txt").write_text("".join(f"{_name(i)}\n" for i in range(n)))
         raw["format_version"] = 1
+    if not integer:  # formats 1 and 2 always saved the tombstones of a FaissIndex, one bool a row
+        raw["arrays"]["deleted"] = save(dst, "deleted", np.zeros(n, dtype=bool))
     raw["files"] = file_table(dst)
     (dst / "manifest.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
 
@@ -176,7 +211,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=16)
     parser.add_argument("--bounded", action="store_true", help="build through indexes.build.build_from_batches")
-    parser.add_argument("--variants", default="list+dict,compact,mmap,int")
+    parser.add_argument("--variants", default="list+dict,compact,variable,fixed,int")
     parser.add_argument("--json")
     parser.add_argument("--probe", nargs=2, metavar=("PATH", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,12 +223,13 @@ def main() -> None:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            build(Path(tmp) / "mmap", args.n, spec, args.train, args.bounded)
+            build(Path(tmp) / "fixed", args.n, spec, args.train, args.bounded)
             print(f"built {spec} over {args.n:,} docs in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            _rewrite_ids(Path(tmp) / "mmap", Path(tmp) / "format1", integer=False)
-            _rewrite_ids(Path(tmp) / "mmap", Path(tmp) / "int", integer=True)
+            _rewrite_ids(Path(tmp) / "fixed", Path(tmp) / "format1", integer=False)
+            _rewrite_ids(Path(tmp) / "fixed", Path(tmp) / "format2", integer=False, version=2)
+            _rewrite_ids(Path(tmp) / "fixed", Path(tmp) / "int", integer=True)
             for variant in args.variants.split(","):
-                where = Path(tmp) / ("format1" if variant in OLD else variant)
+                where = Path(tmp) / COPY.get(variant, variant)
                 out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--queries", str(args.queries),
                                       "--probe", str(where), variant], check=True, capture_output=True, text=True,
                                      cwd=ROOT).stdout

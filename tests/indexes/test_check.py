@@ -10,16 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes import FaissIndex, FlatIndex
-from indexes._idstore import StrStore, encode
+from indexes import FaissIndex, FlatIndex, load_index
+from indexes._idfixed import build_strings
+from indexes._idstore import encode
 from indexes._io import file_sha256
 from indexes.check import check_index
 from retrieval.app.cli import main
+from retrieval.errors import IndexFormatError
 
 
-def _flat(path: Path) -> Path:
+def _flat(path: Path, *, variable: bool = False) -> Path:
+    """30 ids of 2-3 bytes (the fixed-width layout) or, ``variable``, one of them 62 bytes long (padding
+    every id to 62 bytes would cost more than the variable layout's offsets and hashes)."""
     x = np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32)
-    index = FlatIndex(8).add(x, ids=[f"d{i}" for i in range(30)])
+    index = FlatIndex(8).add(x, ids=[f"d{i}" + ("x" * 60 if variable and i == 0 else "") for i in range(30)])
     index.delete(["d3"])
     return index.save(path)
 
@@ -65,8 +69,8 @@ def _save_array(path: Path, name: str, array: np.ndarray) -> None:
 
 
 def _rewrite_ids(path: Path, ids: list[str]) -> None:
-    """Save consistent id arrays for ``ids`` (sorted hashes and all), so only the count or duplicate check can tell."""
-    store = StrStore.build(*encode(ids))
+    """Save consistent id arrays for ``ids`` (sorted and all), so only the count or duplicate check can tell."""
+    store = build_strings(*encode(ids))
     for name, array in store.arrays().items():
         _save_array(path, name, np.asarray(array))
 
@@ -102,6 +106,15 @@ def _short_offsets(path: Path) -> None:
     _save_array(path, "id_offsets", offsets)
 
 
+def _edit_block(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> None:
+    _save_array(path, "id_block", change(np.load(path / "id_block.npy")))
+
+
+def _put(block: np.ndarray, row: int, col: int, value: int) -> np.ndarray:
+    block[row, col] = value
+    return block
+
+
 def _set(key: str, value: object) -> Callable[[Path], None]:
     def damage(path: Path) -> None:
         raw = _manifest(path)
@@ -127,14 +140,29 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "unknown-type": (_set("index_type", "QuantumIndex"), "unknown-index-type"),
     "missing-file": (lambda p: (p / "vectors.npy").unlink(), "missing-file"),
     "truncated-file": (lambda p: _truncate(p / "vectors.npy"), "truncated-file"),
-    "longer-file": (lambda p: (p / "id_bytes.npy").write_bytes((p / "id_bytes.npy").read_bytes() + b"x"), "size-mismatch"),
+    "longer-file": (lambda p: (p / "id_block.npy").write_bytes((p / "id_block.npy").read_bytes() + b"x"), "size-mismatch"),
+    "longer-file-variable": (lambda p: (p / "id_bytes.npy").write_bytes((p / "id_bytes.npy").read_bytes() + b"x"),
+                             "size-mismatch"),
     "bit-flip": (lambda p: _flip(p / "vectors.npy"), "checksum-mismatch"),
     "wrong-shape": (_reshape, "array-mismatch"),
     "id-count": (_drop_id, "id-count"),
     "duplicate-id": (_dup_id, "duplicate-ids"),
-    "unsorted-hashes": (_unsort_hashes, "bad-ids"),
+    "duplicate-id-variable": (_dup_id, "duplicate-ids"),
+    "id-count-variable": (_drop_id, "id-count"),
+    "unsorted-hashes-variable": (_unsort_hashes, "bad-ids"),
     "not-a-permutation": (_break_perm, "bad-ids"),
-    "offsets-past-the-end": (_short_offsets, "bad-ids"),
+    "not-a-permutation-variable": (_break_perm, "bad-ids"),
+    "offsets-past-the-end-variable": (_short_offsets, "bad-ids"),
+    # The fixed-width layout (id_block.npy, rows of 3 bytes here):
+    "unsorted-block": (lambda p: _edit_block(p, lambda b: b[::-1].copy()), "bad-ids"),
+    "nul-inside-an-id": (lambda p: _edit_block(p, lambda b: _put(b, 4, 0, 0)), "bad-ids"),
+    "block-not-utf8": (lambda p: _edit_block(p, lambda b: _put(b, 29, 0, 0xFF)), "bad-ids"),
+    "block-1d": (lambda p: _edit_block(p, lambda b: b.reshape(-1).copy()), "id-count"),
+    "block-uint16": (lambda p: _edit_block(p, lambda b: b.astype(np.uint16)), "bad-ids"),
+    "block-zero-width": (lambda p: _edit_block(p, lambda b: b[:, :0].copy()), "bad-ids"),
+    "perm-short": (lambda p: _save_array(p, "id_perm", np.load(p / "id_perm.npy")[:-1].copy()), "id-count"),
+    "deleted-bits-too-long": (lambda p: _save_array(p, "deleted_bits", np.zeros(9, np.uint8)), "array-mismatch"),
+    "deleted-bits-past-the-rows": (lambda p: _save_array(p, "deleted_bits", np.full(4, 255, np.uint8)), "load-failed"),
     "no-id-arrays": (lambda p: _write_manifest(p, {**_manifest(p), "arrays": {
         k: v for k, v in _manifest(p)["arrays"].items() if not k.startswith("id_")}}), "bad-ids"),
 }
@@ -142,7 +170,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
 def test_each_damage_is_reported(case, tmp_path, capsys):
-    path = _flat(tmp_path / "ix")
+    path = _flat(tmp_path / "ix", variable=case.endswith("-variable"))
     damage, code = DAMAGE[case]
     damage(path)
     report = check_index(path)
@@ -252,3 +280,23 @@ def test_rag_collection_checks_index_and_passages(tmp_path, fake_encoder):
     report = check_collection(path)
     assert not report.healthy and [p.code for p in report.problems] == ["bad-passages"]
     assert main(["check", str(path)]) == 1
+
+
+@pytest.mark.parametrize("case,message", [
+    ("unsorted-block", "not sorted along id_perm"),
+    ("not-a-permutation", "not a permutation"),
+    ("nul-inside-an-id", "holds a NUL byte"),
+    ("block-not-utf8", "not valid UTF-8"),
+    ("duplicate-id", "duplicate live ids"),
+    ("block-1d", r"id_block.npy must be 2-d uint8 of 30 rows at least 1 wide; got uint8 \(90,\)"),
+    ("block-uint16", r"id_block.npy must be 2-d uint8 .*got uint16 \(30, 3\)"),
+    ("block-zero-width", r"at least 1 wide; got uint8 \(30, 0\)"),
+    ("perm-short", r"id_perm.npy must be 1-d uint32/int64 of 30 rows; got uint32 \(29,\)"),
+    ("deleted-bits-past-the-rows", "marks rows past the 30 of the index as deleted"),
+])
+def test_damaged_fixed_ids_are_a_clear_load_error(case, message, tmp_path):
+    """A forged fixed-width id store with a consistent file table: the verified load names the damage."""
+    path = _flat(tmp_path / "ix")
+    DAMAGE[case][0](path)
+    with pytest.raises(IndexFormatError, match=message):
+        load_index(path)

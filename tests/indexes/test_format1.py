@@ -1,5 +1,6 @@
 """Indexes saved in format version 1 (ids as ``doc_ids.txt`` lines) still load, search, change and
-re-save as version 2; ``densezip check`` passes them.
+re-save as the current version; ``densezip check`` passes them. So do indexes of format version 2
+(the variable id layout and bool tombstones, ``fixtures/format2``).
 
 The fixtures in ``fixtures/format1`` were written by densezip at commit 3727e62 (the last
 version-1 writer) by ``fixtures/make_format1.py``: a FlatIndex and an ``IVF2,Flat`` FaissIndex of 40
@@ -76,3 +77,30 @@ def test_a_format_1_index_without_its_lines_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match=r"does not list.*doc_ids\.txt"):
         load_index(path)
     assert "unlisted-file" in {p.code for p in check_index(path).problems}
+
+
+FORMAT2 = Path(__file__).parent / "fixtures" / "format2"
+
+
+@pytest.mark.parametrize("name", ["flat", "int_ids"])
+def test_indexes_of_format_2_load_with_their_bool_tombstones_and_resave_as_3(name: str, tmp_path: Path) -> None:
+    """Written by the code of commit c78e751 (``fixtures/make_format2.py``): variable-layout string
+    ids, or sorted integer ids, and ``deleted.npy`` (bool); the flat index deleted ``doc-3`` and added it again."""
+    path = Path(shutil.copytree(FORMAT2 / name, tmp_path / name))
+    expected = json.loads((FORMAT2 / "expected.json").read_text(encoding="utf-8"))[name]
+    assert read_manifest(path).format_version == 2 and check_index(path).healthy
+    index = load_index(path)
+    queries = np.load(FORMAT2 / "queries.npy")
+    assert index.doc_ids == expected["doc_ids"] and index.search(queries, k=3).doc_ids == expected["top3"]
+    if name == "flat":
+        assert "doc-3" in index and "doc-17" not in index and index._table.rows_of(["doc-3"]) == [20]
+        assert index.ntotal == 21 and len(index) == 19 and index._table.deleted.nonzero()[0].tolist() == [3, 17]
+        index.delete(["doc-3"])
+        index.add(queries[:1], ids=["doc-17"])
+    index.save(tmp_path / "v3")
+    again = load_index(tmp_path / "v3")
+    files = set(read_manifest(tmp_path / "v3").files)
+    assert read_manifest(tmp_path / "v3").format_version == FORMAT_VERSION == 3 and "deleted.npy" not in files
+    assert ("deleted_bits.npy" in files) == (name == "flat") and ("id_block.npy" in files) == (name == "flat")
+    assert again.doc_ids == index.doc_ids and check_index(tmp_path / "v3").healthy
+    assert again.search(queries, k=3).doc_ids == index.search(queries, k=3).doc_ids

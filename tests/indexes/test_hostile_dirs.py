@@ -63,7 +63,7 @@ class _Payload:
 # ---------------------------------------------------------------------------- layouts
 def _flat(path: Path) -> None:
     index = FlatIndex(DIM).add(_X, ids=_IDS)
-    index.delete(["d3"])  # so that deleted.npy exists
+    index.delete(["d3"])  # so that deleted_bits.npy exists
     index.save(path)
 
 
@@ -266,6 +266,6 @@ def test_every_kind_slot_and_attack_is_covered():
     assert {kind for kind, _, _ in CASES} == set(LAYOUTS)
     assert {attack for _, _, attack in CASES} >= set(ATTACKS) - {"device"}
     slots = {slot for _, slot, _ in CASES}
-    for name in ("trained.faiss", "faiss.index", "shard-001", "passages/passages.jsonl", "deleted.npy", "codes.npy"):
+    for name in ("trained.faiss", "faiss.index", "shard-001", "passages/passages.jsonl", "deleted_bits.npy", "codes.npy"):
         assert any(slot.endswith(name) for slot in slots), name
     assert len(CASES) >= 150

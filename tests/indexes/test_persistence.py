@@ -88,8 +88,7 @@ def test_manifest_is_peekable(tmp_path):
     manifest = read_manifest(tmp_path / "ix")
     assert manifest.index_type == "FaissIndex" and manifest.count == 12 and manifest.params["spec"] == "HNSW16"
     assert manifest.format_version == FORMAT_VERSION
-    assert set(manifest.files) >= {"faiss.index", "id_bytes.npy", "id_offsets.npy", "id_hashes.npy", "id_perm.npy",
-                                   "deleted.npy"}
+    assert set(manifest.files) == {"faiss.index", "id_block.npy", "id_perm.npy"}  # fixed-width ids, nothing deleted
 
 
 def _edit_manifest(path: Path, **changes: object) -> None:
@@ -116,11 +115,11 @@ def test_newer_format_version_is_rejected(tmp_path):
         (lambda p: _edit_manifest(p, dim="16"), "'dim' must be int"),
         (lambda p: _edit_manifest(p, index_type="MysteryIndex"), "unknown index_type"),
         (lambda p: (p / "vectors.npy").write_bytes((p / "vectors.npy").read_bytes()[:-40]), "bytes, but the manifest"),
-        (lambda p: (p / "id_bytes.npy").write_text("x\n" * 5), "sha256|bytes"),
-        (lambda p: (p / "deleted.npy").unlink(), "deleted.npy is missing"),
+        (lambda p: (p / "id_block.npy").write_text("x\n" * 5), "sha256|bytes"),
+        (lambda p: (p / "id_perm.npy").unlink(), "id_perm.npy is missing"),
         (lambda p: _edit_manifest(p, files={"vectors.npy": 12}), "plain file name"),
         (lambda p: _edit_manifest(p, files={"../x.npy": {"bytes": 1}}), "plain file name"),
-        (lambda p: _edit_manifest(p, arrays={"vectors": "vectors.npy"}), "arrays.deleted|arrays.vectors"),
+        (lambda p: _edit_manifest(p, arrays={"vectors": "vectors.npy"}), "lists no id arrays"),
     ],
 )
 def test_damaged_directory_is_a_clear_error(tmp_path, damage, pattern):
