@@ -307,7 +307,7 @@ def build_multivector_from_batches(
         del seen
         logger.info("spilled %d vectors of %d documents to %s; training %s on %d", spill.rows, len(ids), spill.path,
                     spec, sample.shape[0])
-        index.train_vectors(sample)
+        index.train_vectors(sample, corpus_size=spill.rows)  # a K sized to the corpus, not to the sample
         del sample
         _add_spilled(index, spill, np.concatenate(lengths), ids, add_chunk)
         return index

@@ -238,10 +238,14 @@ class MultiVectorIndex(StoredIndex):
         return self.train_vectors(mv.vectors)
 
     @writes
-    def train_vectors(self, vectors: NDArray[np.floating]) -> MultiVectorIndex:
+    def train_vectors(self, vectors: NDArray[np.floating], *, corpus_size: int | None = None) -> MultiVectorIndex:
         """Fit the codec (and the Hamming quantizer) on token vectors already pruned as at add
-        time, e.g. a sample drawn from a stream (:func:`indexes.build.build_multivector_from_batches`)."""
-        self.codec.fit(vectors)
+        time, e.g. a sample drawn from a stream (:func:`indexes.build.build_multivector_from_batches`);
+        a k-means codec without K is sized to ``corpus_size`` vectors (default: these)."""
+        if isinstance(self.codec, PatchKMeans):
+            self.codec.fit(vectors, corpus_size=corpus_size)
+        else:
+            self.codec.fit(vectors)
         if self.hamming is not None and self.hamming is not self.codec:
             self.hamming.fit(vectors)
         self._lists, self._binary, self._plaid = None, None, None

@@ -147,12 +147,16 @@ class PatchKMeans(Codec):
         return self.centroids is not None
 
     # ------------------------------------------------------------------ fit / encode / decode
-    def fit(self, vectors: NDArray[np.floating]) -> PatchKMeans:
+    def fit(self, vectors: NDArray[np.floating], *, corpus_size: int | None = None) -> PatchKMeans:
+        """Train on ``vectors``; an unsized K is sized to ``corpus_size`` vectors (default: these,
+        but a sample drawn from a larger corpus should pass the corpus's count)."""
         faiss = require("faiss", extra="cpu", feature="PatchKMeans")
         x = self._check_vectors(vectors)
         if self.auto_k:
-            self.k = corpus_k(x.shape[0])
-            logger.info("k-means sized to %d vectors: K = %d", x.shape[0], self.k)
+            n = x.shape[0] if corpus_size is None else corpus_size
+            # never more centroids than sample vectors: the largest power of two not above them
+            self.k = min(corpus_k(n), 1 << int(np.log2(max(2, x.shape[0]))))
+            logger.info("k-means sized to %d vectors: K = %d", n, self.k)
         if x.shape[0] < self.k:
             raise ConfigError(
                 f"PatchKMeans with k={self.k} needs at least {self.k} training vectors; got {x.shape[0]}. "

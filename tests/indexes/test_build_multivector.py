@@ -74,3 +74,11 @@ def test_bad_streams_give_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="add_chunk"):
         build_multivector_from_batches(_stream(), dim=16, spec="KMeans8", add_chunk=0, spill_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_k_is_sized_to_the_stream_not_to_the_sample(tmp_path):
+    assert X.shape[0] >= 512
+    index = build_multivector_from_batches(_stream(), dim=16, spec="KMeansr1", train_size=300, spill_dir=tmp_path)
+    assert index.codec.k == 256  # corpus_k of the stream's vectors, not corpus_k(300) = 128
+    small = build_multivector_from_batches(_stream(), dim=16, spec="KMeansr1", train_size=100, spill_dir=tmp_path)
+    assert small.codec.k <= 100  # never more centroids than the sample has vectors
