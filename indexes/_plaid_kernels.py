@@ -14,8 +14,11 @@ from typing import Any
 import numba
 import numpy as np
 
+from indexes._binary_kernels import LANES, _rows_max
+
 __all__ = [
-    "build_lists", "centroid_interaction", "decode_docs", "doc_candidates", "probe", "select_top",
+    "build_lists", "centroid_interaction", "decode_docs", "doc_candidates", "lut_exact_maxsim", "probe",
+    "select_top",
 ]
 
 _jit = numba.njit(cache=True, nogil=True)
@@ -238,3 +241,53 @@ def decode_docs(
                     out[w, b * per_byte + j] += table[b, v, j]
             w += 1
     return out, out_offsets
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def lut_exact_maxsim(
+    tables: Any, w: int, st: Any, r_base: Any, scratch: int, q_offsets: Any, cand_offsets: Any, cand_docs: Any,
+    codes: Any, offsets: Any, id_bytes: int,
+) -> Any:  # pragma: no cover - compiled
+    """Exact MaxSim of every (query, candidate) pair from tables, without decoding a vector.
+
+    A stored vector is centroid ``c`` plus a residual whose byte ``b`` holds value ``v``, so its
+    inner product with query vector ``i`` is ``st[c, i] + sum_b R[b, v, i]``, ``st`` (K, T_q) the
+    stage 1 centroid scores of the batch. ``tables`` is flat float32: each query's ``R`` at
+    ``r_base[q]``, laid out (residual bytes, 256, ``w``), then from ``scratch`` one row of ``w``
+    floats per pair, where the vector's centroid scores are copied so that its ``1 + residual
+    bytes`` rows are added as 16-float vectors; the running maximum is kept per query vector and
+    lanes past the query's length are never summed.
+    """
+    nq = q_offsets.shape[0] - 1
+    n_res = codes.shape[1] - id_bytes
+    out = np.empty(cand_docs.shape[0], np.float32)
+    owner = np.empty(cand_docs.shape[0], np.int64)
+    for q in range(nq):
+        owner[cand_offsets[q] : cand_offsets[q + 1]] = q
+    for p in numba.prange(cand_docs.shape[0]):
+        q = owner[p]
+        q0 = q_offsets[q]
+        lq = q_offsets[q + 1] - q0
+        d = cand_docs[p]
+        if offsets[d + 1] == offsets[d] or lq == 0:
+            out[p] = -np.inf
+            continue
+        best = np.full(w, -np.inf, np.float32)
+        rows = np.empty(1 + n_res, np.int64)
+        row0 = scratch + p * w
+        rows[0] = row0
+        for t in range(offsets[d], offsets[d + 1]):
+            c = np.int64(codes[t, 0])
+            if id_bytes == 2:
+                c += np.int64(codes[t, 1]) << 8
+            for i in range(lq):
+                tables[row0 + i] = st[c, q0 + i]
+            for b in range(n_res):
+                rows[1 + b] = r_base[q] + (b * 256 + np.int64(codes[t, id_bytes + b])) * w
+            for c0 in range(0, w, LANES):
+                _rows_max(tables, rows, 1 + n_res, best, c0)  # type: ignore[call-arg]  # typingctx is Numba's
+        total = np.float32(0.0)
+        for i in range(lq):
+            total += best[i]
+        out[p] = total
+    return out

@@ -134,6 +134,8 @@ class PlaidEngine:
         self.doc_offsets, self.doc_cents, self.list_offsets, self.list_docs = kernels.build_lists(
             cids, self.offsets, codec.k)
         self.lengths = np.diff(self.offsets)
+        #: how stage 4 scores: "tables" (no decoding, the default) or "decode" (decode, then a BLAS MaxSim)
+        self.exact_stage = "tables"
 
     def memory_bytes(self) -> int:
         """Bytes of the derived arrays (the codes themselves are counted by the index)."""
@@ -157,11 +159,11 @@ class PlaidEngine:
         q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
         nq = q_offsets.shape[0] - 1
         ndocs, n_exact = params.budget(k)
+        st = self.centroids @ qv.T  # (K, T_q): stage 1's matmul, reused by stages 2-4
         if allowed is not None and int(np.count_nonzero(allowed)) <= n_exact:
             docs = np.flatnonzero(allowed & (self.lengths > 0)).astype(np.int32)
-            return self._exact(qv, q_offsets, np.arange(nq + 1, dtype=np.int64) * docs.size, np.tile(docs, nq), k,
-                               clock)
-        st = self.centroids @ qv.T  # (K, T_q): stage 1's matmul, reused by stage 2
+            return self._exact(qv, q_offsets, st, np.arange(nq + 1, dtype=np.int64) * docs.size, np.tile(docs, nq),
+                               k, clock)
         clock.lap("stage1_matmul")
         with _threads(st.size >= _PARALLEL_WORK):
             probed = self._k.probe(st, min(params.nprobe, self.codec.k))
@@ -187,7 +189,7 @@ class PlaidEngine:
             with _threads(nq > 1):
                 sel_offsets, sel_docs = self._k.select_top(sel_offsets, sel_docs, approx, n_exact)
             clock.lap("stage3_full_interaction")
-        return self._exact(qv, q_offsets, sel_offsets, sel_docs, k, clock)
+        return self._exact(qv, q_offsets, st, sel_offsets, sel_docs, k, clock)
 
     def centroid_scores(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], docs: NDArray[np.int32],
                         threshold: float | None) -> NDArray[np.float32]:
@@ -213,6 +215,45 @@ class PlaidEngine:
         return [docs[offs[q] : offs[q + 1]] for q in range(offs.shape[0] - 1)]
 
     # ------------------------------------------------------------------ internals
+    def _exact_tables(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], st: NDArray[np.float32],
+                      sel_offsets: NDArray[np.int64], sel_docs: NDArray[np.int32]) -> NDArray[np.float32]:
+        """Exact MaxSim of each selected (query, document) pair without decoding: a vector's inner
+        product is its centroid's stage 1 score plus one table entry per residual byte
+        (:func:`indexes._plaid_kernels.lut_exact_maxsim`). Per query the residual tables are
+        ``residual bytes x 256 x W`` floats (3 MB for 384-d, 2 bits, 32 query vectors), built by
+        one batched matmul; queries go through in groups that keep them under 64 MB."""
+        from indexes._binary_kernels import LANES
+
+        nq = q_offsets.shape[0] - 1
+        lengths = np.diff(q_offsets)
+        w = _ceil_to(int(lengths.max(initial=1)), LANES)
+        n_res, per_byte = self.table.shape[0], self.table.shape[2]
+        per_query = n_res * 256 * w
+        group = max(1, (64 << 20) // max(1, 4 * per_query))
+        most_pairs = int(np.diff(sel_offsets).max(initial=0)) * min(group, nq)
+        r_size = min(group, nq) * per_query
+        flat = np.empty(r_size + most_pairs * w, dtype=np.float32)  # residual tables, then scratch rows
+        flat[r_size:] = 0.0  # lanes past a query's length are read (never summed): keep them finite
+        st = np.ascontiguousarray(st, dtype=np.float32)
+        out = np.empty(sel_docs.shape[0], dtype=np.float32)
+        for g0 in range(0, nq, group):
+            g1 = min(nq, g0 + group)
+            r_base = np.arange(g1 - g0, dtype=np.int64) * per_query
+            for q in range(g0, g1):
+                q0, lq = q_offsets[q], int(lengths[q])
+                block = flat[(q - g0) * per_query : (q - g0 + 1) * per_query].reshape(n_res, 256, w)
+                if n_res and lq:
+                    qpad = np.zeros((lq, n_res * per_byte), dtype=np.float32)
+                    qpad[:, : qv.shape[1]] = qv[q0 : q0 + lq]
+                    block[:, :, :lq] = np.matmul(self.table, qpad.reshape(lq, n_res, per_byte).transpose(1, 2, 0))
+                    block[:, :, lq:] = 0.0
+            c0, c1 = sel_offsets[g0], sel_offsets[g1]
+            with _threads(c1 - c0 >= 64):
+                out[c0:c1] = self._k.lut_exact_maxsim(
+                    flat, w, st, r_base, r_size, q_offsets[g0 : g1 + 1], sel_offsets[g0 : g1 + 1] - c0,
+                    np.ascontiguousarray(sel_docs[c0:c1]), self.codes, self.offsets, self.codec.id_bytes)
+        return out
+
     def _kept_centroids(self, st: NDArray[np.float32], q_offsets: NDArray[np.int64],
                         threshold: float | None) -> NDArray[np.bool_]:
         """(nq, K) True where a centroid takes part in query q's centroid interaction."""
@@ -226,12 +267,25 @@ class PlaidEngine:
             keep[live] = (best >= threshold).T
         return keep
 
-    def _exact(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], sel_offsets: NDArray[np.int64],
-               sel_docs: NDArray[np.int32], k: int, clock: _Clock) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """Stage 4: decode the selected documents (each once per batch) and rank them by exact MaxSim."""
+    def _exact(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], st: NDArray[np.float32],
+               sel_offsets: NDArray[np.int64], sel_docs: NDArray[np.int32], k: int,
+               clock: _Clock) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Stage 4: exact MaxSim of the selected documents, top ``k``: from tables (no vector decoded,
+        :meth:`_exact_tables`) or, with ``exact_stage="decode"``, by decoding them once per batch."""
         nq = q_offsets.shape[0] - 1
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = np.full((nq, k), -1, dtype=np.int64)
+        if self.exact_stage == "tables":
+            pair = self._exact_tables(qv, q_offsets, st, sel_offsets, sel_docs)
+            clock.lap("stage4_tables")
+            for q in range(nq):
+                a, b = sel_offsets[q], sel_offsets[q + 1]
+                if b > a:
+                    s, local = top_k(pair[None, a:b], k)
+                    scores[q] = s[0]
+                    labels[q] = np.where(local[0] >= 0, sel_docs[a + np.maximum(local[0], 0)], -1)
+            clock.lap("stage4_maxsim")
+            return scores, labels
         union = np.unique(sel_docs).astype(np.int32)
         with _threads(union.size >= 256):
             vectors, vec_offsets = self._k.decode_docs(self.codes, self.offsets, union, self.centroids, self.table,
@@ -255,6 +309,10 @@ class PlaidEngine:
             scores[q], labels[q] = s[0], np.where(local[0] >= 0, docs[np.maximum(local[0], 0)], -1)
         clock.lap("stage4_maxsim")
         return scores, labels
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return max(m, -(-n // m) * m)
 
 
 # Below these sizes a kernel runs on the calling thread alone: waking the pool costs more than it

@@ -39,8 +39,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_late_interaction import (  # noqa: E402
-    DIM, DOC_LEN, N_TOPICS, N_WORDS, Q_LEN, TOPIC_WORDS, _measure, _recall, _searcher)
+from bench_late_interaction import DIM, DOC_LEN, N_TOPICS, N_WORDS, Q_LEN, TOPIC_WORDS, _measure, _recall, _searcher  # noqa: E402
 
 
 class Corpus:

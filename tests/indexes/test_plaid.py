@@ -314,3 +314,23 @@ def test_concurrent_searches_agree_with_serial_ones(data) -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("spec", ["KMeans32r2", "KMeans300r4", "KMeans32", "KMeans32r1", "KMeans300r8"])
+def test_table_stage4_equals_decoding(spec) -> None:
+    """Stage 4 from tables (the default: no vector decoded) gives the scores of decoding then MaxSim,
+    for 1- and 2-byte ids, every residual width, none, and queries longer than one 16-lane step."""
+    rng = np.random.default_rng(5)
+    docs = _collection(rng, 400)
+    queries = _collection(rng, 7, lo=1, hi=40, prefix="q")
+    index = MultiVectorIndex(D, spec=spec).add(docs)
+    engine = index.plaid_engine()
+    assert engine.exact_stage == "tables"
+    everything = {"nprobe": index.codec.k, "centroid_score_threshold": None, "ndocs": 10_000}
+    tables = index.search(queries, 10, params=everything)
+    engine.exact_stage = "decode"
+    decoded = index.search(queries, 10, params=everything)
+    brute = maxsim_csr(queries, _decoded(index))
+    assert tables.doc_ids == decoded.doc_ids
+    np.testing.assert_allclose(tables.scores, decoded.scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tables.scores, -np.sort(-brute, axis=1)[:, :10], rtol=1e-5, atol=1e-5)
