@@ -3,6 +3,8 @@
 Run:  .venv/bin/python tests/benchmarks/bench_late_interaction.py [--spec KMeans4096r4 ...] [--threads 2]
       [--sweep] [--json out.json]
       .venv/bin/python tests/benchmarks/bench_late_interaction.py --binary BinaryITQ [--threads 2] [--json out.json]
+      .venv/bin/python tests/benchmarks/bench_late_interaction.py --fast-plaid [--spec ...] [--threads 2] [--rounds 3]
+      [--fast-plaid-grid 8:4096,2:256] [--json out.json]
 
 Data (seeded, cached under $DENSEZIP_CACHE/bench or ~/.cache/densezip/bench): 10,000 documents
 x 100 token vectors x 128-d from a Gaussian mixture with topics. 32,768 "word" directions;
@@ -22,6 +24,14 @@ one batch-1 search next to each stage's arithmetic floor.
 ``index-SPEC``): the old flat Hamming scan with decoded MaxSim (``token_k`` 64, replayed here
 from public pieces) next to the binary engine over a flat scan, IVF and HNSW token indexes,
 swept over ``token_k`` / ``nprobe`` / ``ef_search``, one configuration after another in one run.
+
+``--fast-plaid`` puts our engine (defaults, and ``ndocs`` 128 / 1024 for the first spec) next to
+fast-plaid (PyPI ``fast-plaid``) on the same vectors, queries and truth. fast-plaid pins an older
+torch than ours, so it is installed once into its own throw-away environment beside the cache
+(``fast-plaid-venv``; never into ours) and runs in a child process of it (``fast_plaid_worker.py``,
+JSON lines over a pipe). When it cannot be installed the script says why and measures ours alone.
+Its index is built at its defaults and cached. Both engines run at ``--threads``, interleaved
+setting by setting, and each of our settings is matched to fast-plaid's fastest at its recall.
 """
 
 from __future__ import annotations
