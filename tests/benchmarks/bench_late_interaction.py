@@ -3,6 +3,8 @@
 Run:  .venv/bin/python tests/benchmarks/bench_late_interaction.py [--spec KMeans4096r4 ...] [--threads 2]
       [--sweep] [--json out.json]
       .venv/bin/python tests/benchmarks/bench_late_interaction.py --binary BinaryITQ [--threads 2] [--json out.json]
+      .venv/bin/python tests/benchmarks/bench_late_interaction.py --fast-plaid [--spec ...] [--threads 2] [--rounds 3]
+      [--fast-plaid-grid 8:4096,2:256] [--json out.json]
 
 Data (seeded, cached under $DENSEZIP_CACHE/bench or ~/.cache/densezip/bench): 10,000 documents
 x 100 token vectors x 128-d from a Gaussian mixture with topics. 32,768 "word" directions;
@@ -29,6 +31,14 @@ first search. ``--kernel-baseline REV`` adds the table kernel of git revision RE
 (``indexes/_binary_kernels.py`` there, fed the layout it expects), interleaved with the current
 one: the kernel alone on the same candidates, and whole searches, at the loaded index's own
 settings (those saved in the cache).
+
+``--fast-plaid`` puts our engine (defaults, and ``ndocs`` 128 / 1024 for the first spec) next to
+fast-plaid (PyPI ``fast-plaid``) on the same vectors, queries and truth. fast-plaid pins an older
+torch than ours, so it is installed once into its own throw-away environment beside the cache
+(``fast-plaid-venv``; never into ours) and runs in a child process of it (``fast_plaid_worker.py``,
+JSON lines over a pipe). When it cannot be installed the script says why and measures ours alone.
+Its index is built at its defaults and cached. Both engines run at ``--threads``, interleaved
+setting by setting, and each of our settings is matched to fast-plaid's fastest at its recall.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import argparse  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -123,24 +135,42 @@ def _recall(labels: np.ndarray, truth: np.ndarray) -> float:
                                                                                            strict=True)]))
 
 
-def _measure(search: Any, queries: Any, truth: np.ndarray, *, n_lat: int, n_qps: int) -> dict[str, float]:
-    """recall@10 (all queries, batch 32), p50 / p95 at batch 1, QPS at batch 32 (median of 3 passes)."""
-    labels = np.concatenate([search(queries.select(np.arange(s, min(s + 32, len(queries)))))
-                             for s in range(0, len(queries), 32)])
-    lat = []
-    for i in range(n_lat):
-        one = queries.select([i])
+class _Ours:
+    """One configuration of our engine, measured in this process (the same three passes as fast-plaid's worker)."""
+
+    def __init__(self, search: Any, queries: Any) -> None:
+        self.search, self.queries = search, queries
+
+    def labels(self) -> np.ndarray:
+        n = len(self.queries)
+        return np.concatenate([self.search(self.queries.select(np.arange(s, min(s + 32, n)))) for s in range(0, n, 32)])
+
+    def latency(self, n: int) -> list[float]:
+        out = []
+        for i in range(n):
+            one = self.queries.select([i])
+            t0 = time.perf_counter()
+            self.search(one)
+            out.append(1000 * (time.perf_counter() - t0))
+        return out
+
+    def rate(self, n: int) -> float:
         t0 = time.perf_counter()
-        search(one)
-        lat.append(1000 * (time.perf_counter() - t0))
-    rates = []
-    for _ in range(3 if n_qps >= 32 else 0):
-        t0 = time.perf_counter()
-        for s in range(0, n_qps, 32):
-            search(queries.select(np.arange(s, min(s + 32, n_qps))))
-        rates.append(n_qps / (time.perf_counter() - t0))
+        for s in range(0, n, 32):
+            self.search(self.queries.select(np.arange(s, min(s + 32, n))))
+        return n / (time.perf_counter() - t0)
+
+
+def _summary(labels: np.ndarray, truth: np.ndarray, lat: list[float], rates: list[float]) -> dict[str, float]:
     return {"recall@10": _recall(labels, truth), "p50_ms": float(np.percentile(lat, 50)),
             "p95_ms": float(np.percentile(lat, 95)), "qps_b32": float(np.median(rates)) if rates else float("nan")}
+
+
+def _measure(search: Any, queries: Any, truth: np.ndarray, *, n_lat: int, n_qps: int) -> dict[str, float]:
+    """recall@10 (all queries, batch 32), p50 / p95 at batch 1, QPS at batch 32 (median of 3 passes)."""
+    runner = _Ours(search, queries)
+    labels, lat = runner.labels(), runner.latency(n_lat)
+    return _summary(labels, truth, lat, [runner.rate(n_qps) for _ in range(3 if n_qps >= 32 else 0)])
 
 
 def _searcher(index: Any, first_stage: str, params: dict[str, Any] | None = None) -> Any:
@@ -347,6 +377,186 @@ def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: P
                 **res})
 
 
+FAST_PLAID = "fast-plaid==1.7.0.2110"  # pins torch==2.11.0 (ours is newer): it gets a virtual environment of its own
+FAST_PLAID_GRID = "8:4096,4:1024,2:256,1:64"  # n_ivf_probe:n_full_scores; 8:4096 are its defaults
+
+
+def _fast_plaid_python(cache: Path) -> Path | None:
+    """The Python of fast-plaid's throw-away environment beside the bench cache, created on first use;
+    None (with the reason printed) when it cannot be installed. Never touches this process's environment."""
+    venv = cache.parent / "fast-plaid-venv"
+    python = venv / "bin" / "python"
+    if python.is_file() and subprocess.run([str(python), "-c", "import fast_plaid"], capture_output=True,
+                                           check=False).returncode == 0:
+        return python
+    tmp = venv.with_name(venv.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"installing {FAST_PLAID} and its torch into {venv} (several GB, once; pip's output follows)", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, timeout=600)
+        subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off", FAST_PLAID],
+                       check=True, timeout=3600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"fast-plaid rows skipped: {FAST_PLAID} could not be installed into its own environment ({exc}). "
+              "pip's output above says why (no package registry reachable, no wheel for this platform or "
+              "Python, disk full); our engine's rows follow anyway.", flush=True)
+        return None
+    shutil.rmtree(venv, ignore_errors=True)
+    tmp.rename(venv)
+    return python
+
+
+class _FastPlaidWorker:
+    """fast_plaid_worker.py in fast-plaid's environment, one JSON request and answer per line."""
+
+    def __init__(self, python: Path, threads: int) -> None:
+        script = Path(__file__).with_name("fast_plaid_worker.py")
+        self.proc = subprocess.Popen([str(python), str(script), "--threads", str(threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.info = self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            raise RuntimeError(f"the fast-plaid worker exited (status {self.proc.wait()}); its stderr above says why")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"fast-plaid worker: {reply['error']}")
+        return reply
+
+    def call(self, op: str, **request: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **request}) + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            self.proc.stdin.write('{"op": "quit"}\n')
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+class _FastPlaid:
+    """One fast-plaid setting, measured by the worker: the same three passes as ``_Ours``. Batch 1 runs in
+    one job; batch 32 in ``processes`` joblib threads (fast-plaid's own CPU batch parallelism: one call of 32
+    queries in one job ran 4-10x slower per query than 32 calls of one on this machine)."""
+
+    def __init__(self, worker: _FastPlaidWorker, params: dict[str, int], processes: int) -> None:
+        self.worker, self.params, self.processes = worker, params, processes
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.worker.call("labels", params={**self.params, "n_processes": self.processes})["labels"])
+
+    def latency(self, n: int) -> list[float]:
+        return self.worker.call("latency", params={**self.params, "n_processes": 1}, n=n)["ms"]
+
+    def rate(self, n: int) -> float:
+        return self.worker.call("rate", params={**self.params, "n_processes": self.processes}, n=n)["qps"]
+
+
+def _fast_plaid_index(worker: _FastPlaidWorker, docs: Any, cache: Path, threads: int) -> dict[str, Any]:
+    """fast-plaid's index of the same vectors at its defaults (nbits 4, K from the token count), built once and
+    cached with its build time."""
+    path, meta = cache / "fast-plaid-index", cache / "fast-plaid-index.json"
+    if meta.is_file() and path.is_dir():
+        return {**json.loads(meta.read_text()), "cached": True}
+    shutil.rmtree(path, ignore_errors=True)
+    tmp = cache / "fast-plaid-docs.npy"
+    np.save(tmp, docs.vectors)
+    try:
+        built = worker.call("build", docs=str(tmp), doc_len=DOC_LEN, index=str(path), nbits=4)
+    finally:
+        tmp.unlink(missing_ok=True)
+    out = {"build_s": built["build_s"], "threads": threads, "nbits": 4, "fast_plaid": worker.info["fast_plaid"]}
+    meta.write_text(json.dumps(out))
+    print(f"fast-plaid index built in {built['build_s']:.0f} s at {threads} thread(s)", flush=True)
+    return {**out, "cached": False}
+
+
+def _interleaved(runners: dict[str, Any], truth: np.ndarray, rounds: int, n_lat: int,
+                 n_qps: int) -> dict[str, dict[str, float]]:
+    """Every runner's labels once, then ``rounds`` rounds of one latency pass and one batch-32 pass each, the
+    runners in alternating order (ours, theirs, ours, ...; reversed every other round), so that load from
+    other processes falls on both engines alike. p50 / p95 over all rounds' latencies, QPS the median pass."""
+    labels = {name: runner.labels() for name, runner in runners.items()}
+    lat: dict[str, list[float]] = {name: [] for name in runners}
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for r in range(rounds):
+        for name in list(runners)[:: 1 if r % 2 == 0 else -1]:
+            lat[name] += runners[name].latency(n_lat)
+            rates[name].append(runners[name].rate(n_qps))
+    return {name: {**_summary(labels[name], truth, lat[name], rates[name]), "mean_ms": float(np.mean(lat[name])),
+                   "qps_passes": rates[name]} for name in runners}
+
+
+def _matched(ours: dict[str, Any], theirs: list[dict[str, Any]], slack: float = 0.005) -> dict[str, Any] | None:
+    """fast-plaid's fastest setting reaching at least our recall@10 less ``slack``, and the ratios: our QPS at
+    batch 32 over its best rate (``qps_best``), its p50 at batch 1 over ours."""
+    reach = [row for row in theirs if row["recall@10"] >= ours["recall@10"] - slack]
+    if not reach:
+        return None
+    best = max(reach, key=lambda row: row["qps_best"])
+    return {"fast_plaid": best["engine"], "fast_plaid_recall@10": best["recall@10"],
+            "qps_ratio": ours["qps_b32"] / best["qps_best"], "p50_ratio": best["p50_ms"] / ours["p50_ms"]}
+
+
+def _side_by_side(args: Any, docs: Any, queries: Any, truth: np.ndarray, cache: Path, record: Any) -> None:
+    """Our engine (defaults and two ``ndocs`` around them) and fast-plaid (its defaults and the --fast-plaid-grid
+    settings) on the same vectors, queries and truth, interleaved, at ``--threads`` threads each."""
+    from indexes.plaid import PlaidParams
+
+    runners: dict[str, Any] = {}
+    ours: list[str] = []
+    for i, spec in enumerate([] if args.build_only else args.spec):
+        index, _ = _index(spec, docs, cache)
+        index.plaid_engine()
+        for extra in [{}] + ([{"ndocs": 128}, {"ndocs": 1024}] if i == 0 else []):
+            params = {**vars(PlaidParams()), **extra}
+            ours.append(f"ours {spec} {params}")
+            runners[ours[-1]] = _Ours(_searcher(index, "plaid", params), queries)
+    theirs: list[str] = []
+    worker = None
+    python = _fast_plaid_python(cache)
+    if python is not None:
+        worker = _FastPlaidWorker(python, args.threads)
+        print(f"fast-plaid {worker.info['fast_plaid']} on torch {worker.info['torch']}, "
+              f"{worker.info['threads']} thread(s)", flush=True)
+        built = _fast_plaid_index(worker, docs, cache, args.threads)
+        record({"spec": "fast-plaid", "engine": "build", **built})
+        if args.build_only:
+            worker.close()
+            return
+        q = cache / f"queries-{len(queries)}.npy"
+        np.save(q, queries.vectors.reshape(len(queries), Q_LEN, DIM))
+        worker.call("load", index=str(cache / "fast-plaid-index"), queries=str(q))
+        for item in args.fast_plaid_grid.split(","):
+            probe, full = (int(x) for x in item.split(":"))
+            theirs.append(f"fast-plaid n_ivf_probe={probe} n_full_scores={full}")
+            runners[theirs[-1]] = _FastPlaid(worker, {"n_ivf_probe": probe, "n_full_scores": full}, args.threads)
+    order = [name for pair in itertools.zip_longest(ours, theirs) for name in pair if name]
+    try:
+        results = _interleaved({name: runners[name] for name in order}, truth, args.rounds,
+                               args.latency_queries, args.qps_queries)
+    finally:
+        if worker is not None:
+            worker.close()
+    rows = {name: {"spec": name.split()[1] if name in ours else "fast-plaid", "engine": name,
+                   "threads": args.threads, **res} for name, res in results.items()}
+    for name in theirs:  # its best rate: batch-32 calls, or the batch-1 calls back to back, whichever is faster
+        rows[name]["qps_b1_serial"] = 1000 / rows[name]["mean_ms"]
+        rows[name]["qps_best"] = max(rows[name]["qps_b32"], rows[name]["qps_b1_serial"])
+    for name in order:
+        record(rows[name])
+    for name in ours if theirs else []:
+        match = _matched(rows[name], [rows[t] for t in theirs])
+        record({"spec": rows[name]["spec"], "engine": "matched recall", "ours": name, **(match or {})})
+        print(f"{name}: " + (f"{match['qps_ratio']:.1f}x fast-plaid's QPS@32, {match['p50_ratio']:.1f}x at p50, "
+                             f"against {match['fast_plaid']} (R@10 {match['fast_plaid_recall@10']:.3f})"
+                             if match else "no fast-plaid setting reaches this recall"), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", nargs="+", default=["KMeans4096r4"])
@@ -364,6 +574,11 @@ def main() -> None:
     parser.add_argument("--skip-old", action="store_true", help="binary: skip the old flat scan and the ceiling rows")
     parser.add_argument("--kernel-baseline", default=None, metavar="REV",
                         help="binary: also time the table kernel of git revision REV, interleaved with the current one")
+    parser.add_argument("--fast-plaid", action="store_true",
+                        help="our engine against fast-plaid (own throw-away environment), interleaved, instead")
+    parser.add_argument("--fast-plaid-grid", default=FAST_PLAID_GRID, help="n_ivf_probe:n_full_scores,...")
+    parser.add_argument("--rounds", type=int, default=3, help="--fast-plaid: interleaved rounds per setting")
+    parser.add_argument("--qps-queries", type=int, default=64, help="--fast-plaid: queries per batch-32 pass")
     args = parser.parse_args()
 
     import faiss
@@ -389,6 +604,9 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
 
+    if args.fast_plaid:
+        _side_by_side(args, docs, queries, truth, cache, record)
+        return
     for spec in args.binary or []:
         _binary_rows(spec, docs, queries, truth, cache, args, record)
     for spec in [] if args.binary else args.spec:
