@@ -141,7 +141,9 @@ def _plaid_rows(data: Any, docs: Any, queries: Any, args: Any) -> None:
         pruned = AttentionPruner(keep)(docs) if keep < 1 else docs
         for spec in args.plaid:
             index, build_s = _plaid_index(spec, pruned, keep, args.cache)
-            for params in grid:
+            for params, stage4 in [(p, s) for p in grid for s in args.stage4]:
+                index.plaid_engine().exact_stage = stage4
+
                 def timed(q: Any, index: Any = index, params: Any = params) -> Any:
                     return index.search(q, 10, params=params or None)
                 top10 = timed(queries)
@@ -149,11 +151,12 @@ def _plaid_rows(data: Any, docs: Any, queries: Any, args: Any) -> None:
                 m10 = rt.evaluate(top10.to_trec_dict(queries.ids), data.qrels)
                 m100 = rt.evaluate(top100.to_trec_dict(queries.ids), data.qrels)
                 lat = _timings(timed, queries, n_lat=args.latency_queries)
-                row = {"keep": keep, "spec": index.spec, "params": params or "defaults", "build_s": build_s,
+                row = {"keep": keep, "spec": index.spec, "params": params or "defaults", "stage4": stage4,
+                       "threads": args.threads, "build_s": build_s,
                        "nDCG@10": m10["nDCG@10"], "MRR@10": m10["MRR@10"], "Recall@100": m100["Recall@100"],
                        "vectors": index.num_vectors, "memory_bytes_per_doc": index.memory_bytes() / len(index), **lat}
                 rows.append(row)
-                print(f"p={keep:.1f} {index.spec} {params or 'defaults'}: nDCG@10 {row['nDCG@10']:.4f} "
+                print(f"p={keep:.1f} {index.spec} {params or 'defaults'} stage 4 {stage4}: nDCG@10 {row['nDCG@10']:.4f} "
                       f"MRR@10 {row['MRR@10']:.4f} R@100 {row['Recall@100']:.3f} QPS@1 {row['qps_batch1']:.1f} "
                       f"p50 {row['p50_ms']:.1f} ms p95 {row['p95_ms']:.1f} ms QPS@32 {row['qps_batch32']:.1f}",
                       flush=True)
@@ -170,6 +173,8 @@ def main() -> None:
     parser.add_argument("--plaid", nargs="+", default=None, metavar="SPEC",
                         help="only the PLAID engine (the k-means default) with these specs, e.g. KMeansr2 KMeansr4")
     parser.add_argument("--sweep", action="store_true", help="with --plaid: sweep nprobe x threshold x ndocs")
+    parser.add_argument("--stage4", nargs="+", default=["tables"], choices=("tables", "decode"),
+                        help="with --plaid: how stage 4 scores (each setting runs once per choice, in turn)")
     parser.add_argument("--latency-queries", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2, help="FAISS / torch / Numba threads (default 2)")
     parser.add_argument("--pruning-compute", action="store_true",
