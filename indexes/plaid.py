@@ -14,8 +14,12 @@ are Numba kernels in :mod:`indexes._plaid_kernels`):
    below ``t`` are skipped (PLAID's centroid pruning). The best ``ndocs`` candidates go on.
 3. **Centroid interaction without pruning** over those (only when pruning is on): the best
    ``max(k, ndocs // 4)`` go on. Without pruning, stage 2 keeps that many directly.
-4. **Exact MaxSim.** Their residual codes are decoded (once per batch for documents that
-   several queries keep) and scored exactly; the top ``k`` are returned.
+4. **Exact MaxSim.** Their exact MaxSim, top ``k``. By default nothing is decoded: a stored
+   vector's inner product with a query vector is its centroid's stage 1 score plus one table
+   entry per residual byte (tables of ``residual bytes x 256 x query vectors`` per query, one
+   batched matmul), summed 16 query vectors at a time. ``exact_stage = "decode"`` decodes the
+   documents instead (once per batch) and scores them with a BLAS product; both give the same
+   scores.
 
 With ``nprobe = K``, no threshold and ``ndocs // 4`` at least the number of documents, the
 result equals exhaustive MaxSim over the decoded codes.
