@@ -252,7 +252,7 @@ class PlaidEngine:
                     block[:, :, :lq] = np.matmul(self.table, qpad.reshape(lq, n_res, per_byte).transpose(1, 2, 0))
                     block[:, :, lq:] = 0.0
             c0, c1 = sel_offsets[g0], sel_offsets[g1]
-            with _threads(c1 - c0 >= 64):
+            with _threads(c1 - c0 >= 256):  # as decoding: one query's 64 documents stay on one thread
                 out[c0:c1] = self._k.lut_exact_maxsim(
                     flat, w, st, r_base, r_size, q_offsets[g0 : g1 + 1], sel_offsets[g0 : g1 + 1] - c0,
                     np.ascontiguousarray(sel_docs[c0:c1]), self.codes, self.offsets, self.codec.id_bytes)
