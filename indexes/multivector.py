@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from indexes import _centroid_lists as centroid_lists
 from indexes._embeddings_io import load_embeddings, save_embeddings
 from indexes._io import load_array, save_array
 from indexes._lock import reads, writes
@@ -526,14 +527,16 @@ class MultiVectorIndex(StoredIndex):
             return top_k(s, k)
         scores = np.full((len(q), k), -np.inf, np.float32)
         labels = np.full((len(q), k), -1, np.int64)
+        assert isinstance(self.codec, PatchKMeans)
+        if self._lists is None:
+            self._lists = centroid_lists.inverted_lists(self.codec, self._codes, self.lengths)
         for qi in range(len(q)):
             one = q.select([qi])
-            rows = self._centroid_candidates(one)
+            rows = centroid_lists.candidates(self.codec, self._lists, one, self.nprobe)
             if allowed is not None:
                 rows = rows[allowed[rows]]
-            assert isinstance(self.codec, PatchKMeans)
             if self.codec.residual_bits and rows.size > self.n_candidates:
-                approx = self._centroid_scores(one, rows)
+                approx = centroid_lists.centroid_scores(self.codec, self._codes, self._offsets, self.lengths, one, rows)
                 rows = np.sort(rows[np.argpartition(-approx, self.n_candidates - 1)[: self.n_candidates]])
             scores[qi], labels[qi] = self._score_rows(one, rows, k)
         return scores, labels
@@ -545,35 +548,6 @@ class MultiVectorIndex(StoredIndex):
             assert isinstance(self.codec, PatchKMeans)
             engine = self._plaid = PlaidEngine(self.codec, self._codes, self._offsets)
         return engine
-
-    # centroid first stage ------------------------------------------------------------
-    def _inverted_lists(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        if self._lists is None:
-            assert isinstance(self.codec, PatchKMeans)
-            cids = self.codec.ids(self._codes)
-            doc_of = np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
-            pairs = np.unique(cids * max(len(self), 1) + doc_of)  # sorted by centroid, then document
-            cent, docs = pairs // max(len(self), 1), pairs % max(len(self), 1)
-            starts = np.searchsorted(cent, np.arange(self.codec.k + 1))
-            self._lists = (starts.astype(np.int64), docs.astype(np.int64))
-        return self._lists
-
-    def _centroid_candidates(self, q: MultiVectorEmbeddings) -> NDArray[np.int64]:
-        assert isinstance(self.codec, PatchKMeans) and self.codec.centroids is not None
-        if q.num_vectors == 0:
-            return np.zeros(0, np.int64)
-        starts, docs = self._inverted_lists()
-        sims = np.asarray(q.vectors, np.float32) @ self.codec.centroids.T  # (Lq, K)
-        probe = min(self.nprobe, self.codec.k)
-        best = np.unique(np.argpartition(-sims, probe - 1, axis=1)[:, :probe])
-        return np.unique(docs[_ranges(starts[best], starts[best + 1])])
-
-    def _centroid_scores(self, q: MultiVectorEmbeddings, rows: NDArray[np.int64]) -> NDArray[np.float32]:
-        assert isinstance(self.codec, PatchKMeans) and self.codec.centroids is not None
-        take = _ranges(self._offsets[rows], self._offsets[rows + 1])
-        ids = self.codec.ids(self._codes[take])
-        table = self.codec.centroids @ np.asarray(q.vectors, np.float32).T
-        return maxsim_scores(lambda lo, hi, qv: table[ids[lo:hi]], offsets_from_lengths(self.lengths[rows]), q)[0]
 
     # binary first stage --------------------------------------------------------------
     def binary_engine(self) -> BinaryEngine:
