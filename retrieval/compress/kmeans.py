@@ -314,8 +314,8 @@ def _two_level_kmeans(faiss: Any, x: NDArray[np.float32], k: int, niter: int, se
 
     def cluster(c: int) -> NDArray[np.float32]:
         points = x[order[bounds[c] : bounds[c + 1]]]
-        if alloc[c] >= points.shape[0]:
-            return points
+        if alloc[c] >= points.shape[0]:  # as many centroids as points: the points, on the unit sphere
+            return points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
         faiss.omp_set_num_threads(1)  # this worker thread's own OpenMP setting
         return _spherical_kmeans(faiss, points, int(alloc[c]), niter, seed + c)
 
