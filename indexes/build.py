@@ -235,8 +235,9 @@ def build_multivector_from_batches(
     of ``train_size`` of them is kept; the codec is trained on the sample once the stream
     ends; then the spilled documents are read back, about ``add_chunk`` vectors at a time,
     encoded and appended. Memory is the sample, one batch, one chunk and the index (codes,
-    offsets, ids), never all the float vectors: a 10M x 128-d stream spills 5 GB to disk and
-    holds about 160 MB of floats at once.
+    offsets, ids), never all the float vectors: a 10M x 128-d stream spills 5.1 GB to disk and
+    holds the 134 MB sample and a 512 MB chunk of floats at once (peak RSS 2.0 GB with 4-bit
+    residual codes, docs/BENCHMARKS.md section 4; appending a chunk copies the codes so far).
 
     Parameters
     ----------
