@@ -32,10 +32,17 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["LANES", "lut_maxsim"]
+__all__ = ["LANES", "lut_maxsim", "table_width"]
 
 #: Query vectors handled by one vector step; a query's table width is padded to a multiple of it.
 LANES = 16
+
+
+def table_width(q_offsets: Any) -> int:
+    """The table width ``W`` of a query batch (CSR offsets): its longest query's vector count
+    rounded up to a multiple of :data:`LANES`, at least one step."""
+    longest = int(np.diff(q_offsets).max(initial=0))
+    return -(-max(longest, 1) // LANES) * LANES
 
 
 @intrinsic

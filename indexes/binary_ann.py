@@ -139,10 +139,10 @@ def per_query_tables(table: NDArray[np.float32], q_offsets: NDArray[np.int64]) -
     the layout :func:`indexes._binary_kernels.lut_maxsim` reads. ``W`` is the longest query's length
     rounded up to a multiple of :data:`indexes._binary_kernels.LANES`; a shorter query's extra
     columns are zero (a query's rows stay contiguous, and every row is whole vector steps)."""
-    from indexes._binary_kernels import LANES
+    from indexes._binary_kernels import table_width
 
     lengths = np.diff(q_offsets)
-    width = -(-max(int(lengths.max(initial=0)), 1) // LANES) * LANES
+    width = table_width(q_offsets)
     out = np.zeros((lengths.shape[0], table.shape[0], table.shape[1], width), dtype=np.float32)
     for q in range(lengths.shape[0]):
         out[q, :, :, : lengths[q]] = table[:, :, q_offsets[q] : q_offsets[q + 1]]

@@ -226,11 +226,11 @@ class PlaidEngine:
         (:func:`indexes._plaid_kernels.lut_exact_maxsim`). Per query the residual tables are
         ``residual bytes x 256 x W`` floats (3 MB for 384-d, 2 bits, 32 query vectors), built by
         one batched matmul; queries go through in groups that keep them under 64 MB."""
-        from indexes._binary_kernels import LANES
+        from indexes._binary_kernels import table_width
 
         nq = q_offsets.shape[0] - 1
         lengths = np.diff(q_offsets)
-        w = _ceil_to(int(lengths.max(initial=1)), LANES)
+        w = table_width(q_offsets)
         n_res, per_byte = self.table.shape[0], self.table.shape[2]
         per_query = n_res * 256 * w
         group = max(1, (64 << 20) // max(1, 4 * per_query))
@@ -285,9 +285,7 @@ class PlaidEngine:
             for q in range(nq):
                 a, b = sel_offsets[q], sel_offsets[q + 1]
                 if b > a:
-                    s, local = top_k(pair[None, a:b], k)
-                    scores[q] = s[0]
-                    labels[q] = np.where(local[0] >= 0, sel_docs[a + np.maximum(local[0], 0)], -1)
+                    scores[q], labels[q] = _best(pair[a:b], sel_docs[a:b], k)
             clock.lap("stage4_maxsim")
             return scores, labels
         union = np.unique(sel_docs).astype(np.int32)
@@ -309,14 +307,15 @@ class PlaidEngine:
             sims = block @ qv[q0:q1].T  # (vectors of the selected documents, query vectors)
             starts = np.cumsum(lengths) - lengths  # candidates always hold vectors: no empty segment
             exact = np.maximum.reduceat(sims, starts, axis=0).sum(axis=1, dtype=np.float32)
-            s, local = top_k(exact[None, :], k)
-            scores[q], labels[q] = s[0], np.where(local[0] >= 0, docs[np.maximum(local[0], 0)], -1)
+            scores[q], labels[q] = _best(exact, docs, k)
         clock.lap("stage4_maxsim")
         return scores, labels
 
 
-def _ceil_to(n: int, m: int) -> int:
-    return max(m, -(-n // m) * m)
+def _best(exact: NDArray[np.float32], docs: NDArray[np.int32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The top ``k`` of one query's exact scores of ``docs``: (scores, rows), ``-inf`` / ``-1`` padded."""
+    s, local = top_k(exact[None, :], k)
+    return s[0], np.where(local[0] >= 0, docs[np.maximum(local[0], 0)], -1)
 
 
 # Below these sizes a kernel runs on the calling thread alone: waking the pool costs more than it
