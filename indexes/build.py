@@ -165,40 +165,65 @@ def build_from_batches(
     """
     from indexes.faiss_index import FaissIndex
 
-    for name, value in (("train_size", train_size), ("add_chunk", add_chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int; got {value!r}.")
+    _check_sizes(train_size, add_chunk)
     index = FaissIndex(dim, spec=spec, metric=metric, nprobe=nprobe)  # validates dim / spec / metric first
-    rng = np.random.default_rng(seed)
-    sample = np.empty((0, index.dim), dtype=np.float32)
-    ids: list[str] = []
-    seen: set[str] = set()
-    workdir = Path(tempfile.mkdtemp(prefix="densezip-spill-", dir=spill_dir))
-    spill = SpillFile(workdir / "vectors.f32", index.dim)
-    try:
+    with _Spill(spill_dir, index.dim, train_size, seed) as stream:
         for b, (batch_ids, raw) in enumerate(_batches(batches)):
             vectors = as_float32_matrix(raw, name=f"batch {b} vectors", dim=index.dim)
             if len(batch_ids) != vectors.shape[0]:
                 raise ShapeError(f"batch {b} has {len(batch_ids)} ids for {vectors.shape[0]} vectors.")
-            check_new_ids(batch_ids, seen)
-            seen.update(batch_ids)
-            ids.extend(batch_ids)
-            first = spill.rows
-            spill.append(vectors)
-            sample = _reservoir(sample, vectors, first, train_size, rng)
-        if not ids:
+            stream.take(batch_ids, vectors)
+        if not stream.ids:
             raise ConfigError("build_from_batches received no vectors; the batch stream was empty.")
-        del seen
-        logger.info("spilled %d x %d vectors to %s; training %s on %d", len(ids), index.dim, spill.path, spec,
-                    sample.shape[0])
+        sample = stream.end()
+        logger.info("spilled %d x %d vectors to %s; training %s on %d", len(stream.ids), index.dim,
+                    stream.file.path, spec, sample.shape[0])
         index.train(sample)
         del sample
-        for start, chunk in spill.chunks(add_chunk):
-            index.add(chunk, ids=ids[start : start + chunk.shape[0]])
+        for start, chunk in stream.file.chunks(add_chunk):
+            index.add(chunk, ids=stream.ids[start : start + chunk.shape[0]])
         return index
-    finally:
-        spill.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_sizes(train_size: Any, add_chunk: Any) -> None:
+    for name, value in (("train_size", train_size), ("add_chunk", add_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive int; got {value!r}.")
+
+
+class _Spill:
+    """A stream being spilled: the spill file in its own temporary directory (removed on exit),
+    the ids seen so far (checked unique across batches) and the reservoir sample of the rows."""
+
+    def __init__(self, spill_dir: str | os.PathLike[str] | None, dim: int, train_size: int, seed: int) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="densezip-spill-", dir=spill_dir))
+        self.file = SpillFile(self.workdir / "vectors.f32", dim)
+        self.train_size, self.rng = train_size, np.random.default_rng(seed)
+        self.sample = np.empty((0, dim), dtype=np.float32)
+        self.ids: list[Any] = []
+        self._seen: set[Any] = set()
+
+    def take(self, batch_ids: list[Any], vectors: NDArray[np.float32]) -> None:
+        """Check and record a batch's ids, spill its rows and draw them into the sample."""
+        check_new_ids(batch_ids, self._seen)
+        self._seen.update(batch_ids)
+        self.ids.extend(batch_ids)
+        first = self.file.rows
+        self.file.append(vectors)
+        self.sample = _reservoir(self.sample, vectors, first, self.train_size, self.rng)
+
+    def end(self) -> NDArray[np.float32]:
+        """The stream is over: the sample, handed over (the stream keeps no reference to it), and
+        the set of seen ids freed."""
+        sample, self.sample, self._seen = self.sample, np.empty((0, 0), np.float32), set()
+        return sample
+
+    def __enter__(self) -> _Spill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _reservoir(
@@ -272,49 +297,32 @@ def build_multivector_from_batches(
     from indexes.multivector import MultiVectorIndex
     from retrieval.types import MultiVectorEmbeddings
 
-    for name, value in (("train_size", train_size), ("add_chunk", add_chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int; got {value!r}.")
+    _check_sizes(train_size, add_chunk)
     index = MultiVectorIndex(dim, spec=spec, **options)  # validates dim / spec / options first
-    rng = np.random.default_rng(seed)
-    sample = np.empty((0, index.dim), dtype=np.float32)
-    ids: list[Any] = []
     lengths: list[NDArray[np.int64]] = []
-    seen: set[Any] = set()
-    workdir = Path(tempfile.mkdtemp(prefix="densezip-spill-", dir=spill_dir))
-    spill = SpillFile(workdir / "vectors.f32", index.dim)
-    try:
+    with _Spill(spill_dir, index.dim, train_size, seed) as stream:
         for b, batch in enumerate(batches):
             if not isinstance(batch, MultiVectorEmbeddings):
                 raise ConfigError(f"batch {b} must be MultiVectorEmbeddings (e.g. from "
                                   f"MultiVectorEncoder.encode_documents); got {type(batch).__name__}.")
             mv = index._prepare(batch)  # checks width and values, prunes as the spec says
             batch_ids = mv.ids.tolist() if isinstance(mv.ids, np.ndarray) else list(mv.ids)
-            if ids and batch_ids and isinstance(batch_ids[0], str) != isinstance(ids[0], str):
+            if stream.ids and batch_ids and isinstance(batch_ids[0], str) != isinstance(stream.ids[0], str):
                 raise ConfigError(f"batch {b} has {type(batch_ids[0]).__name__} ids after batches of "
-                                  f"{type(ids[0]).__name__} ids; use one kind of id for the whole stream.")
-            check_new_ids(batch_ids, seen)
-            seen.update(batch_ids)
-            ids.extend(batch_ids)
+                                  f"{type(stream.ids[0]).__name__} ids; use one kind of id for the whole stream.")
+            stream.take(batch_ids, np.asarray(mv.vectors, dtype=np.float32))
             lengths.append(np.diff(mv.offsets))
-            vectors = np.asarray(mv.vectors, dtype=np.float32)
-            first = spill.rows
-            spill.append(vectors)
-            sample = _reservoir(sample, vectors, first, train_size, rng)
-        if not ids:
+        if not stream.ids:
             raise ConfigError("build_multivector_from_batches received no documents; the batch stream was empty.")
+        sample = stream.end()
         if sample.shape[0] == 0:
             raise ConfigError("build_multivector_from_batches received documents but no vectors to train on.")
-        del seen
-        logger.info("spilled %d vectors of %d documents to %s; training %s on %d", spill.rows, len(ids), spill.path,
-                    spec, sample.shape[0])
-        index.train_vectors(sample, corpus_size=spill.rows)  # a K sized to the corpus, not to the sample
+        logger.info("spilled %d vectors of %d documents to %s; training %s on %d", stream.file.rows,
+                    len(stream.ids), stream.file.path, spec, sample.shape[0])
+        index.train_vectors(sample, corpus_size=stream.file.rows)  # K sized to the corpus, not to the sample
         del sample
-        _add_spilled(index, spill, np.concatenate(lengths), ids, add_chunk)
+        _add_spilled(index, stream.file, np.concatenate(lengths), stream.ids, add_chunk)
         return index
-    finally:
-        spill.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _add_spilled(index: Any, spill: SpillFile, lengths: NDArray[np.int64], ids: list[Any], add_chunk: int) -> None:
