@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from retrieval.encode.dense import DenseEncoder
 from retrieval.errors import ConfigError, ShapeError
-from retrieval.types import Embeddings
+from retrieval.types import Embeddings, MultiVectorEmbeddings
 
 _TOKEN_RE = re.compile(r"\w+")
 
@@ -165,6 +165,19 @@ def minilm_encoder(tmp_path_factory: pytest.TempPathFactory) -> DenseEncoder:
     encoder = DenseEncoder(cache_dir=tmp_path_factory.mktemp("minilm-cache"))
     _ = encoder.dim  # load now, so the first test that uses it is not charged for it
     return encoder
+
+
+def token_collection(rng: np.random.Generator, n: int, *, dim: int, noise: float, lo: int = 1, hi: int = 12,
+                     prefix: str = "d") -> MultiVectorEmbeddings:
+    """``n`` documents of ``lo`` to ``hi - 1`` unit token vectors around 6 shared centres (noise
+    ``noise``), ids ``<prefix>0 ...``: the small clustered token sets of the engine tests."""
+    centres = rng.standard_normal((6, dim))
+    arrays = []
+    for _ in range(n):
+        length = int(rng.integers(lo, hi))
+        x = centres[rng.integers(0, 6, size=length)] + noise * rng.standard_normal((length, dim))
+        arrays.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
+    return MultiVectorEmbeddings.from_list(arrays, ids=[f"{prefix}{i}" for i in range(n)])
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import token_collection
 
 from indexes import MultiVectorIndex, ShardedMultiVectorIndex, load_index
 from indexes.plaid import PlaidParams
@@ -17,13 +18,7 @@ EVERYTHING = {"nprobe": K, "centroid_score_threshold": None, "ndocs": 10_000}
 
 
 def _collection(rng: np.random.Generator, n: int, *, lo: int = 1, hi: int = 12, prefix: str = "d") -> MultiVectorEmbeddings:
-    centres = rng.standard_normal((6, D))
-    arrays = []
-    for _ in range(n):
-        length = int(rng.integers(lo, hi))
-        x = centres[rng.integers(0, 6, size=length)] + 0.5 * rng.standard_normal((length, D))
-        arrays.append((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32))
-    return MultiVectorEmbeddings.from_list(arrays, ids=[f"{prefix}{i}" for i in range(n)])
+    return token_collection(rng, n, dim=D, noise=0.5, lo=lo, hi=hi, prefix=prefix)
 
 
 @pytest.fixture(scope="module")
