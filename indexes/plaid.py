@@ -2,7 +2,8 @@
 :class:`~indexes.multivector.MultiVectorIndex`.
 
 One query batch goes through these stages, each vectorised over every candidate (the loops
-are Numba kernels in :mod:`indexes._plaid_kernels`):
+are Numba kernels in :mod:`indexes._plaid_kernels`, their inner steps vector code in
+:mod:`indexes._plaid_simd`; every stage runs on Numba's thread pool):
 
 1. **Probe.** One matmul gives every query vector's score against every centroid,
    ``S = centroids @ Q.T`` (K x T_q, shared by the batch). Each query vector's ``nprobe`` best
@@ -16,8 +17,10 @@ are Numba kernels in :mod:`indexes._plaid_kernels`):
    ``max(k, ndocs // 4)`` go on. Without pruning, stage 2 keeps that many directly.
 4. **Exact MaxSim.** Their exact MaxSim, top ``k``. By default nothing is decoded: a stored
    vector's inner product with a query vector is its centroid's stage 1 score plus one table
-   entry per residual byte (tables of ``residual bytes x 256 x query vectors`` per query, one
-   batched matmul), summed 16 query vectors at a time. ``exact_stage = "decode"`` decodes the
+   entry per residual byte, or per half-byte when a byte holds an even number of dimensions
+   (tables of ``residual bytes x 256 x query vectors`` or ``2 x residual bytes x 16 x query
+   vectors`` per query, one batched matmul), summed 8 query vectors at a time. ``exact_stage
+   = "decode"`` decodes the
    documents instead (once per batch) and scores them with a BLAS product; both give the same
    scores.
 
@@ -35,7 +38,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -129,11 +132,12 @@ class PlaidEngine:
             raise ConfigError("the PLAID engine needs a trained KMeans codec.")
         self._k = kernels
         self.codec = codec
-        self.codes = np.asarray(codes)
+        self.codes = np.ascontiguousarray(codes)  # a view of C-ordered (memory-mapped) codes, not a copy
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.n_docs = self.offsets.shape[0] - 1
         self.centroids = np.ascontiguousarray(codec.centroids, dtype=np.float32)
         self.table = codec.byte_table() if codec.residual_bits else np.zeros((0, 256, 1), np.float32)
+        self.nibble_table = _nibble_table(self.table)
         cids = codec.ids(self.codes).astype(np.uint16) if self.codes.shape[0] else np.zeros(0, np.uint16)
         self.doc_offsets, self.doc_cents, self.list_offsets, self.list_docs = kernels.build_lists(
             cids, self.offsets, codec.k)
@@ -163,24 +167,24 @@ class PlaidEngine:
         q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
         nq = q_offsets.shape[0] - 1
         ndocs, n_exact = params.budget(k)
-        st = self.centroids @ qv.T  # (K, T_q): stage 1's matmul, reused by stages 2-4
+        s1 = self._centroid_scores(qv, q_offsets)  # stage 1's matmul, reused by stages 2-4
         if allowed is not None and int(np.count_nonzero(allowed)) <= n_exact:
             docs = np.flatnonzero(allowed & (self.lengths > 0)).astype(np.int32)
-            return self._exact(qv, q_offsets, st, np.arange(nq + 1, dtype=np.int64) * docs.size, np.tile(docs, nq),
-                               k, clock)
+            return self._exact(qv, q_offsets, s1, np.arange(nq + 1, dtype=np.int64) * docs.size,
+                               np.tile(docs, nq), k, clock)
         clock.lap("stage1_matmul")
-        with _threads(st.size >= _PARALLEL_WORK):
-            probed = self._k.probe(st, min(params.nprobe, self.codec.k))
+        threshold = params.centroid_score_threshold
+        pruned = threshold is not None
+        with _threads(nq > 1):  # one pass over the scores: each vector's best centroids, and the kept ones
+            probed, keep = self._k.probe_keep(s1.st, q_offsets, min(params.nprobe, self.codec.k),
+                                              0.0 if threshold is None else threshold, pruned)
         mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
         with _threads(nq > 1):
             cand_offsets, cand_docs = self._k.doc_candidates(probed, q_offsets, self.list_offsets, self.list_docs,
                                                              mask, self.n_docs)
         clock.lap("stage1_candidates")
-        keep = self._kept_centroids(st, q_offsets, params.centroid_score_threshold)
         with _threads(cand_docs.size >= _PARALLEL_DOCS):
-            approx = self._k.centroid_interaction(st, q_offsets, cand_offsets, cand_docs, self.doc_offsets,
-                                                  self.doc_cents, keep)
-        pruned = params.centroid_score_threshold is not None
+            approx = self._interaction(s1, q_offsets, cand_offsets, cand_docs, keep)
         with _threads(nq > 1):
             sel_offsets, sel_docs = self._k.select_top(cand_offsets, cand_docs, approx, ndocs if pruned else n_exact)
         clock.lap("stage2_pruned")
@@ -188,12 +192,11 @@ class PlaidEngine:
             # PLAID's third stage: the survivors again, now with every centroid; the best n_exact go on.
             keep = np.ones((nq, self.codec.k), dtype=np.bool_)
             with _threads(sel_docs.size >= _PARALLEL_DOCS):
-                approx = self._k.centroid_interaction(st, q_offsets, sel_offsets, sel_docs, self.doc_offsets,
-                                                      self.doc_cents, keep)
+                approx = self._interaction(s1, q_offsets, sel_offsets, sel_docs, keep)
             with _threads(nq > 1):
                 sel_offsets, sel_docs = self._k.select_top(sel_offsets, sel_docs, approx, n_exact)
             clock.lap("stage3_full_interaction")
-        return self._exact(qv, q_offsets, st, sel_offsets, sel_docs, k, clock)
+        return self._exact(qv, q_offsets, s1, sel_offsets, sel_docs, k, clock)
 
     def centroid_scores(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], docs: NDArray[np.int32],
                         threshold: float | None) -> NDArray[np.float32]:
@@ -202,76 +205,95 @@ class PlaidEngine:
         q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
         nq = q_offsets.shape[0] - 1
         docs = np.ascontiguousarray(docs, dtype=np.int32)
-        st = self.centroids @ qv.T
-        keep = self._kept_centroids(st, q_offsets, threshold)
-        approx = self._k.centroid_interaction(st, q_offsets, np.arange(nq + 1, dtype=np.int64) * docs.size,
-                                              np.tile(docs, nq), self.doc_offsets, self.doc_cents, keep)
+        s1 = self._centroid_scores(qv, q_offsets)
+        keep = self._kept_centroids(s1.st, q_offsets, threshold)
+        approx = self._interaction(s1, q_offsets, np.arange(nq + 1, dtype=np.int64) * docs.size,
+                                   np.tile(docs, nq), keep)
         return np.asarray(approx, dtype=np.float32).reshape(nq, docs.size)
 
     def candidates(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], nprobe: int,
                    allowed: NDArray[np.bool_] | None = None) -> list[NDArray[np.int32]]:
         """Stage 1's candidate documents of each query (ascending rows)."""
+        q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
         st = self.centroids @ np.ascontiguousarray(qv, dtype=np.float32).T
-        probed = self._k.probe(st, min(nprobe, self.codec.k))
+        probed, _ = self._k.probe_keep(st, q_offsets, min(nprobe, self.codec.k), 0.0, False)
         mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
-        offs, docs = self._k.doc_candidates(probed, np.ascontiguousarray(q_offsets, dtype=np.int64),
-                                            self.list_offsets, self.list_docs, mask, self.n_docs)
+        offs, docs = self._k.doc_candidates(probed, q_offsets, self.list_offsets, self.list_docs, mask, self.n_docs)
         return [docs[offs[q] : offs[q + 1]] for q in range(offs.shape[0] - 1)]
 
     # ------------------------------------------------------------------ internals
-    def _exact_tables(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], st: NDArray[np.float32],
+    def _centroid_scores(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64]) -> _Stage1:
+        """Stage 1's centroid scores of the batch (:func:`indexes._plaid_simd.centroid_scores`, on
+        Numba's threads like every later stage)."""
+        from indexes._plaid_simd import centroid_scores, width
+
+        k, d = self.centroids.shape
+        ld = width(np.array([0, qv.shape[0]]))  # row stride: the batch's vectors rounded up to whole lanes
+        qt = np.zeros((d, ld), dtype=np.float32)
+        qt[:, : qv.shape[0]] = qv.T
+        flat = np.empty(k * ld + width(q_offsets), dtype=np.float32)
+        flat[k * ld :] = 0.0
+        with _threads(k * d * ld >= _PARALLEL_FLOPS):
+            centroid_scores(self.centroids.reshape(-1), d, qt.reshape(-1), ld, flat)
+        return _Stage1(flat[: k * ld].reshape(k, ld), flat)
+
+    def _interaction(self, s1: _Stage1, q_offsets: NDArray[np.int64], cand_offsets: NDArray[np.int64],
+                     cand_docs: NDArray[np.int32], keep: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """Stages 2 and 3: the centroid interaction of each (query, candidate) pair
+        (:func:`indexes._plaid_kernels.centroid_interaction`)."""
+        from indexes._plaid_simd import width
+
+        return self._k.centroid_interaction(s1.flat, s1.st.shape[1], width(q_offsets), q_offsets, cand_offsets, cand_docs,
+                                            self.doc_offsets, self.doc_cents, keep.reshape(-1))
+
+    def _exact_tables(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], s1: _Stage1,
                       sel_offsets: NDArray[np.int64], sel_docs: NDArray[np.int32]) -> NDArray[np.float32]:
         """Exact MaxSim of each selected (query, document) pair without decoding: a vector's inner
         product is its centroid's stage 1 score plus one table entry per residual byte
         (:func:`indexes._plaid_kernels.lut_exact_maxsim`). Per query the residual tables are
-        ``residual bytes x 256 x W`` floats (3 MB for 384-d, 2 bits, 32 query vectors), built by
-        one batched matmul; queries go through in groups that keep them under 64 MB."""
-        from indexes._binary_kernels import table_width
+        ``residual bytes x 256 x W`` floats (2.4 MB for 384-d, 2 bits, 24 query vectors) or, when
+        a byte holds an even number of dimensions, two half-byte tables of 16 values per byte (a
+        16th of that, so that they stay in the core's cache), built by one batched matmul;
+        queries go through in groups that keep them under 64 MB."""
+        from indexes._plaid_simd import width
 
         nq = q_offsets.shape[0] - 1
         lengths = np.diff(q_offsets)
-        w = table_width(q_offsets)
+        w = width(q_offsets)
+        nibbles = self.nibble_table is not None
+        table = self.table if self.nibble_table is None else self.nibble_table
         n_res, per_byte = self.table.shape[0], self.table.shape[2]
-        per_query = n_res * 256 * w
+        n_rows, values, per_row = table.shape
+        per_query = n_rows * values * w
         group = max(1, (64 << 20) // max(1, 4 * per_query))
-        most_pairs = int(np.diff(sel_offsets).max(initial=0)) * min(group, nq)
-        r_size = min(group, nq) * per_query
-        flat = np.empty(r_size + most_pairs * w, dtype=np.float32)  # residual tables, then scratch rows
-        flat[r_size:] = 0.0  # lanes past a query's length are read (never summed): keep them finite
-        st = np.ascontiguousarray(st, dtype=np.float32)
+        flat = np.empty(min(group, nq) * per_query, dtype=np.float32)  # one group's residual tables
+        codes = self.codes.reshape(-1)  # a view: the codes are C-ordered
         out = np.empty(sel_docs.shape[0], dtype=np.float32)
         for g0 in range(0, nq, group):
             g1 = min(nq, g0 + group)
             r_base = np.arange(g1 - g0, dtype=np.int64) * per_query
             for q in range(g0, g1):
                 q0, lq = q_offsets[q], int(lengths[q])
-                block = flat[(q - g0) * per_query : (q - g0 + 1) * per_query].reshape(n_res, 256, w)
-                if n_res and lq:
-                    qpad = np.zeros((lq, n_res * per_byte), dtype=np.float32)
-                    qpad[:, : qv.shape[1]] = qv[q0 : q0 + lq]
-                    block[:, :, :lq] = np.matmul(self.table, qpad.reshape(lq, n_res, per_byte).transpose(1, 2, 0))
-                    block[:, :, lq:] = 0.0
+                block = flat[(q - g0) * per_query : (q - g0 + 1) * per_query].reshape(n_rows, values, w)
+                if n_res and lq:  # lanes past the query's length multiply zero rows: they stay finite
+                    qpad = np.zeros((w, n_res * per_byte), dtype=np.float32)
+                    qpad[:lq, : qv.shape[1]] = qv[q0 : q0 + lq]
+                    np.matmul(table, qpad.reshape(w, n_rows, per_row).transpose(1, 2, 0), out=block)
             c0, c1 = sel_offsets[g0], sel_offsets[g1]
-            with _threads(c1 - c0 >= 256):  # as decoding: one query's 64 documents stay on one thread
+            with _threads(c1 - c0 >= _PARALLEL_EXACT):
                 out[c0:c1] = self._k.lut_exact_maxsim(
-                    flat, w, st, r_base, r_size, q_offsets[g0 : g1 + 1], sel_offsets[g0 : g1 + 1] - c0,
-                    np.ascontiguousarray(sel_docs[c0:c1]), self.codes, self.offsets, self.codec.id_bytes)
+                    flat, w, s1.flat, s1.st.shape[1], r_base, q_offsets[g0 : g1 + 1], sel_offsets[g0 : g1 + 1] - c0,
+                    np.ascontiguousarray(sel_docs[c0:c1]), codes, self.codes.shape[1], self.offsets,
+                    self.codec.id_bytes, nibbles)
         return out
 
     def _kept_centroids(self, st: NDArray[np.float32], q_offsets: NDArray[np.int64],
                         threshold: float | None) -> NDArray[np.bool_]:
         """(nq, K) True where a centroid takes part in query q's centroid interaction."""
-        nq = q_offsets.shape[0] - 1
-        if threshold is None:
-            return np.ones((nq, self.codec.k), dtype=np.bool_)
-        keep = np.zeros((nq, self.codec.k), dtype=np.bool_)
-        live = np.flatnonzero(np.diff(q_offsets) > 0)
-        if live.size:  # empty queries own no column, so the live queries' segments tile st's columns
-            best = np.maximum.reduceat(st, q_offsets[live], axis=1)  # (K, live)
-            keep[live] = (best >= threshold).T
+        _, keep = self._k.probe_keep(st, q_offsets, 1, 0.0 if threshold is None else threshold, threshold is not None)
         return keep
 
-    def _exact(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], st: NDArray[np.float32],
+    def _exact(self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], s1: _Stage1,
                sel_offsets: NDArray[np.int64], sel_docs: NDArray[np.int32], k: int,
                clock: _Clock) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Stage 4: exact MaxSim of the selected documents, top ``k``: from tables (no vector decoded,
@@ -280,7 +302,7 @@ class PlaidEngine:
         scores = np.full((nq, k), -np.inf, dtype=np.float32)
         labels = np.full((nq, k), -1, dtype=np.int64)
         if self.exact_stage == "tables":
-            pair = self._exact_tables(qv, q_offsets, st, sel_offsets, sel_docs)
+            pair = self._exact_tables(qv, q_offsets, s1, sel_offsets, sel_docs)
             clock.lap("stage4_tables")
             for q in range(nq):
                 a, b = sel_offsets[q], sel_offsets[q + 1]
@@ -312,16 +334,45 @@ class PlaidEngine:
         return scores, labels
 
 
+def _nibble_table(table: NDArray[np.float32]) -> NDArray[np.float32] | None:
+    """The byte table (residual bytes, 256, dims per byte) as half-byte tables (2 x residual bytes, 16,
+    dims per half): the high half of byte ``b`` at row ``2b``, the low half at ``2b + 1``. None when a
+    byte holds one dimension (8-bit residuals) or its halves do not each decode their own dimensions."""
+    n_res, _, per_byte = table.shape
+    if n_res == 0 or per_byte % 2:
+        return None
+    half = per_byte // 2
+    values = np.arange(256)
+    high, low = table[:, (values >> 4) << 4, :half], table[:, values & 15, half:]
+    if not (np.array_equal(table[:, :, :half], high) and np.array_equal(table[:, :, half:], low)):
+        return None  # the bits of a dimension are not where MSB-first packing puts them
+    out = np.stack([table[:, ::16, :half], table[:, :16, half:]], axis=1)  # (n_res, 2, 16, half)
+    return np.ascontiguousarray(out.reshape(2 * n_res, 16, half), dtype=np.float32)
+
+
+class _Stage1(NamedTuple):
+    """Stage 1's centroid scores, read by every later stage: ``st`` (K, ld) holds query vector
+    i's score against centroid c at ``[c, i]`` (columns past the batch's vectors are zero) and is
+    a view of ``flat``, which has a lane width of padding after it (the kernels read whole lane
+    widths from a row)."""
+
+    st: NDArray[np.float32]
+    flat: NDArray[np.float32]
+
+
 def _best(exact: NDArray[np.float32], docs: NDArray[np.int32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """The top ``k`` of one query's exact scores of ``docs``: (scores, rows), ``-inf`` / ``-1`` padded."""
     s, local = top_k(exact[None, :], k)
     return s[0], np.where(local[0] >= 0, docs[np.maximum(local[0], 0)], -1)
 
 
-# Below these sizes a kernel runs on the calling thread alone: waking the pool costs more than it
-# saves, and far more on a machine whose cores are shared (a parallel region waits for its slowest thread).
-_PARALLEL_WORK = 1 << 20  # centroid scores scanned by the probe
-_PARALLEL_DOCS = 2048  # (query, document) pairs in a centroid interaction
+# Below these sizes a kernel runs on the calling thread alone: waking the pool costs more than it saves.
+# Every stage runs on Numba's pool, stage 1's matmul included: when it was a BLAS call, OpenBLAS's
+# workers kept spinning after it and the next parallel region waited for the cores they held, so
+# batch-1 searches had to stay on one thread (docs/BENCHMARKS.md section 4).
+_PARALLEL_DOCS = 256  # (query, document) pairs in a centroid interaction
+_PARALLEL_EXACT = 32  # (query, document) pairs scored exactly from tables
+_PARALLEL_FLOPS = 1 << 21  # multiply-adds of stage 1's matmul
 
 
 @contextmanager

@@ -311,16 +311,23 @@ def test_concurrent_searches_agree_with_serial_ones(data) -> None:
     assert failures == []
 
 
+@pytest.mark.parametrize("half_bytes", [True, False])
 @pytest.mark.parametrize("spec", ["KMeans32r2", "KMeans300r4", "KMeans32", "KMeans32r1", "KMeans300r8"])
-def test_table_stage4_equals_decoding(spec) -> None:
+def test_table_stage4_equals_decoding(spec, half_bytes) -> None:
     """Stage 4 from tables (the default: no vector decoded) gives the scores of decoding then MaxSim,
-    for 1- and 2-byte ids, every residual width, none, and queries longer than one 16-lane step."""
+    for 1- and 2-byte ids, every residual width, none, half-byte and whole-byte tables, and queries
+    of 1 to 39 vectors (one to five 8-lane steps, remainders included)."""
+    from indexes.plaid import _nibble_table
+
     rng = np.random.default_rng(5)
     docs = _collection(rng, 400)
     queries = _collection(rng, 7, lo=1, hi=40, prefix="q")
     index = MultiVectorIndex(D, spec=spec).add(docs)
     engine = index.plaid_engine()
     assert engine.exact_stage == "tables"
+    bits = index.codec.residual_bits
+    assert (engine.nibble_table is not None) == (bits in (1, 2, 4))  # 8-bit residuals: one dimension a byte
+    engine.nibble_table = _nibble_table(engine.table) if half_bytes else None
     everything = {"nprobe": index.codec.k, "centroid_score_threshold": None, "ndocs": 10_000}
     tables = index.search(queries, 10, params=everything)
     engine.exact_stage = "decode"
@@ -329,3 +336,39 @@ def test_table_stage4_equals_decoding(spec) -> None:
     assert tables.doc_ids == decoded.doc_ids
     np.testing.assert_allclose(tables.scores, decoded.scores, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(tables.scores, -np.sort(-brute, axis=1)[:, :10], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_half_byte_tables_add_up_to_the_byte_table(bits) -> None:
+    """Each byte value's residual is its high half's row followed by its low half's row."""
+    from indexes.plaid import _nibble_table
+
+    rng = np.random.default_rng(bits)
+    index = MultiVectorIndex(D, spec=f"KMeans32r{bits}").add(_collection(rng, 60))
+    table = index.plaid_engine().table  # (bytes, 256, dims per byte)
+    halves = _nibble_table(table)
+    assert halves is not None and halves.shape == (2 * table.shape[0], 16, table.shape[2] // 2)
+    values = np.arange(256)
+    rebuilt = np.concatenate([halves[0::2][:, values >> 4], halves[1::2][:, values & 15]], axis=2)
+    np.testing.assert_array_equal(rebuilt, table)
+    assert _nibble_table(np.zeros((3, 256, 1), np.float32)) is None  # one dimension per byte
+    assert _nibble_table(rng.standard_normal((3, 256, 2)).astype(np.float32)) is None  # halves not separable
+
+
+@pytest.mark.parametrize("k,d,tq", [(1, 1, 1), (7, 5, 3), (33, 16, 8), (100, 24, 37), (4099, 128, 32), (300, 64, 650)])
+def test_stage1_scores_kernel_equals_numpy(k, d, tq) -> None:
+    """Stage 1's matmul on Numba's threads: whole blocks of 8 centroids and the last ones alone,
+    one to four 8-lane groups and longer rows; columns past the queries are zero."""
+    from indexes._plaid_simd import centroid_scores, width
+
+    rng = np.random.default_rng(k + d + tq)
+    cents = rng.standard_normal((k, d)).astype(np.float32)
+    q = rng.standard_normal((tq, d)).astype(np.float32)
+    ld = width(np.array([0, tq]))
+    qt = np.zeros((d, ld), np.float32)
+    qt[:, :tq] = q.T
+    out = np.full(k * ld + 8, np.nan, np.float32)
+    centroid_scores(cents.reshape(-1), d, qt.reshape(-1), ld, out)
+    got = out[: k * ld].reshape(k, ld)
+    np.testing.assert_allclose(got[:, :tq], cents.astype(np.float64) @ q.T.astype(np.float64), rtol=1e-4, atol=1e-4)
+    assert (got[:, tq:] == 0).all() and np.isnan(out[k * ld :]).all()  # nothing written past the rows
