@@ -17,8 +17,8 @@ import numpy as np
 from indexes._plaid_simd import centroid_rows, table_rows
 
 __all__ = [
-    "build_lists", "centroid_interaction", "decode_docs", "doc_candidates", "lut_exact_maxsim", "probe_keep",
-    "select_top",
+    "build_lists", "centroid_interaction", "decode_docs", "doc_candidates", "inverse_lengths", "lut_exact_maxsim",
+    "probe_keep", "select_top",
 ]
 
 _jit = numba.njit(cache=True, nogil=True)
@@ -204,15 +204,16 @@ def select_top(cand_offsets: Any, cand_docs: Any, approx: Any, ndocs: int) -> tu
 
 @_pjit
 def decode_docs(
-    codes: Any, offsets: Any, docs: Any, centroids: Any, table: Any, id_bytes: int,
+    codes: Any, offsets: Any, docs: Any, centroids: Any, table: Any, id_bytes: int, scales: Any,
 ) -> tuple[Any, Any]:  # pragma: no cover - compiled
     """Decode the vectors of documents ``docs``: centroid plus residual, through a per-byte table.
 
     ``codes`` (T, code_size) uint8, ``offsets`` the documents' vector ranges, ``centroids``
     (k, d), ``table`` (residual_bytes, 256, dims per byte) float32 (residual_bytes 0 when the
     codes hold no residual; dimensions past d in the last byte are padding and skipped).
-    Returns the decoded (sum of lengths, d) float32 vectors, documents back to back, and
-    their offsets. Documents run in parallel.
+    ``scales`` (T,) multiplies each decoded vector (empty: none). Returns the decoded
+    (sum of lengths, d) float32 vectors, documents back to back, and their offsets. Documents
+    run in parallel.
     """
     m = docs.shape[0]
     dim = centroids.shape[1]
@@ -238,14 +239,46 @@ def decode_docs(
                 v = codes[t, id_bytes + b]
                 for j in range(min(per_byte, dim - b * per_byte)):
                     out[w, b * per_byte + j] += table[b, v, j]
+            if scales.shape[0]:
+                for j in range(dim):
+                    out[w, j] *= scales[t]
             w += 1
     return out, out_offsets
+
+
+@_pjit
+def inverse_lengths(codes: Any, centroids: Any, table: Any, id_bytes: int) -> Any:  # pragma: no cover - compiled
+    """``1 / |decoded vector|`` of every code (1 for a zero vector), without decoding into memory.
+
+    ``|c + r|^2 = |c|^2 + sum_j r_j (2 c_j + r_j)`` accumulated over the residual bytes through
+    ``table`` (residual bytes, 256, dims per byte); dimensions past ``d`` in the last byte are
+    padding and skipped. Vectors run in parallel.
+    """
+    t_count = codes.shape[0]
+    k, dim = centroids.shape
+    n_bytes, per_byte = table.shape[0], table.shape[2]
+    sq = np.empty(k, np.float64)
+    for c in range(k):
+        sq[c] = np.sum(centroids[c].astype(np.float64) ** 2)
+    out = np.empty(t_count, np.float32)
+    for t in numba.prange(t_count):
+        c = np.int64(codes[t, 0])
+        if id_bytes == 2:
+            c += np.int64(codes[t, 1]) << 8
+        total = sq[c]
+        for b in range(n_bytes):
+            v = codes[t, id_bytes + b]
+            for j in range(min(per_byte, dim - b * per_byte)):
+                r = np.float64(table[b, v, j])
+                total += r * (2.0 * centroids[c, b * per_byte + j] + r)
+        out[t] = 1.0 / np.sqrt(total) if total > 0 else 1.0
+    return out
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def lut_exact_maxsim(
     tables: Any, w: int, scores: Any, tq: int, r_base: Any, q_offsets: Any, cand_offsets: Any, cand_docs: Any,
-    codes: Any, code_size: int, offsets: Any, id_bytes: int, nibbles: bool,
+    codes: Any, code_size: int, offsets: Any, id_bytes: int, nibbles: bool, scales: Any,
 ) -> Any:  # pragma: no cover - compiled
     """Exact MaxSim of every (query, candidate) pair from tables, without decoding a vector.
 
@@ -258,8 +291,9 @@ def lut_exact_maxsim(
     (2 x residual bytes, 16, ``w``): each byte read as two half-bytes, high half first, twice the
     rows per vector but a 16th of the table, which then stays in the core's L2 cache (393 KB for
     384-d, 2 bits, 32 query vectors, against 3 MB for whole bytes). ``codes`` is the flat
-    (T x ``code_size``) uint8 codes. The running maximum is kept per query vector. Pairs run in
-    parallel.
+    (T x ``code_size``) uint8 codes; ``scales`` (T,) multiplies each stored vector's inner
+    products (its inverse decoded length, for codecs that decode to unit length) or is empty
+    for none. The running maximum is kept per query vector. Pairs run in parallel.
     """
     nq = q_offsets.shape[0] - 1
     n_res = code_size - id_bytes
@@ -282,7 +316,8 @@ def lut_exact_maxsim(
             c = np.int64(codes[row])
             if id_bytes == 2:
                 c += np.int64(codes[row + 1]) << 8
-            table_rows(tables, codes, row + id_bytes, n_res, base, w, scores, c * tq + q0, best, nibbles)
+            scale = scales[t] if scales.shape[0] else np.float32(1.0)
+            table_rows(tables, codes, row + id_bytes, n_res, base, w, scores, c * tq + q0, scale, best, nibbles)
         total = np.float32(0.0)
         for i in range(lq):
             total += best[i]

@@ -69,13 +69,19 @@ class _IR:
     def vmax(self, a: Any, b: Any) -> Any:
         return self.b.select(self.b.fcmp_ordered(">", a, b), a, b)
 
+    def splat(self, value: Any) -> Any:
+        """A vector of ``LANES`` copies of the float ``value``."""
+        one = self.b.insert_element(ir.Constant(self.vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        return self.b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), mask)
+
     def load_int(self, data: Any, offset: Any) -> Any:
         return self.b.zext(self.b.load(self.b.gep(data, [offset])), self.index)
 
 
 def _table_step(groups: int, nibbles: bool) -> Any:
-    """``step(tables, codes, first, n_res, base, w, init, init_at, best, at)`` for lanes
-    ``at : at + LANES * groups``: ``best = max(best, init[init_at + at :] + sum of the rows)``.
+    """``step(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)`` for lanes
+    ``at : at + LANES * groups``: ``best = max(best, scale * (init[init_at + at :] + sum of the rows))``.
 
     The stored vector's residual bytes are ``codes[first : first + n_res]``; byte ``b`` of value
     ``v`` selects row ``base + (256 b + v) w`` of ``tables`` or, with ``nibbles``, the rows
@@ -86,17 +92,17 @@ def _table_step(groups: int, nibbles: bool) -> Any:
 
     @intrinsic
     def step(typingctx: Any, tables: Any, codes: Any, first: Any, n_res: Any, base: Any, w: Any, init: Any,
-             init_at: Any, best: Any, at: Any) -> Any:  # pragma: no cover - compiled
+             init_at: Any, scale: Any, best: Any, at: Any) -> Any:  # pragma: no cover - compiled
         if not (_flat(tables, types.float32) and _flat(init, types.float32) and _flat(best, types.float32)
                 and _flat(codes, types.uint8)):
             return None
-        sig = types.void(tables, codes, types.intp, types.intp, types.intp, types.intp, init, types.intp, best,
-                         types.intp)
+        sig = types.void(tables, codes, types.intp, types.intp, types.intp, types.intp, init, types.intp,
+                         types.float32, best, types.intp)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             tab, code, start, dst = (context.make_array(signature.args[i])(context, builder, args[i]).data
-                                     for i in (0, 1, 6, 8))
-            _, _, first_, n_res_, base_, w_, _, init_at_, _, at_ = args
+                                     for i in (0, 1, 6, 9))
+            _, _, first_, n_res_, base_, w_, _, init_at_, scale_, _, at_ = args
             x = _IR(builder, first_.type)
             zero = ir.Constant(x.vector, [0.0] * LANES)
             accs = [[cgutils.alloca_once_value(builder, x.vload(start, x.add(init_at_, at_, x.const(LANES * g)))),
@@ -124,8 +130,9 @@ def _table_step(groups: int, nibbles: bool) -> Any:
                     add_row(1, byte_row(builder.add(b, x.const(1))))
                 with cgutils.for_range_slice(builder, pairs, n_res_, x.const(1), inc=True) as (b, _):
                     add_row(0, byte_row(b))
+            scales = x.splat(scale_)
             for g in range(groups):
-                total = builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1]))
+                total = builder.fmul(builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1])), scales)
                 ptr = x.vptr(dst, builder.add(at_, x.const(LANES * g)))
                 builder.store(x.vmax(total, builder.load(ptr, align=4)), ptr, align=4)
             return context.get_dummy_value()
@@ -194,7 +201,6 @@ def _dot_step(rows: int, groups: int) -> Any:
             _, c_at_, d_, _, ldq_, _, out_at_, ldo_, at_ = args
             x = _IR(builder, d_.type)
             zero = ir.Constant(x.vector, [0.0] * LANES)
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(groups)] for _ in range(rows)]
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(x.vector, [x.vector] * 3),
                                                  f"llvm.fma.v{LANES}f32")
@@ -202,9 +208,7 @@ def _dot_step(rows: int, groups: int) -> Any:
                 qrow = x.add(builder.mul(j, ldq_), at_)
                 lanes = [x.vload(q, builder.add(qrow, x.const(LANES * g))) for g in range(groups)]
                 for r in range(rows):
-                    value = builder.load(builder.gep(cen, [x.add(c_at_, builder.mul(x.const(r), d_), j)]))
-                    one = builder.insert_element(ir.Constant(x.vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-                    wide = builder.shuffle_vector(one, ir.Constant(x.vector, ir.Undefined), mask)
+                    wide = x.splat(builder.load(builder.gep(cen, [x.add(c_at_, builder.mul(x.const(r), d_), j)])))
                     for g in range(groups):
                         builder.store(builder.call(fma, [wide, lanes[g], builder.load(accs[r][g])]), accs[r][g])
             for r in range(rows):
@@ -228,31 +232,31 @@ _mx1, _mx2, _mx3, _mx4 = _MX
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def table_rows(tables: Any, codes: Any, first: int, n_res: int, base: int, w: int, init: Any, init_at: int,
-               best: Any, nibbles: bool) -> None:  # pragma: no cover - compiled
+               scale: float, best: Any, nibbles: bool) -> None:  # pragma: no cover - compiled
     """One stored vector's table step (see :func:`_table_step`) over all ``w`` lanes."""
     at = 0
     while at + LANES * _GROUPS <= w:
         if nibbles:
-            _tn4(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tn4(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
         else:
-            _tb4(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tb4(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
         at += LANES * _GROUPS
     rest = (w - at) // LANES
     if rest == 1:
         if nibbles:
-            _tn1(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tn1(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
         else:
-            _tb1(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tb1(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
     elif rest == 2:
         if nibbles:
-            _tn2(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tn2(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
         else:
-            _tb2(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tb2(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
     elif rest == 3:
         if nibbles:
-            _tn3(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tn3(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
         else:
-            _tb3(tables, codes, first, n_res, base, w, init, init_at, best, at)
+            _tb3(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

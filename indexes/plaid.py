@@ -138,6 +138,9 @@ class PlaidEngine:
         self.centroids = np.ascontiguousarray(codec.centroids, dtype=np.float32)
         self.table = codec.byte_table() if codec.residual_bits else np.zeros((0, 256, 1), np.float32)
         self.nibble_table = _nibble_table(self.table)
+        #: each vector's inverse decoded length when the codec decodes to unit length (else empty)
+        self.scales = (kernels.inverse_lengths(self.codes, self.centroids, self.table, codec.id_bytes)
+                       if codec.unit and self.codes.shape[0] else np.zeros(0, np.float32))
         cids = codec.ids(self.codes).astype(np.uint16) if self.codes.shape[0] else np.zeros(0, np.uint16)
         self.doc_offsets, self.doc_cents, self.list_offsets, self.list_docs = kernels.build_lists(
             cids, self.offsets, codec.k)
@@ -148,7 +151,7 @@ class PlaidEngine:
     def memory_bytes(self) -> int:
         """Bytes of the derived arrays (the codes themselves are counted by the index)."""
         return int(self.doc_offsets.nbytes + self.doc_cents.nbytes + self.list_offsets.nbytes
-                   + self.list_docs.nbytes + self.lengths.nbytes)
+                   + self.list_docs.nbytes + self.lengths.nbytes + self.scales.nbytes)
 
     # ------------------------------------------------------------------ search
     def search(
@@ -161,10 +164,34 @@ class PlaidEngine:
         documents than are scored exactly (``max(k, ndocs // 4)``), stages 1-3 are skipped and
         those documents are scored exactly.
         ``timings``, when given, receives the seconds spent in each stage.
+
+        A batch whose stage-1 scores would exceed :data:`SCORES_BYTES` goes through in groups of
+        queries that stay under it (at least one query each): the scores are read at random by
+        every later stage, and a smaller block stays in cache and is not faulted in anew.
         """
         clock = _Clock(timings)
         qv = np.ascontiguousarray(qv, dtype=np.float32)
         q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
+        nq = q_offsets.shape[0] - 1
+        per_vector = 4 * self.centroids.shape[0]
+        if nq > 1 and per_vector * qv.shape[0] > SCORES_BYTES:
+            scores = np.full((nq, k), -np.inf, dtype=np.float32)
+            labels = np.full((nq, k), -1, dtype=np.int64)
+            q0 = 0
+            while q0 < nq:  # the most queries whose vectors' scores fit, at least one
+                fits = np.searchsorted(q_offsets, q_offsets[q0] + SCORES_BYTES // per_vector, side="right") - 1
+                q1 = min(nq, max(q0 + 1, int(fits)))
+                part = q_offsets[q0 : q1 + 1]
+                scores[q0:q1], labels[q0:q1] = self._search(qv[part[0] : part[-1]], part - part[0], k, params,
+                                                            allowed, clock)
+                q0 = q1
+            return scores, labels
+        return self._search(qv, q_offsets, k, params, allowed, clock)
+
+    def _search(
+        self, qv: NDArray[np.float32], q_offsets: NDArray[np.int64], k: int, params: PlaidParams,
+        allowed: NDArray[np.bool_] | None, clock: _Clock,
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         nq = q_offsets.shape[0] - 1
         ndocs, n_exact = params.budget(k)
         s1 = self._centroid_scores(qv, q_offsets)  # stage 1's matmul, reused by stages 2-4
@@ -284,7 +311,7 @@ class PlaidEngine:
                 out[c0:c1] = self._k.lut_exact_maxsim(
                     flat, w, s1.flat, s1.st.shape[1], r_base, q_offsets[g0 : g1 + 1], sel_offsets[g0 : g1 + 1] - c0,
                     np.ascontiguousarray(sel_docs[c0:c1]), codes, self.codes.shape[1], self.offsets,
-                    self.codec.id_bytes, nibbles)
+                    self.codec.id_bytes, nibbles, self.scales)
         return out
 
     def _kept_centroids(self, st: NDArray[np.float32], q_offsets: NDArray[np.int64],
@@ -313,7 +340,7 @@ class PlaidEngine:
         union = np.unique(sel_docs).astype(np.int32)
         with _threads(union.size >= 256):
             vectors, vec_offsets = self._k.decode_docs(self.codes, self.offsets, union, self.centroids, self.table,
-                                                       self.codec.id_bytes)
+                                                       self.codec.id_bytes, self.scales)
         clock.lap("stage4_decode")
         for q in range(nq):  # one BLAS product per query over its ndocs documents' vectors
             docs = sel_docs[sel_offsets[q] : sel_offsets[q + 1]]
@@ -373,6 +400,8 @@ def _best(exact: NDArray[np.float32], docs: NDArray[np.int32], k: int) -> tuple[
 _PARALLEL_DOCS = 256  # (query, document) pairs in a centroid interaction
 _PARALLEL_EXACT = 32  # (query, document) pairs scored exactly from tables
 _PARALLEL_FLOPS = 1 << 21  # multiply-adds of stage 1's matmul
+#: Stage-1 scores of one pass through the stages at most (K x query vectors x 4 bytes).
+SCORES_BYTES = 16 << 20
 
 
 @contextmanager

@@ -372,3 +372,24 @@ def test_stage1_scores_kernel_equals_numpy(k, d, tq) -> None:
     got = out[: k * ld].reshape(k, ld)
     np.testing.assert_allclose(got[:, :tq], cents.astype(np.float64) @ q.T.astype(np.float64), rtol=1e-4, atol=1e-4)
     assert (got[:, tq:] == 0).all() and np.isnan(out[k * ld :]).all()  # nothing written past the rows
+
+
+@pytest.mark.parametrize("budget", [1, 4 * K * 7])
+def test_a_batch_split_by_the_scores_budget_gives_the_same_hits(data, monkeypatch, budget) -> None:
+    """Batches whose stage-1 scores exceed the budget go through in groups of queries (one
+    query each when a single query exceeds it): same results as one pass."""
+    from indexes import plaid
+
+    _, queries, index = data
+    params = {"nprobe": 2, "centroid_score_threshold": 0.2, "ndocs": 16}
+    want = index.search(queries, k=5, params=params)
+    calls: list[int] = []
+    engine = index.plaid_engine()
+    one_pass = engine._search
+    monkeypatch.setattr(plaid, "SCORES_BYTES", budget)
+    monkeypatch.setattr(engine, "_search", lambda qv, qo, *a: calls.append(len(qo) - 1) or one_pass(qv, qo, *a))
+    got = index.search(queries, k=5, params=params)
+    assert sum(calls) == len(queries) and len(calls) > 1
+    assert max(calls) == 1 if budget == 1 else max(calls) > 1
+    assert got.doc_ids == want.doc_ids
+    np.testing.assert_array_equal(got.scores, want.scores)

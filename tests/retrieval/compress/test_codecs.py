@@ -145,7 +145,33 @@ def test_residual_decoding_table_matches_bit_unpacking(bits: int, dim: int, rng:
     codes = q.encode(x)
     buckets = _unpack(codes[:, 1:], bits, dim)
     slow = q.centroids[q.ids(codes)] + q.levels[np.arange(dim)[None, :], buckets]
+    assert q.unit  # unit-length training data: decoded vectors are scaled back to unit length
+    slow /= np.linalg.norm(slow, axis=1, keepdims=True)
     np.testing.assert_allclose(q.decode(codes), slow, rtol=1e-6, atol=1e-6)
+
+
+def test_unit_decoding_is_chosen_from_the_data_and_saved(rng: np.random.Generator) -> None:
+    from retrieval.compress.spec import codec_from_state
+    from retrieval.errors import IndexFormatError
+
+    x = _unit(rng, 600, 16)
+    q = PatchKMeans(16, k=8, residual_bits=2, niter=3).fit(x)
+    decoded = q.decode(q.encode(x))
+    np.testing.assert_allclose(np.linalg.norm(decoded, axis=1), 1.0, atol=1e-5)
+    raw = PatchKMeans(16, k=8, residual_bits=2, niter=3)
+    raw.load_state({k: v for k, v in q.state().items() if k != "unit"})  # saved before the flag existed
+    assert not raw.unit
+    unscaled = raw.decode(q.encode(x))
+    np.testing.assert_allclose(decoded, unscaled / np.linalg.norm(unscaled, axis=1, keepdims=True), atol=1e-6)
+    # the reconstruction of unit vectors gets closer (on average), the codes stay the same
+    assert np.linalg.norm(decoded - x, axis=1).mean() < np.linalg.norm(unscaled - x, axis=1).mean()
+    again = codec_from_state(q.spec, 16, q.state())
+    assert again.unit and np.array_equal(again.decode(q.encode(x)), decoded)
+    assert not PatchKMeans(16, k=8, residual_bits=2, niter=3).fit(3 * x).unit  # not unit length
+    assert not PatchKMeans(16, k=8, niter=3).fit(x).unit  # no residual: a centroid is already unit length
+    for bad in (np.zeros(1, np.float32), np.ones(2, np.float32), np.ones(1, np.float64)):
+        with pytest.raises(IndexFormatError, match="unit"):
+            PatchKMeans(16, k=8, residual_bits=2).load_state({**q.state(), "unit": bad})
 
 
 def _clustered(rng: np.random.Generator, n: int, d: int, groups: int) -> np.ndarray:
