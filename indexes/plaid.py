@@ -242,7 +242,7 @@ class PlaidEngine:
                    allowed: NDArray[np.bool_] | None = None) -> list[NDArray[np.int32]]:
         """Stage 1's candidate documents of each query (ascending rows)."""
         q_offsets = np.ascontiguousarray(q_offsets, dtype=np.int64)
-        st = self.centroids @ np.ascontiguousarray(qv, dtype=np.float32).T
+        st = self._centroid_scores(np.ascontiguousarray(qv, dtype=np.float32), q_offsets).st
         probed, _ = self._k.probe_keep(st, q_offsets, min(nprobe, self.codec.k), 0.0, False)
         mask = np.zeros(0, np.bool_) if allowed is None else np.ascontiguousarray(allowed, dtype=np.bool_)
         offs, docs = self._k.doc_candidates(probed, q_offsets, self.list_offsets, self.list_docs, mask, self.n_docs)
