@@ -5,9 +5,9 @@ multiple of :data:`LANES`) for many stored rows: stage 2 and 3 take the running 
 centroid score rows, stage 4 sums table rows. Written as plain Numba loops over the lanes, LLVM
 leaves them scalar or wraps them in alias checks (see :mod:`indexes._binary_kernels`), so each
 step here is a few lines of LLVM IR that work on ``LANES``-float vectors, with the row offsets
-computed in registers. A factory makes one intrinsic per number of vector groups (1-4: up to 32
-lanes per call) so that every accumulator stays in a register; :func:`table_rows` and
-:func:`centroid_rows` cover any width with them.
+computed in registers. Each step takes a number of vector groups (1-4: up to 32 lanes per call)
+and holds one branch of code per count, so that every running sum stays in a register;
+:func:`table_rows` and :func:`centroid_rows` cover any width with them.
 
 Rows are read ``w`` floats at a time from their start, so the arrays they are read from must
 hold ``w`` readable floats after their last row start (the engine pads the centroid scores).
@@ -79,31 +79,46 @@ class _IR:
         return self.b.zext(self.b.load(self.b.gep(data, [offset])), self.index)
 
 
-def _table_step(groups: int, nibbles: bool) -> Any:
-    """``step(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)`` for lanes
-    ``at : at + LANES * groups``: ``best = max(best, scale * (init[init_at + at :] + sum of the rows))``.
+def _cases(builder: Any, value: Any, bodies: dict[int, Any]) -> None:
+    """``switch (value)``: one block per ``bodies`` key running that body's code, then on."""
+    end = builder.append_basic_block("cases.end")
+    switch = builder.switch(value, end)
+    for key, body in bodies.items():
+        block = builder.append_basic_block(f"case.{key}")
+        switch.add_case(ir.Constant(value.type, key), block)
+        builder.position_at_end(block)
+        body()
+        builder.branch(end)
+    builder.position_at_end(end)
+
+
+@intrinsic
+def _table_step(typingctx: Any, tables: Any, codes: Any, first: Any, n_res: Any, base: Any, w: Any, init: Any,
+                init_at: Any, scale: Any, best: Any, at: Any, groups: Any, nibbles: Any) -> Any:  # pragma: no cover
+    """``(tables, codes, first, n_res, base, w, init, init_at, scale, best, at, groups, nibbles)``:
+    for lanes ``at : at + LANES * groups`` (``groups`` 1-4), ``best = max(best, scale *
+    (init[init_at + at :] + sum of the rows))``.
 
     The stored vector's residual bytes are ``codes[first : first + n_res]``; byte ``b`` of value
     ``v`` selects row ``base + (256 b + v) w`` of ``tables`` or, with ``nibbles``, the rows
     ``base + (32 b + (v >> 4)) w`` and ``base + (32 b + 16 + (v & 15)) w``. Each group keeps
     two running sums (high and low half-byte rows, or even and odd bytes), so that consecutive
-    additions do not wait on each other.
+    additions do not wait on each other. The code has one branch per (groups, nibbles), each
+    with its sums in registers.
     """
+    if not (_flat(tables, types.float32) and _flat(init, types.float32) and _flat(best, types.float32)
+            and _flat(codes, types.uint8)):
+        return None
+    sig = types.void(tables, codes, types.intp, types.intp, types.intp, types.intp, init, types.intp,
+                     types.float32, best, types.intp, types.intp, types.boolean)
 
-    @intrinsic
-    def step(typingctx: Any, tables: Any, codes: Any, first: Any, n_res: Any, base: Any, w: Any, init: Any,
-             init_at: Any, scale: Any, best: Any, at: Any) -> Any:  # pragma: no cover - compiled
-        if not (_flat(tables, types.float32) and _flat(init, types.float32) and _flat(best, types.float32)
-                and _flat(codes, types.uint8)):
-            return None
-        sig = types.void(tables, codes, types.intp, types.intp, types.intp, types.intp, init, types.intp,
-                         types.float32, best, types.intp)
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        tab, code, start, dst = (context.make_array(signature.args[i])(context, builder, args[i]).data
+                                 for i in (0, 1, 6, 9))
+        _, _, first_, n_res_, base_, w_, _, init_at_, scale_, _, at_, groups_, nibbles_ = args
+        x = _IR(builder, first_.type)
 
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            tab, code, start, dst = (context.make_array(signature.args[i])(context, builder, args[i]).data
-                                     for i in (0, 1, 6, 9))
-            _, _, first_, n_res_, base_, w_, _, init_at_, scale_, _, at_ = args
-            x = _IR(builder, first_.type)
+        def body(groups: int, nibbles: bool) -> None:
             zero = ir.Constant(x.vector, [0.0] * LANES)
             accs = [[cgutils.alloca_once_value(builder, x.vload(start, x.add(init_at_, at_, x.const(LANES * g)))),
                      cgutils.alloca_once_value(builder, zero)] for g in range(groups)]
@@ -135,35 +150,38 @@ def _table_step(groups: int, nibbles: bool) -> Any:
                 total = builder.fmul(builder.fadd(builder.load(accs[g][0]), builder.load(accs[g][1])), scales)
                 ptr = x.vptr(dst, builder.add(at_, x.const(LANES * g)))
                 builder.store(x.vmax(total, builder.load(ptr, align=4)), ptr, align=4)
-            return context.get_dummy_value()
 
-        return sig, codegen
+        variant = builder.add(builder.mul(groups_, x.const(2)), builder.zext(nibbles_, groups_.type))
+        _cases(builder, variant, {2 * g + n: (lambda g=g, n=n: body(g, bool(n)))
+                                  for g in range(1, _GROUPS + 1) for n in (0, 1)})
+        return context.get_dummy_value()
 
-    return step
+    return sig, codegen
 
 
-def _max_step(groups: int) -> Any:
-    """``step(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at) -> kept`` for lanes
-    ``at : at + LANES * groups``: ``best = max(best, scores[c * tq + q0 + at :])`` over the
-    centroids ``c`` of ``cents[j0:j1]`` whose ``keep[keep_at + c]`` is True; returns how many were."""
+@intrinsic
+def _max_step(typingctx: Any, best: Any, scores: Any, tq: Any, q0: Any, cents: Any, j0: Any, j1: Any, keep: Any,
+              keep_at: Any, at: Any, groups: Any) -> Any:  # pragma: no cover - compiled
+    """``(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at, groups) -> kept``: for lanes
+    ``at : at + LANES * groups`` (``groups`` 1-4), ``best = max(best, scores[c * tq + q0 + at :])``
+    over the centroids ``c`` of ``cents[j0:j1]`` whose ``keep[keep_at + c]`` is True; returns how
+    many were."""
+    if not (_flat(best, types.float32) and _flat(scores, types.float32) and _flat(cents, types.uint16)
+            and _flat(keep, types.boolean)):
+        return None
+    sig = types.intp(best, scores, types.intp, types.intp, cents, types.intp, types.intp, keep, types.intp,
+                     types.intp, types.intp)
 
-    @intrinsic
-    def step(typingctx: Any, best: Any, scores: Any, tq: Any, q0: Any, cents: Any, j0: Any, j1: Any, keep: Any,
-             keep_at: Any, at: Any) -> Any:  # pragma: no cover - compiled
-        if not (_flat(best, types.float32) and _flat(scores, types.float32) and _flat(cents, types.uint16)
-                and _flat(keep, types.boolean)):
-            return None
-        sig = types.intp(best, scores, types.intp, types.intp, cents, types.intp, types.intp, keep, types.intp,
-                         types.intp)
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        dst, src, cent, kept = (context.make_array(signature.args[i])(context, builder, args[i]).data
+                                for i in (0, 1, 4, 7))
+        _, _, tq_, q0_, _, j0_, j1_, _, keep_at_, at_, groups_ = args
+        x = _IR(builder, tq_.type)
+        count = cgutils.alloca_once_value(builder, x.const(0))
 
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            dst, src, cent, kept = (context.make_array(signature.args[i])(context, builder, args[i]).data
-                                    for i in (0, 1, 4, 7))
-            _, _, tq_, q0_, _, j0_, j1_, _, keep_at_, at_ = args
-            x = _IR(builder, tq_.type)
+        def body(groups: int) -> None:
             accs = [cgutils.alloca_once_value(builder, x.vload(dst, builder.add(at_, x.const(LANES * g))))
                     for g in range(groups)]
-            count = cgutils.alloca_once_value(builder, x.const(0))
             with cgutils.for_range_slice(builder, j0_, j1_, x.const(1), inc=True) as (j, _):
                 c = x.load_int(cent, j)
                 flag = builder.load(builder.gep(kept, [builder.add(keep_at_, c)]))
@@ -175,35 +193,41 @@ def _max_step(groups: int) -> Any:
                         builder.store(x.vmax(new, builder.load(accs[g])), accs[g])
             for g in range(groups):
                 builder.store(builder.load(accs[g]), x.vptr(dst, builder.add(at_, x.const(LANES * g))), align=4)
-            return builder.load(count)
 
-        return sig, codegen
+        _cases(builder, groups_, {g: (lambda g=g: body(g)) for g in range(1, _GROUPS + 1)})
+        return builder.load(count)
 
-    return step
+    return sig, codegen
 
 
-def _dot_step(rows: int, groups: int) -> Any:
-    """``step(cents, c_at, d, qt, ldq, out, out_at, ldo, at)``: for ``rows`` centroids (``d`` floats
-    each, from ``cents[c_at]``) and lanes ``at : at + LANES * groups`` of the (d, ``ldq``) transposed
-    queries ``qt``, ``out[out_at + r * ldo + at :] = centroid r . qt[:, lanes]``. Every one of the
-    ``rows x groups`` sums is its own register (one fused multiply-add per dimension each), so the
+#: Centroids per step of the stage-1 product (the last ones of a matrix go one at a time).
+_BLOCK = 8
+
+
+@intrinsic
+def _dot_step(typingctx: Any, cents: Any, c_at: Any, d: Any, qt: Any, ldq: Any, out: Any, out_at: Any, ldo: Any,
+              at: Any, groups: Any, block: Any) -> Any:  # pragma: no cover - compiled
+    """``(cents, c_at, d, qt, ldq, out, out_at, ldo, at, groups, block)``: for :data:`_BLOCK`
+    centroids (``block``) or one, ``d`` floats each from ``cents[c_at]``, and lanes ``at : at +
+    LANES * groups`` (``groups`` 1-4) of the (d, ``ldq``) transposed queries ``qt``,
+    ``out[out_at + r * ldo + at :] = centroid r . qt[:, lanes]``. Every one of the ``rows x
+    groups`` sums is its own register (one fused multiply-add per dimension each), so the
     centroid floats are read once per call and the query lanes once per dimension."""
+    if not (_flat(cents, types.float32) and _flat(qt, types.float32) and _flat(out, types.float32)):
+        return None
+    sig = types.void(cents, types.intp, types.intp, qt, types.intp, out, types.intp, types.intp, types.intp,
+                     types.intp, types.boolean)
 
-    @intrinsic
-    def step(typingctx: Any, cents: Any, c_at: Any, d: Any, qt: Any, ldq: Any, out: Any, out_at: Any, ldo: Any,
-             at: Any) -> Any:  # pragma: no cover - compiled
-        if not (_flat(cents, types.float32) and _flat(qt, types.float32) and _flat(out, types.float32)):
-            return None
-        sig = types.void(cents, types.intp, types.intp, qt, types.intp, out, types.intp, types.intp, types.intp)
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        cen, q, dst = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 5))
+        _, c_at_, d_, _, ldq_, _, out_at_, ldo_, at_, groups_, block_ = args
+        x = _IR(builder, d_.type)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(x.vector, [x.vector] * 3),
+                                             f"llvm.fma.v{LANES}f32")
 
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            cen, q, dst = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 5))
-            _, c_at_, d_, _, ldq_, _, out_at_, ldo_, at_ = args
-            x = _IR(builder, d_.type)
+        def body(rows: int, groups: int) -> None:
             zero = ir.Constant(x.vector, [0.0] * LANES)
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(groups)] for _ in range(rows)]
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(x.vector, [x.vector] * 3),
-                                                 f"llvm.fma.v{LANES}f32")
             with cgutils.for_range_slice(builder, x.const(0), d_, x.const(1), inc=True) as (j, _):
                 qrow = x.add(builder.mul(j, ldq_), at_)
                 lanes = [x.vload(q, builder.add(qrow, x.const(LANES * g))) for g in range(groups)]
@@ -215,19 +239,13 @@ def _dot_step(rows: int, groups: int) -> Any:
                 row = x.add(out_at_, builder.mul(x.const(r), ldo_), at_)
                 for g in range(groups):
                     builder.store(builder.load(accs[r][g]), x.vptr(dst, builder.add(row, x.const(LANES * g))), align=4)
-            return context.get_dummy_value()
 
-        return sig, codegen
+        variant = builder.add(builder.mul(groups_, x.const(2)), builder.zext(block_, groups_.type))
+        _cases(builder, variant, {2 * g + b: (lambda g=g, b=b: body(_BLOCK if b else 1, g))
+                                  for g in range(1, _GROUPS + 1) for b in (0, 1)})
+        return context.get_dummy_value()
 
-    return step
-
-
-_TB = [_table_step(g, False) for g in range(1, _GROUPS + 1)]
-_TN = [_table_step(g, True) for g in range(1, _GROUPS + 1)]
-_MX = [_max_step(g) for g in range(1, _GROUPS + 1)]
-_tb1, _tb2, _tb3, _tb4 = _TB
-_tn1, _tn2, _tn3, _tn4 = _TN
-_mx1, _mx2, _mx3, _mx4 = _MX
+    return sig, codegen
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -235,28 +253,10 @@ def table_rows(tables: Any, codes: Any, first: int, n_res: int, base: int, w: in
                scale: float, best: Any, nibbles: bool) -> None:  # pragma: no cover - compiled
     """One stored vector's table step (see :func:`_table_step`) over all ``w`` lanes."""
     at = 0
-    while at + LANES * _GROUPS <= w:
-        if nibbles:
-            _tn4(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-        else:
-            _tb4(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-        at += LANES * _GROUPS
-    rest = (w - at) // LANES
-    if rest == 1:
-        if nibbles:
-            _tn1(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-        else:
-            _tb1(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-    elif rest == 2:
-        if nibbles:
-            _tn2(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-        else:
-            _tb2(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-    elif rest == 3:
-        if nibbles:
-            _tn3(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
-        else:
-            _tb3(tables, codes, first, n_res, base, w, init, init_at, scale, best, at)
+    while at < w:
+        groups = min(_GROUPS, (w - at) // LANES)
+        _table_step(tables, codes, first, n_res, base, w, init, init_at, scale, best, at, groups, nibbles)
+        at += groups * LANES
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -266,46 +266,11 @@ def centroid_rows(best: Any, scores: Any, tq: int, q0: int, cents: Any, j0: int,
     all ``w`` lanes; returns how many centroids were kept."""
     at = 0
     kept = 0
-    while at + LANES * _GROUPS <= w:
-        kept = _mx4(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at)
-        at += LANES * _GROUPS
-    rest = (w - at) // LANES
-    if rest == 1:
-        kept = _mx1(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at)
-    elif rest == 2:
-        kept = _mx2(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at)
-    elif rest == 3:
-        kept = _mx3(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at)
+    while at < w:
+        groups = min(_GROUPS, (w - at) // LANES)
+        kept = _max_step(best, scores, tq, q0, cents, j0, j1, keep, keep_at, at, groups)
+        at += groups * LANES
     return kept
-
-
-_BLOCK = 8  # centroids per dot step
-_D4 = [_dot_step(_BLOCK, g) for g in range(1, _GROUPS + 1)]
-_D1 = [_dot_step(1, g) for g in range(1, _GROUPS + 1)]
-_d41, _d42, _d43, _d44 = _D4
-_d11, _d12, _d13, _d14 = _D1
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _dot_rows(cents: Any, c_at: int, d: int, qt: Any, ldq: int, out: Any, out_at: int, ldo: int, block: bool,
-              at: int, groups: int) -> None:  # pragma: no cover - compiled
-    if block:
-        if groups == 4:
-            _d44(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-        elif groups == 3:
-            _d43(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-        elif groups == 2:
-            _d42(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-        else:
-            _d41(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-    elif groups == 4:
-        _d14(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-    elif groups == 3:
-        _d13(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-    elif groups == 2:
-        _d12(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
-    else:
-        _d11(cents, c_at, d, qt, ldq, out, out_at, ldo, at)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -327,5 +292,5 @@ def centroid_scores(cents: Any, d: int, qt: Any, ldo: int, out: Any) -> None:  #
             at = 0
             while at < ldo:
                 groups = min(_GROUPS, (ldo - at) // LANES)
-                _dot_rows(cents, c * d, d, qt, ldo, out, c * ldo, ldo, full, at, groups)
+                _dot_step(cents, c * d, d, qt, ldo, out, c * ldo, ldo, at, groups, full)
                 at += groups * LANES
