@@ -123,6 +123,10 @@ class PlaidEngine:
     ----------
     doc_offsets, doc_cents : CSR over documents of their distinct centroid ids (uint16).
     list_offsets, list_docs : CSR over centroids of the documents holding them (int32, ascending).
+    table, nibble_table : the codec's residual byte table and its half-byte form (None when a
+        byte holds one dimension); stage 4 builds each query's tables from the latter when it exists.
+    scales : (T,) float32 inverse decoded length of every vector when the codec decodes to unit
+        length (``codec.unit``), else empty; stage 4 multiplies each vector's scores by it.
     """
 
     def __init__(self, codec: PatchKMeans, codes: NDArray[np.uint8], offsets: NDArray[np.int64]) -> None:
