@@ -29,7 +29,10 @@ Step 3 sweeps ``token_k`` / ``nprobe`` (``--ivf-grid``) and, with ``--kinds hnsw
 token index built over all codes (``--hnsw-grid``; not cached). ``--probe-docs N`` instead
 only times building the ``--kinds`` token indexes other than IVF over the first N documents'
 codes, to size a full build. The codes' ceiling is table MaxSim over every document
-(``token_k`` = every vector), next to the IVF defaults on the same queries.
+(``token_k`` = every vector), next to the IVF defaults (or the ``--ceiling-ivf`` settings) on
+the same queries. ``--token-index-threads N`` builds the token indexes with FAISS at N threads:
+on 2 cores shared with other jobs, FAISS's binary IVF add at 2 threads stalled in OpenMP
+barriers (over 5 minutes for 10M codes, unfinished, against 39 s at 1 thread).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ[_var] = _THREADS
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
@@ -151,9 +155,24 @@ def _bytes_per_token(index: Any) -> float:
     return (index.memory_bytes() - index.ids_memory_bytes()) / index.num_vectors
 
 
-def _cached(corpus: Corpus, cache: Path, name: str, record: Any, **options: Any) -> Any:
+@contextlib.contextmanager
+def _faiss_threads(n: int | None) -> Iterator[int]:
+    """FAISS at ``n`` OpenMP threads inside (None: unchanged); yields the count in force."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n or before)
+    try:
+        yield n or before
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _cached(corpus: Corpus, cache: Path, name: str, record: Any, token_threads: int | None = None,
+            **options: Any) -> Any:
     """The index cached as ``index-NAME``, or built from the stream (recorded) and saved there. A binary
-    index's token index is built before the save (which writes it), timed on its own."""
+    index's token index is built before the save (which writes it), timed on its own, with FAISS at
+    ``token_threads`` threads (default: as set)."""
     from indexes import load_index
     from indexes.build import build_multivector_from_batches
 
@@ -171,9 +190,10 @@ def _cached(corpus: Corpus, cache: Path, name: str, record: Any, **options: Any)
             "build_s": total - corpus.generate_s, "generate_s": corpus.generate_s, "peak_rss_gb": _peak_rss_gb(),
             "bytes_per_token": _bytes_per_token(index)})
     if index.first_stage == "binary":
-        t0 = time.perf_counter()
-        engine = index.binary_engine()
-        record({"step": "token index", "kind": engine.kind, "s": time.perf_counter() - t0,
+        with _faiss_threads(token_threads) as threads:
+            t0 = time.perf_counter()
+            engine = index.binary_engine()
+        record({"step": "token index", "kind": engine.kind, "s": time.perf_counter() - t0, "faiss_threads": threads,
                 "peak_rss_gb": _peak_rss_gb(), "engine_bytes_per_token": engine.memory_bytes() / index.num_vectors})
     t0 = time.perf_counter()
     index.save(path, overwrite=True)
@@ -194,13 +214,15 @@ def _pairs(text: str, kind: str, second: str) -> list[tuple[str, dict[str, Any]]
 def _binary(args: Any, corpus: Corpus, queries: Any, cache: Path, record: Any) -> None:
     """The binary path over the streamed codes: IVF token index (saved with them), other kinds, sweep, ceiling."""
     spec = args.binary
-    index = _cached(corpus, cache, f"{spec}-binary", record, spec=spec, first_stage="binary", binary_index="ivf")
+    index = _cached(corpus, cache, f"{spec}-binary", record, args.token_index_threads, spec=spec,
+                    first_stage="binary", binary_index="ivf")
     truth = _truth(corpus, queries, cache / f"exact-top10-{args.queries}.npy")
     engines = {"ivf": index.binary_engine()}  # read back from the save, or the one just built
     record({"step": "memory", "spec": index.spec, "vectors": index.num_vectors, "nlist": int(engines["ivf"].index.nlist),
             "codes_bytes_per_token": index._codes.shape[1], "bytes_per_token_with_ivf": _bytes_per_token(index)})
     for kind in (k for k in args.kinds if k != "ivf"):
-        engine = _token_engine(index, kind, spec, record, docs=args.probe_docs)
+        with _faiss_threads(args.token_index_threads):
+            engine = _token_engine(index, kind, spec, record, docs=args.probe_docs)
         if args.probe_docs is None:
             engines[kind] = engine
     grid = _pairs(args.ivf_grid, "ivf", "nprobe") + _pairs(args.hnsw_grid, "hnsw", "ef_search")
@@ -208,8 +230,9 @@ def _binary(args: Any, corpus: Corpus, queries: Any, cache: Path, record: Any) -
     if args.ceiling_queries:
         sub = queries.select(np.arange(args.ceiling_queries))
         own = {"token_k": index.binary_params.token_k, "nprobe": index.binary_params.nprobe}
-        for label, params in (("ceiling: table MaxSim over every document", {"token_k": index.num_vectors}),
-                              (f"ivf {own} (the defaults) on the ceiling queries", own)):
+        compare = [(f"ivf {p} on the ceiling queries", p) for _, p in _pairs(args.ceiling_ivf, "ivf", "nprobe")]
+        for label, params in [("ceiling: table MaxSim over every document", {"token_k": index.num_vectors}),
+                              *(compare or [(f"ivf {own} (the defaults) on the ceiling queries", own)])]:
             t0 = time.perf_counter()
             labels = _binary_searcher(index, engines["ivf"], params)(sub)
             record({"step": label, "queries": args.ceiling_queries, "threads": args.threads,
@@ -233,8 +256,13 @@ def main() -> None:
                         help="binary: token indexes (IVF is always built, saved with the index)")
     parser.add_argument("--probe-docs", type=int, default=None, metavar="N",
                         help="binary: only time building the non-IVF --kinds over the first N documents' codes")
+    parser.add_argument("--token-index-threads", type=int, default=None, metavar="N",
+                        help="binary: FAISS threads for building token indexes (default --threads); 2 threads "
+                             "on 2 shared cores can stall in OpenMP barriers")
     parser.add_argument("--ivf-grid", default="16:8,32:8,32:16,32:32,64:16,64:32,128:32",
                         help="binary: token_k:nprobe settings of the IVF sweep")
+    parser.add_argument("--ceiling-ivf", default="", metavar="GRID",
+                        help="binary: token_k:nprobe settings run on the ceiling queries (default: the index's own)")
     parser.add_argument("--hnsw-grid", default="16:64,32:64,32:128,64:128",
                         help="binary: token_k:ef_search settings of the HNSW sweep (with --kinds hnsw)")
     args = parser.parse_args()
