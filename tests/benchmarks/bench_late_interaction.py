@@ -337,21 +337,40 @@ def _load_times(index: Any, engine: Any, kind: str, cache: Path, spec: str, reco
     index.binary_index, index._binary = "ivf", None
 
 
-def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: Path, args: Any, record: Any) -> None:
+def _token_engine(index: Any, kind: str, spec: str, record: Any, *, build_s: float | None = None,
+                  docs: int | None = None) -> Any:
+    """A binary token index of ``kind`` over the sign codes of the index's first ``docs`` documents
+    (default all), built from scratch, timed and recorded."""
     from indexes.binary_ann import BinaryEngine
 
-    index, build_s = _index(spec, docs, cache, first_stage="binary")
     codes = index._codes if index.hamming is index.codec else index._hamming_codes
-    engines, n_lat = {}, args.latency_queries
-    for kind in args.kinds:
-        t0 = time.perf_counter()
-        engines[kind] = BinaryEngine(index.hamming, codes, index._offsets, kind, seed=0)
-        engine_s = time.perf_counter() - t0
-        record({"spec": spec, "engine": f"build {kind}", "build_s": build_s, "engine_s": engine_s,
-                "engine_bytes_per_token": engines[kind].memory_bytes() / index.num_vectors,
-                "codes_bytes_per_token": codes.shape[1]})
-        print(f"{spec}: {kind} token index built in {engine_s:.1f} s, "
-              f"{engines[kind].memory_bytes() / index.num_vectors:.1f} B/token beside the codes", flush=True)
+    offsets = index._offsets[: (len(index) if docs is None else min(docs, len(index))) + 1]
+    codes = codes[: int(offsets[-1])]
+    t0 = time.perf_counter()
+    engine = BinaryEngine(index.hamming, codes, offsets, kind, seed=0)
+    engine_s = time.perf_counter() - t0
+    per_token = engine.memory_bytes() / max(engine.n_vectors, 1)
+    record({"spec": spec, "engine": f"build {kind}", "build_s": build_s, "engine_s": engine_s,
+            "vectors": engine.n_vectors, "engine_bytes_per_token": per_token, "codes_bytes_per_token": codes.shape[1]})
+    print(f"{spec}: {kind} token index over {engine.n_vectors} vectors built in {engine_s:.1f} s, "
+          f"{per_token:.1f} B/token beside the codes", flush=True)
+    return engine
+
+
+def _binary_sweep(index: Any, engines: dict[str, Any], grid: list[tuple[str, dict[str, Any]]], queries: Any,
+                  truth: np.ndarray, n_lat: int, threads: int, spec: str, record: Any) -> None:
+    """One measured row per (token index kind, params) of ``grid`` whose kind is in ``engines``."""
+    for kind, params in [(k, p) for k, p in grid if k in engines]:
+        res = _measure(_binary_searcher(index, engines[kind], params), queries, truth, n_lat=n_lat,
+                       n_qps=min(64, len(queries)))
+        record({"spec": spec, "engine": f"binary {kind} {params}", "kind": kind, "threads": threads, **params,
+                **res})
+
+
+def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: Path, args: Any, record: Any) -> None:
+    index, build_s = _index(spec, docs, cache, first_stage="binary")
+    engines = {kind: _token_engine(index, kind, spec, record, build_s=build_s) for kind in args.kinds}
+    n_lat = args.latency_queries
     for kind in args.kinds:
         _load_times(index, engines[kind], kind, cache, spec, record)
     if args.kernel_baseline and "ivf" in engines:
@@ -375,10 +394,7 @@ def _binary_rows(spec: str, docs: Any, queries: Any, truth: np.ndarray, cache: P
     grid: list[tuple[str, dict[str, Any]]] = [("flat", {"token_k": t}) for t in (16, 64)]
     grid += [("ivf", {"token_k": t, "nprobe": p}) for t in (16, 32, 64) for p in (2, 4, 8, 16)]
     grid += [("hnsw", {"token_k": t, "ef_search": e}) for t in (16, 32, 64) for e in (32, 64, 128)]
-    for kind, params in [(k, p) for k, p in grid if k in engines]:
-        res = _measure(_binary_searcher(index, engines[kind], params), queries, truth, n_lat=n_lat, n_qps=64)
-        record({"spec": spec, "engine": f"binary {kind} {params}", "kind": kind, "threads": args.threads, **params,
-                **res})
+    _binary_sweep(index, engines, grid, queries, truth, n_lat, args.threads, spec, record)
 
 
 FAST_PLAID = "fast-plaid==1.7.0.2110"  # pins torch==2.11.0 (ours is newer): it gets a virtual environment of its own

@@ -2,6 +2,8 @@
 
 Run:  .venv/bin/python tests/benchmarks/bench_late_interaction_10m.py [--docs 100000] [--spec KMeansr4]
       [--threads 2] [--json out.json]
+      .venv/bin/python tests/benchmarks/bench_late_interaction_10m.py --binary BinaryITQ [--kinds ivf hnsw]
+      [--probe-docs 10000] [--ivf-grid 32:16,...] [--threads 2] [--json out.json]
 
 Data: the recipe of ``bench_late_interaction.py`` (100 tokens x 128-d per document from a
 Gaussian mixture with topics, queries of 32 perturbed tokens of one document), generated in
@@ -17,6 +19,20 @@ ever holds the corpus: 100,000 documents are 10M vectors, 5.1 GB as float32.
 3. Search at ``--threads``: recall@10 against the truth, p50 / p95 at batch 1, QPS at batch
    32, for the PLAID defaults and a few settings; the codes' ceiling (every document decoded
    and scored) on ``--ceiling-queries`` queries, with the PLAID defaults on the same queries.
+
+``--binary SPEC`` measures the binary path instead (``first_stage="binary"``, the engine of
+``bench_late_interaction.py --binary``, whose helpers this script imports). Step 1 builds
+the ``SPEC`` codes (e.g. ``BinaryITQ``) from the same stream, then their IVF token index
+(timed on its own: build seconds and peak RSS after it, bytes per token beside the codes),
+and saves both (cached as ``index-SPEC-binary``; a later run reads the token index back).
+Step 3 sweeps ``token_k`` / ``nprobe`` (``--ivf-grid``) and, with ``--kinds hnsw``, an HNSW
+token index built over all codes (``--hnsw-grid``; not cached). ``--probe-docs N`` instead
+only times building the ``--kinds`` token indexes other than IVF over the first N documents'
+codes, to size a full build. The codes' ceiling is table MaxSim over every document
+(``token_k`` = every vector), next to the IVF defaults (or the ``--ceiling-ivf`` settings) on
+the same queries. ``--token-index-threads N`` builds the token indexes with FAISS at N threads:
+on 2 cores shared with other jobs, FAISS's binary IVF add at 2 threads stalled in OpenMP
+barriers (over 5 minutes for 10M codes, unfinished, against 39 s at 1 thread).
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
     os.environ[_var] = _THREADS
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
@@ -39,7 +56,20 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_late_interaction import DIM, DOC_LEN, N_TOPICS, N_WORDS, Q_LEN, TOPIC_WORDS, _measure, _recall, _searcher  # noqa: E402
+from bench_late_interaction import (  # noqa: E402
+    DIM,
+    DOC_LEN,
+    N_TOPICS,
+    N_WORDS,
+    Q_LEN,
+    TOPIC_WORDS,
+    _binary_searcher,
+    _binary_sweep,
+    _measure,
+    _recall,
+    _searcher,
+    _token_engine,
+)
 
 
 class Corpus:
@@ -116,6 +146,100 @@ def _truth(corpus: Corpus, queries: Any, path: Path) -> np.ndarray:
     return best_i
 
 
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _bytes_per_token(index: Any) -> float:
+    """The index in memory less its ids, per stored vector (codes, offsets, codec, built engines)."""
+    return (index.memory_bytes() - index.ids_memory_bytes()) / index.num_vectors
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int | None) -> Iterator[int]:
+    """FAISS at ``n`` OpenMP threads inside (None: unchanged); yields the count in force."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n or before)
+    try:
+        yield n or before
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _cached(corpus: Corpus, cache: Path, name: str, record: Any, token_threads: int | None = None,
+            **options: Any) -> Any:
+    """The index cached as ``index-NAME``, or built from the stream (recorded) and saved there. A binary
+    index's token index is built before the save (which writes it), timed on its own, with FAISS at
+    ``token_threads`` threads (default: as set)."""
+    from indexes import load_index
+    from indexes.build import build_multivector_from_batches
+
+    path = cache / f"index-{name}"
+    if (path / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        index = load_index(path)
+        record({"step": "load", "index": name, "s": time.perf_counter() - t0})
+        return index
+    corpus.generate_s = 0.0
+    t0 = time.perf_counter()
+    index = build_multivector_from_batches(corpus.batches(), dim=DIM, spill_dir=cache, **options)
+    total = time.perf_counter() - t0
+    record({"step": "build", "spec": index.spec, "first_stage": index.first_stage, "vectors": index.num_vectors,
+            "build_s": total - corpus.generate_s, "generate_s": corpus.generate_s, "peak_rss_gb": _peak_rss_gb(),
+            "bytes_per_token": _bytes_per_token(index)})
+    if index.first_stage == "binary":
+        with _faiss_threads(token_threads) as threads:
+            t0 = time.perf_counter()
+            engine = index.binary_engine()
+        record({"step": "token index", "kind": engine.kind, "s": time.perf_counter() - t0, "faiss_threads": threads,
+                "peak_rss_gb": _peak_rss_gb(), "engine_bytes_per_token": engine.memory_bytes() / index.num_vectors})
+    t0 = time.perf_counter()
+    index.save(path, overwrite=True)
+    record({"step": "save", "index": name, "s": time.perf_counter() - t0})
+    return index
+
+
+def _pairs(text: str, kind: str, second: str) -> list[tuple[str, dict[str, Any]]]:
+    """``"16:8,32:16"`` as ``[(kind, {"token_k": 16, second: 8}), ...]``."""
+    try:
+        return [(kind, dict(zip(("token_k", second), (int(x) for x in item.split(":")), strict=True)))
+                for item in text.split(",") if item]
+    except ValueError as exc:
+        raise SystemExit(f"--{kind}-grid takes token_k:{second} pairs separated by commas, e.g. 32:16; "
+                         f"got {text!r}") from exc
+
+
+def _binary(args: Any, corpus: Corpus, queries: Any, cache: Path, record: Any) -> None:
+    """The binary path over the streamed codes: IVF token index (saved with them), other kinds, sweep, ceiling."""
+    spec = args.binary
+    index = _cached(corpus, cache, f"{spec}-binary", record, args.token_index_threads, spec=spec,
+                    first_stage="binary", binary_index="ivf")
+    truth = _truth(corpus, queries, cache / f"exact-top10-{args.queries}.npy")
+    engines = {"ivf": index.binary_engine()}  # read back from the save, or the one just built
+    record({"step": "memory", "spec": index.spec, "vectors": index.num_vectors, "nlist": int(engines["ivf"].index.nlist),
+            "codes_bytes_per_token": index._codes.shape[1], "bytes_per_token_with_ivf": _bytes_per_token(index)})
+    for kind in (k for k in args.kinds if k != "ivf"):
+        with _faiss_threads(args.token_index_threads):
+            engine = _token_engine(index, kind, spec, record, docs=args.probe_docs)
+        if args.probe_docs is None:
+            engines[kind] = engine
+    grid = _pairs(args.ivf_grid, "ivf", "nprobe") + _pairs(args.hnsw_grid, "hnsw", "ef_search")
+    _binary_sweep(index, engines, grid, queries, truth, args.latency_queries, args.threads, spec, record)
+    if args.ceiling_queries:
+        sub = queries.select(np.arange(args.ceiling_queries))
+        own = {"token_k": index.binary_params.token_k, "nprobe": index.binary_params.nprobe}
+        compare = [(f"ivf {p} on the ceiling queries", p) for _, p in _pairs(args.ceiling_ivf, "ivf", "nprobe")]
+        for label, params in [("ceiling: table MaxSim over every document", {"token_k": index.num_vectors}),
+                              *(compare or [(f"ivf {own} (the defaults) on the ceiling queries", own)])]:
+            t0 = time.perf_counter()
+            labels = _binary_searcher(index, engines["ivf"], params)(sub)
+            record({"step": label, "queries": args.ceiling_queries, "threads": args.threads,
+                    "recall@10": _recall(labels, truth[: args.ceiling_queries]),
+                    "s_per_query": (time.perf_counter() - t0) / args.ceiling_queries})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
@@ -126,13 +250,25 @@ def main() -> None:
     parser.add_argument("--ceiling-queries", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--binary", default=None, metavar="SPEC",
+                        help="measure the binary path over SPEC codes (e.g. BinaryITQ) instead of the PLAID engine")
+    parser.add_argument("--kinds", nargs="+", default=["ivf"], choices=("ivf", "hnsw", "flat"),
+                        help="binary: token indexes (IVF is always built, saved with the index)")
+    parser.add_argument("--probe-docs", type=int, default=None, metavar="N",
+                        help="binary: only time building the non-IVF --kinds over the first N documents' codes")
+    parser.add_argument("--token-index-threads", type=int, default=None, metavar="N",
+                        help="binary: FAISS threads for building token indexes (default --threads); 2 threads "
+                             "on 2 shared cores can stall in OpenMP barriers")
+    parser.add_argument("--ivf-grid", default="16:8,32:8,32:16,32:32,64:16,64:32,128:32",
+                        help="binary: token_k:nprobe settings of the IVF sweep")
+    parser.add_argument("--ceiling-ivf", default="", metavar="GRID",
+                        help="binary: token_k:nprobe settings run on the ceiling queries (default: the index's own)")
+    parser.add_argument("--hnsw-grid", default="16:64,32:64,32:128,64:128",
+                        help="binary: token_k:ef_search settings of the HNSW sweep (with --kinds hnsw)")
     args = parser.parse_args()
 
     import faiss
     import numba
-
-    from indexes import load_index
-    from indexes.build import build_multivector_from_batches
 
     faiss.omp_set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
@@ -149,24 +285,15 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
 
-    path = cache / f"index-{args.spec}"
-    if (path / "manifest.json").is_file():
-        index = load_index(path)
-    else:
-        corpus.generate_s = 0.0
-        t0 = time.perf_counter()
-        index = build_multivector_from_batches(corpus.batches(), dim=DIM, spec=args.spec, spill_dir=cache)
-        total = time.perf_counter() - t0
-        record({"step": "build", "spec": index.spec, "vectors": index.num_vectors, "build_s": total - corpus.generate_s,
-                "generate_s": corpus.generate_s, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                "bytes_per_token": (index.memory_bytes() - index.ids_memory_bytes()) / index.num_vectors})
-        index.save(path, overwrite=True)
+    if args.binary:
+        _binary(args, corpus, queries, cache, record)
+        return
+    index = _cached(corpus, cache, args.spec, record, spec=args.spec)
     truth = _truth(corpus, queries, cache / f"exact-top10-{args.queries}.npy")
     # documents are numbered in stream order, as the index rows are: truth and labels compare as they are
     t1 = time.perf_counter()
     index.plaid_engine()
-    record({"step": "engine lists", "s": time.perf_counter() - t1,
-            "bytes_per_token": (index.memory_bytes() - index.ids_memory_bytes()) / index.num_vectors})
+    record({"step": "engine lists", "s": time.perf_counter() - t1, "bytes_per_token": _bytes_per_token(index)})
     for params in ({}, {"ndocs": 512}, {"ndocs": 1024}, {"nprobe": 2}):
         res = _measure(_searcher(index, "plaid", params or None), queries, truth,
                        n_lat=args.latency_queries, n_qps=min(64, len(queries)))

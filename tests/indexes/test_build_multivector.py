@@ -82,3 +82,31 @@ def test_k_is_sized_to_the_stream_not_to_the_sample(tmp_path):
     assert index.codec.k == 256  # corpus_k of the stream's vectors, not corpus_k(300) = 128
     small = build_multivector_from_batches(_stream(), dim=16, spec="KMeansr1", train_size=100, spill_dir=tmp_path)
     assert small.codec.k <= 100  # never more centroids than the sample has vectors
+
+
+@pytest.mark.parametrize("spec", ["BinaryITQ", "KMeans16r2"])
+def test_binary_first_stage_from_a_stream(tmp_path, spec):
+    """first_stage="binary" streams like any other: the same sign codes (the codec's own, or a separate
+    Hamming quantizer's fitted on the sample), the same binary search, and a save keeps the token index."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    streamed = build_multivector_from_batches(_stream(), dim=16, spec=spec, first_stage="binary", binary_index="ivf",
+                                              train_size=10_000, add_chunk=50, spill_dir=spill)
+    whole = MultiVectorIndex(16, spec=spec, first_stage="binary", binary_index="ivf")
+    whole.train_vectors(ALL.vectors)
+    whole.add(ALL)
+    assert streamed.first_stage == "binary" and streamed.binary_index == "ivf"
+    sign = (lambda i: i._codes) if spec == "BinaryITQ" else (lambda i: i._hamming_codes)
+    assert sign(streamed).shape == (X.shape[0], 2)
+    np.testing.assert_array_equal(sign(streamed), sign(whole))
+    q = ALL.select([3, 50, 99])
+    a, b = streamed.search(q, 5, params={"token_k": 8, "nprobe": 2}), whole.search(q, 5, params={"token_k": 8, "nprobe": 2})
+    assert a.doc_ids == b.doc_ids
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+    streamed.save(tmp_path / "saved")
+    from indexes import load_index
+
+    loaded = load_index(tmp_path / "saved")
+    assert loaded._binary is not None and loaded._binary.n_vectors == X.shape[0]  # read back, not rebuilt
+    assert loaded.search(q, 5, params={"token_k": 8, "nprobe": 2}).doc_ids == a.doc_ids
+    assert list(spill.iterdir()) == []
