@@ -1,7 +1,9 @@
 """The centroid-list first stage of :class:`~indexes.multivector.MultiVectorIndex`
 (``first_stage="centroid"``, the k-means default before the PLAID engine): inverted lists
 centroid -> documents, each query vector's ``nprobe`` best centroids nominate candidates, and
-with residual codes the candidates are ranked by centroid-only MaxSim first."""
+with residual codes the candidates are ranked by centroid-only MaxSim first. Also the exact
+scorer over stored codes every first stage ends with (:func:`row_scorer`): codes without residuals
+through a centroid lookup table, others decoded."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from retrieval.compress.base import Codec
 from retrieval.compress.kmeans import PatchKMeans
 from retrieval.scores import maxsim_scores
 from retrieval.types import MultiVectorEmbeddings, _ranges, offsets_from_lengths
 
-__all__ = ["candidates", "centroid_scores", "inverted_lists"]
+__all__ = ["candidates", "centroid_scores", "inverted_lists", "row_scorer"]
 
 
 def inverted_lists(codec: PatchKMeans, codes: NDArray[np.uint8],
@@ -47,3 +50,24 @@ def centroid_scores(codec: PatchKMeans, codes: NDArray[np.uint8], offsets: NDArr
     ids = codec.ids(codes[_ranges(offsets[rows], offsets[rows + 1])])
     table = codec.centroids @ np.asarray(q.vectors, np.float32).T
     return maxsim_scores(lambda lo, hi, qv: table[ids[lo:hi]], offsets_from_lengths(lengths[rows]), q)[0]
+
+
+def row_scorer(codec: Codec, codes: NDArray[np.uint8]) -> Any:
+    """The block scorer :func:`~retrieval.scores.maxsim_scores` takes, over ``codes`` of ``codec``."""
+    if isinstance(codec, PatchKMeans) and codec.residual_bits == 0:
+        ids = codec.ids(codes)  # decoded vectors are centroids: score through a lookup table
+        assert codec.centroids is not None
+        centroids = codec.centroids
+        table: list[NDArray[np.float32]] = []  # built on the first block: one scorer serves one query batch
+
+        def lookup(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
+            if not table:
+                table.append(centroids @ qv.T)  # (K, T_q)
+            return table[0][ids[lo:hi]]
+
+        return lookup
+
+    def decode(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
+        return codec.decode(np.asarray(codes[lo:hi])) @ qv.T
+
+    return decode

@@ -258,11 +258,12 @@ def build_multivector_from_batches(
     The token-vector counterpart of :func:`build_from_batches`: each batch is pruned as the
     spec says, its vectors spilled to a float32 file on disk while a uniform reservoir sample
     of ``train_size`` of them is kept; the codec is trained on the sample once the stream
-    ends; then the spilled documents are read back, about ``add_chunk`` vectors at a time,
-    encoded and appended. Memory is the sample, one batch, one chunk and the index (codes,
-    offsets, ids), never all the float vectors: a 10M x 128-d stream spills 5.1 GB to disk and
-    holds the 134 MB sample and a 512 MB chunk of floats at once (peak RSS 2.0 GB with 4-bit
-    residual codes, docs/BENCHMARKS.md section 4; appending a chunk copies the codes so far).
+    ends; then the spilled documents are read back, about ``add_chunk`` vectors at a time, and
+    encoded into codes allocated once for the whole stream (no copy of the codes so far per
+    chunk). Memory is the sample, one batch, one chunk and the index (codes, offsets, ids),
+    never all the float vectors: a 10M x 128-d stream spills 5.1 GB to disk and holds the
+    134 MB sample (freed before encoding), a 512 MB chunk of floats and the codes (66 B per
+    vector with 4-bit residuals; docs/BENCHMARKS.md section 4).
 
     Parameters
     ----------
@@ -326,20 +327,26 @@ def build_multivector_from_batches(
 
 
 def _add_spilled(index: Any, spill: SpillFile, lengths: NDArray[np.int64], ids: list[Any], add_chunk: int) -> None:
-    """Read the spilled documents back in steps of about ``add_chunk`` vectors and add them (already pruned)."""
-    from retrieval.types import MultiVectorEmbeddings
-
+    """Add the spilled documents (already pruned and checked) in one step: the index encodes them,
+    read back in blocks of about ``add_chunk`` vectors (whole documents), into codes it allocates
+    once for all of them (:meth:`~indexes.MultiVectorIndex._add_blocks`), so memory is the codes
+    plus one block of floats, not twice the codes as appending block by block would copy them."""
     ends = np.cumsum(lengths)
-    as_ints = bool(ids) and isinstance(ids[0], int)
-    doc = 0
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    steps, doc = [], 0  # (first document, end document) of each block
     while doc < len(ids):
-        start = int(ends[doc - 1]) if doc else 0
-        # the documents ending within add_chunk vectors of start, at least one
-        last = max(doc + 1, int(np.searchsorted(ends, start + add_chunk, side="right")))
-        stop = int(ends[last - 1])
-        # a new buffer per step: a float codec may keep the very array it encodes
-        vectors = spill.read(start, np.empty((stop - start, index.dim), dtype=np.float32))
-        offsets = np.concatenate([[0], ends[doc:last] - start]).astype(np.int64)
-        chunk_ids = np.asarray(ids[doc:last], dtype=np.int64) if as_ints else ids[doc:last]
-        index.add_pruned(MultiVectorEmbeddings(vectors, offsets, chunk_ids))
+        # the documents ending within add_chunk vectors of the block's first vector, at least one
+        last = max(doc + 1, int(np.searchsorted(ends, int(starts[doc]) + add_chunk, side="right")))
+        steps.append((doc, last))
         doc = last
+    widest = max(int(ends[last - 1] - starts[first]) for first, last in steps)
+
+    def blocks() -> Iterable[NDArray[np.float32]]:
+        buffer = np.empty((widest, index.dim), dtype=np.float32)  # one buffer: the index copies each block's codes
+        for first, last in steps:
+            start = int(starts[first])
+            yield spill.read(start, buffer[: int(ends[last - 1]) - start])
+
+    offsets = np.concatenate([[0], ends]).astype(np.int64)
+    as_ints = bool(ids) and isinstance(ids[0], int)
+    index._add_blocks(np.asarray(ids, dtype=np.int64) if as_ints else ids, offsets, blocks())

@@ -276,14 +276,41 @@ class MultiVectorIndex(StoredIndex):
         if not self.is_trained:  # float codecs without a Hamming stage need no training
             logger.info("training %s on the %d vectors being added", self.spec, mv.num_vectors)
             self.train(mv)
-        codes = self.codec.encode(mv.vectors)
-        side = self.hamming.encode(mv.vectors) if self.hamming is not None and self.hamming is not self.codec else None
+        return self._add_blocks(mv.ids, mv.offsets, [mv.vectors], prepared)
+
+    @writes
+    def _add_blocks(self, ids: Any, offsets: NDArray[np.int64], blocks: Iterable[NDArray[np.float32]],
+                    prepared: Any = None) -> MultiVectorIndex:
+        """Append documents (pruned, values checked) whose vectors arrive as consecutive blocks, encoded
+        into codes allocated once for all ``offsets[-1]`` vectors; an empty index keeps those arrays. The
+        streamed build (:func:`indexes.build.build_multivector_from_batches`) hands every spilled block in
+        one call: memory is the codes plus one block, where ``add`` per block copies the codes so far.
+        ``prepared`` None: the ids and attributes (none) are checked here."""
+        if prepared is None:
+            self._check_new_ids(ids)
+            prepared = self._attrs.prepare(None, len(offsets) - 1)
+        if not self.is_trained:
+            raise NotTrainedError("the codec is not trained; call train() or train_vectors() before adding codes.")
+        total, hamming = int(offsets[-1]), self.hamming if self._separate_hamming() else None
+        codes = np.empty((total, self.codec.code_size), dtype=np.uint8)
+        side = np.empty((total, hamming.code_size), dtype=np.uint8) if hamming is not None else None
+        row = 0
+        for block in blocks:
+            stop = row + block.shape[0]
+            if stop > total:
+                raise ShapeError(f"the blocks hold more than the {total} vectors the offsets give.")
+            codes[row:stop] = self.codec.encode(block)  # a copy: a float codec's codes may be a view of block
+            if hamming is not None and side is not None:
+                side[row:stop] = hamming.encode(block)
+            row = stop
+        if row != total:
+            raise ShapeError(f"the blocks hold {row} vectors; the offsets give {total}.")
         base = self.num_vectors
-        self._codes = np.concatenate([self._codes, codes]) if self._codes.shape[0] else codes
+        self._codes = np.concatenate([self._codes, codes]) if base else codes
         if side is not None:
             self._hamming_codes = np.concatenate([self._hamming_codes, side]) if self._hamming_codes.shape[0] else side
-        self._offsets = np.concatenate([self._offsets, base + mv.offsets[1:]])
-        self._table.append(mv.ids)
+        self._offsets = np.concatenate([self._offsets, base + np.asarray(offsets[1:], dtype=np.int64)])
+        self._table.append(ids)
         self._attrs.commit(prepared)
         self._lists, self._binary, self._plaid = None, None, None
         return self
@@ -391,10 +418,11 @@ class MultiVectorIndex(StoredIndex):
         """Full MaxSim of every query against documents ``rows`` (all when None), shape (nq, len(rows))."""
         q = self.check_queries(queries)
         if rows is None:
-            return maxsim_scores(self._row_scorer(self._codes), self._offsets, q)
+            return maxsim_scores(centroid_lists.row_scorer(self.codec, self._codes), self._offsets, q)
         rows = np.asarray(rows, dtype=np.int64)
         take = _ranges(self._offsets[rows], self._offsets[rows + 1])
-        return maxsim_scores(self._row_scorer(self._codes[take]), offsets_from_lengths(self.lengths[rows]), q)
+        scorer = centroid_lists.row_scorer(self.codec, self._codes[take])
+        return maxsim_scores(scorer, offsets_from_lengths(self.lengths[rows]), q)
 
     # ------------------------------------------------------------------ persistence (StoredIndex hooks)
     def _write_payload(self, directory: Path, arrays: dict[str, Any]) -> dict[str, Any]:
@@ -486,26 +514,6 @@ class MultiVectorIndex(StoredIndex):
         view = self._table.id_array()
         doc_ids = [view[row[row >= 0]].tolist() for row in labels]
         return SearchResult(doc_ids=doc_ids, scores=scores, labels=labels, query_ids=list(query_ids))
-
-    def _row_scorer(self, codes: NDArray[np.uint8]) -> Any:
-        codec = self.codec
-        if isinstance(codec, PatchKMeans) and codec.residual_bits == 0:
-            ids = codec.ids(codes)  # decoded vectors are centroids: score through a lookup table
-            assert codec.centroids is not None
-            centroids = codec.centroids
-            table: list[NDArray[np.float32]] = []  # built on the first block: one scorer serves one query batch
-
-            def lookup(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
-                if not table:
-                    table.append(centroids @ qv.T)  # (K, T_q)
-                return table[0][ids[lo:hi]]
-
-            return lookup
-
-        def decode(lo: int, hi: int, qv: NDArray[np.float32]) -> NDArray[np.float32]:
-            return codec.decode(np.asarray(codes[lo:hi])) @ qv.T
-
-        return decode
 
     def _score_rows(self, q: MultiVectorEmbeddings, rows: NDArray[np.int64], k: int) -> tuple[Any, Any]:
         """Top-k among document ``rows`` for the query batch ``q`` (labels are index rows)."""

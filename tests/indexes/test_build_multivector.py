@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import indexes.multivector as multivector_module
 from indexes import MultiVectorIndex
 from indexes.build import build_multivector_from_batches
-from retrieval.errors import ConfigError, ShapeError
+from retrieval.compress.kmeans import PatchKMeans
+from retrieval.errors import ConfigError, NotTrainedError, ShapeError
 from retrieval.types import MultiVectorEmbeddings
 
 RNG = np.random.default_rng(0)
@@ -30,16 +32,22 @@ def _slice(a: int, b: int, ids):
     return X[lo:hi], OFFSETS[a : b + 1] - lo, list(ids[a:b]) if isinstance(ids, list) else ids[a:b], SAL[lo:hi]
 
 
-@pytest.mark.parametrize("spec", ["KMeans16r2", "Prune0.5,KMeans16r2", "BinaryITQ", "Flat"])
-def test_same_index_as_one_add(tmp_path, spec):
-    """Trained on the whole stream as one sample, the streamed index stores what add() stores."""
+@pytest.mark.parametrize(("spec", "options"), [("KMeans16r2", {}), ("Prune0.5,KMeans16r2", {}), ("BinaryITQ", {}),
+                                               ("Flat", {}), ("KMeans16r2", {"first_stage": "binary"})])
+def test_same_index_as_one_add(tmp_path, spec, options):
+    """Trained on the whole stream as one sample, the streamed index stores what add() stores: the
+    codes the codec gives for every (pruned) vector, in order, and the same ids and offsets."""
     streamed = build_multivector_from_batches(_stream(), dim=16, spec=spec, train_size=10_000, add_chunk=50,
-                                              spill_dir=tmp_path)
-    whole = MultiVectorIndex(16, spec=spec)
-    whole.train_vectors(whole._prepare(ALL).vectors)  # the same sample: every (pruned) vector, in order
+                                              spill_dir=tmp_path, **options)
+    whole = MultiVectorIndex(16, spec=spec, **options)
+    pruned = whole._prepare(ALL)
+    whole.train_vectors(pruned.vectors)  # the same sample: every (pruned) vector, in order
     whole.add(ALL)
     assert streamed.doc_ids == IDS and streamed.num_vectors == whole.num_vectors
-    np.testing.assert_array_equal(streamed.lengths, whole.lengths)
+    np.testing.assert_array_equal(streamed._codes, whole.codec.encode(pruned.vectors))
+    np.testing.assert_array_equal(streamed._codes, whole._codes)
+    np.testing.assert_array_equal(streamed._hamming_codes, whole._hamming_codes)
+    np.testing.assert_array_equal(streamed._offsets, pruned.offsets)
     q = ALL.select([3, 50])
     a, b = streamed.search(q, 5), whole.search(q, 5)
     assert a.doc_ids == b.doc_ids
@@ -71,6 +79,9 @@ def test_bad_streams_give_clear_errors(tmp_path):
         build_multivector_from_batches(iter(mixed), dim=16, spec="KMeans8", spill_dir=tmp_path)
     with pytest.raises(ShapeError, match="d=16"):
         build_multivector_from_batches(_stream(), dim=8, spec="KMeans8", spill_dir=tmp_path)
+    narrow = [MultiVectorEmbeddings(*_slice(0, 10, IDS)), MultiVectorEmbeddings(X[:5, :8], [0, 5], ["late"])]
+    with pytest.raises(ShapeError, match="d=8, the index expects d=16"):
+        build_multivector_from_batches(iter(narrow), dim=16, spec="KMeans8", spill_dir=tmp_path)
     with pytest.raises(ConfigError, match="add_chunk"):
         build_multivector_from_batches(_stream(), dim=16, spec="KMeans8", add_chunk=0, spill_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -110,3 +121,62 @@ def test_binary_first_stage_from_a_stream(tmp_path, spec):
     assert loaded._binary is not None and loaded._binary.n_vectors == X.shape[0]  # read back, not rebuilt
     assert loaded.search(q, 5, params={"token_k": 8, "nprobe": 2}).doc_ids == a.doc_ids
     assert list(spill.iterdir()) == []
+
+
+class _NumpySpy:
+    """numpy as indexes.multivector sees it, with its uint8 allocations and its concatenations recorded."""
+
+    def __init__(self) -> None:
+        self.bytes_arrays: list[np.ndarray] = []
+        self.concatenated: list[list[tuple[int, ...]]] = []
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    def empty(self, shape, dtype=float, **kwargs):
+        out = np.empty(shape, dtype, **kwargs)
+        if out.dtype == np.uint8:
+            self.bytes_arrays.append(out)
+        return out
+
+    def concatenate(self, arrays, *args, **kwargs):
+        self.concatenated.append([np.shape(a) for a in arrays])
+        return np.concatenate(arrays, *args, **kwargs)
+
+
+def test_the_codes_are_allocated_once(tmp_path, monkeypatch):
+    """The streamed build encodes block after block into one array sized for the whole stream and
+    keeps it: no concatenation copies the codes so far (the peak would be twice the codes)."""
+    spy = _NumpySpy()
+    monkeypatch.setattr(multivector_module, "np", spy)
+    blocks: list[int] = []
+    encode = PatchKMeans.encode
+    monkeypatch.setattr(PatchKMeans, "encode", lambda self, x: blocks.append(len(x)) or encode(self, x))
+    index = build_multivector_from_batches(_stream(), dim=16, spec="KMeans16r2", first_stage="binary",
+                                           train_size=200, add_chunk=50, spill_dir=tmp_path)
+    assert len(blocks) >= X.shape[0] // 60 and sum(blocks) == X.shape[0]  # many blocks, every vector once
+    assert [a.shape for a in spy.bytes_arrays] == [(X.shape[0], index.codec.code_size), (X.shape[0], 2)]
+    assert index._codes is spy.bytes_arrays[0] and index._hamming_codes is spy.bytes_arrays[1]  # kept, not copied
+    assert all(len(shape) == 1 for shapes in spy.concatenated for shape in shapes)  # only offsets
+    assert index.doc_ids == IDS
+
+
+def test_adding_blocks_checks_before_changing_the_index():
+    index = MultiVectorIndex(16, spec="KMeans16r2")
+    docs = ALL.select(range(10))
+    with pytest.raises(NotTrainedError, match="train"):
+        index._add_blocks(docs.ids, docs.offsets, [docs.vectors])
+    index.train_vectors(X)
+    with pytest.raises(ShapeError, match="blocks hold 3 vectors; the offsets give"):
+        index._add_blocks(docs.ids, docs.offsets, [docs.vectors[:3]])
+    with pytest.raises(ShapeError, match="more than the"):
+        index._add_blocks(docs.ids, docs.offsets, [docs.vectors, docs.vectors[:1]])
+    assert len(index) == 0 and index.num_vectors == 0 and len(index._offsets) == 1
+    index._add_blocks(docs.ids, docs.offsets, [docs.vectors[:4], docs.vectors[4:]])
+    with pytest.raises(ConfigError, match="d0"):
+        index._add_blocks(docs.ids[:1], docs.offsets[:2], [docs.vectors[: docs.offsets[1]]])
+    more = ALL.select(range(10, 30))
+    index._add_blocks(more.ids, more.offsets, [more.vectors])  # a second call appends
+    assert index.doc_ids == IDS[:30]
+    np.testing.assert_array_equal(index._codes, index.codec.encode(X[: OFFSETS[30]]))
+    np.testing.assert_array_equal(index._offsets, OFFSETS[:31])
