@@ -32,7 +32,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["LANES", "lut_maxsim", "table_width"]
+__all__ = ["LANES", "lut_maxsim", "pair_owners", "table_width"]
 
 #: Query vectors handled by one vector step; a query's table width is padded to a multiple of it.
 LANES = 16
@@ -80,6 +80,17 @@ def _rows_max(typingctx: Any, tables: Any, rows: Any, n_rows: Any, best: Any, at
     return sig, codegen
 
 
+@numba.njit(cache=True, nogil=True)
+def pair_owners(cand_offsets: Any) -> Any:  # pragma: no cover - compiled
+    """The query of every (query, candidate) pair of a CSR candidate list: (pairs,) int64, so that
+    kernels can run over the pairs in parallel whatever the queries' candidate counts."""
+    nq = cand_offsets.shape[0] - 1
+    owner = np.empty(cand_offsets[nq], np.int64)
+    for q in range(nq):
+        owner[cand_offsets[q] : cand_offsets[q + 1]] = q
+    return owner
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def lut_maxsim(
     tables: Any, const: Any, q_offsets: Any, cand_offsets: Any, cand_docs: Any, codes: Any, offsets: Any,
@@ -97,10 +108,9 @@ def lut_maxsim(
     nq = q_offsets.shape[0] - 1
     n_bytes = codes.shape[1]
     out = np.empty(cand_docs.shape[0], np.float32)
-    owner = np.empty(cand_docs.shape[0], np.int64)
+    owner = pair_owners(cand_offsets)
     width = 1
     for q in range(nq):
-        owner[cand_offsets[q] : cand_offsets[q + 1]] = q
         width = max(width, q_offsets[q + 1] - q_offsets[q])
     w = (width + LANES - 1) // LANES * LANES
     for p in numba.prange(cand_docs.shape[0]):

@@ -14,6 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from indexes._binary_kernels import pair_owners
 from indexes._plaid_simd import centroid_rows, table_rows
 
 __all__ = [
@@ -163,9 +164,7 @@ def centroid_interaction(
     nq = q_offsets.shape[0] - 1
     k = keep.shape[0] // max(nq, 1)
     out = np.empty(cand_docs.shape[0], np.float32)
-    owner = np.empty(cand_docs.shape[0], np.int64)
-    for q in range(nq):
-        owner[cand_offsets[q] : cand_offsets[q + 1]] = q
+    owner = pair_owners(cand_offsets)
     for p in numba.prange(cand_docs.shape[0]):
         q = owner[p]
         q0 = q_offsets[q]
@@ -295,12 +294,9 @@ def lut_exact_maxsim(
     products (its inverse decoded length, for codecs that decode to unit length) or is empty
     for none. The running maximum is kept per query vector. Pairs run in parallel.
     """
-    nq = q_offsets.shape[0] - 1
     n_res = code_size - id_bytes
     out = np.empty(cand_docs.shape[0], np.float32)
-    owner = np.empty(cand_docs.shape[0], np.int64)
-    for q in range(nq):
-        owner[cand_offsets[q] : cand_offsets[q + 1]] = q
+    owner = pair_owners(cand_offsets)
     for p in numba.prange(cand_docs.shape[0]):
         q = owner[p]
         q0 = q_offsets[q]
