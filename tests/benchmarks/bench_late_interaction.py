@@ -476,20 +476,29 @@ class _FastPlaid:
         return self.worker.call("rate", params={**self.params, "n_processes": self.processes}, n=n)["qps"]
 
 
-def _fast_plaid_index(worker: _FastPlaidWorker, docs: Any, cache: Path, threads: int) -> dict[str, Any]:
+def _fast_plaid_index(worker: _FastPlaidWorker, write_docs: Any, cache: Path, threads: int,
+                      centroids: Any = None) -> dict[str, Any]:
     """fast-plaid's index of the same vectors at its defaults (nbits 4, K from the token count), built once and
-    cached with its build time."""
+    cached with its build time. ``write_docs(path)`` writes the (n_docs * DOC_LEN, DIM) float32 vectors as .npy.
+    ``centroids(docs_path, out_path)``, when given, trains its k-means centroids outside it (saved to
+    ``out_path``, normalised float32) and returns what to record of that; its ``create`` then runs on them."""
     path, meta = cache / "fast-plaid-index", cache / "fast-plaid-index.json"
     if meta.is_file() and path.is_dir():
         return {**json.loads(meta.read_text()), "cached": True}
     shutil.rmtree(path, ignore_errors=True)
-    tmp = cache / "fast-plaid-docs.npy"
-    np.save(tmp, docs.vectors)
+    tmp, trained = cache / "fast-plaid-docs.npy", cache / "fast-plaid-centroids.npy"
+    out: dict[str, Any] = {"threads": threads, "nbits": 4, "fast_plaid": worker.info["fast_plaid"]}
     try:
-        built = worker.call("build", docs=str(tmp), doc_len=DOC_LEN, index=str(path), nbits=4)
+        write_docs(tmp)
+        request = {}
+        if centroids is not None:
+            out["kmeans"] = centroids(tmp, trained)
+            request["centroids"] = str(trained)
+        built = worker.call("build", docs=str(tmp), doc_len=DOC_LEN, index=str(path), nbits=4, **request)
     finally:
         tmp.unlink(missing_ok=True)
-    out = {"build_s": built["build_s"], "threads": threads, "nbits": 4, "fast_plaid": worker.info["fast_plaid"]}
+        trained.unlink(missing_ok=True)
+    out["build_s"] = built["build_s"]
     meta.write_text(json.dumps(out))
     print(f"fast-plaid index built in {built['build_s']:.0f} s at {threads} thread(s)", flush=True)
     return {**out, "cached": False}
@@ -527,15 +536,24 @@ def _side_by_side(args: Any, docs: Any, queries: Any, truth: np.ndarray, cache: 
     settings) on the same vectors, queries and truth, interleaved, at ``--threads`` threads each."""
     from indexes.plaid import PlaidParams
 
-    runners: dict[str, Any] = {}
-    ours: list[str] = []
+    ours: dict[str, Any] = {}
     for i, spec in enumerate([] if args.build_only else args.spec):
         index, _ = _index(spec, docs, cache)
         index.plaid_engine()
         for extra in [{}] + ([{"ndocs": 128}, {"ndocs": 1024}] if i == 0 else []):
             params = {**vars(PlaidParams()), **extra}
-            ours.append(f"ours {spec} {params}")
-            runners[ours[-1]] = _Ours(_searcher(index, "plaid", params), queries)
+            ours[f"ours {spec} {params}"] = _Ours(_searcher(index, "plaid", params), queries)
+    compare_with_fast_plaid(args, ours, queries, truth, cache, record,
+                            lambda worker: _fast_plaid_index(worker, lambda path: np.save(path, docs.vectors), cache,
+                                                             args.threads))
+
+
+def compare_with_fast_plaid(args: Any, ours: dict[str, Any], queries: Any, truth: np.ndarray, cache: Path,
+                            record: Any, fast_plaid_index: Any) -> None:
+    """``ours`` (name -> runner) and fast-plaid at the --fast-plaid-grid settings, interleaved, at ``--threads``
+    threads each; each of ours matched to fast-plaid's fastest setting at its recall. ``fast_plaid_index(worker)``
+    builds or finds fast-plaid's index in ``cache`` and returns what to record of it."""
+    runners = dict(ours)
     theirs: list[str] = []
     worker = None
     python = _fast_plaid_python(cache)
@@ -543,7 +561,7 @@ def _side_by_side(args: Any, docs: Any, queries: Any, truth: np.ndarray, cache: 
         worker = _FastPlaidWorker(python, args.threads)
         print(f"fast-plaid {worker.info['fast_plaid']} on torch {worker.info['torch']}, "
               f"{worker.info['threads']} thread(s)", flush=True)
-        built = _fast_plaid_index(worker, docs, cache, args.threads)
+        built = fast_plaid_index(worker)
         record({"spec": "fast-plaid", "engine": "build", **built})
         if args.build_only:
             worker.close()

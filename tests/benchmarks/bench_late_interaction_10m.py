@@ -4,6 +4,8 @@ Run:  .venv/bin/python tests/benchmarks/bench_late_interaction_10m.py [--docs 10
       [--threads 2] [--json out.json]
       .venv/bin/python tests/benchmarks/bench_late_interaction_10m.py --binary BinaryITQ [--kinds ivf hnsw]
       [--probe-docs 10000] [--ivf-grid 32:16,...] [--threads 2] [--json out.json]
+      .venv/bin/python tests/benchmarks/bench_late_interaction_10m.py --fast-plaid [--fast-plaid-specs KMeansr4
+      KMeansr8] [--fast-plaid-grid 8:4096,...] [--rounds 3] [--threads 2] [--json out.json]
 
 Data: the recipe of ``bench_late_interaction.py`` (100 tokens x 128-d per document from a
 Gaussian mixture with topics, queries of 32 perturbed tokens of one document), generated in
@@ -33,6 +35,19 @@ codes, to size a full build. The codes' ceiling is table MaxSim over every docum
 the same queries. ``--token-index-threads N`` builds the token indexes with FAISS at N threads:
 on 2 cores shared with other jobs, FAISS's binary IVF add at 2 threads stalled in OpenMP
 barriers (over 5 minutes for 10M codes, unfinished, against 39 s at 1 thread).
+
+``--fast-plaid`` puts our cached indexes (``--fast-plaid-specs``, built from the stream when
+missing, searched at their defaults) next to fast-plaid over the same 10M vectors, queries and
+truth, interleaved, as ``bench_late_interaction.py --fast-plaid`` does at 1M (same worker, same
+matching). fast-plaid's ``create`` takes every document as a tensor, so the stream is written
+once to a 5.1 GB .npy beside the cache (deleted after the build). Its index keeps all its
+defaults (K = 32,768 from the token count, nbits 4, k-means on a sample of
+``1 + 16 * sqrt(120 * n_docs)`` documents, 4 iterations, at most 256 points per centroid) with one
+change: that k-means runs in FAISS here (same sample rule, K, iterations and cap, random
+initialisation, normalised as its own), because its CPU k-means (fastkmeans in torch) measured
+about 60 GFLOP/s on these 2 cores, about 55 minutes at 10M, on top of its ``create``, whose
+nearest-centroid step is a half-precision matmul in torch's CPU fallback (about 17 GFLOP/s
+here, about 80 minutes at 10M). The FAISS k-means time is recorded beside its build time.
 """
 
 from __future__ import annotations
@@ -59,16 +74,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_late_interaction import (  # noqa: E402
     DIM,
     DOC_LEN,
+    FAST_PLAID_GRID,
     N_TOPICS,
     N_WORDS,
     Q_LEN,
     TOPIC_WORDS,
     _binary_searcher,
     _binary_sweep,
+    _fast_plaid_index,
     _measure,
+    _Ours,
     _recall,
     _searcher,
     _token_engine,
+    compare_with_fast_plaid,
 )
 
 
@@ -240,6 +259,56 @@ def _binary(args: Any, corpus: Corpus, queries: Any, cache: Path, record: Any) -
                     "s_per_query": (time.perf_counter() - t0) / args.ceiling_queries})
 
 
+def fast_plaid_kmeans_size(n_docs: int) -> tuple[int, int]:
+    """(documents in its k-means sample, K) by fast-plaid's rule for ``n_docs`` documents of DOC_LEN vectors."""
+    return min(1 + int(16 * np.sqrt(120 * n_docs)), n_docs), 2 ** int(np.floor(np.log2(16 * np.sqrt(n_docs * DOC_LEN))))
+
+
+def _fast_plaid_centroids(n_docs: int, seed: int = 42) -> Any:
+    """fast-plaid's k-means at its defaults, run in FAISS: ``train(docs_path, out_path)`` saves the normalised
+    centroids and returns what it did (see the module docstring)."""
+
+    def train(docs_path: Path, out_path: Path) -> dict[str, Any]:
+        import faiss
+
+        t0 = time.perf_counter()
+        vectors = np.load(docs_path, mmap_mode="r")
+        n_sample, k = fast_plaid_kmeans_size(n_docs)
+        picked = np.sort(np.random.default_rng(seed).choice(n_docs, n_sample, replace=False))
+        sample = np.ascontiguousarray(vectors[(picked[:, None] * DOC_LEN + np.arange(DOC_LEN)).reshape(-1)])
+        kmeans = faiss.Kmeans(DIM, k, niter=4, seed=seed, max_points_per_centroid=256)
+        kmeans.train(sample)
+        centroids = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
+        np.save(out_path, centroids.astype(np.float32))
+        return {"by": f"faiss {faiss.__version__} Kmeans", "k": k, "sample_docs": n_sample,
+                "sample_vectors": int(sample.shape[0]), "niter": 4, "s": time.perf_counter() - t0}
+
+    return train
+
+
+def _write_stream(corpus: Corpus, path: Path) -> None:
+    """Every batch of the stream into one (n_docs * DOC_LEN, DIM) float32 .npy, a batch at a time."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(corpus.n_docs * DOC_LEN, DIM))
+    for b, docs in enumerate(corpus.batches()):
+        start = b * corpus.batch_docs * DOC_LEN
+        out[start : start + len(docs.vectors)] = docs.vectors
+    out.flush()
+    del out
+
+
+def _side_by_side(args: Any, corpus: Corpus, queries: Any, cache: Path, record: Any) -> None:
+    """Our cached indexes at their defaults and fast-plaid, interleaved, on the 10M stream (module docstring)."""
+    truth = _truth(corpus, queries, cache / f"exact-top10-{args.queries}.npy")
+    ours: dict[str, Any] = {}
+    for spec in [] if args.build_only else args.fast_plaid_specs:
+        index = _cached(corpus, cache, spec, record, spec=spec)
+        index.plaid_engine()
+        ours[f"ours {spec} {vars(index.plaid_params)}"] = _Ours(_searcher(index, "plaid"), queries)
+    compare_with_fast_plaid(args, ours, queries, truth, cache, record,
+                            lambda worker: _fast_plaid_index(worker, lambda path: _write_stream(corpus, path), cache,
+                                                             args.threads, _fast_plaid_centroids(corpus.n_docs)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
@@ -265,6 +334,14 @@ def main() -> None:
                         help="binary: token_k:nprobe settings run on the ceiling queries (default: the index's own)")
     parser.add_argument("--hnsw-grid", default="16:64,32:64,32:128,64:128",
                         help="binary: token_k:ef_search settings of the HNSW sweep (with --kinds hnsw)")
+    parser.add_argument("--fast-plaid", action="store_true",
+                        help="our cached indexes against fast-plaid (own throw-away environment), interleaved")
+    parser.add_argument("--fast-plaid-specs", nargs="+", default=["KMeansr4", "KMeansr8"],
+                        help="--fast-plaid: our indexes to compare (cached as index-SPEC)")
+    parser.add_argument("--fast-plaid-grid", default=FAST_PLAID_GRID, help="n_ivf_probe:n_full_scores,...")
+    parser.add_argument("--rounds", type=int, default=3, help="--fast-plaid: interleaved rounds per setting")
+    parser.add_argument("--qps-queries", type=int, default=64, help="--fast-plaid: queries per batch-32 pass")
+    parser.add_argument("--build-only", action="store_true", help="--fast-plaid: build fast-plaid's index and stop")
     args = parser.parse_args()
 
     import faiss
@@ -287,6 +364,9 @@ def main() -> None:
 
     if args.binary:
         _binary(args, corpus, queries, cache, record)
+        return
+    if args.fast_plaid:
+        _side_by_side(args, corpus, queries, cache, record)
         return
     index = _cached(corpus, cache, args.spec, record, spec=args.spec)
     truth = _truth(corpus, queries, cache / f"exact-top10-{args.queries}.npy")

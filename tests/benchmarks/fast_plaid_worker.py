@@ -5,9 +5,11 @@ torch pin differs from ours), so it imports nothing from densezip: only NumPy, t
 fast_plaid. One JSON request per line on stdin, one JSON answer per line on stdout; everything
 the libraries print goes to stderr. Requests:
 
-  {"op": "build", "docs": "x.npy", "doc_len": 100, "index": "dir", "nbits": 4}
+  {"op": "build", "docs": "x.npy", "doc_len": 100, "index": "dir", "nbits": 4[, "centroids": "c.npy"]}
       fast-plaid's ``create`` at its defaults over the (n_docs * doc_len, dim) float32 vectors;
-      answers {"build_s": seconds}
+      answers {"build_s": seconds}. With "centroids" (K x dim, normalised float32, trained outside:
+      see ``bench_late_interaction_10m.py``), its k-means step returns those, in half precision
+      as its own does; everything after it is fast-plaid's own code.
   {"op": "load", "index": "dir", "queries": "q.npy"}       q.npy: (n_queries, q_len, dim) float32
   {"op": "labels", "params": {...}}       top-10 document numbers of every query, batches of 32
   {"op": "latency", "params": {...}, "n": 30}   milliseconds of the first n queries, one at a time
@@ -41,9 +43,14 @@ class Worker:
         self.index = None
         self.queries = None
 
-    def build(self, docs: str, doc_len: int, index: str, nbits: int) -> dict:
+    def build(self, docs: str, doc_len: int, index: str, nbits: int, centroids: str | None = None) -> dict:
         from fast_plaid import search
 
+        if centroids is not None:
+            from fast_plaid.search import fast_plaid as module
+
+            given = torch.from_numpy(np.load(centroids)).half()
+            module.compute_kmeans = lambda **_: given
         vectors = np.load(docs)
         tensors = list(torch.from_numpy(vectors).reshape(-1, doc_len, vectors.shape[1]).unbind(0))  # one per document
         t0 = time.perf_counter()

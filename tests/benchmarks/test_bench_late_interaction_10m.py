@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.benchmark
@@ -44,3 +45,25 @@ def test_binary_mode_builds_caches_and_measures(tmp_path):
     assert len(probe) == 1 and probe[0]["vectors"] == 1000  # timed over the first 10 documents only
     assert not any(row.get("engine", "").startswith("binary hnsw") for row in again)  # a probe is not searched
     assert [row["recall@10"] for row in again if row.get("engine", "").startswith("binary ivf")] == [row["recall@10"] for row in sweep]
+
+
+def test_fast_plaid_inputs_follow_the_stream_and_its_kmeans_rule(tmp_path):
+    """--fast-plaid's two inputs: the stream written as one .npy in document order, and centroids trained
+    by fast-plaid's rule (sample of 1 + 16 sqrt(120 n) documents, K = 2^floor(log2(16 sqrt(tokens))))."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    bench = pytest.importorskip("bench_late_interaction_10m")
+    corpus = bench.Corpus(n_docs=70, batch_docs=30, n_queries=4)
+    docs = tmp_path / "docs.npy"
+    bench._write_stream(corpus, docs)
+    written = np.load(docs)
+    assert written.shape == (7000, 128) and written.dtype == np.float32
+    np.testing.assert_array_equal(written, np.concatenate([batch.vectors for batch in corpus.batches()]))
+
+    out = tmp_path / "centroids.npy"
+    done = bench._fast_plaid_centroids(corpus.n_docs)(docs, out)
+    centroids = np.load(out)
+    assert done["k"] == 1024 and centroids.shape == (1024, 128)  # 16 * sqrt(7000) = 1339
+    assert done["sample_docs"] == 70 and done["sample_vectors"] == 7000  # 1 + 16 sqrt(8400) > 70 documents
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
+    assert bench.fast_plaid_kmeans_size(100_000) == (55_426, 32_768)  # 10M vectors (module docstring)
+    assert bench.fast_plaid_kmeans_size(10_000) == (10_000, 8_192)  # 1M: the K its own build chose
