@@ -31,8 +31,9 @@ def add_page_parsers(sub: Any, common: Callable[..., None], *, int_in: Callable[
     p.add_argument("--spec", default=None,
                    help=f"MultiVectorIndex spec (default {DEFAULT_PAGE_SPEC}): [Prune<p>,]Flat|FP16|KMeans<K>[r<b>]|"
                         "Binary|BinaryITQ")
-    p.add_argument("--first-stage", choices=("exhaustive", "centroid", "binary"), default="exhaustive",
-                   help="candidate generation before exact MaxSim (default exhaustive)")
+    p.add_argument("--first-stage", choices=("plaid", "exhaustive", "centroid", "binary"), default=None,
+                   help="candidate generation before exact MaxSim (default: plaid for KMeans specs, "
+                        "exhaustive for the others)")
     p.add_argument("--binary-index", choices=("ivf", "hnsw", "flat"), default=None,
                    help="FAISS token index of --first-stage binary (default ivf); saved with the collection")
     p.add_argument("--dpi", type=int_in(10, 1200), default=None, help="PDF rendering resolution (default 100)")

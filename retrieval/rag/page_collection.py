@@ -207,7 +207,7 @@ def index_pages(
     *,
     model: Any = None,
     spec: str | None = None,
-    first_stage: str = "exhaustive",
+    first_stage: str | None = None,
     binary_index: str | None = None,
     options: RenderOptions | None = None,
     metadata: PageMetadata = None,
@@ -236,8 +236,9 @@ def index_pages(
     spec : str, optional
         :class:`~indexes.MultiVectorIndex` spec, default :data:`DEFAULT_PAGE_SPEC`. An update
         keeps the collection's spec (a different one is an error).
-    first_stage : {"exhaustive", "centroid", "binary"}
-        Candidate generation of a new index (see :class:`~indexes.MultiVectorIndex`).
+    first_stage : {"plaid", "exhaustive", "centroid", "binary"}, optional
+        Candidate generation of a new index (see :class:`~indexes.MultiVectorIndex`). Default:
+        the index's own, ``"plaid"`` for a ``KMeans`` spec and ``"exhaustive"`` for the others.
     binary_index : {"ivf", "hnsw", "flat"}, optional
         The FAISS token index of ``first_stage="binary"`` (default: the index's own, IVF).
     options : RenderOptions, optional

@@ -225,6 +225,22 @@ def test_cli_binary_first_stage_options_reach_the_saved_index(folder: Path, colp
     assert "binary_index='flat' is the token index of first_stage='binary'" in capsys.readouterr().err
 
 
+def test_cli_kmeans_spec_gets_the_plaid_engine_by_default(folder: Path, colpali_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "col"
+    args = ["index-pages", str(folder), "--model", str(colpali_dir), "--out", str(out), "--device", "cpu",
+            "--dpi", "36", "--spec", "KMeans16r2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    index, _ = load_page_collection(out)
+    assert index.first_stage == "plaid" and index.spec == "KMeans16r2"
+    assert main(["search", str(out), "churn by region", "-k", "2", "--device", "cpu", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"][0]["hits"]) == 2
+    assert main([*args, "--first-stage", "exhaustive", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert load_page_collection(out)[0].first_stage == "exhaustive"
+
+
 def test_cli_bad_model_is_a_clear_error(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["index-pages", str(folder), "--out", str(tmp_path / "col"), "--device", "cpu"]
     assert main([*base, "--model", str(tmp_path / "missing-model")]) == 2
