@@ -65,8 +65,11 @@ class MultiVectorIndex(StoredIndex):
     spec : str
         ``"<codec>"`` or ``"Prune<p>,<codec>"``. Codecs: ``Flat``, ``FP16``, ``KMeans<K>``
         (1-byte ids for K <= 256, 2-byte above), ``KMeans<K>r<b>`` (plus b-bit residuals),
-        ``Binary``, ``BinaryITQ`` (see :mod:`retrieval.compress`). ``Prune<p>`` keeps the
-        top ``p`` share of each document's vectors by saliency when documents are added.
+        ``Binary``, ``BinaryITQ`` (see :mod:`retrieval.compress`); without ``<K>`` K is sized
+        to the training vectors. ``Prune<p>`` keeps the top ``p`` share of each document's
+        vectors by saliency when documents are added. Default ``"KMeansr2"``: ColBERTv2 /
+        PLAID's codes (centroid id plus 2 bits per dimension), searched by the PLAID engine;
+        within 1% of float MaxSim on SciFact (docs/BENCHMARKS.md section 4).
     first_stage : {"plaid", "exhaustive", "centroid", "binary"}, optional
         How candidates are found before exact MaxSim over the stored codes. Default:
         ``"plaid"`` for a ``KMeans`` codec, ``"exhaustive"`` for the others.
@@ -128,7 +131,7 @@ class MultiVectorIndex(StoredIndex):
     metric: Metric = "ip"
 
     def __init__(
-        self, dim: int, *, spec: str = "KMeans256", first_stage: FirstStage | None = None,
+        self, dim: int, *, spec: str = "KMeansr2", first_stage: FirstStage | None = None,
         n_candidates: int = 256, nprobe: int | None = None, token_k: int = BinaryParams.token_k, seed: int = 0,
         ndocs: int = PlaidParams.ndocs, centroid_score_threshold: float | None = PlaidParams.centroid_score_threshold,
         binary_index: BinaryIndexKind = "ivf", ef_search: int = BinaryParams.ef_search,

@@ -84,6 +84,15 @@ def test_kmeans_codecs_default_to_plaid_and_others_do_not() -> None:
         MultiVectorIndex(D, spec="FP16", first_stage="plaid")
 
 
+def test_no_spec_gives_plaid_codes_sized_to_the_corpus_and_the_plaid_engine() -> None:
+    rng = np.random.default_rng(2)
+    docs = MultiVectorEmbeddings.from_list([rng.standard_normal((12, D)).astype(np.float32) for _ in range(60)])
+    index = MultiVectorIndex(D).add(docs)
+    assert index.first_stage == "plaid" and index.plaid_params == PlaidParams()
+    assert index.spec == "KMeans256r2"  # 2 ** floor(log2(16 * sqrt(720))): K sized to the 720 vectors, 2-bit residuals
+    assert index.search(docs.select([7]), k=1).doc_ids == [["7"]]
+
+
 def test_stage1_candidates_are_the_probed_lists(data) -> None:
     docs, queries, index = data
     engine = index.plaid_engine()
